@@ -1,0 +1,1 @@
+//! The overlay core (placeholder).

@@ -1,0 +1,54 @@
+//! Codec benchmarks: header parse with a 3-entry via list, the forwarding step, and a full
+//! decode of a signed Store. `cargo bench -p p2psip-proto --bench codec`
+#![allow(clippy::unwrap_used)]
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use p2psip_proto::{forward, parse_header, test_vectors, Destination, Id, Message, Rewrite};
+use std::hint::black_box;
+
+fn vector(name: &str) -> Vec<u8> {
+    test_vectors::all()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap()
+        .1
+        .encode()
+        .unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let via3 = vector("via-3");
+    let store = vector("store-signed");
+
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_header_via3", |b| {
+        b.iter(|| {
+            let h = parse_header(black_box(&via3)).unwrap();
+            black_box(h.first_destination());
+        })
+    });
+    let me = Destination::Node(Id(0x3e3e_3e3e_3e3e_3e3e_3e3e_3e3e_3e3e_3e3e));
+    let mut out = Vec::with_capacity(1024);
+    g.bench_function("forward_step_via3", |b| {
+        b.iter(|| {
+            forward(
+                black_box(&via3),
+                Rewrite {
+                    push_via: Some(&me),
+                    pop_destination: false,
+                },
+                &mut out,
+            )
+            .unwrap();
+            black_box(out.len());
+        })
+    });
+    g.bench_function("decode_store_signed", |b| {
+        b.iter(|| black_box(Message::decode(black_box(&store)).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(codec, benches);
+criterion_main!(codec);

@@ -1,0 +1,166 @@
+//! Signatures over messages and stored data (proto/SPEC.md section 5).
+//!
+//! Ed25519 throughout. In self-signed mode a Node-ID is the hash of the node's public key,
+//! so a signer's claimed Node-ID can be checked against the key it carries.
+
+use crate::id::Id;
+use crate::pb;
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use prost::Message as _;
+use thiserror::Error;
+
+/// Why a signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SignatureError {
+    #[error("no signature")]
+    Missing,
+    #[error("unsupported signature algorithm {0}")]
+    UnsupportedAlgorithm(i32),
+    #[error("signer carries no usable public key")]
+    NoPublicKey,
+    #[error("signer Node-ID does not match the hash of its public key")]
+    NodeIdMismatch,
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// The Node-ID of a self-signed identity: the first 128 bits of SHA-256(public key).
+pub fn node_id_of_key(public_key: &[u8; 32]) -> Id {
+    Id::hash_of(public_key)
+}
+
+/// A signing identity: key, Node-ID and user name.
+#[derive(Clone)]
+pub struct Identity {
+    pub key: SigningKey,
+    pub node_id: Id,
+    pub user: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("node_id", &self.node_id)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A self-signed identity from a 32-byte secret seed; Node-ID = hash of the public key.
+    pub fn from_seed(seed: [u8; 32], user: impl Into<String>) -> Self {
+        let key = SigningKey::from_bytes(&seed);
+        let node_id = node_id_of_key(key.verifying_key().as_bytes());
+        Identity {
+            key,
+            node_id,
+            user: user.into(),
+        }
+    }
+
+    /// The signer identity carried beside signatures.
+    pub fn signer(&self) -> pb::SignerIdentity {
+        pb::SignerIdentity {
+            node_id: self.node_id.to_bytes().to_vec(),
+            user: self.user.clone(),
+            key: Some(pb::signer_identity::Key::PublicKey(
+                self.key.verifying_key().as_bytes().to_vec(),
+            )),
+        }
+    }
+
+    /// Signs `input` and wraps the result with the signer identity.
+    pub fn sign(&self, input: &[u8]) -> pb::Signature {
+        pb::Signature {
+            algorithm: pb::SignatureAlgorithm::Ed25519 as i32,
+            signer: Some(self.signer()),
+            value: self.key.sign(input).to_bytes().to_vec(),
+        }
+    }
+}
+
+/// What a message signature covers: overlay id, transaction id, message code and body.
+pub fn message_signing_input(overlay: u32, transaction_id: u64, code: u16, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(14 + body.len());
+    v.extend_from_slice(&overlay.to_be_bytes());
+    v.extend_from_slice(&transaction_id.to_be_bytes());
+    v.extend_from_slice(&code.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// What a stored-data signature covers: resource, kind, storage time and the encoded value.
+pub fn stored_data_signing_input(
+    resource: Id,
+    kind: u32,
+    storage_time: u64,
+    value: &pb::StoredDataValue,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(28 + value.encoded_len());
+    v.extend_from_slice(&resource.to_bytes());
+    v.extend_from_slice(&kind.to_be_bytes());
+    v.extend_from_slice(&storage_time.to_be_bytes());
+    value.encode(&mut v).unwrap_or_default();
+    v
+}
+
+/// Verifies `sig` over `input`. With `self_signed`, the signer's Node-ID must also be the
+/// hash of the public key it carries. Returns the verified signer.
+pub fn verify<'s>(
+    sig: &'s pb::Signature,
+    input: &[u8],
+    self_signed: bool,
+) -> Result<&'s pb::SignerIdentity, SignatureError> {
+    if sig.algorithm != pb::SignatureAlgorithm::Ed25519 as i32 {
+        return Err(SignatureError::UnsupportedAlgorithm(sig.algorithm));
+    }
+    let signer = sig.signer.as_ref().ok_or(SignatureError::Missing)?;
+    let pk: [u8; 32] = match &signer.key {
+        Some(pb::signer_identity::Key::PublicKey(k)) => k
+            .as_slice()
+            .try_into()
+            .map_err(|_| SignatureError::NoPublicKey)?,
+        _ => return Err(SignatureError::NoPublicKey),
+    };
+    if self_signed && Id::from_slice(&signer.node_id) != Some(node_id_of_key(&pk)) {
+        return Err(SignatureError::NodeIdMismatch);
+    }
+    let vk = VerifyingKey::from_bytes(&pk).map_err(|_| SignatureError::NoPublicKey)?;
+    let s: [u8; 64] = sig
+        .value
+        .as_slice()
+        .try_into()
+        .map_err(|_| SignatureError::BadSignature)?;
+    vk.verify(input, &ed25519_dalek::Signature::from_bytes(&s))
+        .map_err(|_| SignatureError::BadSignature)?;
+    Ok(signer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_then_verify_and_tamper() {
+        let id = Identity::from_seed([7; 32], "alice");
+        let input = message_signing_input(1, 2, 7, b"body");
+        let sig = id.sign(&input);
+        let signer = verify(&sig, &input, true).expect("verifies");
+        assert_eq!(signer.user, "alice");
+        let tampered = message_signing_input(1, 2, 7, b"bodY");
+        assert_eq!(
+            verify(&sig, &tampered, true),
+            Err(SignatureError::BadSignature)
+        );
+        let mut forged = sig.clone();
+        if let Some(s) = forged.signer.as_mut() {
+            s.node_id = vec![0; 16];
+        }
+        assert_eq!(
+            verify(&forged, &input, true),
+            Err(SignatureError::NodeIdMismatch)
+        );
+        // Without the self-signed rule the Node-ID is not tied to the key.
+        assert!(verify(&forged, &input, false).is_ok());
+    }
+}
