@@ -1,0 +1,60 @@
+//! Chord parameters.
+
+use std::time::Duration;
+
+/// Parameters of the Chord algorithm (the `[chord]` table of a node's configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChordConfig {
+    /// Length of the successor list (at least 3).
+    pub successors: usize,
+    /// Length of the predecessor list (at least 3).
+    pub predecessors: usize,
+    /// Finger table entries, 16 to 128. Entry `i` points near `id + 2^(127-i)`.
+    pub fingers: usize,
+    /// Copies kept besides the responsible peer's (2 = three copies in all).
+    pub replicas: usize,
+    /// Periodic stabilisation: every interval, exchange Updates with the first successor and
+    /// predecessor. `None` turns periodic stabilisation off (reactive recovery only, which
+    /// RFC 6940 warns is unstable past ~1000 nodes under churn).
+    pub stabilize_interval: Option<Duration>,
+    /// Reactive recovery: on a failed neighbour, contact the new neighbours at once.
+    pub reactive_recovery: bool,
+    /// How often part of the finger table is refreshed.
+    pub finger_interval: Duration,
+    /// Fingers refreshed per round.
+    pub fingers_per_round: usize,
+    /// How often the node looks itself up through a random known peer, which heals
+    /// partitions (two rings find each other again).
+    pub self_lookup_interval: Duration,
+    /// Delay before a failed join is retried with the next bootstrap peer.
+    pub join_retry: Duration,
+}
+
+impl Default for ChordConfig {
+    fn default() -> Self {
+        ChordConfig {
+            successors: 4,
+            predecessors: 4,
+            fingers: 24,
+            replicas: 2,
+            stabilize_interval: Some(Duration::from_secs(10)),
+            reactive_recovery: true,
+            finger_interval: Duration::from_secs(10),
+            fingers_per_round: 4,
+            self_lookup_interval: Duration::from_secs(30),
+            join_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ChordConfig {
+    /// Clamps the fields to the ranges the algorithm supports.
+    pub fn normalized(mut self) -> Self {
+        self.successors = self.successors.max(3);
+        self.predecessors = self.predecessors.max(3);
+        self.fingers = self.fingers.clamp(16, 128);
+        self.replicas = self.replicas.min(self.successors);
+        self.fingers_per_round = self.fingers_per_round.max(1);
+        self
+    }
+}

@@ -1,0 +1,724 @@
+//! Chord, the mandatory base algorithm, after the CHORD-RELOAD topology of RFC 6940
+//! section 9: successor and predecessor lists, a finger table with random fingers, join
+//! through the admitting peer, Update exchanges (periodic stabilisation and reactive
+//! recovery), graceful Leave, and periodic self-lookups that heal partitions.
+
+mod config;
+mod finger_table;
+mod neighbors;
+
+pub use config::ChordConfig;
+pub use finger_table::FingerTable;
+pub use neighbors::{NeighborList, Side};
+
+use crate::id::{add, distance, in_open, in_open_closed, Id, NodeId};
+use crate::time::Time;
+use crate::topology::*;
+use p2psip_proto::pb::{self, chord_update, ErrorCode};
+use p2psip_proto::{Body, Destination};
+use prost::Message as _;
+use rand::Rng;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// The algorithm's name in configuration and in Join/Update bodies.
+pub const NAME: &str = "chord";
+
+const T_STABILIZE: TimerId = TimerId(1);
+const T_FINGERS: TimerId = TimerId(2);
+const T_SELF_LOOKUP: TimerId = TimerId(3);
+const T_JOIN_RETRY: TimerId = TimerId(4);
+
+/// How many once-seen peers are remembered for self-lookups after they left the tables.
+const KNOWN_CAP: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Join,
+    /// Verifying a candidate neighbour before it enters the tables.
+    Probe(Id),
+    /// Periodic or reactive Update with a neighbour.
+    Stabilize(Id),
+    Finger(usize),
+    SelfLookup,
+    Leave,
+}
+
+/// The Chord state machine of one node.
+pub struct Chord {
+    me: Id,
+    cfg: ChordConfig,
+    joined: bool,
+    started: Time,
+    succs: NeighborList,
+    preds: NeighborList,
+    fingers: FingerTable,
+    known: VecDeque<Id>,
+    probing: HashSet<Id>,
+    pending: HashMap<u64, Pending>,
+    bootstrap: Vec<Id>,
+    join_attempt: usize,
+    next_finger: usize,
+}
+
+impl Chord {
+    pub fn new(me: NodeId, cfg: ChordConfig) -> Self {
+        let cfg = cfg.normalized();
+        Chord {
+            me,
+            succs: NeighborList::new(me, Side::Succ, cfg.successors),
+            preds: NeighborList::new(me, Side::Pred, cfg.predecessors),
+            fingers: FingerTable::new(me, cfg.fingers),
+            cfg,
+            joined: false,
+            started: Time(0),
+            known: VecDeque::new(),
+            probing: HashSet::new(),
+            pending: HashMap::new(),
+            bootstrap: Vec::new(),
+            join_attempt: 0,
+            next_finger: 0,
+        }
+    }
+
+    /// Successors, closest first.
+    pub fn successors(&self) -> &[Id] {
+        self.succs.ids()
+    }
+
+    /// Predecessors, closest first.
+    pub fn predecessors(&self) -> &[Id] {
+        self.preds.ids()
+    }
+
+    /// The finger table.
+    pub fn finger_table(&self) -> &FingerTable {
+        &self.fingers
+    }
+
+    fn remember(&mut self, id: Id) {
+        if id == self.me || self.known.contains(&id) {
+            return;
+        }
+        if self.known.len() == KNOWN_CAP {
+            self.known.pop_front();
+        }
+        self.known.push_back(id);
+    }
+
+    /// The replica window: first predecessor and the first `replicas` successors. A change
+    /// in it changes what this node stores or replicates.
+    fn window(&self) -> (Option<Id>, Vec<Id>) {
+        let r = self.cfg.replicas.min(self.succs.ids().len());
+        (self.preds.first(), self.succs.ids()[..r].to_vec())
+    }
+
+    /// Applies `f` to the tables and reports ResponsibilityChanged if the window moved.
+    fn changing(&mut self, ctx: &mut Ctx<'_>, f: impl FnOnce(&mut Self) -> bool) -> bool {
+        let before = self.window();
+        let changed = f(self);
+        if self.joined && self.window() != before {
+            ctx.event(TopologyEvent::ResponsibilityChanged);
+        }
+        changed
+    }
+
+    /// A node known to be alive (it talked to us) enters the tables where it fits.
+    fn consider(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        if id == self.me {
+            return;
+        }
+        self.remember(id);
+        self.changing(ctx, |c| {
+            let a = c.succs.insert(id);
+            let b = c.preds.insert(id);
+            c.fingers.offer(id);
+            a || b
+        });
+    }
+
+    /// A node that failed or left is removed from every table.
+    fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        let was_neighbor = self.succs.contains(id) || self.preds.contains(id);
+        self.changing(ctx, |c| {
+            let a = c.succs.remove(id);
+            let b = c.preds.remove(id);
+            let f = c.fingers.remove(id);
+            a || b || f
+        });
+        self.remember(id);
+        if was_neighbor && self.cfg.reactive_recovery && self.joined {
+            self.stabilize(ctx);
+        }
+        if self.joined && self.succs.is_empty() {
+            self.self_lookup(ctx);
+        }
+    }
+
+    /// Candidates reported by a neighbour: those that would enter a list are verified with a
+    /// direct Update before they do.
+    fn learn(&mut self, ctx: &mut Ctx<'_>, ids: &[Id]) {
+        for &c in ids {
+            if c == self.me || self.probing.contains(&c) {
+                continue;
+            }
+            if self.succs.would_enter(c) || self.preds.would_enter(c) {
+                self.probing.insert(c);
+                let body = self.update_body(chord_update::Type::Neighbors, ctx.now);
+                let t = ctx.request(Target::Direct(c), body);
+                self.pending.insert(t, Pending::Probe(c));
+            }
+        }
+    }
+
+    fn chord_update(&self, ty: chord_update::Type, now: Time) -> pb::ChordUpdate {
+        pb::ChordUpdate {
+            uptime: now.since(self.started).as_secs().min(u32::MAX as u64) as u32,
+            r#type: ty as i32,
+            predecessors: self
+                .preds
+                .ids()
+                .iter()
+                .map(|i| i.to_bytes().to_vec())
+                .collect(),
+            successors: self
+                .succs
+                .ids()
+                .iter()
+                .map(|i| i.to_bytes().to_vec())
+                .collect(),
+            fingers: if ty == chord_update::Type::Full {
+                self.fingers
+                    .distinct()
+                    .iter()
+                    .map(|i| i.to_bytes().to_vec())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn update_body(&self, ty: chord_update::Type, now: Time) -> pb::UpdateReq {
+        pb::UpdateReq {
+            algorithm: NAME.into(),
+            overlay_specific: self.chord_update(ty, now).encode_to_vec(),
+        }
+    }
+
+    /// Sends Updates to the first successor and the first predecessor.
+    fn stabilize(&mut self, ctx: &mut Ctx<'_>) {
+        let mut targets: Vec<Id> = Vec::new();
+        targets.extend(self.succs.first());
+        targets.extend(self.preds.first());
+        targets.dedup();
+        for t in targets {
+            let body = self.update_body(chord_update::Type::Neighbors, ctx.now);
+            let tok = ctx.request(Target::Direct(t), body);
+            self.pending.insert(tok, Pending::Stabilize(t));
+        }
+    }
+
+    fn refresh_fingers(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(succ) = self.succs.first() else {
+            return;
+        };
+        for _ in 0..self.cfg.fingers_per_round {
+            let i = self.next_finger;
+            self.next_finger = (i + 1) % self.fingers.len();
+            let start = self.fingers.interval_start(i);
+            if in_open_closed(start, self.me, succ) {
+                // The whole interval starts before the successor: that is the finger.
+                self.fingers.set(i, succ);
+                continue;
+            }
+            let target = self.fingers.random_target(i, ctx.rng.random());
+            let body = pb::ProbeReq {
+                requested_info: vec![],
+            };
+            let tok = ctx.request(Target::Route(vec![Destination::Resource(target)]), body);
+            self.pending.insert(tok, Pending::Finger(i));
+        }
+    }
+
+    /// Looks up `me + 1` through a random known peer: the answer names the node that
+    /// peer's ring holds as our successor. Finding a closer one heals a partition.
+    fn self_lookup(&mut self, ctx: &mut Ctx<'_>) {
+        let mut pool: Vec<Id> = self.known.iter().copied().collect();
+        pool.extend(self.fingers.distinct());
+        pool.extend(self.preds.ids());
+        pool.extend(self.bootstrap.iter().copied());
+        pool.retain(|x| *x != self.me);
+        if pool.is_empty() {
+            return;
+        }
+        let via = pool[ctx.rng.random_range(0..pool.len())];
+        let tok = ctx.request(
+            Target::Route(vec![
+                Destination::Node(via),
+                Destination::Resource(add(self.me, 1)),
+            ]),
+            pb::ProbeReq {
+                requested_info: vec![],
+            },
+        );
+        self.pending.insert(tok, Pending::SelfLookup);
+    }
+
+    fn send_join(&mut self, ctx: &mut Ctx<'_>) {
+        if self.bootstrap.is_empty() {
+            return;
+        }
+        let b = self.bootstrap[self.join_attempt % self.bootstrap.len()];
+        self.join_attempt += 1;
+        let tok = ctx.request(
+            Target::Route(vec![Destination::Node(b), Destination::Resource(self.me)]),
+            pb::JoinReq {
+                joining_peer_id: self.me.to_bytes().to_vec(),
+                algorithm: NAME.into(),
+                overlay_specific: Vec::new(),
+            },
+        );
+        self.pending.insert(tok, Pending::Join);
+    }
+
+    fn arm_timers(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(i) = self.cfg.stabilize_interval {
+            ctx.set_timer_jittered(i, T_STABILIZE);
+        }
+        ctx.set_timer_jittered(self.cfg.finger_interval, T_FINGERS);
+        ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
+    }
+
+    fn become_joined(&mut self, ctx: &mut Ctx<'_>) {
+        self.joined = true;
+        self.started = ctx.now;
+        ctx.event(TopologyEvent::Joined);
+        ctx.event(TopologyEvent::ResponsibilityChanged);
+        self.arm_timers(ctx);
+    }
+
+    fn decode_update(bytes: &[u8]) -> Option<(pb::ChordUpdate, Vec<Id>, Vec<Id>, Vec<Id>)> {
+        let u = pb::ChordUpdate::decode(bytes).ok()?;
+        let ids = |v: &[Vec<u8>]| {
+            v.iter()
+                .filter_map(|b| Id::from_slice(b))
+                .collect::<Vec<_>>()
+        };
+        let (p, s, f) = (ids(&u.predecessors), ids(&u.successors), ids(&u.fingers));
+        Some((u, p, s, f))
+    }
+
+    /// Handles a neighbour's lists from an Update request or answer.
+    fn on_neighbor_lists(&mut self, ctx: &mut Ctx<'_>, from: Id, preds: &[Id], succs: &[Id]) {
+        self.consider(ctx, from);
+        if self.succs.first() == Some(from) {
+            // Our successor's successor list is authoritative for ours (classic Chord): it
+            // drops entries that died even when we never sent to them.
+            let rest: Vec<Id> = succs.iter().copied().filter(|x| *x != self.me).collect();
+            self.changing(ctx, |c| c.succs.replace(from, &rest));
+        }
+        if self.preds.first() == Some(from) {
+            let rest: Vec<Id> = preds.iter().copied().filter(|x| *x != self.me).collect();
+            self.changing(ctx, |c| c.preds.replace(from, &rest));
+        }
+        let mut cands = preds.to_vec();
+        cands.extend_from_slice(succs);
+        self.learn(ctx, &cands);
+    }
+
+    /// The closest node known to precede `target` (classic Chord routing).
+    fn closest_preceding(&self, target: Id) -> Option<Id> {
+        let mut best: Option<Id> = None;
+        let mut consider = |n: Id| {
+            if in_open(n, self.me, target)
+                && best.is_none_or(|b| distance(self.me, n) > distance(self.me, b))
+            {
+                best = Some(n);
+            }
+        };
+        self.fingers.iter().for_each(&mut consider);
+        self.succs.ids().iter().copied().for_each(&mut consider);
+        self.preds.ids().iter().copied().for_each(&mut consider);
+        best
+    }
+
+    /// The ring as this node sees it, in ring order: predecessors (farthest first), the
+    /// node itself, successors.
+    fn ring_view(&self) -> Vec<Id> {
+        let mut v: Vec<Id> = self.preds.ids().iter().rev().copied().collect();
+        v.push(self.me);
+        for s in self.succs.ids() {
+            if !v.contains(s) {
+                v.push(*s);
+            }
+        }
+        v
+    }
+}
+
+impl Topology for Chord {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn local_id(&self) -> NodeId {
+        self.me
+    }
+
+    fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    fn next_hop(&self, target: Id) -> NextHop {
+        let Some(succ) = self.succs.first() else {
+            return NextHop::Local;
+        };
+        if target == self.me {
+            return NextHop::Local;
+        }
+        match self.preds.first() {
+            Some(p) if in_open_closed(target, p, self.me) => return NextHop::Local,
+            None => {
+                // Without a predecessor, assume the range behind us up to our farthest
+                // known successor is ours rather than bouncing the message around.
+                let last = *self.succs.ids().last().unwrap_or(&succ);
+                if in_open_closed(target, last, self.me) {
+                    return NextHop::Local;
+                }
+            }
+            _ => {}
+        }
+        if in_open_closed(target, self.me, succ) {
+            return NextHop::Forward(succ);
+        }
+        NextHop::Forward(self.closest_preceding(target).unwrap_or(succ))
+    }
+
+    fn is_neighbor(&self, node: NodeId) -> bool {
+        self.succs.contains(node)
+            || self.preds.contains(node)
+            || self.fingers.iter().any(|f| f == node)
+    }
+
+    fn replica_set(&self, resource: Id) -> Vec<NodeId> {
+        let view = self.ring_view();
+        let n = self.cfg.replicas + 1;
+        for i in 1..view.len() {
+            if in_open_closed(resource, view[i - 1], view[i]) {
+                return view[i..].iter().take(n).copied().collect();
+            }
+        }
+        if view.len() == 1 {
+            return vec![self.me];
+        }
+        Vec::new()
+    }
+
+    fn start(&mut self, ctx: &mut Ctx<'_>, bootstrap: &[NodeId]) {
+        self.started = ctx.now;
+        self.bootstrap = bootstrap
+            .iter()
+            .copied()
+            .filter(|b| *b != self.me)
+            .collect();
+        if self.bootstrap.is_empty() {
+            // The first peer of a new overlay.
+            self.become_joined(ctx);
+        } else {
+            self.send_join(ctx);
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        body: &Body,
+    ) -> Result<Body, (ErrorCode, String)> {
+        match body {
+            Body::JoinReq(j) => {
+                if j.algorithm != NAME {
+                    return Err((
+                        ErrorCode::IncompatibleWithOverlay,
+                        format!(
+                            "this overlay runs {NAME}, the joining peer runs {}",
+                            j.algorithm
+                        ),
+                    ));
+                }
+                if !self.joined {
+                    return Err((
+                        ErrorCode::InProgress,
+                        "admitting peer is still joining".into(),
+                    ));
+                }
+                let jp = Id::from_slice(&j.joining_peer_id).unwrap_or(from);
+                // Answer with our state as the joiner will need it: we become its first
+                // successor, our predecessors become its predecessors.
+                let mut u = self.chord_update(chord_update::Type::Full, ctx.now);
+                u.successors.insert(0, self.me.to_bytes().to_vec());
+                u.successors.truncate(self.cfg.successors);
+                self.consider(ctx, jp);
+                Ok(Body::JoinAns(pb::JoinAns {
+                    overlay_specific: u.encode_to_vec(),
+                }))
+            }
+            Body::UpdateReq(u) => {
+                if u.algorithm != NAME {
+                    return Err((
+                        ErrorCode::IncompatibleWithOverlay,
+                        format!(
+                            "Update for algorithm {}, this overlay runs {NAME}",
+                            u.algorithm
+                        ),
+                    ));
+                }
+                let Some((_, p, s, _)) = Self::decode_update(&u.overlay_specific) else {
+                    return Err((ErrorCode::InvalidMessage, "bad ChordUpdate".into()));
+                };
+                self.on_neighbor_lists(ctx, from, &p, &s);
+                let ans = self.chord_update(chord_update::Type::Neighbors, ctx.now);
+                Ok(Body::UpdateAns(pb::UpdateAns {
+                    overlay_specific: ans.encode_to_vec(),
+                }))
+            }
+            Body::LeaveReq(l) => {
+                let leaver = Id::from_slice(&l.leaving_peer_id).unwrap_or(from);
+                self.drop_node(ctx, leaver);
+                if let Ok(cl) = pb::ChordLeave::decode(l.overlay_specific.as_slice()) {
+                    let mut ids: Vec<Id> = cl
+                        .predecessors
+                        .iter()
+                        .filter_map(|b| Id::from_slice(b))
+                        .collect();
+                    ids.extend(cl.successors.iter().filter_map(|b| Id::from_slice(b)));
+                    ids.retain(|x| *x != leaver);
+                    self.learn(ctx, &ids);
+                }
+                Ok(Body::LeaveAns(pb::LeaveAns {}))
+            }
+            Body::ProbeReq(_) => {
+                let span = match self.preds.first() {
+                    Some(p) => distance(p, self.me),
+                    None => u128::MAX,
+                };
+                Ok(Body::ProbeAns(pb::ProbeAns {
+                    responsible_set: (span >> 64) as u64,
+                    num_resources: 0,
+                    uptime: ctx.now.since(self.started).as_secs().min(u32::MAX as u64) as u32,
+                }))
+            }
+            Body::RouteQueryReq(q) => {
+                let target = q
+                    .destination
+                    .as_ref()
+                    .and_then(|d| match &d.id {
+                        Some(pb::destination::Id::Node(b))
+                        | Some(pb::destination::Id::Resource(b)) => Id::from_slice(b),
+                        _ => None,
+                    })
+                    .ok_or((
+                        ErrorCode::InvalidMessage,
+                        "RouteQuery without an id".to_string(),
+                    ))?;
+                let next = match self.next_hop(target) {
+                    NextHop::Local => self.me,
+                    NextHop::Forward(n) => n,
+                };
+                Ok(Body::RouteQueryAns(pb::RouteQueryAns {
+                    next_peer: next.to_bytes().to_vec(),
+                    overlay_specific: Vec::new(),
+                }))
+            }
+            other => Err((
+                ErrorCode::InvalidMessage,
+                format!("{} is not a topology request", other.method_name()),
+            )),
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        token: u64,
+        responder: Option<NodeId>,
+        answer: Answer<'_>,
+    ) {
+        let Some(p) = self.pending.remove(&token) else {
+            return;
+        };
+        match (p, answer) {
+            (Pending::Join, Ok(Body::JoinAns(j))) => {
+                if self.joined {
+                    return;
+                }
+                let Some(ap) = responder else { return };
+                let Some((_, preds, succs, fingers)) = Self::decode_update(&j.overlay_specific)
+                else {
+                    ctx.event(TopologyEvent::JoinFailed("bad JoinAns".into()));
+                    return;
+                };
+                // The admitting peer's lists are fresh: take them as ours.
+                self.succs.insert(ap);
+                for s in succs.iter().chain(preds.iter()) {
+                    self.succs.insert(*s);
+                    self.preds.insert(*s);
+                }
+                for f in fingers.iter().chain(succs.iter()) {
+                    self.fingers.offer(*f);
+                }
+                for id in preds.iter().chain(succs.iter()) {
+                    self.remember(*id);
+                }
+                self.become_joined(ctx);
+                // Tell the neighbours we are here.
+                let mut tell: Vec<Id> = self.preds.ids().to_vec();
+                tell.extend(self.succs.ids());
+                tell.dedup();
+                for t in tell {
+                    let body = self.update_body(chord_update::Type::PeerReady, ctx.now);
+                    let tok = ctx.request(Target::Direct(t), body);
+                    self.pending.insert(tok, Pending::Stabilize(t));
+                }
+            }
+            (Pending::Join, res) => {
+                if self.joined {
+                    return;
+                }
+                let why = match res {
+                    Err(e) => format!(
+                        "join refused: {:?} {}",
+                        ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                        String::from_utf8_lossy(&e.info)
+                    ),
+                    Ok(b) => format!("unexpected answer {}", b.method_name()),
+                };
+                ctx.event(TopologyEvent::JoinFailed(why));
+                ctx.set_timer(self.cfg.join_retry, T_JOIN_RETRY);
+            }
+            (Pending::Probe(c) | Pending::Stabilize(c), res) => {
+                if let Pending::Probe(c) = p {
+                    self.probing.remove(&c);
+                }
+                match res {
+                    Ok(Body::UpdateAns(u)) => {
+                        if let Some((_, preds, succs, _)) = Self::decode_update(&u.overlay_specific)
+                        {
+                            self.on_neighbor_lists(ctx, responder.unwrap_or(c), &preds, &succs);
+                        }
+                    }
+                    _ => self.drop_node(ctx, c),
+                }
+            }
+            (Pending::Finger(i), Ok(_)) => {
+                if let Some(r) = responder {
+                    if r != self.me {
+                        self.fingers.set(i, r);
+                        self.remember(r);
+                    }
+                }
+            }
+            (Pending::Finger(_), Err(_)) => {}
+            (Pending::SelfLookup, Ok(_)) => {
+                let Some(r) = responder else { return };
+                if r == self.me || self.succs.contains(r) || self.probing.contains(&r) {
+                    return;
+                }
+                let closer = match self.succs.first() {
+                    Some(s) => in_open(r, self.me, s),
+                    None => true,
+                };
+                if closer || self.preds.would_enter(r) {
+                    self.learn(ctx, &[r]);
+                    if self.succs.is_empty() {
+                        // No successor at all: take the answer's word for it.
+                        self.consider(ctx, r);
+                    }
+                }
+            }
+            (Pending::SelfLookup, Err(_)) | (Pending::Leave, _) => {}
+        }
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        if let LinkEvent::Failed(id) = event {
+            if self.is_neighbor(id) {
+                self.drop_node(ctx, id);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        match timer {
+            T_JOIN_RETRY => {
+                if !self.joined {
+                    self.send_join(ctx);
+                }
+                return;
+            }
+            _ if !self.joined => return,
+            T_STABILIZE => {
+                self.stabilize(ctx);
+                if let Some(i) = self.cfg.stabilize_interval {
+                    ctx.set_timer_jittered(i, T_STABILIZE);
+                }
+            }
+            T_FINGERS => {
+                self.refresh_fingers(ctx);
+                ctx.set_timer_jittered(self.cfg.finger_interval, T_FINGERS);
+            }
+            T_SELF_LOOKUP => {
+                self.self_lookup(ctx);
+                ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
+            }
+            _ => {}
+        }
+    }
+
+    fn leave(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.joined {
+            ctx.event(TopologyEvent::Left);
+            return;
+        }
+        let cl = pb::ChordLeave {
+            predecessors: self
+                .preds
+                .ids()
+                .iter()
+                .map(|i| i.to_bytes().to_vec())
+                .collect(),
+            successors: self
+                .succs
+                .ids()
+                .iter()
+                .map(|i| i.to_bytes().to_vec())
+                .collect(),
+        };
+        let mut tell: Vec<Id> = self.preds.ids().to_vec();
+        tell.extend(self.succs.ids());
+        tell.sort();
+        tell.dedup();
+        for t in tell {
+            let tok = ctx.request(
+                Target::Direct(t),
+                pb::LeaveReq {
+                    leaving_peer_id: self.me.to_bytes().to_vec(),
+                    overlay_specific: cl.encode_to_vec(),
+                },
+            );
+            self.pending.insert(tok, Pending::Leave);
+        }
+        self.joined = false;
+        ctx.event(TopologyEvent::Left);
+    }
+
+    fn routing_table(&self) -> RoutingSnapshot {
+        RoutingSnapshot {
+            algorithm: NAME,
+            node: self.me,
+            predecessors: self.preds.ids().to_vec(),
+            successors: self.succs.ids().to_vec(),
+            fingers: self.fingers.distinct(),
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! The overlay core: one node's state machine around a `Box<dyn Topology>`.
+//!
+//! Drivers (the daemon, the simulator) feed it inputs with an explicit `now` —
+//! [`OverlayNode::handle_message`], [`OverlayNode::handle_link`],
+//! [`OverlayNode::handle_timeout`] — and collect outputs with
+//! [`OverlayNode::poll_transmit`], [`OverlayNode::poll_event`] and
+//! [`OverlayNode::poll_timeout`], in the manner of quinn-proto.
+
+mod config;
+mod replication;
+mod routing;
+mod serve;
+mod stats;
+mod transactions;
+
+pub use config::CoreConfig;
+pub use stats::Stats;
+pub use transactions::OpId;
+
+use crate::id::{Id, NodeId};
+use crate::storage::Storage;
+use crate::time::Time;
+use crate::topology::{Ctx, LinkEvent, RoutingSnapshot, Target, Topology, TopologyAction};
+use crate::topology::{TimerId, TopologyEvent};
+use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::security::Identity;
+use p2psip_proto::{overlay_id, Body, Destination};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+use transactions::{Owner, Tx};
+
+/// Bytes to send to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: NodeId,
+    pub bytes: Vec<u8>,
+}
+
+/// Why an operation failed: a protocol error code and a reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub info: String,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str_name(), self.info)
+    }
+}
+
+/// What the core reports to its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The node joined the overlay (or formed a new one).
+    Joined,
+    /// A join attempt failed; the algorithm retries.
+    JoinFailed(String),
+    /// A graceful leave is complete: data handed over, neighbours told.
+    Left,
+    /// A client operation finished.
+    Completed {
+        op: OpId,
+        method: &'static str,
+        outcome: Result<Body, OpError>,
+        /// Overlay hops from this node to the node that answered (0 = answered locally).
+        hops: u32,
+        latency: Duration,
+        responder: Option<NodeId>,
+    },
+}
+
+/// Life cycle of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Idle,
+    Running,
+    /// Handing data over before telling the neighbours.
+    Leaving,
+    Left,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKind {
+    Tx { id: u64, attempt: u32 },
+    Topology(TimerId),
+    Replication,
+    Expiry,
+}
+
+/// One node of the overlay, without IO.
+pub struct OverlayNode {
+    cfg: CoreConfig,
+    me: NodeId,
+    identity: Identity,
+    overlay_id: u32,
+    topology: Box<dyn Topology>,
+    store: Box<dyn Storage>,
+    rng: ChaCha8Rng,
+    now: Time,
+    state: NodeState,
+    txs: HashMap<u64, Tx>,
+    timers: BTreeMap<(Time, u64), TimerKind>,
+    timer_seq: u64,
+    next_token: u64,
+    next_op: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    loopback: VecDeque<Vec<u8>>,
+    /// Per resource, the nodes a full copy was pushed to since the last full re-push.
+    synced: HashMap<Id, Vec<NodeId>>,
+    replicating: HashSet<(Id, NodeId)>,
+    handing_over: HashSet<Id>,
+    replication_due: bool,
+    leave_pending: usize,
+    stats: Stats,
+}
+
+impl OverlayNode {
+    /// A node with the given identity, algorithm and storage. `seed` drives every random
+    /// choice the node makes (transaction ids, random fingers, jitter).
+    pub fn new(
+        cfg: CoreConfig,
+        identity: Identity,
+        topology: Box<dyn Topology>,
+        store: Box<dyn Storage>,
+        seed: u64,
+    ) -> Self {
+        let me = topology.local_id();
+        OverlayNode {
+            overlay_id: overlay_id(&cfg.overlay),
+            cfg,
+            me,
+            identity,
+            topology,
+            store,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now: Time(0),
+            state: NodeState::Idle,
+            txs: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            next_token: 0,
+            next_op: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            loopback: VecDeque::new(),
+            synced: HashMap::new(),
+            replicating: HashSet::new(),
+            handing_over: HashSet::new(),
+            replication_due: false,
+            leave_pending: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn state(&self) -> NodeState {
+        self.state
+    }
+
+    pub fn is_joined(&self) -> bool {
+        self.state == NodeState::Running && self.topology.is_joined()
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        self.topology.name()
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn routing_table(&self) -> RoutingSnapshot {
+        self.topology.routing_table()
+    }
+
+    pub fn topology(&self) -> &dyn Topology {
+        self.topology.as_ref()
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        self.store.as_ref()
+    }
+
+    /// Transactions waiting for an answer.
+    pub fn pending_transactions(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Starts the node: joins through `bootstrap`, or forms a new overlay if it is empty.
+    pub fn start(&mut self, now: Time, bootstrap: &[NodeId]) {
+        self.now = now;
+        self.state = NodeState::Running;
+        self.with_topology(|t, ctx| t.start(ctx, bootstrap));
+        let (r, e) = (self.cfg.replication_interval, self.cfg.expiry_interval);
+        self.set_timer(now + r, TimerKind::Replication);
+        self.set_timer(now + e, TimerKind::Expiry);
+        self.drain();
+    }
+
+    /// A message received from the node `from` (the authenticated peer of the link).
+    pub fn handle_message(&mut self, now: Time, from: NodeId, bytes: &[u8]) {
+        self.now = now;
+        if matches!(self.state, NodeState::Idle | NodeState::Left) {
+            return;
+        }
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        self.process(from, bytes);
+        self.drain();
+    }
+
+    /// A link event from the transport.
+    pub fn handle_link(&mut self, now: Time, event: LinkEvent) {
+        self.now = now;
+        if self.state != NodeState::Running {
+            return;
+        }
+        if let LinkEvent::Failed(n) = event {
+            self.synced.values_mut().for_each(|v| v.retain(|x| *x != n));
+        }
+        self.with_topology(|t, ctx| t.on_link(ctx, event));
+        self.drain();
+    }
+
+    /// When the node next needs [`OverlayNode::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.keys().next().map(|(t, _)| *t)
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.now = now;
+        while let Some((&(t, seq), &kind)) = self.timers.iter().next() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, seq));
+            if matches!(self.state, NodeState::Idle | NodeState::Left) {
+                continue;
+            }
+            match kind {
+                TimerKind::Tx { id, attempt } => self.on_tx_timer(id, attempt),
+                TimerKind::Topology(timer) => {
+                    if self.state == NodeState::Running {
+                        self.with_topology(|t, ctx| t.on_timer(ctx, timer));
+                    }
+                }
+                TimerKind::Replication => {
+                    self.synced.clear();
+                    self.replication_due = true;
+                    let r = self.cfg.replication_interval;
+                    self.set_timer(now + r, TimerKind::Replication);
+                }
+                TimerKind::Expiry => {
+                    self.purge_expired();
+                    let e = self.cfg.expiry_interval;
+                    self.set_timer(now + e, TimerKind::Expiry);
+                }
+            }
+            self.drain();
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Leaves gracefully: hands every stored value to the successors, then tells the
+    /// neighbours. [`Event::Left`] reports the end.
+    pub fn leave(&mut self, now: Time) {
+        self.now = now;
+        if self.state != NodeState::Running {
+            return;
+        }
+        self.state = NodeState::Leaving;
+        let r = self.replica_count();
+        let heirs: Vec<NodeId> = self
+            .topology
+            .routing_table()
+            .successors
+            .into_iter()
+            .take(r.max(1))
+            .collect();
+        let resources = self.resources();
+        for heir in &heirs {
+            for (res, kinds) in &resources {
+                if let Some(body) = self.replica_body(*res, kinds, 1) {
+                    self.leave_pending += 1;
+                    self.stats.replication_stores += 1;
+                    self.request(Owner::LeaveHandover, Target::Direct(*heir), body.into());
+                }
+            }
+        }
+        if self.leave_pending == 0 {
+            self.finish_leave();
+        }
+        self.drain();
+    }
+
+    fn finish_leave(&mut self) {
+        self.with_topology(|t, ctx| t.leave(ctx));
+        self.state = NodeState::Left;
+        self.events.push_back(Event::Left);
+    }
+
+    /// Number of replicas besides the responsible copy, as the algorithm keeps them.
+    fn replica_count(&self) -> usize {
+        self.topology.replica_set(self.me).len().saturating_sub(1)
+    }
+
+    // ---- client operations ------------------------------------------------------------
+
+    /// Stores values of one kind at `resource`. `generation` 0 means no compare-and-swap.
+    pub fn store(
+        &mut self,
+        now: Time,
+        resource: Id,
+        kind: u32,
+        values: Vec<pb::StoredData>,
+        generation: u64,
+    ) -> OpId {
+        let body = pb::StoreReq {
+            resource: resource.to_bytes().to_vec(),
+            replica_number: 0,
+            kind_data: vec![pb::StoreKindData {
+                kind,
+                generation_counter: generation,
+                values,
+            }],
+        };
+        self.client_request(now, resource, body.into())
+    }
+
+    /// Fetches values at `resource`.
+    pub fn fetch(
+        &mut self,
+        now: Time,
+        resource: Id,
+        specifiers: Vec<pb::StoredDataSpecifier>,
+    ) -> OpId {
+        let body = pb::FetchReq {
+            resource: resource.to_bytes().to_vec(),
+            specifiers,
+        };
+        self.client_request(now, resource, body.into())
+    }
+
+    /// Fetches every value of one kind at `resource`.
+    pub fn fetch_kind(&mut self, now: Time, resource: Id, kind: u32) -> OpId {
+        self.fetch(now, resource, vec![all_of_kind(kind)])
+    }
+
+    /// Stat of one kind at `resource`.
+    pub fn stat(&mut self, now: Time, resource: Id, kind: u32) -> OpId {
+        let body = pb::StatReq {
+            resource: resource.to_bytes().to_vec(),
+            specifiers: vec![all_of_kind(kind)],
+        };
+        self.client_request(now, resource, body.into())
+    }
+
+    /// Find: the closest resource at or after `resource` that holds each kind.
+    pub fn find(&mut self, now: Time, resource: Id, kinds: Vec<u32>) -> OpId {
+        let body = pb::FindReq {
+            resource: resource.to_bytes().to_vec(),
+            kinds,
+        };
+        self.client_request(now, resource, body.into())
+    }
+
+    /// Pings the node responsible for `target` (a lookup: the answer names the responder).
+    pub fn lookup(&mut self, now: Time, target: Id) -> OpId {
+        self.client_request(now, target, pb::PingReq { padding: vec![] }.into())
+    }
+
+    fn client_request(&mut self, now: Time, resource: Id, body: Body) -> OpId {
+        self.now = now;
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        if self.state != NodeState::Running {
+            self.events.push_back(Event::Completed {
+                op,
+                method: body.method_name(),
+                outcome: Err(OpError {
+                    code: ErrorCode::InProgress,
+                    info: "the node is not running".into(),
+                }),
+                hops: 0,
+                latency: Duration::ZERO,
+                responder: None,
+            });
+            return op;
+        }
+        self.request(
+            Owner::Client(op),
+            Target::Route(vec![Destination::Resource(resource)]),
+            body,
+        );
+        self.drain();
+        op
+    }
+
+    // ---- plumbing ---------------------------------------------------------------------
+
+    fn set_timer(&mut self, at: Time, kind: TimerKind) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), kind);
+    }
+
+    /// Calls into the algorithm with a fresh context and carries out what it asked for.
+    fn with_topology<R>(&mut self, f: impl FnOnce(&mut dyn Topology, &mut Ctx<'_>) -> R) -> R {
+        let mut actions = Vec::new();
+        let r = {
+            let mut ctx = Ctx::new(self.now, &mut self.rng, &mut actions, &mut self.next_token);
+            f(self.topology.as_mut(), &mut ctx)
+        };
+        for a in actions {
+            match a {
+                TopologyAction::Request {
+                    token,
+                    target,
+                    body,
+                } => self.request(Owner::Topology(token), target, body),
+                TopologyAction::Timer { at, timer } => {
+                    self.set_timer(at, TimerKind::Topology(timer))
+                }
+                TopologyAction::Event(e) => match e {
+                    TopologyEvent::ResponsibilityChanged => self.replication_due = true,
+                    TopologyEvent::Joined => self.events.push_back(Event::Joined),
+                    TopologyEvent::JoinFailed(why) => self.events.push_back(Event::JoinFailed(why)),
+                    TopologyEvent::Left => {}
+                },
+            }
+        }
+        r
+    }
+
+    /// Processes messages the node sent to itself and pending replication work.
+    fn drain(&mut self) {
+        loop {
+            while let Some(b) = self.loopback.pop_front() {
+                let me = self.me;
+                self.process(me, &b);
+            }
+            if self.replication_due && self.state == NodeState::Running {
+                self.replication_due = false;
+                self.check_replication();
+            }
+            if self.loopback.is_empty() && !self.replication_due {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: NodeId, bytes: Vec<u8>) {
+        if to == self.me {
+            self.loopback.push_back(bytes);
+            return;
+        }
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.transmits.push_back(Transmit { to, bytes });
+    }
+
+    /// Every stored resource with its kinds.
+    fn resources(&self) -> BTreeMap<Id, Vec<u32>> {
+        let mut m: BTreeMap<Id, Vec<u32>> = BTreeMap::new();
+        for (r, k) in self.store.keys() {
+            m.entry(r).or_default().push(k);
+        }
+        m
+    }
+
+    fn purge_expired(&mut self) {
+        let now_ms = self.now.as_millis();
+        for (r, k) in self.store.keys() {
+            if let Some(mut d) = self.store.get(r, k) {
+                let before = d.values.len();
+                d.values
+                    .retain(|_, v| !crate::storage::is_expired(v, now_ms));
+                if d.values.is_empty() {
+                    self.store.remove(r, k);
+                } else if d.values.len() != before {
+                    self.store.put(r, k, d);
+                }
+            }
+        }
+    }
+}
+
+/// A Fetch specifier for every value of one kind.
+pub fn all_of_kind(kind: u32) -> pb::StoredDataSpecifier {
+    pb::StoredDataSpecifier {
+        kind,
+        generation: 0,
+        model: None,
+    }
+}
+
+/// A helper for tests and tools: the error of an outcome, if any.
+pub fn error_code(outcome: &Result<Body, OpError>) -> Option<ErrorCode> {
+    outcome.as_ref().err().map(|e| e.code)
+}
+
+impl OverlayNode {
+    /// Reports a link failure for a direct request that timed out.
+    fn link_failed(&mut self, n: NodeId) {
+        self.synced.values_mut().for_each(|v| v.retain(|x| *x != n));
+        self.with_topology(|t, ctx| t.on_link(ctx, LinkEvent::Failed(n)));
+    }
+}

@@ -1,0 +1,190 @@
+//! Recursive symmetric routing (proto/SPEC.md section 8): every received message is
+//! delivered here, passed on with the forwarding step, or answered with an error.
+
+use super::OverlayNode;
+use crate::id::NodeId;
+use crate::topology::NextHop;
+use p2psip_proto::limits::DEFAULT_TTL;
+use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::{
+    encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, DestRef,
+    Destination, Header, OwnedHeader, ParseError, Rewrite,
+};
+
+impl OverlayNode {
+    /// Routes one received message.
+    pub(super) fn process(&mut self, from: NodeId, bytes: &[u8]) {
+        let h = match parse_header(bytes) {
+            Ok(h) => h,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if h.overlay != self.overlay_id {
+            self.stats.wrong_overlay += 1;
+            return;
+        }
+        let Ok(c) = split_contents(&h, bytes) else {
+            // Without intact contents the code is unknown: nothing is answered.
+            self.stats.malformed += 1;
+            return;
+        };
+        let req = is_request(c.code);
+        let Some(first) = h.first_destination() else {
+            self.stats.malformed += 1;
+            return;
+        };
+        match first {
+            DestRef::Node(id) if id == self.me => {
+                if h.destination_len() > 1 {
+                    self.pass_on(bytes, &h, req, true);
+                } else {
+                    self.deliver(from, &h, c.code, c.body);
+                }
+            }
+            _ if !req => {
+                // An answer must name this node first; anything else is misrouted.
+                self.stats.malformed += 1;
+            }
+            _ => self.pass_on(bytes, &h, req, false),
+        }
+    }
+
+    /// Decides where a request (or a popped answer) goes next and sends it there.
+    fn pass_on(&mut self, bytes: &[u8], h: &Header<'_>, req: bool, pop: bool) {
+        let next = if pop {
+            h.destinations().nth(1)
+        } else {
+            h.first_destination()
+        };
+        let to = match next {
+            None => return,
+            Some(DestRef::Node(n)) if n == self.me => {
+                self.stats.malformed += 1;
+                return;
+            }
+            // Answers travel the reversed via list: every entry is a node we have a link to.
+            Some(DestRef::Node(n)) if !req || pop || self.topology.is_neighbor(n) => n,
+            Some(DestRef::Node(n)) => match self.topology.next_hop(n) {
+                NextHop::Forward(x) => x,
+                NextHop::Local => {
+                    self.answer_error(h, ErrorCode::NotFound, "no such node in the overlay");
+                    return;
+                }
+            },
+            Some(DestRef::Resource(r)) => match self.topology.next_hop(r) {
+                NextHop::Forward(x) => x,
+                NextHop::Local => {
+                    if let Ok(c) = split_contents(h, bytes) {
+                        self.deliver(self.me, h, c.code, c.body);
+                    }
+                    return;
+                }
+            },
+            Some(DestRef::Opaque(_)) => {
+                self.answer_error(h, ErrorCode::NotFound, "unknown opaque destination");
+                return;
+            }
+        };
+        if req {
+            // A node that already forwarded this request (anywhere but as its originator)
+            // has found a loop.
+            if h.via().skip(1).any(|v| v == DestRef::Node(self.me)) {
+                self.stats.loops += 1;
+                return;
+            }
+        }
+        let me = Destination::Node(self.me);
+        let rw = Rewrite {
+            push_via: req.then_some(&me),
+            pop_destination: pop,
+        };
+        let mut out = Vec::with_capacity(bytes.len() + 17);
+        match forward_parsed(bytes, h, rw, &mut out) {
+            Ok(()) => {
+                self.stats.forwarded += 1;
+                self.transmit(to, out);
+            }
+            Err(ParseError::TtlExceeded | ParseError::ListTooLong { .. }) if req => {
+                self.stats.ttl_exceeded += 1;
+                self.answer_error(h, ErrorCode::TtlExceeded, "TTL exceeded");
+            }
+            Err(e) if req => self.answer_error(h, e.error_code(), &e.to_string()),
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    /// A message for this node: serve a request, or complete a transaction.
+    pub(super) fn deliver(&mut self, from: NodeId, h: &Header<'_>, code: u16, body: &[u8]) {
+        if is_request(code) {
+            let origin = h.via().next().and_then(|d| d.id()).unwrap_or(from);
+            let answer = match Body::decode(code, body) {
+                Ok(b) => {
+                    self.stats.served += 1;
+                    self.serve(origin, b)
+                }
+                Err(e) => Err((ErrorCode::InvalidMessage, e.to_string())),
+            };
+            match answer {
+                Ok(b) => self.answer(h, &b),
+                Err((code, info)) => self.answer_error(h, code, &info),
+            }
+        } else {
+            let responder = h.via().next().and_then(|d| d.id());
+            let hops = if responder == Some(self.me) {
+                0
+            } else {
+                u32::from(DEFAULT_TTL.saturating_sub(h.ttl)) + 1
+            };
+            let outcome = match Body::decode(code, body) {
+                Ok(Body::ErrorAns(e)) => Err(e),
+                Ok(b) => Ok(b),
+                Err(e) => Err(pb::ErrorAns {
+                    code: ErrorCode::InvalidMessage as i32,
+                    info: e.to_string().into_bytes(),
+                }),
+            };
+            self.on_answer(h.transaction_id, responder, hops, outcome);
+        }
+    }
+
+    /// Answers a request along its reversed via list.
+    fn answer(&mut self, req: &Header<'_>, body: &Body) {
+        let mut dest: Vec<Destination> = req.via().map(|d| d.to_owned()).collect();
+        dest.reverse();
+        let Some(Destination::Node(first)) = dest.first().cloned() else {
+            return;
+        };
+        let header = OwnedHeader {
+            via: vec![Destination::Node(self.me)],
+            destinations: dest,
+            max_response_len: 0,
+            ..OwnedHeader::new(
+                self.overlay_id,
+                req.transaction_id,
+                Destination::Node(first),
+            )
+        };
+        let encoded = body.encode_to_vec();
+        if req.max_response_len != 0
+            && !matches!(body, Body::ErrorAns(_))
+            && encoded.len() > req.max_response_len as usize
+        {
+            self.answer_error(
+                req,
+                ErrorCode::ResponseTooLarge,
+                "answer exceeds max_response_len",
+            );
+            return;
+        }
+        if let Ok(bytes) = encode_parts(&header, body.code(), &encoded, &[]) {
+            self.transmit(first, bytes);
+        }
+    }
+
+    pub(super) fn answer_error(&mut self, req: &Header<'_>, code: ErrorCode, info: &str) {
+        self.stats.errors_sent += 1;
+        self.answer(req, &Body::error(code, info));
+    }
+}

@@ -1,0 +1,137 @@
+//! Serving requests addressed to this node: topology methods go to the algorithm, data
+//! methods to the storage rules.
+
+use super::OverlayNode;
+use crate::id::{Id, NodeId};
+use crate::storage::{apply_store, fetch, find_closest, stat, StoreMode};
+use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::Body;
+use rand::Rng;
+
+type Served = Result<Body, (ErrorCode, String)>;
+
+fn resource_of(bytes: &[u8]) -> Result<Id, (ErrorCode, String)> {
+    Id::from_slice(bytes).ok_or((
+        ErrorCode::InvalidMessage,
+        "resource id is not 16 bytes".into(),
+    ))
+}
+
+impl OverlayNode {
+    pub(super) fn serve(&mut self, origin: NodeId, body: Body) -> Served {
+        match body {
+            Body::JoinReq(_) | Body::UpdateReq(_) | Body::LeaveReq(_) | Body::RouteQueryReq(_) => {
+                self.with_topology(|t, ctx| t.on_request(ctx, origin, &body))
+            }
+            Body::ProbeReq(_) => {
+                let mut ans = self.with_topology(|t, ctx| t.on_request(ctx, origin, &body))?;
+                if let Body::ProbeAns(p) = &mut ans {
+                    p.num_resources = self.resources().len().min(u32::MAX as usize) as u32;
+                }
+                Ok(ans)
+            }
+            Body::StoreReq(req) => self.serve_store(req),
+            Body::FetchReq(req) => {
+                let resource = resource_of(&req.resource)?;
+                let now_ms = self.now.as_millis();
+                let mut kind_responses = Vec::new();
+                for spec in &req.specifiers {
+                    self.known_kind(spec.kind)?;
+                    let data = self.store.get(resource, spec.kind);
+                    kind_responses.push(fetch(data.as_ref(), spec, now_ms));
+                }
+                Ok(Body::FetchAns(pb::FetchAns { kind_responses }))
+            }
+            Body::StatReq(req) => {
+                let resource = resource_of(&req.resource)?;
+                let now_ms = self.now.as_millis();
+                let mut kind_responses = Vec::new();
+                for spec in &req.specifiers {
+                    self.known_kind(spec.kind)?;
+                    let data = self.store.get(resource, spec.kind);
+                    kind_responses.push(stat(data.as_ref(), spec, now_ms));
+                }
+                Ok(Body::StatAns(pb::StatAns { kind_responses }))
+            }
+            Body::FindReq(req) => {
+                let target = resource_of(&req.resource)?;
+                let keys = self.store.keys();
+                let mut results = Vec::new();
+                for kind in req.kinds {
+                    self.known_kind(kind)?;
+                    let closest = find_closest(
+                        target,
+                        keys.iter().filter(|(_, k)| *k == kind).map(|(r, _)| *r),
+                    );
+                    results.push(pb::FindKindData {
+                        kind,
+                        closest: closest.map(|c| c.to_bytes().to_vec()).unwrap_or_default(),
+                    });
+                }
+                Ok(Body::FindAns(pb::FindAns { results }))
+            }
+            Body::PingReq(_) => Ok(Body::PingAns(pb::PingAns {
+                response_id: self.rng.random(),
+                time: self.now.as_millis(),
+            })),
+            other => Err((
+                ErrorCode::InvalidMessage,
+                format!("{} is not served by this peer", other.method_name()),
+            )),
+        }
+    }
+
+    fn known_kind(&self, kind: u32) -> Result<(), (ErrorCode, String)> {
+        match self.cfg.kinds.get(kind) {
+            Some(_) => Ok(()),
+            None => Err((
+                ErrorCode::UnknownKind,
+                format!("kind {kind} is not defined"),
+            )),
+        }
+    }
+
+    /// A Store: every kind is checked first; nothing is written unless all are accepted.
+    fn serve_store(&mut self, req: pb::StoreReq) -> Served {
+        let resource = resource_of(&req.resource)?;
+        let mode = if req.replica_number == 0 {
+            StoreMode::Primary
+        } else {
+            StoreMode::Merge
+        };
+        let now_ms = self.now.as_millis();
+        let mut staged = Vec::with_capacity(req.kind_data.len());
+        for kd in &req.kind_data {
+            let kind = self.cfg.kinds.get(kd.kind).ok_or((
+                ErrorCode::UnknownKind,
+                format!("kind {} is not defined", kd.kind),
+            ))?;
+            let mut data = self.store.get(resource, kd.kind).unwrap_or_default();
+            let changed =
+                apply_store(&mut data, kind, resource, kd, mode, self.cfg.verify, now_ms)?;
+            staged.push((kd.kind, data, changed));
+        }
+        let rs = self.topology.replica_set(resource);
+        let mut kind_responses = Vec::with_capacity(staged.len());
+        let mut changed_kinds = Vec::new();
+        for (kind, data, changed) in staged {
+            kind_responses.push(pb::StoreKindResponse {
+                kind,
+                generation_counter: data.generation,
+                replicas: rs.iter().skip(1).map(|n| n.to_bytes().to_vec()).collect(),
+            });
+            if data.values.is_empty() {
+                self.store.remove(resource, kind);
+            } else {
+                self.store.put(resource, kind, data);
+            }
+            if changed {
+                changed_kinds.push(kind);
+            }
+        }
+        if !changed_kinds.is_empty() && rs.first() == Some(&self.me) {
+            self.push_to_replicas(resource, &changed_kinds, &rs);
+        }
+        Ok(Body::StoreAns(pb::StoreAns { kind_responses }))
+    }
+}

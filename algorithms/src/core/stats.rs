@@ -1,0 +1,31 @@
+//! Counters the core keeps about itself; the daemon exports them as metrics, the simulator
+//! sums them into reports.
+
+/// Monotonic counters of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Requests and answers passed on towards another node.
+    pub forwarded: u64,
+    /// Requests served by this node.
+    pub served: u64,
+    /// Messages whose header or contents could not be parsed (dropped).
+    pub malformed: u64,
+    /// Messages of another overlay (dropped).
+    pub wrong_overlay: u64,
+    /// Requests that came back to a node that had already forwarded them (dropped).
+    pub loops: u64,
+    /// Requests answered TTL_Exceeded.
+    pub ttl_exceeded: u64,
+    /// Answers that matched no transaction (late duplicates).
+    pub stray_answers: u64,
+    pub retransmissions: u64,
+    pub timeouts: u64,
+    /// Store requests sent to keep replicas and hand data over.
+    pub replication_stores: u64,
+    /// Error answers sent.
+    pub errors_sent: u64,
+}

@@ -1,0 +1,189 @@
+//! End-to-end transactions: every request this node originates gets a random transaction
+//! id, is retransmitted with exponential back-off (re-routed each time), and ends with its
+//! answer or Request_Timeout.
+
+use super::{Event, OpError, OverlayNode, TimerKind};
+use crate::id::{Id, NodeId};
+use crate::time::Time;
+use crate::topology::{NextHop, Target};
+use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::{encode_parts, Body, Destination, OwnedHeader};
+use rand::Rng;
+
+/// Identifies a client operation started on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+/// Who waits for a transaction's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    Topology(u64),
+    Client(OpId),
+    Replicate { resource: Id, to: NodeId },
+    Handover { resource: Id },
+    LeaveHandover,
+}
+
+pub(super) struct Tx {
+    owner: Owner,
+    method: &'static str,
+    code: u16,
+    body: Vec<u8>,
+    destinations: Vec<Destination>,
+    direct: Option<NodeId>,
+    attempt: u32,
+    started: Time,
+}
+
+impl OverlayNode {
+    /// Starts a transaction.
+    pub(super) fn request(&mut self, owner: Owner, target: Target, body: Body) {
+        let mut id: u64 = self.rng.random();
+        while id == 0 || self.txs.contains_key(&id) {
+            id = self.rng.random();
+        }
+        let (destinations, direct) = match target {
+            Target::Direct(n) => (vec![Destination::Node(n)], Some(n)),
+            Target::Route(d) => (d, None),
+        };
+        let tx = Tx {
+            owner,
+            method: body.method_name(),
+            code: body.code(),
+            body: body.encode_to_vec(),
+            destinations,
+            direct,
+            attempt: 0,
+            started: self.now,
+        };
+        self.txs.insert(id, tx);
+        self.send_attempt(id);
+    }
+
+    /// Sends (or re-sends) a transaction's request along its current first hop.
+    fn send_attempt(&mut self, id: u64) {
+        let Some(tx) = self.txs.get(&id) else { return };
+        let header = OwnedHeader {
+            via: vec![Destination::Node(self.me)],
+            destinations: tx.destinations.clone(),
+            ..OwnedHeader::new(self.overlay_id, id, Destination::Node(self.me))
+        };
+        let first_hop = match (tx.direct, tx.destinations.first()) {
+            (Some(n), _) => n,
+            (None, Some(Destination::Node(n))) => *n,
+            (None, Some(Destination::Resource(r))) => match self.topology.next_hop(*r) {
+                NextHop::Local => self.me,
+                NextHop::Forward(n) => n,
+            },
+            (None, _) => self.me,
+        };
+        let attempt = tx.attempt;
+        let rto = self.cfg.request_timeout * 2u32.saturating_pow(attempt);
+        match encode_parts(&header, tx.code, &tx.body, &[]) {
+            Ok(bytes) => self.transmit(first_hop, bytes),
+            Err(e) => {
+                let tx = self.txs.remove(&id);
+                if let Some(tx) = tx {
+                    let err = pb::ErrorAns {
+                        code: e.error_code() as i32,
+                        info: e.to_string().into_bytes(),
+                    };
+                    self.complete(tx, None, 0, Err(err));
+                }
+                return;
+            }
+        }
+        self.set_timer(self.now + rto, TimerKind::Tx { id, attempt });
+    }
+
+    pub(super) fn on_tx_timer(&mut self, id: u64, attempt: u32) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        if tx.attempt != attempt {
+            return;
+        }
+        if attempt < self.cfg.retransmissions {
+            tx.attempt += 1;
+            self.stats.retransmissions += 1;
+            self.send_attempt(id);
+            return;
+        }
+        self.stats.timeouts += 1;
+        if let Some(tx) = self.txs.remove(&id) {
+            let direct = tx.direct;
+            let err = pb::ErrorAns {
+                code: ErrorCode::RequestTimeout as i32,
+                info: format!("no answer after {} attempts", attempt + 1).into_bytes(),
+            };
+            self.complete(tx, None, 0, Err(err));
+            if let Some(n) = direct {
+                self.link_failed(n);
+            }
+        }
+    }
+
+    /// An answer arrived for transaction `id`.
+    pub(super) fn on_answer(
+        &mut self,
+        id: u64,
+        responder: Option<NodeId>,
+        hops: u32,
+        outcome: Result<Body, pb::ErrorAns>,
+    ) {
+        match self.txs.remove(&id) {
+            Some(tx) => self.complete(tx, responder, hops, outcome),
+            None => self.stats.stray_answers += 1,
+        }
+    }
+
+    fn complete(
+        &mut self,
+        tx: Tx,
+        responder: Option<NodeId>,
+        hops: u32,
+        outcome: Result<Body, pb::ErrorAns>,
+    ) {
+        match tx.owner {
+            Owner::Topology(token) => {
+                let answer = outcome.as_ref();
+                self.with_topology(|t, ctx| t.on_answer(ctx, token, responder, answer));
+            }
+            Owner::Client(op) => {
+                let outcome = outcome.map_err(|e| OpError {
+                    code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                    info: String::from_utf8_lossy(&e.info).into_owned(),
+                });
+                self.events.push_back(Event::Completed {
+                    op,
+                    method: tx.method,
+                    outcome,
+                    hops,
+                    latency: self.now.since(tx.started),
+                    responder,
+                });
+            }
+            Owner::Replicate { resource, to } => {
+                self.replicating.remove(&(resource, to));
+                if outcome.is_ok() {
+                    let s = self.synced.entry(resource).or_default();
+                    if !s.contains(&to) {
+                        s.push(to);
+                    }
+                }
+            }
+            Owner::Handover { resource } => {
+                self.handing_over.remove(&resource);
+                if outcome.is_ok() {
+                    self.handover_done(resource);
+                }
+            }
+            Owner::LeaveHandover => {
+                self.leave_pending = self.leave_pending.saturating_sub(1);
+                if self.leave_pending == 0 {
+                    self.finish_leave();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Storage: a narrow map trait ([`Storage`]) with an in-memory implementation, and the
+//! storage rules of the protocol (kinds, data models, lifetimes, generation counters,
+//! access policies) that every peer applies the same way.
+
+mod access;
+mod kinds;
+mod memory;
+mod rules;
+
+pub use access::{check_policy, node_multiple_resource};
+pub use kinds::{Kind, KindRegistry, KIND_NODE_MULTIPLE, KIND_NODE_VALUE, KIND_SIP_REGISTRATION};
+pub use kinds::{KIND_USER_ARRAY, KIND_USER_VALUE};
+pub use memory::MemoryStore;
+pub use rules::{apply_store, fetch, find_closest, is_expired, stat, StoreMode, VerifyMode};
+
+use crate::id::Id;
+use p2psip_proto::pb;
+use std::collections::BTreeMap;
+
+/// Where a value sits inside a kind's data: the single slot, an array index or a
+/// dictionary key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SlotKey {
+    Single,
+    Index(u32),
+    Key(Vec<u8>),
+}
+
+/// The values of one kind at one resource, with its generation counter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KindData {
+    pub generation: u64,
+    pub values: BTreeMap<SlotKey, pb::StoredData>,
+}
+
+impl KindData {
+    /// Bytes of stored value payloads.
+    pub fn payload_bytes(&self) -> usize {
+        self.values.values().map(value_len).sum()
+    }
+}
+
+/// Length of a stored value's payload.
+pub fn value_len(d: &pb::StoredData) -> usize {
+    use pb::stored_data_value::Model;
+    match d.value.as_ref().and_then(|v| v.model.as_ref()) {
+        Some(Model::Single(v)) => v.value.len(),
+        Some(Model::Array(e)) => e.value.as_ref().map_or(0, |v| v.value.len()),
+        Some(Model::Dictionary(e)) => e.key.len() + e.value.as_ref().map_or(0, |v| v.value.len()),
+        None => 0,
+    }
+}
+
+/// A store of (Resource-ID, kind) -> values. Kept narrow so the daemon can back it with a
+/// concurrent map and the simulator with a plain one.
+pub trait Storage: Send {
+    /// A copy of the data of one kind at one resource.
+    fn get(&self, resource: Id, kind: u32) -> Option<KindData>;
+    /// Replaces the data of one kind at one resource.
+    fn put(&mut self, resource: Id, kind: u32, data: KindData);
+    /// Removes the data of one kind at one resource.
+    fn remove(&mut self, resource: Id, kind: u32) -> Option<KindData>;
+    /// Every (resource, kind) pair held, in id order.
+    fn keys(&self) -> Vec<(Id, u32)>;
+    /// Number of stored values (all kinds, all resources).
+    fn value_count(&self) -> usize;
+}

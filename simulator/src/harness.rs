@@ -1,0 +1,515 @@
+//! The deterministic multi-node harness: many [`OverlayNode`]s, one virtual clock, one
+//! event queue, a modelled network. Every run is reproducible from its seed.
+
+use crate::net::NetConfig;
+use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::id::in_open_closed;
+use p2psip_algorithms::storage::MemoryStore;
+use p2psip_algorithms::{AlgorithmParams, Event, Id, LinkEvent, NodeId, OpId, OverlayNode, Time};
+use p2psip_proto::security::Identity;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Virtual time starts here (2025-01-01T00:00:00Z), so stored data has realistic times.
+pub const EPOCH: Time = Time(1_735_689_600_000_000);
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Deliver {
+        to: usize,
+        from: NodeId,
+        bytes: Vec<u8>,
+    },
+    Wake(usize),
+    LinkFailed {
+        at: usize,
+        peer: NodeId,
+    },
+}
+
+/// One entry of the event log: what was delivered to whom, when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogEntry {
+    pub time: u64,
+    pub to: u32,
+    pub kind: u8,
+    pub len: u32,
+    pub digest: u64,
+}
+
+struct Slot {
+    id: NodeId,
+    identity: Identity,
+    node: Option<OverlayNode>,
+    /// The store of a crashed node, kept as its data directory would be.
+    disk: Option<Box<MemoryStore>>,
+    wake_at: Option<Time>,
+    group: u8,
+}
+
+/// The harness.
+pub struct Sim {
+    seed: u64,
+    now: Time,
+    rng: ChaCha8Rng,
+    queue: BTreeMap<(Time, u64), Ev>,
+    seq: u64,
+    slots: Vec<Slot>,
+    index: HashMap<NodeId, usize>,
+    pub net: NetConfig,
+    pub core: CoreConfig,
+    pub algorithm: AlgorithmParams,
+    log: Vec<LogEntry>,
+    pub log_enabled: bool,
+    done: HashMap<(usize, OpId), Event>,
+    events_processed: u64,
+    joined_events: u64,
+}
+
+/// FNV-1a over bytes, for log digests.
+fn digest(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl Sim {
+    pub fn new(seed: u64, core: CoreConfig, algorithm: AlgorithmParams, net: NetConfig) -> Self {
+        Sim {
+            seed,
+            now: EPOCH,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            queue: BTreeMap::new(),
+            seq: 0,
+            slots: Vec::new(),
+            index: HashMap::new(),
+            net,
+            core,
+            algorithm,
+            log: Vec::new(),
+            log_enabled: false,
+            done: HashMap::new(),
+            events_processed: 0,
+            joined_events: 0,
+        }
+    }
+
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Virtual time since the start of the run.
+    pub fn elapsed(&self) -> Duration {
+        self.now.since(EPOCH)
+    }
+
+    pub fn log(&self) -> &[LogEntry] {
+        &self.log
+    }
+
+    pub fn events_processed(&self) -> u64 {
+        self.events_processed
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn id(&self, i: usize) -> NodeId {
+        self.slots[i].id
+    }
+
+    pub fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    pub fn identity(&self, i: usize) -> &Identity {
+        &self.slots[i].identity
+    }
+
+    pub fn node(&self, i: usize) -> Option<&OverlayNode> {
+        self.slots[i].node.as_ref()
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.slots[i].node.is_some()
+    }
+
+    /// A random number from the harness RNG (for tests choosing nodes and ids).
+    pub fn random<T>(&mut self) -> T
+    where
+        rand::distr::StandardUniform: rand::distr::Distribution<T>,
+    {
+        self.rng.random()
+    }
+
+    pub fn random_below(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n)
+    }
+
+    /// Adds a node with a fresh self-signed identity (not started).
+    pub fn add_node(&mut self) -> usize {
+        let seed: [u8; 32] = self.rng.random();
+        let i = self.slots.len();
+        let identity = Identity::from_seed(seed, format!("node{i}"));
+        let id = identity.node_id;
+        self.index.insert(id, i);
+        self.slots.push(Slot {
+            id,
+            identity,
+            node: None,
+            disk: None,
+            wake_at: None,
+            group: 0,
+        });
+        i
+    }
+
+    fn make_node(&mut self, i: usize, store: Box<MemoryStore>) -> OverlayNode {
+        let s = &self.slots[i];
+        let topo = self.algorithm.build(s.id);
+        let node_seed = self.rng.random();
+        OverlayNode::new(
+            self.core.clone(),
+            s.identity.clone(),
+            topo,
+            store,
+            node_seed,
+        )
+    }
+
+    /// Starts node `i`, joining through `bootstrap` (empty: it forms a new overlay).
+    pub fn start(&mut self, i: usize, bootstrap: &[NodeId]) {
+        let mut node = self.make_node(i, Box::new(MemoryStore::new()));
+        node.start(self.now, bootstrap);
+        self.slots[i].node = Some(node);
+        self.after(i);
+    }
+
+    /// Crashes node `i`: it vanishes without a word. Its store is kept as on disk.
+    pub fn crash(&mut self, i: usize) {
+        if let Some(n) = self.slots[i].node.take() {
+            let mut disk = MemoryStore::new();
+            let s = n.storage();
+            for (r, k) in s.keys() {
+                if let Some(d) = s.get(r, k) {
+                    p2psip_algorithms::storage::Storage::put(&mut disk, r, k, d);
+                }
+            }
+            self.slots[i].disk = Some(Box::new(disk));
+        }
+        self.slots[i].wake_at = None;
+    }
+
+    /// Restarts a crashed node with the same identity and (with `keep_data`) its store.
+    pub fn restart(&mut self, i: usize, keep_data: bool, bootstrap: &[NodeId]) {
+        let store = match (keep_data, self.slots[i].disk.take()) {
+            (true, Some(d)) => d,
+            _ => Box::new(MemoryStore::new()),
+        };
+        let mut node = self.make_node(i, store);
+        node.start(self.now, bootstrap);
+        self.slots[i].node = Some(node);
+        self.after(i);
+    }
+
+    /// Starts a graceful leave of node `i`; it is removed once it reports `Left`.
+    pub fn leave(&mut self, i: usize) {
+        let now = self.now;
+        if let Some(n) = self.slots[i].node.as_mut() {
+            n.leave(now);
+        }
+        self.after(i);
+    }
+
+    /// Puts node `i` in partition group `g`; messages only pass within a group.
+    pub fn set_group(&mut self, i: usize, g: u8) {
+        self.slots[i].group = g;
+    }
+
+    /// Ends every partition.
+    pub fn heal(&mut self) {
+        for s in &mut self.slots {
+            s.group = 0;
+        }
+    }
+
+    pub fn group(&self, i: usize) -> u8 {
+        self.slots[i].group
+    }
+
+    fn push(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    /// Collects what node `i` produced and schedules it.
+    fn after(&mut self, i: usize) {
+        let Some(mut node) = self.slots[i].node.take() else {
+            return;
+        };
+        let from = node.id();
+        while let Some(t) = node.poll_transmit() {
+            let to = self.index.get(&t.to).copied();
+            let reachable = to.filter(|j| {
+                self.slots[*j].node.is_some() && self.slots[*j].group == self.slots[i].group
+            });
+            match reachable {
+                Some(j) => {
+                    if self.net.loss > 0.0 && self.rng.random::<f64>() < self.net.loss {
+                        continue;
+                    }
+                    let at = self.now + self.net.latency(self.seed, i, j);
+                    self.push(
+                        at,
+                        Ev::Deliver {
+                            to: j,
+                            from,
+                            bytes: t.bytes,
+                        },
+                    );
+                }
+                None => {
+                    if let Some(d) = self.net.link_failure_after {
+                        self.push(self.now + d, Ev::LinkFailed { at: i, peer: t.to });
+                    }
+                }
+            }
+        }
+        let mut left = false;
+        while let Some(e) = node.poll_event() {
+            match e {
+                Event::Completed { op, .. } => {
+                    self.done.insert((i, op), e);
+                }
+                Event::Joined => self.joined_events += 1,
+                Event::Left => left = true,
+                Event::JoinFailed(_) => {}
+            }
+        }
+        if left {
+            // Gone for good: its last messages are already queued.
+            self.slots[i].wake_at = None;
+            return;
+        }
+        if let Some(t) = node.poll_timeout() {
+            if self.slots[i].wake_at.is_none_or(|w| t < w) {
+                self.slots[i].wake_at = Some(t);
+                self.push(t, Ev::Wake(i));
+            }
+        }
+        self.slots[i].node = Some(node);
+    }
+
+    /// Processes one event; returns false when the queue is empty.
+    fn step(&mut self) -> bool {
+        let Some(((t, _), ev)) = self.queue.pop_first() else {
+            return false;
+        };
+        self.now = t;
+        self.events_processed += 1;
+        match ev {
+            Ev::Deliver { to, from, bytes } => {
+                if self.log_enabled {
+                    self.log.push(LogEntry {
+                        time: t.0,
+                        to: to as u32,
+                        kind: 0,
+                        len: bytes.len() as u32,
+                        digest: digest(&bytes),
+                    });
+                }
+                if let Some(n) = self.slots[to].node.as_mut() {
+                    n.handle_message(t, from, &bytes);
+                    self.after(to);
+                }
+            }
+            Ev::Wake(i) => {
+                if self.slots[i].wake_at == Some(t) {
+                    self.slots[i].wake_at = None;
+                }
+                if let Some(n) = self.slots[i].node.as_mut() {
+                    if n.poll_timeout().is_some_and(|w| w <= t) {
+                        n.handle_timeout(t);
+                    }
+                    self.after(i);
+                }
+            }
+            Ev::LinkFailed { at, peer } => {
+                if self.log_enabled {
+                    self.log.push(LogEntry {
+                        time: t.0,
+                        to: at as u32,
+                        kind: 1,
+                        len: 0,
+                        digest: peer.0 as u64,
+                    });
+                }
+                if let Some(n) = self.slots[at].node.as_mut() {
+                    n.handle_link(t, LinkEvent::Failed(peer));
+                    self.after(at);
+                }
+            }
+        }
+        true
+    }
+
+    /// Runs until virtual time `until`.
+    pub fn run_until(&mut self, until: Time) {
+        while let Some((&(t, _), _)) = self.queue.first_key_value() {
+            if t > until {
+                break;
+            }
+            self.step();
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Runs until operation `op` of node `i` completes, at most `limit` of virtual time.
+    pub fn wait_op(&mut self, i: usize, op: OpId, limit: Duration) -> Option<Event> {
+        let until = self.now + limit;
+        loop {
+            if let Some(e) = self.done.remove(&(i, op)) {
+                return Some(e);
+            }
+            match self.queue.first_key_value() {
+                Some((&(t, _), _)) if t <= until => {
+                    self.step();
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Takes the completion of an operation, if it has completed.
+    pub fn take_done(&mut self, i: usize, op: OpId) -> Option<Event> {
+        self.done.remove(&(i, op))
+    }
+
+    /// Runs an operation on node `i` and waits for it (up to 60 s of virtual time).
+    pub fn op(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut OverlayNode, Time) -> OpId,
+    ) -> Option<Event> {
+        let now = self.now;
+        let op = f(self.slots[i].node.as_mut()?, now);
+        self.after(i);
+        self.wait_op(i, op, Duration::from_secs(60))
+    }
+
+    /// Starts an operation on node `i` without waiting.
+    pub fn start_op(
+        &mut self,
+        i: usize,
+        f: impl FnOnce(&mut OverlayNode, Time) -> OpId,
+    ) -> Option<OpId> {
+        let now = self.now;
+        let op = f(self.slots[i].node.as_mut()?, now);
+        self.after(i);
+        Some(op)
+    }
+
+    // ---- ground truth -----------------------------------------------------------------
+
+    /// Live nodes (running and joined), sorted by id.
+    pub fn live_ring(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .slots
+            .iter()
+            .filter(|s| s.node.as_ref().is_some_and(|n| n.is_joined()))
+            .map(|s| s.id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Live nodes of one partition group, sorted by id.
+    pub fn live_ring_of(&self, g: u8) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self
+            .slots
+            .iter()
+            .filter(|s| s.group == g && s.node.as_ref().is_some_and(|n| n.is_joined()))
+            .map(|s| s.id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The node truly responsible for `target` in `ring` (sorted ids): its successor.
+    pub fn responsible_in(ring: &[NodeId], target: Id) -> Option<NodeId> {
+        if ring.is_empty() {
+            return None;
+        }
+        let i = ring.partition_point(|x| *x < target);
+        Some(ring[i % ring.len()])
+    }
+
+    /// The `n` nodes that truly should hold copies of `target` in `ring`.
+    pub fn replica_set_in(ring: &[NodeId], target: Id, n: usize) -> Vec<NodeId> {
+        if ring.is_empty() {
+            return Vec::new();
+        }
+        let i = ring.partition_point(|x| *x < target);
+        (0..n.min(ring.len()))
+            .map(|k| ring[(i + k) % ring.len()])
+            .collect()
+    }
+
+    /// Checks that every node of `ring` has the true successor and predecessor. Returns
+    /// how many nodes are wrong, with the first few described.
+    pub fn ring_errors(&self, ring: &[NodeId]) -> (usize, Vec<String>) {
+        let n = ring.len();
+        let mut wrong = 0;
+        let mut notes = Vec::new();
+        for (k, id) in ring.iter().enumerate() {
+            let Some(i) = self.index_of(*id) else {
+                continue;
+            };
+            let Some(node) = self.slots[i].node.as_ref() else {
+                continue;
+            };
+            let rt = node.routing_table();
+            let succ = ring[(k + 1) % n];
+            let pred = ring[(k + n - 1) % n];
+            let ok_s = n == 1 || rt.successors.first() == Some(&succ);
+            let ok_p = n == 1 || rt.predecessors.first() == Some(&pred);
+            if !(ok_s && ok_p) {
+                wrong += 1;
+                if notes.len() < 5 {
+                    notes.push(format!(
+                        "{id}: succ {:?} (want {succ}), pred {:?} (want {pred})",
+                        rt.successors.first(),
+                        rt.predecessors.first()
+                    ));
+                }
+            }
+        }
+        (wrong, notes)
+    }
+
+    /// Whether `target` falls in node `id`'s true range in `ring`.
+    pub fn owns(ring: &[NodeId], id: NodeId, target: Id) -> bool {
+        let Some(k) = ring.iter().position(|x| *x == id) else {
+            return false;
+        };
+        let pred = ring[(k + ring.len() - 1) % ring.len()];
+        ring.len() == 1 || in_open_closed(target, pred, id)
+    }
+
+    pub fn joined_events(&self) -> u64 {
+        self.joined_events
+    }
+}
