@@ -28,6 +28,13 @@ const T_FINGERS: TimerId = TimerId(2);
 const T_SELF_LOOKUP: TimerId = TimerId(3);
 const T_JOIN_RETRY: TimerId = TimerId(4);
 
+/// The node lists of a ChordUpdate.
+struct Lists {
+    preds: Vec<Id>,
+    succs: Vec<Id>,
+    fingers: Vec<Id>,
+}
+
 /// How many once-seen peers are remembered for self-lookups after they left the tables.
 const KNOWN_CAP: usize = 64;
 
@@ -297,15 +304,18 @@ impl Chord {
         self.arm_timers(ctx);
     }
 
-    fn decode_update(bytes: &[u8]) -> Option<(pb::ChordUpdate, Vec<Id>, Vec<Id>, Vec<Id>)> {
+    fn decode_update(bytes: &[u8]) -> Option<Lists> {
         let u = pb::ChordUpdate::decode(bytes).ok()?;
         let ids = |v: &[Vec<u8>]| {
             v.iter()
                 .filter_map(|b| Id::from_slice(b))
                 .collect::<Vec<_>>()
         };
-        let (p, s, f) = (ids(&u.predecessors), ids(&u.successors), ids(&u.fingers));
-        Some((u, p, s, f))
+        Some(Lists {
+            preds: ids(&u.predecessors),
+            succs: ids(&u.successors),
+            fingers: ids(&u.fingers),
+        })
     }
 
     /// Handles a neighbour's lists from an Update request or answer.
@@ -473,10 +483,10 @@ impl Topology for Chord {
                         ),
                     ));
                 }
-                let Some((_, p, s, _)) = Self::decode_update(&u.overlay_specific) else {
+                let Some(l) = Self::decode_update(&u.overlay_specific) else {
                     return Err((ErrorCode::InvalidMessage, "bad ChordUpdate".into()));
                 };
-                self.on_neighbor_lists(ctx, from, &p, &s);
+                self.on_neighbor_lists(ctx, from, &l.preds, &l.succs);
                 let ans = self.chord_update(chord_update::Type::Neighbors, ctx.now);
                 Ok(Body::UpdateAns(pb::UpdateAns {
                     overlay_specific: ans.encode_to_vec(),
@@ -553,7 +563,11 @@ impl Topology for Chord {
                     return;
                 }
                 let Some(ap) = responder else { return };
-                let Some((_, preds, succs, fingers)) = Self::decode_update(&j.overlay_specific)
+                let Some(Lists {
+                    preds,
+                    succs,
+                    fingers,
+                }) = Self::decode_update(&j.overlay_specific)
                 else {
                     ctx.event(TopologyEvent::JoinFailed("bad JoinAns".into()));
                     return;
@@ -602,9 +616,8 @@ impl Topology for Chord {
                 }
                 match res {
                     Ok(Body::UpdateAns(u)) => {
-                        if let Some((_, preds, succs, _)) = Self::decode_update(&u.overlay_specific)
-                        {
-                            self.on_neighbor_lists(ctx, responder.unwrap_or(c), &preds, &succs);
+                        if let Some(l) = Self::decode_update(&u.overlay_specific) {
+                            self.on_neighbor_lists(ctx, responder.unwrap_or(c), &l.preds, &l.succs);
                         }
                     }
                     _ => self.drop_node(ctx, c),
@@ -650,13 +663,8 @@ impl Topology for Chord {
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
         match timer {
-            T_JOIN_RETRY => {
-                if !self.joined {
-                    self.send_join(ctx);
-                }
-                return;
-            }
-            _ if !self.joined => return,
+            T_JOIN_RETRY if !self.joined => self.send_join(ctx),
+            _ if !self.joined => {}
             T_STABILIZE => {
                 self.stabilize(ctx);
                 if let Some(i) = self.cfg.stabilize_interval {

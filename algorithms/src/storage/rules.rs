@@ -116,10 +116,6 @@ pub fn apply_store(
         };
         check_policy(kind.policy, resource, signer, value, kind.max_node_multiple)
             .map_err(|e| (ErrorCode::Forbidden, e))?;
-        if is_expired(sd, now_ms) {
-            // Already dead on arrival: nothing to keep.
-            continue;
-        }
         if slot == SlotKey::Index(u32::MAX) {
             // Append: the index after the last one.
             let last = next.values.keys().rev().find_map(|k| match k {
@@ -143,6 +139,10 @@ pub fn apply_store(
             },
             Some(old) if old == sd => continue,
             _ => {}
+        }
+        if is_expired(sd, now_ms) {
+            // Already dead on arrival: nothing to keep.
+            continue;
         }
         let mut stored = sd.clone();
         if let (SlotKey::Index(i), Some(Model::Array(e))) =
