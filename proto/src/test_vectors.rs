@@ -17,6 +17,8 @@ pub const OVERLAY: &str = "example.p2psip";
 pub const NODE_A: Id = Id(0x0a0a_0a0a_0a0a_0a0a_0a0a_0a0a_0a0a_0a0a);
 /// Node-ID of peer B.
 pub const NODE_B: Id = Id(0x0b0b_0b0b_0b0b_0b0b_0b0b_0b0b_0b0b_0b0b);
+/// Node-ID of the peer answering the Fetch.
+pub const RESPONDER: Id = Id(0x3c3c_3c3c_3c3c_3c3c_3c3c_3c3c_3c3c_3c3c);
 /// Storage time of the stored value, ms since the epoch (2023-11-14T22:13:20Z).
 pub const STORAGE_TIME: u64 = 1_700_000_000_000;
 
@@ -110,7 +112,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
     let fetch_ans = Message {
         header: header(
             0x5555_6666_7777_8888,
-            vec![],
+            vec![Destination::Node(RESPONDER)],
             vec![Destination::Node(NODE_B), Destination::Node(NODE_A)],
         ),
         body: Body::FetchAns(pb::FetchAns {
@@ -124,7 +126,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
     };
 
     let error = Message {
-        header: header(0x99, vec![], vec![Destination::Node(NODE_A)]),
+        header: header(0x99, vec![Destination::Node(NODE_B)], vec![Destination::Node(NODE_A)]),
         body: Body::error(pb::ErrorCode::NotFound, "no value at resource"),
         security: None,
     };
@@ -149,7 +151,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
     let opaque = Message {
         header: header(
             0x0a0b_0c0d,
-            vec![],
+            vec![Destination::Node(RESPONDER)],
             vec![
                 Destination::Node(NODE_B),
                 Destination::Opaque(vec![0xc1, 0x1e, 0x47, 0x01]),

@@ -47,6 +47,9 @@ struct Slot {
     disk: Option<Box<MemoryStore>>,
     wake_at: Option<Time>,
     group: u8,
+    /// Nodes this node has exchanged messages with: its open QUIC connections, which
+    /// notice (by keep-alive) when the other end crashes.
+    links: std::collections::BTreeSet<u32>,
 }
 
 /// The harness.
@@ -167,6 +170,7 @@ impl Sim {
             disk: None,
             wake_at: None,
             group: 0,
+            links: Default::default(),
         });
         i
     }
@@ -205,6 +209,17 @@ impl Sim {
             self.slots[i].disk = Some(Box::new(disk));
         }
         self.slots[i].wake_at = None;
+        // Every open connection to it times out at the other end.
+        let id = self.slots[i].id;
+        if let Some(d) = self.net.link_failure_after {
+            for j in std::mem::take(&mut self.slots[i].links) {
+                let j = j as usize;
+                self.slots[j].links.remove(&(i as u32));
+                if self.slots[j].node.is_some() {
+                    self.push(self.now + d, Ev::LinkFailed { at: j, peer: id });
+                }
+            }
+        }
     }
 
     /// Restarts a crashed node with the same identity and (with `keep_data`) its store.
@@ -327,6 +342,10 @@ impl Sim {
                 }
                 if let Some(n) = self.slots[to].node.as_mut() {
                     n.handle_message(t, from, &bytes);
+                    if let Some(f) = self.index.get(&from).copied() {
+                        self.slots[to].links.insert(f as u32);
+                        self.slots[f].links.insert(to as u32);
+                    }
                     self.after(to);
                 }
             }
