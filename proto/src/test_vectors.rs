@@ -126,7 +126,11 @@ pub fn all() -> Vec<(&'static str, Message)> {
     };
 
     let error = Message {
-        header: header(0x99, vec![Destination::Node(NODE_B)], vec![Destination::Node(NODE_A)]),
+        header: header(
+            0x99,
+            vec![Destination::Node(NODE_B)],
+            vec![Destination::Node(NODE_A)],
+        ),
         body: Body::error(pb::ErrorCode::NotFound, "no value at resource"),
         security: None,
     };
