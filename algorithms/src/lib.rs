@@ -10,6 +10,7 @@
 //! Nothing here does IO or reads a clock; see `../shared/DESIGN.md` section 1.
 
 pub mod chord;
+pub mod client;
 pub mod core;
 pub mod id;
 pub mod storage;

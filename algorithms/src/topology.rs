@@ -24,8 +24,13 @@ pub enum Target {
     /// Straight to a node over a direct link (neighbour maintenance). A timeout means the
     /// node or the link failed.
     Direct(NodeId),
-    /// Routed through the overlay along a destination list.
+    /// Routed through the overlay along a destination list; a Node-ID entry is routed by
+    /// id unless it is a neighbour.
     Route(Vec<Destination>),
+    /// Sent straight to the first entry (a node known from earlier, not necessarily a
+    /// neighbour), which routes the rest: used to join through a bootstrap peer and to
+    /// look oneself up through a peer from another part of the overlay.
+    SourceRoute(Vec<Destination>),
 }
 
 /// What the transport reports about a link to another node.
@@ -181,4 +186,8 @@ pub trait Topology: Send {
     fn leave(&mut self, ctx: &mut Ctx<'_>);
     /// The routing table, for metrics and diagnostics.
     fn routing_table(&self) -> RoutingSnapshot;
+    /// Whether this node routes and stores for others (peers do, clients do not).
+    fn is_peer(&self) -> bool {
+        true
+    }
 }

@@ -196,6 +196,36 @@ impl Sim {
         self.after(i);
     }
 
+    /// Starts node `i` as a client attached to the peer `admitting`: it routes nothing
+    /// and stores nothing, and reaches the overlay only through that peer.
+    pub fn start_client(&mut self, i: usize, admitting: NodeId) {
+        let s = &self.slots[i];
+        let topo = Box::new(p2psip_algorithms::client::ClientTopology::new(s.id));
+        let node_seed = self.rng.random();
+        let mut node = OverlayNode::new(
+            self.core.clone(),
+            s.identity.clone(),
+            topo,
+            Box::new(MemoryStore::new()),
+            node_seed,
+        );
+        node.start(self.now, &[admitting]);
+        self.slots[i].node = Some(node);
+        self.after(i);
+    }
+
+    /// Mutable access to a node, for tests that set transport details.
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut OverlayNode> {
+        self.slots[i].node.as_mut()
+    }
+
+    /// Delivers raw bytes to node `to` as if the node `from` had sent them (tests of
+    /// malformed or forged input).
+    pub fn inject(&mut self, to: usize, from: NodeId, bytes: Vec<u8>) {
+        let at = self.now + Duration::from_millis(1);
+        self.push(at, Ev::Deliver { to, from, bytes });
+    }
+
     /// Crashes node `i`: it vanishes without a word. Its store is kept as on disk.
     pub fn crash(&mut self, i: usize) {
         if let Some(n) = self.slots[i].node.take() {
@@ -305,7 +335,7 @@ impl Sim {
                 }
                 Event::Joined => self.joined_events += 1,
                 Event::Left => left = true,
-                Event::JoinFailed(_) => {}
+                Event::JoinFailed(_) | Event::PeerCandidates { .. } => {}
             }
         }
         if left {
@@ -443,12 +473,16 @@ impl Sim {
 
     // ---- ground truth -----------------------------------------------------------------
 
-    /// Live nodes (running and joined), sorted by id.
+    /// Live peers (running and joined; clients are not part of the ring), sorted by id.
     pub fn live_ring(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self
             .slots
             .iter()
-            .filter(|s| s.node.as_ref().is_some_and(|n| n.is_joined()))
+            .filter(|s| {
+                s.node
+                    .as_ref()
+                    .is_some_and(|n| n.is_joined() && n.topology().is_peer())
+            })
             .map(|s| s.id)
             .collect();
         v.sort();

@@ -260,7 +260,7 @@ impl Chord {
         }
         let via = pool[ctx.rng.random_range(0..pool.len())];
         let tok = ctx.request(
-            Target::Route(vec![
+            Target::SourceRoute(vec![
                 Destination::Node(via),
                 Destination::Resource(add(self.me, 1)),
             ]),
@@ -278,7 +278,7 @@ impl Chord {
         let b = self.bootstrap[self.join_attempt % self.bootstrap.len()];
         self.join_attempt += 1;
         let tok = ctx.request(
-            Target::Route(vec![Destination::Node(b), Destination::Resource(self.me)]),
+            Target::SourceRoute(vec![Destination::Node(b), Destination::Resource(self.me)]),
             pb::JoinReq {
                 joining_peer_id: self.me.to_bytes().to_vec(),
                 algorithm: NAME.into(),

@@ -70,6 +70,12 @@ pub enum Event {
         latency: Duration,
         responder: Option<NodeId>,
     },
+    /// A node told this one how to reach it (in an Attach request): the transport may
+    /// connect to it.
+    PeerCandidates {
+        node: NodeId,
+        candidates: Vec<pb::Candidate>,
+    },
 }
 
 /// Life cycle of the node.
@@ -116,6 +122,8 @@ pub struct OverlayNode {
     replication_due: bool,
     leave_pending: usize,
     stats: Stats,
+    /// How other nodes reach this one (set by the transport).
+    candidates: Vec<pb::Candidate>,
 }
 
 impl OverlayNode {
@@ -153,6 +161,7 @@ impl OverlayNode {
             replication_due: false,
             leave_pending: 0,
             stats: Stats::default(),
+            candidates: Vec::new(),
         }
     }
 
@@ -194,6 +203,11 @@ impl OverlayNode {
 
     pub fn storage(&self) -> &dyn Storage {
         self.store.as_ref()
+    }
+
+    /// Sets the transport candidates this node gives out in Attach exchanges.
+    pub fn set_candidates(&mut self, candidates: Vec<pb::Candidate>) {
+        self.candidates = candidates;
     }
 
     /// Transactions waiting for an answer.
@@ -349,7 +363,7 @@ impl OverlayNode {
                 values,
             }],
         };
-        self.client_request(now, resource, body.into())
+        self.client_request(now, route(resource), body.into())
     }
 
     /// Fetches values at `resource`.
@@ -363,7 +377,7 @@ impl OverlayNode {
             resource: resource.to_bytes().to_vec(),
             specifiers,
         };
-        self.client_request(now, resource, body.into())
+        self.client_request(now, route(resource), body.into())
     }
 
     /// Fetches every value of one kind at `resource`.
@@ -377,7 +391,7 @@ impl OverlayNode {
             resource: resource.to_bytes().to_vec(),
             specifiers: vec![all_of_kind(kind)],
         };
-        self.client_request(now, resource, body.into())
+        self.client_request(now, route(resource), body.into())
     }
 
     /// Find: the closest resource at or after `resource` that holds each kind.
@@ -386,15 +400,32 @@ impl OverlayNode {
             resource: resource.to_bytes().to_vec(),
             kinds,
         };
-        self.client_request(now, resource, body.into())
+        self.client_request(now, route(resource), body.into())
     }
 
     /// Pings the node responsible for `target` (a lookup: the answer names the responder).
     pub fn lookup(&mut self, now: Time, target: Id) -> OpId {
-        self.client_request(now, target, pb::PingReq { padding: vec![] }.into())
+        self.client_request(now, route(target), pb::PingReq { padding: vec![] }.into())
     }
 
-    fn client_request(&mut self, now: Time, resource: Id, body: Body) -> OpId {
+    /// Asks the node `node` (routed through the overlay) for its transport candidates, giving
+    /// it ours; the answer is an AttachAns.
+    pub fn attach(&mut self, now: Time, node: NodeId) -> OpId {
+        let body = pb::AttachReq {
+            ufrag: Vec::new(),
+            password: Vec::new(),
+            role: "active".into(),
+            candidates: self.candidates.clone(),
+            send_update: false,
+        };
+        self.client_request(
+            now,
+            Target::Route(vec![Destination::Node(node)]),
+            body.into(),
+        )
+    }
+
+    fn client_request(&mut self, now: Time, target: Target, body: Body) -> OpId {
         self.now = now;
         self.next_op += 1;
         let op = OpId(self.next_op);
@@ -412,11 +443,7 @@ impl OverlayNode {
             });
             return op;
         }
-        self.request(
-            Owner::Client(op),
-            Target::Route(vec![Destination::Resource(resource)]),
-            body,
-        );
+        self.request(Owner::Client(op), target, body);
         self.drain();
         op
     }
@@ -507,6 +534,10 @@ impl OverlayNode {
             }
         }
     }
+}
+
+fn route(resource: Id) -> Target {
+    Target::Route(vec![Destination::Resource(resource)])
 }
 
 /// A Fetch specifier for every value of one kind.

@@ -31,6 +31,13 @@ impl OverlayNode {
             return;
         };
         let req = is_request(c.code);
+        if req && from != self.me && h.via_len() == 1 {
+            // The link's authenticated peer is the originator: it must not claim another id.
+            if h.via().next() != Some(DestRef::Node(from)) {
+                self.stats.forged += 1;
+                return;
+            }
+        }
         let Some(first) = h.first_destination() else {
             self.stats.malformed += 1;
             return;
@@ -45,6 +52,10 @@ impl OverlayNode {
             }
             _ if !req => {
                 // An answer must name this node first; anything else is misrouted.
+                self.stats.malformed += 1;
+            }
+            _ if !self.topology.is_peer() => {
+                // Clients never route for others.
                 self.stats.malformed += 1;
             }
             _ => self.pass_on(bytes, &h, req, false),

@@ -19,7 +19,33 @@ fn resource_of(bytes: &[u8]) -> Result<Id, (ErrorCode, String)> {
 
 impl OverlayNode {
     pub(super) fn serve(&mut self, origin: NodeId, body: Body) -> Served {
+        if !self.topology.is_peer()
+            && !matches!(
+                body,
+                Body::PingReq(_) | Body::AttachReq(_) | Body::AppAttachReq(_)
+            )
+        {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("a client does not serve {}", body.method_name()),
+            ));
+        }
         match body {
+            Body::AttachReq(a) => {
+                if !a.candidates.is_empty() {
+                    self.events.push_back(super::Event::PeerCandidates {
+                        node: origin,
+                        candidates: a.candidates,
+                    });
+                }
+                Ok(Body::AttachAns(pb::AttachAns {
+                    ufrag: Vec::new(),
+                    password: Vec::new(),
+                    role: "passive".into(),
+                    candidates: self.candidates.clone(),
+                    send_update: false,
+                }))
+            }
             Body::JoinReq(_) | Body::UpdateReq(_) | Body::LeaveReq(_) | Body::RouteQueryReq(_) => {
                 self.with_topology(|t, ctx| t.on_request(ctx, origin, &body))
             }

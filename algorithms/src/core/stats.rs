@@ -26,6 +26,8 @@ pub struct Stats {
     pub timeouts: u64,
     /// Store requests sent to keep replicas and hand data over.
     pub replication_stores: u64,
+    /// Requests whose originator claimed a Node-ID other than its link's (dropped).
+    pub forged: u64,
     /// Error answers sent.
     pub errors_sent: u64,
 }

@@ -44,6 +44,13 @@ impl OverlayNode {
         }
         let (destinations, direct) = match target {
             Target::Direct(n) => (vec![Destination::Node(n)], Some(n)),
+            Target::SourceRoute(d) => match d.first() {
+                Some(Destination::Node(n)) if *n != self.me => {
+                    let n = *n;
+                    (d, Some(n))
+                }
+                _ => (d, None),
+            },
             Target::Route(d) => (d, None),
         };
         let tx = Tx {
@@ -70,7 +77,15 @@ impl OverlayNode {
         };
         let first_hop = match (tx.direct, tx.destinations.first()) {
             (Some(n), _) => n,
-            (None, Some(Destination::Node(n))) => *n,
+            (None, Some(Destination::Node(n)))
+                if *n == self.me || self.topology.is_neighbor(*n) =>
+            {
+                *n
+            }
+            (None, Some(Destination::Node(n))) => match self.topology.next_hop(*n) {
+                NextHop::Local => self.me,
+                NextHop::Forward(x) => x,
+            },
             (None, Some(Destination::Resource(r))) => match self.topology.next_hop(*r) {
                 NextHop::Local => self.me,
                 NextHop::Forward(n) => n,

@@ -99,7 +99,11 @@ pub fn fetch_user_value(sim: &mut Sim, via: usize, i: usize) -> Result<Option<Ve
 pub fn random_live(sim: &mut Sim) -> usize {
     loop {
         let i = sim.random_below(sim.len());
-        if sim.is_up(i) && sim.node(i).is_some_and(|n| n.is_joined()) {
+        if sim.is_up(i)
+            && sim
+                .node(i)
+                .is_some_and(|n| n.is_joined() && n.topology().is_peer())
+        {
             return i;
         }
     }

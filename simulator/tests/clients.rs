@@ -1,0 +1,116 @@
+//! Clients: non-routing nodes that reach the overlay through one admitting peer; Attach
+//! exchanges transport candidates; a forged originator id is dropped.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use p2psip_algorithms::storage::KIND_USER_VALUE;
+use p2psip_algorithms::{signed_value, Event, ValueModel};
+use p2psip_proto::{pb, Body, Destination, Id, OwnedHeader};
+use p2psip_simulator::NetConfig;
+use std::time::Duration;
+
+#[test]
+fn a_client_stores_and_fetches_through_its_admitting_peer() {
+    let mut sim = overlay(61, 30, chord(), NetConfig::default());
+    let c = sim.add_node();
+    let peer = random_live(&mut sim);
+    let peer_id = sim.id(peer);
+    sim.start_client(c, peer_id);
+    sim.run_for(Duration::from_secs(1));
+    store_user_value(&mut sim, c, 5, 600);
+    let other = random_live(&mut sim);
+    assert_eq!(
+        fetch_user_value(&mut sim, other, 5).unwrap(),
+        Some(value_of(5))
+    );
+    assert_eq!(fetch_user_value(&mut sim, c, 5).unwrap(), Some(value_of(5)));
+    // The client is not part of the ring and holds nothing.
+    assert!(!sim.live_ring().contains(&sim.id(c)));
+    assert_eq!(sim.node(c).unwrap().storage().value_count(), 0);
+    for id in &sim.live_ring() {
+        let i = sim.index_of(*id).unwrap();
+        let rt = sim.node(i).unwrap().routing_table();
+        assert!(
+            !rt.successors.contains(&sim.id(c)),
+            "a client entered a routing table"
+        );
+    }
+}
+
+#[test]
+fn attach_exchanges_candidates_through_the_overlay() {
+    let mut sim = overlay(62, 30, chord(), NetConfig::default());
+    let (a, b) = (random_live(&mut sim), random_live(&mut sim));
+    let cand = |port: u32| pb::Candidate {
+        address: vec![127, 0, 0, 1],
+        port,
+        r#type: pb::candidate::Type::Host as i32,
+        priority: 1,
+    };
+    sim.node_mut(a).unwrap().set_candidates(vec![cand(4000)]);
+    sim.node_mut(b).unwrap().set_candidates(vec![cand(5000)]);
+    let bid = sim.id(b);
+    let e = sim.op(a, |n, t| n.attach(t, bid)).unwrap();
+    let Event::Completed {
+        outcome: Ok(Body::AttachAns(ans)),
+        responder,
+        ..
+    } = e
+    else {
+        panic!("attach failed: {e:?}")
+    };
+    assert_eq!(responder, Some(bid));
+    assert_eq!(ans.candidates, vec![cand(5000)]);
+    // An Attach to an id no node has is answered Not_Found.
+    let nobody = Id(bid.0 ^ 1);
+    let e = sim.op(a, |n, t| n.attach(t, nobody)).unwrap();
+    let Event::Completed {
+        outcome: Err(err), ..
+    } = e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(err.code, pb::ErrorCode::NotFound);
+}
+
+#[test]
+fn a_request_with_a_forged_originator_is_dropped() {
+    let mut sim = overlay(63, 10, chord(), NetConfig::default());
+    let (a, b) = (0, 1);
+    let (who, res) = user(1);
+    let v = signed_value(
+        &who,
+        res,
+        KIND_USER_VALUE,
+        sim.now(),
+        60,
+        ValueModel::Single(b"x".to_vec()),
+    );
+    let body = Body::StoreReq(pb::StoreReq {
+        resource: res.to_bytes().to_vec(),
+        replica_number: 0,
+        kind_data: vec![pb::StoreKindData {
+            kind: KIND_USER_VALUE,
+            generation_counter: 0,
+            values: vec![v],
+        }],
+    });
+    let overlay_id = p2psip_proto::overlay_id(&sim.node(a).unwrap().config().overlay);
+    // Node a's link delivers a request whose via list claims it came from someone else.
+    let header = OwnedHeader {
+        via: vec![Destination::Node(Id(12345))],
+        ..OwnedHeader::new(overlay_id, 77, Destination::Resource(res))
+    };
+    let bytes =
+        p2psip_proto::encode_parts(&header, body.code(), &body.encode_to_vec(), &[]).unwrap();
+    let aid = sim.id(a);
+    sim.inject(b, aid, bytes);
+    sim.inject(b, aid, vec![0xde, 0xad, 0xbe, 0xef]);
+    sim.run_for(Duration::from_secs(1));
+    let st = sim.node(b).unwrap().stats().clone();
+    assert_eq!(st.forged, 1);
+    assert_eq!(st.malformed, 1);
+    assert!(sim.node(b).unwrap().is_joined(), "node b is still up");
+}
