@@ -1,10 +1,695 @@
-//! The `p2psip` daemon and CLI. The node issue builds it; until then it says so.
+//! `p2psip`: the node daemon and its command-line tools.
 
-fn main() {
-    eprintln!(
-        "p2psip {}: the node daemon is not built yet; run the local overlay demo with \
-         `cargo run --release -p p2psip-simulator --bin p2psip-sim -- demo`",
-        env!("CARGO_PKG_VERSION")
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use p2psip_algorithms::{Event, Id};
+use p2psip_node::cli_ops::{build_value, kind_of, parse_duration, values_json, values_of};
+use p2psip_node::config::Config;
+use p2psip_node::runtime::{self, NodeHandle, Role};
+use p2psip_node::{identity, metrics};
+use p2psip_proto::security::Identity;
+use p2psip_proto::Body;
+use serde_json::json;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "p2psip",
+    version,
+    about = "A peer-to-peer overlay that locates SIP users and resources without central servers",
+    long_about = "p2psip runs peers of a DHT overlay (Chord by default) that speak a compact \
+                  binary protocol over QUIC, and clients that store and look up data through \
+                  an admitting peer. `p2psip devnet` starts a local overlay to try it."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a peer of the overlay until SIGTERM / Ctrl-C (then it leaves gracefully).
+    Node(NodeArgs),
+    /// Talk to the overlay as a client of one admitting peer (never routes for others).
+    Client(ClientArgs),
+    /// Start a local overlay of N peers on loopback, store and fetch sample SIP
+    /// registrations across them, and keep running until Ctrl-C or --duration.
+    Devnet(DevnetArgs),
+    /// Create a new identity (Ed25519 key) file and print its Node-ID.
+    Keygen {
+        /// Where to write the key (64 hex digits); an existing file is never overwritten.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Print the Node-ID of an identity file.
+    Id {
+        /// The key file.
+        identity: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LogArgs {
+    /// Log format: human or json.
+    #[arg(long, env = "P2PSIP_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. info, debug, "info,p2psip_node=debug".
+    #[arg(long, env = "P2PSIP_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Configuration file (TOML; see deploy/p2psip.toml for every field).
+    #[arg(long, short, env = "P2PSIP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overlay name.
+    #[arg(long, env = "P2PSIP_OVERLAY")]
+    overlay: Option<String>,
+    /// DHT algorithm (chord).
+    #[arg(long, env = "P2PSIP_ALGORITHM")]
+    algorithm: Option<String>,
+    /// UDP address to listen on, e.g. 0.0.0.0:4700.
+    #[arg(long, env = "P2PSIP_LISTEN")]
+    listen: Option<String>,
+    /// Peers to join through, comma-separated host:port. None: start a new overlay.
+    #[arg(long, env = "P2PSIP_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Option<Vec<String>>,
+    /// Identity key file (created if missing). Default: <data-dir>/node.key, or ephemeral.
+    #[arg(long, env = "P2PSIP_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Directory for stored data and the bootstrap cache.
+    #[arg(long, env = "P2PSIP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the Prometheus /metrics endpoint, e.g. 0.0.0.0:9470.
+    #[arg(long, env = "P2PSIP_METRICS")]
+    metrics: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The admitting peer, host:port.
+    #[arg(long, env = "P2PSIP_PEER")]
+    peer: String,
+    /// Overlay name (must match the peer's).
+    #[arg(long, env = "P2PSIP_OVERLAY", default_value = "p2psip.example")]
+    overlay: String,
+    /// Identity key file of the writer; default: a key derived from the resource name, so
+    /// the same name always signs with the same key.
+    #[arg(long, env = "P2PSIP_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this long (e.g. 10s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    op: ClientOp,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Subcommand)]
+enum ClientOp {
+    /// Store VALUE under NAME (resource = hash(NAME); signed as user NAME).
+    Store {
+        name: String,
+        value: String,
+        /// Kind: user-value, sip-registration, user-array, node-value, or a number.
+        #[arg(long, default_value = "user-value")]
+        kind: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        lifetime: u32,
+    },
+    /// Fetch the values under NAME (exit status 4 when there are none).
+    Fetch {
+        name: String,
+        #[arg(long, default_value = "user-value")]
+        kind: String,
+    },
+    /// Metadata of the values under NAME.
+    Stat {
+        name: String,
+        #[arg(long, default_value = "user-value")]
+        kind: String,
+    },
+    /// The closest resource at or after hash(NAME) that holds the kind.
+    Find {
+        name: String,
+        #[arg(long, default_value = "user-value")]
+        kind: String,
+    },
+    /// Ping the peer responsible for hash(NAME) (default: a random id).
+    Ping { name: Option<String> },
+}
+
+#[derive(Args)]
+struct DevnetArgs {
+    /// Number of peers.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Number of sample SIP users to register.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// DHT algorithm.
+    #[arg(long, default_value = "chord")]
+    algorithm: String,
+    /// Stop after this long (e.g. 30s); default: run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Prometheus endpoint for all peers (each series has a node label).
+    #[arg(long, default_value = "127.0.0.1:9470")]
+    metrics: String,
+    /// First UDP port; peers take consecutive ports (0: any free ports).
+    #[arg(long, default_value_t = 0)]
+    base_port: u16,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+fn init_logs(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.cmd {
+        Cmd::Node(a) => rt.block_on(node(a)),
+        Cmd::Client(a) => {
+            init_logs(
+                a.log.log_format.as_deref().unwrap_or("human"),
+                a.log.log_level.as_deref().unwrap_or("warn"),
+            );
+            let code = rt.block_on(client(a))?;
+            std::process::exit(code);
+        }
+        Cmd::Devnet(a) => rt.block_on(devnet(a)),
+        Cmd::Keygen { out } => {
+            let seed = identity::generate_seed();
+            identity::write_seed(&out, &seed)?;
+            println!("{:#}", Identity::from_seed(seed, "").node_id);
+            Ok(())
+        }
+        Cmd::Id { identity: path } => {
+            let seed = identity::read_seed(&path)?;
+            println!("{:#}", Identity::from_seed(seed, "").node_id);
+            Ok(())
+        }
+    }
+}
+
+async fn node(a: NodeArgs) -> anyhow::Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.overlay {
+        cfg.overlay = v;
+    }
+    if let Some(v) = a.algorithm {
+        cfg.algorithm = v;
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.bootstrap {
+        cfg.bootstrap = v.into_iter().filter(|s| !s.is_empty()).collect();
+    }
+    if let Some(v) = a.identity {
+        cfg.identity = Some(v);
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = Some(v);
+    }
+    if let Some(v) = a.metrics {
+        cfg.metrics = v;
+    }
+    if let Some(v) = a.log.log_format {
+        cfg.log.format = v;
+    }
+    if let Some(v) = a.log.log_level {
+        cfg.log.level = v;
+    }
+    cfg.validate()?;
+    init_logs(&cfg.log.format, &cfg.log.level);
+    let key_path = cfg
+        .identity
+        .clone()
+        .or_else(|| cfg.data_dir.as_ref().map(|d| d.join("node.key")));
+    let seed = match &key_path {
+        Some(p) => {
+            identity::load_or_create(p, &cfg.user, true)?;
+            identity::read_seed(p)?
+        }
+        None => {
+            tracing::warn!("no identity file or data dir: using an ephemeral identity");
+            identity::generate_seed()
+        }
+    };
+    if !cfg.metrics.is_empty() {
+        let addr: SocketAddr = runtime::resolve(&cfg.metrics).await?;
+        metrics::install(addr)?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
+    let h = runtime::spawn(cfg.clone(), Role::Peer, seed).await?;
+    println!(
+        "p2psip node {:#} listening on {} (overlay {:?}, algorithm {})",
+        h.id, h.addr, cfg.overlay, cfg.algorithm
     );
-    std::process::exit(2);
+    std::io::stdout().flush().ok();
+    wait_for_signal(&h).await;
+    h.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal(h: &NodeHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if h.is_finished() { break; }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs one client operation; returns the process exit status.
+async fn client(a: ClientArgs) -> anyhow::Result<i32> {
+    let peer = runtime::resolve(&a.peer).await?;
+    let name = match &a.op {
+        ClientOp::Store { name, .. }
+        | ClientOp::Fetch { name, .. }
+        | ClientOp::Stat { name, .. }
+        | ClientOp::Find { name, .. } => name.clone(),
+        ClientOp::Ping { name } => name.clone().unwrap_or_default(),
+    };
+    let seed = match &a.identity {
+        Some(p) => identity::read_seed(p)?,
+        None => {
+            // A key derived from the name: the same writer for the same name, every time.
+            let d = <sha2::Sha256 as sha2::Digest>::digest(format!("p2psip-client:{name}"));
+            let mut s = [0u8; 32];
+            s.copy_from_slice(&d);
+            s
+        }
+    };
+    let cfg = Config {
+        overlay: a.overlay.clone(),
+        user: name.clone(),
+        ..Config::default()
+    };
+    let writer = Identity::from_seed(seed, name.clone());
+    let started = Instant::now();
+    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
+    if let Err(e) = h.wait_joined(a.timeout).await {
+        bail!("could not reach peer {peer}: {e}");
+    }
+    let (event, what) = match a.op {
+        ClientOp::Store {
+            kind,
+            value,
+            lifetime,
+            ..
+        } => {
+            let k = kind_of(&kind)?;
+            let (res, v) = build_value(
+                &writer,
+                &name,
+                k,
+                value.as_bytes(),
+                runtime::now(),
+                lifetime,
+            );
+            (
+                op(&h, a.timeout, move |n, t| n.store(t, res, k, vec![v], 0)).await?,
+                "store",
+            )
+        }
+        ClientOp::Fetch { kind, .. } => {
+            let k = kind_of(&kind)?;
+            let res = Id::hash_of(name.as_bytes());
+            (
+                op(&h, a.timeout, move |n, t| n.fetch_kind(t, res, k)).await?,
+                "fetch",
+            )
+        }
+        ClientOp::Stat { kind, .. } => {
+            let k = kind_of(&kind)?;
+            let res = Id::hash_of(name.as_bytes());
+            (
+                op(&h, a.timeout, move |n, t| n.stat(t, res, k)).await?,
+                "stat",
+            )
+        }
+        ClientOp::Find { kind, .. } => {
+            let k = kind_of(&kind)?;
+            let res = Id::hash_of(name.as_bytes());
+            (
+                op(&h, a.timeout, move |n, t| n.find(t, res, vec![k])).await?,
+                "find",
+            )
+        }
+        ClientOp::Ping { name } => {
+            let target = match name {
+                Some(n) => Id::hash_of(n.as_bytes()),
+                None => Id(rand::random()),
+            };
+            (
+                op(&h, a.timeout, move |n, t| n.lookup(t, target)).await?,
+                "ping",
+            )
+        }
+    };
+    h.shutdown().await;
+    let Event::Completed {
+        outcome,
+        hops,
+        latency,
+        ..
+    } = event
+    else {
+        bail!("unexpected answer");
+    };
+    let body = match outcome {
+        Ok(b) => b,
+        Err(e) => {
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "error": e.code.as_str_name(), "info": e.info})
+                );
+            } else {
+                eprintln!("{what} failed: {e}");
+            }
+            return Ok(2);
+        }
+    };
+    let ms = latency.as_secs_f64() * 1000.0;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut code = 0;
+    match body {
+        Body::StoreAns(s) => {
+            let k = s.kind_responses.first();
+            let generation = k.map_or(0, |k| k.generation_counter);
+            let replicas = k.map_or(0, |k| k.replicas.len());
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "generation": generation, "replicas": replicas, "hops": hops, "ms": ms})
+                );
+            } else {
+                println!("stored {name} (generation {generation}, {replicas} replicas, {hops} hops, {ms:.1} ms; {total_ms:.0} ms with connection set-up)");
+            }
+        }
+        Body::FetchAns(f) => {
+            let values = values_of(&f);
+            if values.is_empty() {
+                code = 4;
+            }
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "values": values_json(&values), "hops": hops, "ms": ms})
+                );
+            } else if values.is_empty() {
+                println!("no value under {name}");
+            } else {
+                for v in &values {
+                    println!("{}", String::from_utf8_lossy(v));
+                }
+            }
+        }
+        Body::StatAns(s) => {
+            let metas: Vec<_> = s
+                .kind_responses
+                .iter()
+                .flat_map(|k| k.values.iter())
+                .map(|m| json!({"length": m.value_length, "sha256": hex::encode(&m.hash), "storage_time_ms": m.storage_time, "lifetime_s": m.lifetime}))
+                .collect();
+            if metas.is_empty() {
+                code = 4;
+            }
+            if a.json {
+                println!("{}", json!({"ok": true, "values": metas}));
+            } else {
+                for m in metas {
+                    println!("{m}");
+                }
+            }
+        }
+        Body::FindAns(f) => {
+            let closest = f
+                .results
+                .first()
+                .and_then(|r| Id::from_slice(&r.closest))
+                .map(|i| format!("{i:#}"));
+            if a.json {
+                println!("{}", json!({"ok": true, "closest": closest}));
+            } else {
+                println!("{}", closest.unwrap_or_else(|| "none".into()));
+            }
+        }
+        Body::PingAns(_) => {
+            if a.json {
+                println!("{}", json!({"ok": true, "hops": hops, "ms": ms}));
+            } else {
+                println!("pong ({hops} hops, {ms:.1} ms)");
+            }
+        }
+        other => println!("{other:?}"),
+    }
+    Ok(code)
+}
+
+async fn op(
+    h: &NodeHandle,
+    limit: Duration,
+    f: impl FnOnce(
+            &mut p2psip_algorithms::OverlayNode,
+            p2psip_algorithms::Time,
+        ) -> p2psip_algorithms::OpId
+        + Send
+        + 'static,
+) -> anyhow::Result<Event> {
+    tokio::time::timeout(limit, h.op(f))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
+}
+
+async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
+    init_logs(
+        a.log.log_format.as_deref().unwrap_or("human"),
+        a.log.log_level.as_deref().unwrap_or("warn"),
+    );
+    if a.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let metrics_addr: SocketAddr = a.metrics.parse().context("--metrics")?;
+    metrics::install(metrics_addr)?;
+    let base = Config {
+        algorithm: a.algorithm.clone(),
+        overlay: "devnet.p2psip".into(),
+        ..Config::default()
+    };
+    base.validate()?;
+    println!(
+        "p2psip devnet: starting {} peers ({}) on 127.0.0.1",
+        a.nodes, a.algorithm
+    );
+    let t0 = Instant::now();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..a.nodes {
+        let port = if a.base_port == 0 {
+            0
+        } else {
+            a.base_port.saturating_add(i as u16)
+        };
+        let cfg = Config {
+            listen: format!("127.0.0.1:{port}"),
+            bootstrap: nodes
+                .first()
+                .map(|n| vec![n.addr.to_string()])
+                .unwrap_or_default(),
+            ..base.clone()
+        };
+        let h = runtime::spawn(cfg, Role::Peer, identity::generate_seed()).await?;
+        h.wait_joined(Duration::from_secs(20)).await?;
+        nodes.push(h);
+    }
+    // Wait for a consistent ring: each peer's first successor is the next id.
+    let mut ids: Vec<Id> = nodes.iter().map(|n| n.id).collect();
+    ids.sort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ok = true;
+        for n in &nodes {
+            let st = n.status().await?;
+            let k = ids.iter().position(|x| *x == n.id).unwrap_or(0);
+            let want = ids[(k + 1) % ids.len()];
+            if ids.len() > 1 && st.routing.successors.first() != Some(&want) {
+                ok = false;
+            }
+        }
+        if ok || Instant::now() > deadline {
+            println!(
+                "  {} peers joined, ring {} after {:.1?}",
+                nodes.len(),
+                if ok { "consistent" } else { "still converging" },
+                t0.elapsed()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in &nodes {
+        let st = n.status().await?;
+        println!(
+            "    peer {} at {}  successor {}  predecessor {}",
+            n.id,
+            n.addr,
+            st.routing
+                .successors
+                .first()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            st.routing
+                .predecessors
+                .first()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+    }
+    // Sample SIP registrations, stored through one peer and looked up through another.
+    let kind = kind_of("sip-registration")?;
+    let mut stored = 0;
+    let mut store_ms = Vec::new();
+    for u in 0..a.users {
+        let aor = format!("sip:user{u}@devnet.example");
+        let mut seed = [7u8; 32];
+        seed[..8].copy_from_slice(&(u as u64).to_be_bytes());
+        let who = Identity::from_seed(seed, aor.clone());
+        let contact = format!("sip:user{u}@127.0.0.1:{}", 5060 + u);
+        let (res, v) = build_value(&who, &aor, kind, contact.as_bytes(), runtime::now(), 3600);
+        let via = &nodes[u % nodes.len()];
+        match via
+            .op(move |n, t| n.store(t, res, kind, vec![v], 0))
+            .await?
+        {
+            Event::Completed {
+                outcome: Ok(_),
+                latency,
+                ..
+            } => {
+                stored += 1;
+                store_ms.push(latency.as_secs_f64() * 1000.0);
+            }
+            Event::Completed {
+                outcome: Err(e), ..
+            } => println!("  register {aor}: {e}"),
+            _ => {}
+        }
+    }
+    let mut found = 0;
+    let mut fetch_ms = Vec::new();
+    let mut hops_sum = 0;
+    for u in 0..a.users {
+        let aor = format!("sip:user{u}@devnet.example");
+        let res = Id::hash_of(aor.as_bytes());
+        let via = &nodes[(u + 1 + nodes.len() / 2) % nodes.len()];
+        if let Event::Completed {
+            outcome: Ok(Body::FetchAns(f)),
+            latency,
+            hops,
+            ..
+        } = via.op(move |n, t| n.fetch_kind(t, res, kind)).await?
+        {
+            let vals = values_of(&f);
+            if let Some(v) = vals.first() {
+                found += 1;
+                hops_sum += hops;
+                fetch_ms.push(latency.as_secs_f64() * 1000.0);
+                if u < 3 {
+                    println!(
+                        "    {aor} -> {} (via peer {}, {hops} hops, {:.2} ms)",
+                        String::from_utf8_lossy(v),
+                        via.id,
+                        latency.as_secs_f64() * 1000.0
+                    );
+                }
+            }
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    println!(
+        "  registered {stored}/{} SIP users (median store {:.2} ms); found {found}/{} through other peers (median fetch {:.2} ms, mean {:.2} hops)",
+        a.users,
+        med(&mut store_ms),
+        a.users,
+        med(&mut fetch_ms),
+        hops_sum as f64 / found.max(1) as f64
+    );
+    println!("  metrics: http://{metrics_addr}/metrics");
+    println!("  try: cargo run -p p2psip-node -- client --peer {} --overlay devnet.p2psip fetch sip:user0@devnet.example --kind sip-registration", nodes[0].addr);
+    match a.duration {
+        Some(d) => {
+            println!("  running for {d:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        None => {
+            println!("  running until Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    println!("  stopping: every peer leaves gracefully");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    if found < a.users || stored < a.users {
+        bail!(
+            "devnet: {} registrations stored, {} found of {}",
+            stored,
+            found,
+            a.users
+        );
+    }
+    Ok(())
 }

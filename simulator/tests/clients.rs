@@ -52,7 +52,7 @@ fn attach_exchanges_candidates_through_the_overlay() {
     sim.node_mut(a).unwrap().set_candidates(vec![cand(4000)]);
     sim.node_mut(b).unwrap().set_candidates(vec![cand(5000)]);
     let bid = sim.id(b);
-    let e = sim.op(a, |n, t| n.attach(t, bid)).unwrap();
+    let e = sim.op(a, |n, t| n.attach(t, bid, None)).unwrap();
     let Event::Completed {
         outcome: Ok(Body::AttachAns(ans)),
         responder,
@@ -65,7 +65,7 @@ fn attach_exchanges_candidates_through_the_overlay() {
     assert_eq!(ans.candidates, vec![cand(5000)]);
     // An Attach to an id no node has is answered Not_Found.
     let nobody = Id(bid.0 ^ 1);
-    let e = sim.op(a, |n, t| n.attach(t, nobody)).unwrap();
+    let e = sim.op(a, |n, t| n.attach(t, nobody, None)).unwrap();
     let Event::Completed {
         outcome: Err(err), ..
     } = e

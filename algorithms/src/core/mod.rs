@@ -408,9 +408,11 @@ impl OverlayNode {
         self.client_request(now, route(target), pb::PingReq { padding: vec![] }.into())
     }
 
-    /// Asks the node `node` (routed through the overlay) for its transport candidates, giving
-    /// it ours; the answer is an AttachAns.
-    pub fn attach(&mut self, now: Time, node: NodeId) -> OpId {
+    /// Asks the node `node` for its transport candidates, giving it ours; the answer is an
+    /// AttachAns. The request is routed through the overlay, starting at `via` (a node the
+    /// transport has a link to) when given: the transport calls this precisely when it has
+    /// no link to `node`, so the request must not be sent to `node` directly.
+    pub fn attach(&mut self, now: Time, node: NodeId, via: Option<NodeId>) -> OpId {
         let body = pb::AttachReq {
             ufrag: Vec::new(),
             password: Vec::new(),
@@ -418,11 +420,13 @@ impl OverlayNode {
             candidates: self.candidates.clone(),
             send_update: false,
         };
-        self.client_request(
-            now,
-            Target::Route(vec![Destination::Node(node)]),
-            body.into(),
-        )
+        let target = match via {
+            Some(v) if v != node && v != self.me => {
+                Target::SourceRoute(vec![Destination::Node(v), Destination::Node(node)])
+            }
+            _ => Target::Route(vec![Destination::Node(node)]),
+        };
+        self.client_request(now, target, body.into())
     }
 
     fn client_request(&mut self, now: Time, target: Target, body: Body) -> OpId {

@@ -76,7 +76,8 @@ impl OverlayNode {
                 return;
             }
             // Answers travel the reversed via list: every entry is a node we have a link to.
-            Some(DestRef::Node(n)) if !req || pop || self.topology.is_neighbor(n) => n,
+            // A request goes straight to a neighbour and is routed towards any other node.
+            Some(DestRef::Node(n)) if !req || self.topology.is_neighbor(n) => n,
             Some(DestRef::Node(n)) => match self.topology.next_hop(n) {
                 NextHop::Forward(x) => x,
                 NextHop::Local => {

@@ -1,0 +1,125 @@
+//! What the `client` and `devnet` commands store and fetch: kinds by name, values built
+//! and signed for a resource name, answers rendered for people or as JSON.
+
+use anyhow::bail;
+use p2psip_algorithms::storage::{
+    KIND_NODE_VALUE, KIND_SIP_REGISTRATION, KIND_USER_ARRAY, KIND_USER_VALUE,
+};
+use p2psip_algorithms::{signed_value, Id, Time, ValueModel};
+use p2psip_proto::pb::{self, stored_data_value::Model};
+use p2psip_proto::security::Identity;
+use serde_json::json;
+
+/// Kind names accepted on the command line.
+pub const KIND_NAMES: &str = "user-value, sip-registration, user-array, node-value";
+
+/// A kind id from its command-line name (or a number).
+pub fn kind_of(name: &str) -> anyhow::Result<u32> {
+    Ok(match name {
+        "user-value" => KIND_USER_VALUE,
+        "sip-registration" => KIND_SIP_REGISTRATION,
+        "user-array" => KIND_USER_ARRAY,
+        "node-value" => KIND_NODE_VALUE,
+        other => match other.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => bail!("unknown kind {other:?}; known: {KIND_NAMES}, or a number"),
+        },
+    })
+}
+
+/// The value `writer` stores under `name` for `kind`: the resource is hash(name) (the
+/// writer's Node-ID for node-value), and a SIP registration is keyed by the writer's
+/// Node-ID.
+pub fn build_value(
+    writer: &Identity,
+    name: &str,
+    kind: u32,
+    value: &[u8],
+    now: Time,
+    lifetime: u32,
+) -> (Id, pb::StoredData) {
+    let resource = if kind == KIND_NODE_VALUE {
+        writer.node_id
+    } else {
+        Id::hash_of(name.as_bytes())
+    };
+    let model = match kind {
+        KIND_SIP_REGISTRATION => {
+            ValueModel::Dictionary(writer.node_id.to_bytes().to_vec(), value.to_vec())
+        }
+        KIND_USER_ARRAY => ValueModel::Array(u32::MAX, value.to_vec()),
+        _ => ValueModel::Single(value.to_vec()),
+    };
+    (
+        resource,
+        signed_value(writer, resource, kind, now, lifetime, model),
+    )
+}
+
+/// The payloads of the values in a Fetch answer.
+pub fn values_of(ans: &pb::FetchAns) -> Vec<Vec<u8>> {
+    ans.kind_responses
+        .iter()
+        .flat_map(|k| k.values.iter())
+        .filter_map(|d| match d.value.as_ref()?.model.as_ref()? {
+            Model::Single(v) => Some(v.value.clone()),
+            Model::Array(e) => e.value.as_ref().map(|v| v.value.clone()),
+            Model::Dictionary(e) => e.value.as_ref().map(|v| v.value.clone()),
+        })
+        .collect()
+}
+
+/// JSON for a list of values (UTF-8 where they are, hex otherwise).
+pub fn values_json(values: &[Vec<u8>]) -> serde_json::Value {
+    json!(values
+        .iter()
+        .map(|v| match std::str::from_utf8(v) {
+            Ok(s) => json!(s),
+            Err(_) => json!({ "hex": hex::encode(v) }),
+        })
+        .collect::<Vec<_>>())
+}
+
+/// Parses "500ms", "30s", "5m", "2h" or a plain number of seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a duration (e.g. 30s, 5m, 2h)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("{s:?}: unit must be ms, s, m or h"),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        bail!("{s:?} is not a duration");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of("sip-registration").unwrap(), KIND_SIP_REGISTRATION);
+        assert_eq!(kind_of("7").unwrap(), 7);
+        assert!(kind_of("bogus").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! The node configuration: one TOML file (every field documented in
+//! `deploy/p2psip.toml`), overridden by `P2PSIP_*` environment variables and flags.
+
+use anyhow::{bail, Context};
+use p2psip_algorithms::chord::ChordConfig;
+use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::AlgorithmParams;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Overlay name; peers of other overlays are refused.
+    pub overlay: String,
+    /// DHT algorithm: every peer of an overlay must run the same one.
+    pub algorithm: String,
+    /// UDP address the QUIC endpoint listens on.
+    pub listen: String,
+    /// Peers to join through, as "host:port". Empty: this node starts a new overlay.
+    pub bootstrap: Vec<String>,
+    /// File holding the node's Ed25519 key (created on first start).
+    pub identity: Option<PathBuf>,
+    /// User name bound to the identity (for USER-MATCH kinds written by this node).
+    pub user: String,
+    /// Directory for the stored data and the bootstrap cache; none: memory only.
+    pub data_dir: Option<PathBuf>,
+    /// TCP address of the Prometheus `/metrics` endpoint; empty: no metrics endpoint.
+    pub metrics: String,
+    pub timers: Timers,
+    pub limits: Limits,
+    pub chord: ChordSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timers {
+    /// First retransmission timeout of a request, milliseconds (doubles per retry).
+    pub request_timeout_ms: u64,
+    /// Retransmissions before Request_Timeout.
+    pub retransmissions: u32,
+    /// Full re-push of every replica set, seconds.
+    pub replication_interval_s: u64,
+    /// Purge of expired values, seconds.
+    pub expiry_interval_s: u64,
+    /// QUIC keep-alive, milliseconds (holds NAT bindings, detects dead peers).
+    pub keep_alive_ms: u64,
+    /// QUIC idle timeout, milliseconds: a silent peer's link fails after this.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted on a stream, bytes (at most the protocol's 1 MiB).
+    pub max_message_bytes: usize,
+    /// Concurrent incoming streams (in-flight messages) per connection.
+    pub max_streams_per_connection: u32,
+    /// Messages queued for one neighbour before further ones are dropped.
+    pub send_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChordSection {
+    pub successors: usize,
+    pub predecessors: usize,
+    pub fingers: usize,
+    /// Copies besides the responsible peer's.
+    pub replicas: usize,
+    /// Periodic stabilisation interval, seconds; 0 turns it off.
+    pub stabilize_interval_s: u64,
+    pub reactive_recovery: bool,
+    pub finger_interval_s: u64,
+    pub self_lookup_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// "human" or "json".
+    pub format: String,
+    /// A tracing filter, e.g. "info" or "p2psip=debug".
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            overlay: "p2psip.example".into(),
+            algorithm: "chord".into(),
+            listen: "0.0.0.0:4700".into(),
+            bootstrap: Vec::new(),
+            identity: None,
+            user: String::new(),
+            data_dir: None,
+            metrics: String::new(),
+            timers: Timers::default(),
+            limits: Limits::default(),
+            chord: ChordSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        let c = CoreConfig::default();
+        Timers {
+            request_timeout_ms: c.request_timeout.as_millis() as u64,
+            retransmissions: c.retransmissions,
+            replication_interval_s: c.replication_interval.as_secs(),
+            expiry_interval_s: c.expiry_interval.as_secs(),
+            keep_alive_ms: 2000,
+            idle_timeout_ms: 6000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: p2psip_proto::limits::MAX_MESSAGE_LEN,
+            max_streams_per_connection: 256,
+            send_queue: 4096,
+        }
+    }
+}
+
+impl Default for ChordSection {
+    fn default() -> Self {
+        let c = ChordConfig::default();
+        ChordSection {
+            successors: c.successors,
+            predecessors: c.predecessors,
+            fingers: c.fingers,
+            replicas: c.replicas,
+            stabilize_interval_s: c.stabilize_interval.map_or(0, |d| d.as_secs()),
+            reactive_recovery: c.reactive_recovery,
+            finger_interval_s: c.finger_interval.as_secs(),
+            self_lookup_interval_s: c.self_lookup_interval.as_secs(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown fields are errors (a typo must not be ignored).
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.overlay.is_empty() {
+            bail!("overlay: the overlay name must not be empty");
+        }
+        AlgorithmParams::default_for(&self.algorithm)
+            .map_err(|e| anyhow::anyhow!("algorithm: {e}"))?;
+        if self.limits.max_message_bytes > p2psip_proto::limits::MAX_MESSAGE_LEN {
+            bail!(
+                "limits.max_message_bytes: at most {} (the protocol limit)",
+                p2psip_proto::limits::MAX_MESSAGE_LEN
+            );
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            bail!(
+                "log.format: \"human\" or \"json\", not {:?}",
+                self.log.format
+            );
+        }
+        if self.timers.request_timeout_ms == 0 {
+            bail!("timers.request_timeout_ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// The overlay core's configuration.
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            overlay: self.overlay.clone(),
+            request_timeout: Duration::from_millis(self.timers.request_timeout_ms),
+            retransmissions: self.timers.retransmissions,
+            replication_interval: Duration::from_secs(self.timers.replication_interval_s.max(1)),
+            expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
+            ..CoreConfig::default()
+        }
+    }
+
+    /// The algorithm and its parameters (the one place configuration picks it).
+    pub fn algorithm_params(&self) -> anyhow::Result<AlgorithmParams> {
+        let mut p =
+            AlgorithmParams::default_for(&self.algorithm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match &mut p {
+            AlgorithmParams::Chord(c) => {
+                let s = &self.chord;
+                *c = ChordConfig {
+                    successors: s.successors,
+                    predecessors: s.predecessors,
+                    fingers: s.fingers,
+                    replicas: s.replicas,
+                    stabilize_interval: (s.stabilize_interval_s > 0)
+                        .then(|| Duration::from_secs(s.stabilize_interval_s)),
+                    reactive_recovery: s.reactive_recovery,
+                    finger_interval: Duration::from_secs(s.finger_interval_s.max(1)),
+                    self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    ..ChordConfig::default()
+                };
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let text = include_str!("../../deploy/p2psip.toml");
+        let cfg: Config = toml::from_str(text).expect("deploy/p2psip.toml parses");
+        cfg.validate().expect("and validates");
+        assert_eq!(cfg.algorithm, "chord");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Config>("overlay = \"x\"\nalgorthm = \"chord\"").is_err());
+        let cfg: Config = toml::from_str("algorithm = \"pastry\"").unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pastry"), "{e}");
+    }
+}

@@ -1,0 +1,101 @@
+//! Node identities: an Ed25519 key kept as a hex seed file, the self-signed Node-ID derived
+//! from it, and the TLS certificate that carries it on every QUIC connection.
+
+use anyhow::{bail, Context};
+use p2psip_proto::security::Identity;
+use rand::Rng;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::Path;
+
+/// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410): this prefix, then the 32 bytes.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// A fresh random secret seed.
+pub fn generate_seed() -> [u8; 32] {
+    rand::rng().random()
+}
+
+/// Writes a seed as 64 hex digits (mode 0600 on Unix). Refuses to overwrite.
+pub fn write_seed(path: &Path, seed: &[u8; 32]) -> anyhow::Result<()> {
+    if path.exists() {
+        bail!(
+            "{} exists; refusing to overwrite an identity",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, format!("{}\n", hex::encode(seed)))
+        .with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Reads a seed written by [`write_seed`].
+pub fn read_seed(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading identity {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).with_context(|| format!("{}: not hex", path.display()))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| anyhow::anyhow!("{}: a key is 64 hex digits", path.display()))
+}
+
+/// Loads the identity at `path`, creating it first if `create` and it does not exist.
+pub fn load_or_create(path: &Path, user: &str, create: bool) -> anyhow::Result<Identity> {
+    if create && !path.exists() {
+        write_seed(path, &generate_seed())?;
+    }
+    Ok(Identity::from_seed(read_seed(path)?, user))
+}
+
+/// The TLS certificate and key of an identity: a self-signed X.509 certificate over the
+/// identity's own Ed25519 key, so the peer derives the Node-ID from the key it verifies.
+pub fn tls_credentials(
+    seed: &[u8; 32],
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
+    pkcs8.extend_from_slice(seed);
+    let key = rcgen::KeyPair::try_from(pkcs8.as_slice()).context("Ed25519 key for TLS")?;
+    let params = rcgen::CertificateParams::new(vec!["p2psip".to_string()])?;
+    let cert = params
+        .self_signed(&key)
+        .context("self-signed certificate")?;
+    Ok((
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_binds_the_node_id() {
+        let seed = [9u8; 32];
+        let (certs, _) = tls_credentials(&seed).unwrap();
+        let id = Identity::from_seed(seed, "");
+        assert_eq!(crate::tls::node_id_of_cert(&certs[0]).unwrap(), id.node_id);
+    }
+
+    #[test]
+    fn seed_files_round_trip_and_are_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("p2psip-id-{}", std::process::id()));
+        let p = dir.join("key");
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = generate_seed();
+        write_seed(&p, &s).unwrap();
+        assert_eq!(read_seed(&p).unwrap(), s);
+        assert!(write_seed(&p, &s).is_err());
+        std::fs::write(&p, "zz").unwrap();
+        assert!(read_seed(&p).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

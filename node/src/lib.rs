@@ -1,0 +1,14 @@
+//! # p2psip-node: the daemon
+//!
+//! Drives the sans-IO overlay core of `p2psip-algorithms` with tokio: QUIC transport
+//! (quinn + rustls, mutual TLS 1.3, Node-ID bound to the certificate key), a dashmap
+//! storage backend with snapshots, configuration, metrics and the CLI in `main.rs`.
+
+pub mod cli_ops;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod runtime;
+pub mod store;
+pub mod tls;
+pub mod transport;

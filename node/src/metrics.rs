@@ -1,0 +1,110 @@
+//! Metrics through the `metrics` facade; the binary installs the Prometheus exporter.
+//! Names follow `p2psip_<subsystem>_<what>_<unit>`; every series carries a `node` label
+//! (the first 8 hex digits of the Node-ID) so several nodes can share one process.
+
+use crate::store::DashStore;
+use crate::transport::Transport;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use p2psip_algorithms::OverlayNode;
+use p2psip_proto::body::method_name;
+use p2psip_proto::{parse_header, split_contents, Body};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+/// Installs the Prometheus exporter serving `GET /metrics` on `addr`.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
+        .install()
+        .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr}: {e}"))
+}
+
+/// Counts one message by direction and method (and error code for Error answers).
+pub fn message(node: &str, direction: &'static str, bytes: &[u8]) {
+    let Ok(h) = parse_header(bytes) else {
+        counter!("p2psip_messages_malformed_total", "node" => node.to_string()).increment(1);
+        return;
+    };
+    let Ok(c) = split_contents(&h, bytes) else {
+        counter!("p2psip_messages_malformed_total", "node" => node.to_string()).increment(1);
+        return;
+    };
+    let method = method_name(c.code);
+    counter!("p2psip_messages_total", "node" => node.to_string(), "direction" => direction, "method" => method)
+        .increment(1);
+    counter!("p2psip_transport_bytes_total", "node" => node.to_string(), "direction" => direction)
+        .increment(bytes.len() as u64);
+    if c.code == p2psip_proto::ERROR_CODE {
+        if let Ok(Body::ErrorAns(e)) = Body::decode(c.code, c.body) {
+            let name = p2psip_proto::pb::ErrorCode::try_from(e.code)
+                .map(|c| c.as_str_name())
+                .unwrap_or("UNKNOWN");
+            counter!("p2psip_errors_total", "node" => node.to_string(), "direction" => direction, "code" => name)
+                .increment(1);
+        }
+    }
+}
+
+/// A finished transaction of a client operation.
+pub fn transaction(node: &str, method: &'static str, seconds: f64, hops: u32, ok: bool) {
+    histogram!("p2psip_transaction_duration_seconds", "node" => node.to_string(), "method" => method)
+        .record(seconds);
+    histogram!("p2psip_routing_hops", "node" => node.to_string()).record(f64::from(hops));
+    if !ok {
+        counter!("p2psip_transaction_failures_total", "node" => node.to_string(), "method" => method)
+            .increment(1);
+    }
+}
+
+/// Periodic gauges and the core's counters.
+pub fn export(
+    node: &str,
+    core: &OverlayNode,
+    store: &DashStore,
+    transport: &Transport,
+    uptime_s: f64,
+) {
+    let n = || node.to_string();
+    let s = core.stats();
+    counter!("p2psip_messages_forwarded_total", "node" => n()).absolute(s.forwarded);
+    counter!("p2psip_messages_served_total", "node" => n()).absolute(s.served);
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "malformed")
+        .absolute(s.malformed);
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "wrong_overlay")
+        .absolute(s.wrong_overlay);
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "loop").absolute(s.loops);
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "forged_origin")
+        .absolute(s.forged);
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "queue_full")
+        .absolute(transport.stats.queue_full_drops.load(Ordering::Relaxed));
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "oversized")
+        .absolute(transport.stats.oversized_drops.load(Ordering::Relaxed));
+    counter!("p2psip_transport_refused_connections_total", "node" => n())
+        .absolute(transport.stats.refused_connections.load(Ordering::Relaxed));
+    counter!("p2psip_transaction_retransmissions_total", "node" => n()).absolute(s.retransmissions);
+    counter!("p2psip_transaction_timeouts_total", "node" => n()).absolute(s.timeouts);
+    counter!("p2psip_replication_stores_total", "node" => n()).absolute(s.replication_stores);
+    let rt = core.routing_table();
+    gauge!("p2psip_routing_successors", "node" => n()).set(rt.successors.len() as f64);
+    gauge!("p2psip_routing_predecessors", "node" => n()).set(rt.predecessors.len() as f64);
+    gauge!("p2psip_routing_fingers", "node" => n()).set(rt.fingers.len() as f64);
+    gauge!("p2psip_transport_connections_open", "node" => n())
+        .set(transport.connection_count() as f64);
+    gauge!("p2psip_overlay_joined", "node" => n()).set(if core.is_joined() { 1.0 } else { 0.0 });
+    gauge!("p2psip_uptime_seconds", "node" => n()).set(uptime_s);
+    for (kind, (values, bytes)) in store.usage_by_kind() {
+        gauge!("p2psip_storage_values", "node" => n(), "kind" => kind.to_string())
+            .set(values as f64);
+        gauge!("p2psip_storage_bytes", "node" => n(), "kind" => kind.to_string()).set(bytes as f64);
+    }
+}
+
+/// Join and leave events.
+pub fn overlay_event(node: &str, what: &'static str) {
+    counter!("p2psip_overlay_events_total", "node" => node.to_string(), "event" => what)
+        .increment(1);
+}

@@ -1,0 +1,570 @@
+//! The runtime: drives one sans-IO `OverlayNode` with tokio — real time, the QUIC
+//! transport, timers — and serves in-process commands (the CLI client and devnet use them).
+
+use crate::config::Config;
+use crate::identity;
+use crate::metrics;
+use crate::store::DashStore;
+use crate::transport::{NetEvent, Transport};
+use anyhow::{anyhow, bail, Context};
+use p2psip_algorithms::client::ClientTopology;
+use p2psip_algorithms::{
+    Event, LinkEvent, NodeId, OpId, OverlayNode, RoutingSnapshot, Stats, Time,
+};
+use p2psip_proto::pb;
+use p2psip_proto::security::Identity;
+use p2psip_proto::Body;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Whether the node routes for others.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A peer of the overlay.
+    Peer,
+    /// A client of one admitting peer.
+    Client { admitting: SocketAddr },
+}
+
+/// A node's state as the runtime reports it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub id: NodeId,
+    pub joined: bool,
+    pub routing: RoutingSnapshot,
+    pub stats: Stats,
+    pub connections: usize,
+    pub stored_values: usize,
+}
+
+type OpFn = Box<dyn FnOnce(&mut OverlayNode, Time) -> OpId + Send>;
+
+enum Command {
+    Op(OpFn, oneshot::Sender<Event>),
+    Status(oneshot::Sender<Status>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on a running node.
+pub struct NodeHandle {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    cmd: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Wall-clock time as the core counts it.
+pub fn now() -> Time {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Time(d.as_micros().min(u64::MAX as u128) as u64)
+}
+
+fn label(id: NodeId) -> String {
+    format!("{id}")
+}
+
+impl NodeHandle {
+    /// Runs an operation on the node and waits for its completion.
+    pub async fn op(
+        &self,
+        f: impl FnOnce(&mut OverlayNode, Time) -> OpId + Send + 'static,
+    ) -> anyhow::Result<Event> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Op(Box::new(f), tx))
+            .await
+            .map_err(|_| anyhow!("node stopped"))?;
+        rx.await
+            .map_err(|_| anyhow!("node stopped before answering"))
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| anyhow!("node stopped"))?;
+        rx.await.map_err(|_| anyhow!("node stopped"))
+    }
+
+    /// Waits until the node has joined, at most `limit`.
+    pub async fn wait_joined(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.status().await?.joined {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {} did not join within {limit:?}", self.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Leaves gracefully (data handed over, neighbours told), saves the store, stops.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+
+    /// Whether the node's task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Starts a node. `seed` is its identity key.
+pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<NodeHandle> {
+    cfg.validate()?;
+    let ident = Identity::from_seed(seed, cfg.user.clone());
+    let id = ident.node_id;
+    let (certs, key) = identity::tls_credentials(&seed)?;
+    let listen: SocketAddr = match &role {
+        Role::Peer => resolve(&cfg.listen)
+            .await
+            .with_context(|| format!("listen address {:?}", cfg.listen))?,
+        Role::Client { admitting } => {
+            if admitting.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            }
+        }
+    };
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let transport = Transport::bind(&cfg, listen, id, certs, key, ev_tx)?;
+    let addr = transport.local_addr()?;
+    let store = DashStore::new();
+    let store_path = cfg.data_dir.as_ref().map(|d| d.join("store.pb"));
+    if let Some(p) = store_path.as_ref().filter(|p| p.exists()) {
+        match store.load(p) {
+            Ok(n) => tracing::info!(values = n, path = %p.display(), "restored stored data"),
+            Err(e) => tracing::warn!("could not restore stored data: {e:#}"),
+        }
+    }
+    let topology = match &role {
+        Role::Peer => cfg.algorithm_params()?.build(id),
+        Role::Client { .. } => Box::new(ClientTopology::new(id)),
+    };
+    let node_seed: u64 = rand::random();
+    let mut core = OverlayNode::new(
+        cfg.core(),
+        ident,
+        topology,
+        Box::new(store.clone()),
+        node_seed,
+    );
+    if !addr.ip().is_unspecified() {
+        core.set_candidates(vec![candidate(addr)]);
+    }
+    let mut boot: Vec<SocketAddr> = Vec::new();
+    match &role {
+        Role::Peer => {
+            for b in &cfg.bootstrap {
+                match resolve(b).await {
+                    Ok(a) => boot.push(a),
+                    Err(e) => tracing::warn!("bootstrap {b:?}: {e:#}"),
+                }
+            }
+            if !cfg.bootstrap.is_empty() {
+                if let Some(dir) = &cfg.data_dir {
+                    boot.extend(read_peer_cache(&dir.join("peers")));
+                }
+            }
+            boot.retain(|a| *a != addr);
+            boot.dedup();
+            if !cfg.bootstrap.is_empty() && boot.is_empty() {
+                bail!("no bootstrap address could be resolved");
+            }
+        }
+        Role::Client { admitting } => boot.push(*admitting),
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let rt = Runtime {
+        label: label(id),
+        core,
+        transport,
+        store,
+        store_path,
+        cache_path: cfg.data_dir.as_ref().map(|d| d.join("peers")),
+        data_dir: cfg.data_dir.clone(),
+        is_peer: matches!(role, Role::Peer),
+        boot,
+        boot_ids: Vec::new(),
+        started: false,
+        addrs: HashMap::new(),
+        pending: HashMap::new(),
+        attaching: HashMap::new(),
+        waiters: HashMap::new(),
+        shutdown: None,
+        began: Instant::now(),
+    };
+    let task = tokio::spawn(rt.run(ev_rx, cmd_rx));
+    Ok(NodeHandle {
+        id,
+        addr,
+        cmd: cmd_tx,
+        task,
+    })
+}
+
+fn candidate(a: SocketAddr) -> pb::Candidate {
+    pb::Candidate {
+        address: match a.ip() {
+            IpAddr::V4(v) => v.octets().to_vec(),
+            IpAddr::V6(v) => v.octets().to_vec(),
+        },
+        port: u32::from(a.port()),
+        r#type: pb::candidate::Type::Host as i32,
+        priority: 1,
+    }
+}
+
+fn candidate_addr(c: &pb::Candidate) -> Option<SocketAddr> {
+    let ip: IpAddr = match c.address.len() {
+        4 => <[u8; 4]>::try_from(c.address.as_slice()).ok()?.into(),
+        16 => <[u8; 16]>::try_from(c.address.as_slice()).ok()?.into(),
+        _ => return None,
+    };
+    let port = u16::try_from(c.port).ok()?;
+    (port != 0 && !ip.is_unspecified()).then(|| SocketAddr::new(ip, port))
+}
+
+/// Resolves "host:port" (an address, or a name through the system resolver).
+pub async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(s)
+        .await
+        .with_context(|| format!("resolving {s:?}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
+}
+
+fn read_peer_cache(path: &std::path::Path) -> Vec<SocketAddr> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Messages held back for a node while a link to it is being set up.
+const PENDING_CAP: usize = 256;
+
+struct Runtime {
+    label: String,
+    core: OverlayNode,
+    transport: std::sync::Arc<Transport>,
+    store: DashStore,
+    store_path: Option<PathBuf>,
+    cache_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    is_peer: bool,
+    boot: Vec<SocketAddr>,
+    boot_ids: Vec<NodeId>,
+    started: bool,
+    addrs: HashMap<NodeId, SocketAddr>,
+    pending: HashMap<NodeId, Vec<Vec<u8>>>,
+    attaching: HashMap<OpId, NodeId>,
+    waiters: HashMap<OpId, oneshot::Sender<Event>>,
+    shutdown: Option<(oneshot::Sender<()>, Instant)>,
+    began: Instant,
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut net: mpsc::UnboundedReceiver<NetEvent>,
+        mut cmds: mpsc::Receiver<Command>,
+    ) {
+        if let Some(d) = &self.data_dir {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                tracing::warn!("data dir {}: {e}", d.display());
+            }
+        }
+        if self.boot.is_empty() {
+            self.start_core();
+        } else {
+            self.dial_bootstrap();
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut boot_retry = tokio::time::interval(Duration::from_secs(3));
+        let mut ticks: u64 = 0;
+        loop {
+            let deadline = self.core.poll_timeout().map(|t| {
+                let n = now();
+                Instant::now() + t.since(n)
+            });
+            tokio::select! {
+                ev = net.recv() => match ev {
+                    Some(ev) => self.on_net(ev),
+                    None => break,
+                },
+                cmd = cmds.recv() => match cmd {
+                    Some(c) => self.on_cmd(c),
+                    None => {
+                        // Every handle is gone: stop as on a shutdown request.
+                        if self.shutdown.is_none() {
+                            let (tx, _rx) = oneshot::channel();
+                            self.begin_shutdown(tx);
+                        }
+                    }
+                },
+                _ = sleep_until(deadline) => self.core.handle_timeout(now()),
+                _ = tick.tick() => {
+                    ticks += 1;
+                    metrics::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
+                    if ticks.is_multiple_of(10) {
+                        self.persist();
+                    }
+                }
+                _ = boot_retry.tick(), if !self.started && !self.boot.is_empty() => self.dial_bootstrap(),
+            }
+            self.flush();
+            if let Some((_, since)) = &self.shutdown {
+                let done = self.core.state() == p2psip_algorithms::NodeState::Left
+                    || since.elapsed() > Duration::from_secs(5);
+                if done {
+                    break;
+                }
+            }
+        }
+        self.persist();
+        self.transport.shutdown().await;
+        metrics::overlay_event(&self.label, "stopped");
+        if let Some((tx, _)) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for a in self.boot.clone() {
+            self.transport.connect(a, None);
+        }
+    }
+
+    fn start_core(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let ids = self.boot_ids.clone();
+        self.core.start(now(), &ids);
+        if ids.is_empty() {
+            tracing::info!(node = %self.core.id(), "forming a new overlay");
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Message { from, bytes } => {
+                metrics::message(&self.label, "in", &bytes);
+                self.core.handle_message(now(), from, &bytes);
+            }
+            NetEvent::LinkUp { node, addr } => {
+                tracing::debug!(%node, %addr, "link up");
+                self.addrs.insert(node, addr);
+                if self.boot.contains(&addr) && !self.boot_ids.contains(&node) {
+                    self.boot_ids.push(node);
+                }
+                if !self.started && !self.boot_ids.is_empty() {
+                    self.start_core();
+                }
+                if let Some(msgs) = self.pending.remove(&node) {
+                    for m in msgs {
+                        self.send_now(node, m);
+                    }
+                }
+                self.core.handle_link(now(), LinkEvent::Up(node));
+            }
+            NetEvent::LinkDown { node } => {
+                tracing::debug!(%node, "link down");
+                self.core.handle_link(now(), LinkEvent::Failed(node));
+            }
+            NetEvent::ConnectFailed { node, addr, reason } => {
+                if self.boot.contains(&addr) && !self.started {
+                    tracing::warn!(%addr, "bootstrap peer unreachable: {reason}");
+                } else {
+                    tracing::debug!(%addr, "connect failed: {reason}");
+                }
+                if let Some(n) = node {
+                    self.pending.remove(&n);
+                    self.addrs.remove(&n);
+                    self.core.handle_link(now(), LinkEvent::Failed(n));
+                }
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, c: Command) {
+        match c {
+            Command::Op(f, tx) => {
+                let op = f(&mut self.core, now());
+                self.waiters.insert(op, tx);
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(Status {
+                    id: self.core.id(),
+                    joined: self.core.is_joined(),
+                    routing: self.core.routing_table(),
+                    stats: self.core.stats().clone(),
+                    connections: self.transport.connection_count(),
+                    stored_values: self.core.storage().value_count(),
+                });
+            }
+            Command::Shutdown(tx) => self.begin_shutdown(tx),
+        }
+    }
+
+    fn begin_shutdown(&mut self, tx: oneshot::Sender<()>) {
+        tracing::info!(node = %self.core.id(), "leaving the overlay");
+        self.core.leave(now());
+        metrics::overlay_event(&self.label, "leave");
+        self.shutdown = Some((tx, Instant::now()));
+    }
+
+    fn send_now(&mut self, to: NodeId, bytes: Vec<u8>) {
+        metrics::message(&self.label, "out", &bytes);
+        if let Err(b) = self.transport.send(to, bytes) {
+            self.queue_for(to, b);
+        }
+    }
+
+    /// Holds a message for a node without a link, and sets one up: connect to a known
+    /// address, or ask the node for its candidates through the overlay (Attach).
+    fn queue_for(&mut self, to: NodeId, bytes: Vec<u8>) {
+        let fresh = !self.pending.contains_key(&to);
+        let q = self.pending.entry(to).or_default();
+        if q.len() >= PENDING_CAP {
+            q.remove(0);
+        }
+        q.push(bytes);
+        if !fresh {
+            return;
+        }
+        if let Some(a) = self.addrs.get(&to).copied() {
+            self.transport.connect(a, Some(to));
+        } else if let Some(via) = self.transport.any_link(to).filter(|_| self.is_peer) {
+            let op = self.core.attach(now(), to, Some(via));
+            self.attaching.insert(op, to);
+        } else {
+            self.pending.remove(&to);
+            self.core.handle_link(now(), LinkEvent::Failed(to));
+        }
+    }
+
+    fn flush(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.core.poll_transmit() {
+                progressed = true;
+                self.send_now(t.to, t.bytes);
+            }
+            while let Some(e) = self.core.poll_event() {
+                progressed = true;
+                self.on_event(e);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Joined => {
+                tracing::info!(node = %self.core.id(), algorithm = self.core.algorithm(), "joined the overlay");
+                metrics::overlay_event(&self.label, "join");
+            }
+            Event::JoinFailed(why) => {
+                tracing::warn!(node = %self.core.id(), "join failed: {why}");
+                metrics::overlay_event(&self.label, "join_failed");
+            }
+            Event::Left => tracing::info!(node = %self.core.id(), "left the overlay"),
+            Event::PeerCandidates { node, candidates } => {
+                if let Some(a) = candidates.iter().find_map(candidate_addr) {
+                    self.addrs.insert(node, a);
+                }
+            }
+            Event::Completed {
+                op,
+                method,
+                outcome,
+                hops,
+                latency,
+                ..
+            } => {
+                if let Some(node) = self.attaching.remove(&op) {
+                    let addr = match &outcome {
+                        Ok(Body::AttachAns(a)) => a.candidates.iter().find_map(candidate_addr),
+                        _ => None,
+                    };
+                    match addr {
+                        Some(a) => {
+                            self.addrs.insert(node, a);
+                            self.transport.connect(a, Some(node));
+                        }
+                        None => {
+                            tracing::debug!(%node, "attach gave no usable address");
+                            self.pending.remove(&node);
+                            self.core.handle_link(now(), LinkEvent::Failed(node));
+                        }
+                    }
+                    return;
+                }
+                metrics::transaction(
+                    &self.label,
+                    method,
+                    latency.as_secs_f64(),
+                    hops,
+                    outcome.is_ok(),
+                );
+                if let Some(tx) = self.waiters.remove(&op) {
+                    let _ = tx.send(Event::Completed {
+                        op,
+                        method,
+                        outcome,
+                        hops,
+                        latency,
+                        responder: None,
+                    });
+                }
+            }
+        }
+    }
+
+    fn persist(&self) {
+        if let Some(p) = &self.store_path {
+            if let Err(e) = self.store.save(p) {
+                tracing::warn!("saving stored data: {e:#}");
+            }
+        }
+        if let Some(p) = &self.cache_path {
+            let mut seen = HashSet::new();
+            let lines: Vec<String> = self
+                .addrs
+                .values()
+                .filter(|a| seen.insert(**a))
+                .map(|a| a.to_string())
+                .collect();
+            if !lines.is_empty() {
+                let _ = std::fs::write(p, lines.join("\n") + "\n");
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,141 @@
+//! TLS 1.3 with mutual authentication for QUIC, in self-signed mode: a certificate is
+//! accepted when its handshake signature verifies, and the peer's Node-ID is the hash of the
+//! Ed25519 key it proves to hold. No CA is involved (enrolled overlays will add one).
+
+use p2psip_algorithms::NodeId;
+use p2psip_proto::security::node_id_of_key;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use std::sync::Arc;
+
+/// ALPN of the peer protocol.
+pub const ALPN: &[u8] = b"p2psip/1";
+
+/// The Node-ID a certificate binds: SHA-256 of its Ed25519 public key, first 128 bits.
+pub fn node_id_of_cert(cert: &CertificateDer<'_>) -> Result<NodeId, Error> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| Error::General("certificate does not parse".into()))?;
+    let spki = x509.public_key();
+    // id-Ed25519 = 1.3.101.112
+    if spki.algorithm.algorithm.to_id_string() != "1.3.101.112" {
+        return Err(Error::General("certificate key is not Ed25519".into()));
+    }
+    let key: [u8; 32] = spki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| Error::General("bad Ed25519 key length".into()))?;
+    Ok(node_id_of_key(&key))
+}
+
+#[derive(Debug)]
+struct NodeCertVerifier {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl NodeCertVerifier {
+    fn new() -> Self {
+        NodeCertVerifier {
+            algs: ring::default_provider().signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for NodeCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        node_id_of_cert(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+impl ClientCertVerifier for NodeCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        node_id_of_cert(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// rustls configurations for both directions of the QUIC endpoint.
+pub fn configs(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<(rustls::ServerConfig, rustls::ClientConfig)> {
+    let provider = Arc::new(ring::default_provider());
+    let verifier = Arc::new(NodeCertVerifier::new());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(certs.clone(), key.clone_key())?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(certs, key)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    Ok((server, client))
+}
