@@ -298,6 +298,7 @@ impl Runtime {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut boot_retry = tokio::time::interval(Duration::from_secs(3));
         let mut ticks: u64 = 0;
+        let mut saved_version = self.store.version();
         loop {
             let deadline = self.core.poll_timeout().map(|t| {
                 let n = now();
@@ -322,7 +323,10 @@ impl Runtime {
                 _ = tick.tick() => {
                     ticks += 1;
                     metrics::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
-                    if ticks.is_multiple_of(10) {
+                    // Snapshot within a second of any change (and the peer cache every 10 s).
+                    let v = self.store.version();
+                    if v != saved_version || ticks.is_multiple_of(10) {
+                        saved_version = v;
                         self.persist();
                     }
                 }

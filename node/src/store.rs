@@ -15,11 +15,22 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct DashStore {
     map: Arc<DashMap<(Id, u32), KindData>>,
+    /// Bumped on every write, so snapshots are taken only when something changed.
+    version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DashStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A number that changes whenever the stored data does.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// (values, payload bytes) per kind, for metrics.
@@ -110,9 +121,11 @@ impl Storage for DashStore {
 
     fn put(&mut self, resource: Id, kind: u32, data: KindData) {
         self.map.insert((resource, kind), data);
+        self.bump();
     }
 
     fn remove(&mut self, resource: Id, kind: u32) -> Option<KindData> {
+        self.bump();
         self.map.remove(&(resource, kind)).map(|(_, v)| v)
     }
 

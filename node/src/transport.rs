@@ -297,6 +297,17 @@ impl Transport {
                             }
                         });
                     }
+                    Err(quinn::ConnectionError::ApplicationClosed(ac))
+                        if ac.error_code == VarInt::from_u32(CLOSE_WRONG_OVERLAY)
+                            || ac.error_code == VarInt::from_u32(CLOSE_WRONG_NODE) =>
+                    {
+                        tracing::warn!(
+                            %peer,
+                            "peer refused the connection: {}",
+                            String::from_utf8_lossy(&ac.reason)
+                        );
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, "link closed: {e}");
                         break;

@@ -463,6 +463,12 @@ impl Topology for Chord {
                     ));
                 }
                 let jp = Id::from_slice(&j.joining_peer_id).unwrap_or(from);
+                if jp != from {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        "joining peer id does not match the sender".into(),
+                    ));
+                }
                 // Answer with our state as the joiner will need it: we become its first
                 // successor, our predecessors become its predecessors.
                 let mut u = self.chord_update(chord_update::Type::Full, ctx.now);
@@ -494,6 +500,12 @@ impl Topology for Chord {
             }
             Body::LeaveReq(l) => {
                 let leaver = Id::from_slice(&l.leaving_peer_id).unwrap_or(from);
+                if leaver != from {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        "leaving peer id does not match the sender".into(),
+                    ));
+                }
                 self.drop_node(ctx, leaver);
                 if let Ok(cl) = pb::ChordLeave::decode(l.overlay_specific.as_slice()) {
                     let mut ids: Vec<Id> = cl

@@ -1,0 +1,234 @@
+//! Helpers of the process-level tests: real `p2psip` processes on 127.0.0.1, killed on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_p2psip");
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "p2psip-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+/// A free TCP port on 127.0.0.1 (for a metrics endpoint).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `p2psip node`; SIGKILLed on drop if still running.
+pub struct NodeProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub id: String,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Test timers: fast failure detection and stabilisation.
+pub fn write_config(dir: &Path, overlay: &str, bootstrap: &[SocketAddr], listen: &str) -> PathBuf {
+    let boot: Vec<String> = bootstrap.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "overlay = \"{overlay}\"\nlisten = \"{listen}\"\nbootstrap = [{}]\n\
+         [timers]\nrequest_timeout_ms = 500\nkeep_alive_ms = 300\nidle_timeout_ms = 1500\n\
+         replication_interval_s = 30\n\
+         [chord]\nstabilize_interval_s = 1\nfinger_interval_s = 2\nself_lookup_interval_s = 5\n\
+         [log]\nlevel = \"info\"\n",
+        boot.join(", ")
+    );
+    let p = dir.join("p2psip.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Starts a node with a config file and data dir in `dir`; waits for its listening line.
+pub fn start_node(dir: &Path, overlay: &str, bootstrap: &[SocketAddr], listen: &str) -> NodeProc {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = write_config(dir, overlay, bootstrap, listen);
+    spawn_node(dir, config)
+}
+
+pub fn spawn_node(dir: &Path, config: PathBuf) -> NodeProc {
+    let metrics_port = free_tcp_port();
+    let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let stderr_log = dir.join("stderr.log");
+    let mut child = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--metrics", &metrics.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("listening on"),
+        "node did not start: {line:?}; stderr: {}",
+        std::fs::read_to_string(&stderr_log).unwrap_or_default()
+    );
+    // "p2psip node <id> listening on <addr> (...)"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let id = words[2].to_string();
+    let addr: SocketAddr = words[5].parse().unwrap();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = out.read_to_end(&mut sink);
+    });
+    NodeProc {
+        child,
+        addr,
+        id,
+        metrics,
+        data_dir: dir.to_path_buf(),
+        config,
+        stderr_log,
+    }
+}
+
+/// Runs `p2psip client` against `peer`; returns (exit code, stdout, stderr).
+pub fn client(peer: SocketAddr, overlay: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["client", "--peer", &peer.to_string(), "--overlay", overlay, "--timeout", "10s"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// GET /metrics.
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, rest) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| rest.to_string())
+}
+
+/// Parses Prometheus text exposition: (name, labels, value) per sample. Panics on a line
+/// that is not valid exposition format.
+pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(c) = line.strip_prefix('#') {
+            let c = c.trim_start();
+            assert!(
+                c.starts_with("HELP ") || c.starts_with("TYPE ") || !c.is_empty(),
+                "bad comment line {line:?}"
+            );
+            if let Some(t) = c.strip_prefix("TYPE ") {
+                let ty = t.split_whitespace().nth(1).unwrap_or("");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                    "bad TYPE {line:?}"
+                );
+            }
+            continue;
+        }
+        let (name_labels, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match name_labels.split_once('{') {
+            Some((n, l)) => {
+                let l = l.strip_suffix('}').unwrap_or_else(|| panic!("bad labels {line:?}"));
+                let labels = l
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad label {line:?}"));
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                        (k.to_string(), v.unwrap_or_else(|| panic!("unquoted label {line:?}")).to_string())
+                    })
+                    .collect();
+                (n.to_string(), labels)
+            }
+            None => (name_labels.to_string(), Vec::new()),
+        };
+        assert!(
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        out.push((name, labels, value));
+    }
+    out
+}
+
+/// Sum of a metric's samples whose labels include `filter`.
+pub fn metric_sum(samples: &[(String, Vec<(String, String)>, f64)], name: &str, filter: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name && filter.iter().all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|(_, _, v)| *v)
+        .sum()
+}
+
+/// Polls `f` every 200 ms until it returns Some, at most `limit`.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
