@@ -38,6 +38,8 @@ pub struct Status {
     pub stats: Stats,
     pub connections: usize,
     pub stored_values: usize,
+    /// Why a client cannot work (its admitting peer refused it or is unreachable).
+    pub fatal: Option<String>,
 }
 
 type OpFn = Box<dyn FnOnce(&mut OverlayNode, Time) -> OpId + Send>;
@@ -96,8 +98,12 @@ impl NodeHandle {
     pub async fn wait_joined(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            if self.status().await?.joined {
+            let st = self.status().await?;
+            if st.joined {
                 return Ok(());
+            }
+            if let Some(why) = st.fatal {
+                bail!("{why}");
             }
             if Instant::now() > deadline {
                 bail!("node {} did not join within {limit:?}", self.id);
@@ -206,6 +212,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         waiters: HashMap::new(),
         shutdown: None,
         began: Instant::now(),
+        fatal: None,
     };
     let task = tokio::spawn(rt.run(ev_rx, cmd_rx));
     Ok(NodeHandle {
@@ -277,6 +284,7 @@ struct Runtime {
     waiters: HashMap<OpId, oneshot::Sender<Event>>,
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
     began: Instant,
+    fatal: Option<String>,
 }
 
 impl Runtime {
@@ -296,7 +304,10 @@ impl Runtime {
             self.dial_bootstrap();
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut boot_retry = tokio::time::interval(Duration::from_secs(3));
+        let mut boot_retry = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(3),
+            Duration::from_secs(3),
+        );
         let mut ticks: u64 = 0;
         let mut saved_version = self.store.version();
         loop {
@@ -330,7 +341,7 @@ impl Runtime {
                         self.persist();
                     }
                 }
-                _ = boot_retry.tick(), if !self.started && !self.boot.is_empty() => self.dial_bootstrap(),
+                _ = boot_retry.tick(), if self.is_peer && !self.started && !self.boot.is_empty() => self.dial_bootstrap(),
             }
             self.flush();
             if let Some((_, since)) = &self.shutdown {
@@ -389,11 +400,20 @@ impl Runtime {
                 }
                 self.core.handle_link(now(), LinkEvent::Up(node));
             }
-            NetEvent::LinkDown { node } => {
+            NetEvent::LinkDown { node, refused } => {
                 tracing::debug!(%node, "link down");
+                if !self.is_peer && !self.core.is_joined() {
+                    self.fatal = Some(match refused {
+                        Some(r) => format!("the admitting peer refused us: {r}"),
+                        None => "the admitting peer closed the connection".into(),
+                    });
+                }
                 self.core.handle_link(now(), LinkEvent::Failed(node));
             }
             NetEvent::ConnectFailed { node, addr, reason } => {
+                if !self.is_peer {
+                    self.fatal = Some(format!("admitting peer {addr} unreachable: {reason}"));
+                }
                 if self.boot.contains(&addr) && !self.started {
                     tracing::warn!(%addr, "bootstrap peer unreachable: {reason}");
                 } else {
@@ -422,6 +442,7 @@ impl Runtime {
                     stats: self.core.stats().clone(),
                     connections: self.transport.connection_count(),
                     stored_values: self.core.storage().value_count(),
+                    fatal: self.fatal.clone(),
                 });
             }
             Command::Shutdown(tx) => self.begin_shutdown(tx),

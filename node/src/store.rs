@@ -30,7 +30,8 @@ impl DashStore {
     }
 
     fn bump(&self) {
-        self.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// (values, payload bytes) per kind, for metrics.

@@ -37,8 +37,10 @@ pub enum NetEvent {
         node: NodeId,
         addr: SocketAddr,
     },
+    /// The link closed; `refused` carries the peer's reason when it refused us.
     LinkDown {
         node: NodeId,
+        refused: Option<String>,
     },
     /// An outgoing connection attempt failed (`node` if a specific node was expected).
     ConnectFailed {
@@ -279,6 +281,7 @@ impl Transport {
         let me = self.clone();
         tokio::spawn(async move {
             let max = me.limits.max_message_bytes;
+            let mut refused = None;
             loop {
                 match conn.accept_uni().await {
                     Ok(mut recv) => {
@@ -301,11 +304,9 @@ impl Transport {
                         if ac.error_code == VarInt::from_u32(CLOSE_WRONG_OVERLAY)
                             || ac.error_code == VarInt::from_u32(CLOSE_WRONG_NODE) =>
                     {
-                        tracing::warn!(
-                            %peer,
-                            "peer refused the connection: {}",
-                            String::from_utf8_lossy(&ac.reason)
-                        );
+                        let reason = String::from_utf8_lossy(&ac.reason).into_owned();
+                        tracing::warn!(%peer, "peer refused the connection: {reason}");
+                        refused = Some(reason);
                         break;
                     }
                     Err(e) => {
@@ -321,7 +322,10 @@ impl Transport {
                     .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
                 if same {
                     me.links.remove(&peer);
-                    let _ = me.events.send(NetEvent::LinkDown { node: peer });
+                    let _ = me.events.send(NetEvent::LinkDown {
+                        node: peer,
+                        refused,
+                    });
                 }
             }
         });

@@ -33,7 +33,12 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
     let boot = first.addr;
     nodes.push(first);
     for i in 1..10 {
-        nodes.push(start_node(&root.0.join(format!("n{i}")), OVERLAY, &[boot], "127.0.0.1:0"));
+        nodes.push(start_node(
+            &root.0.join(format!("n{i}")),
+            OVERLAY,
+            &[boot],
+            "127.0.0.1:0",
+        ));
     }
     for n in &nodes {
         assert!(
@@ -45,15 +50,28 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
     }
 
     // One value stored through node 0 is fetched through every other node.
-    let (code, out, err) = client(nodes[0].addr, OVERLAY, &["store", "alice", "sip:alice@192.0.2.1"]);
+    let (code, out, err) = client(
+        nodes[0].addr,
+        OVERLAY,
+        &["store", "alice", "sip:alice@192.0.2.1"],
+    );
     assert_eq!(code, 0, "store failed: {out} {err}");
     for n in &nodes[1..] {
-        assert_eq!(fetch(n, "alice").as_deref(), Some("sip:alice@192.0.2.1"), "through {}", n.id);
+        assert_eq!(
+            fetch(n, "alice").as_deref(),
+            Some("sip:alice@192.0.2.1"),
+            "through {}",
+            n.id
+        );
     }
     // More values, each through a different node.
     for v in 0..20 {
         let name = format!("user{v}");
-        let (code, out, err) = client(nodes[v % 10].addr, OVERLAY, &["store", &name, &format!("value-{v}")]);
+        let (code, out, err) = client(
+            nodes[v % 10].addr,
+            OVERLAY,
+            &["store", &name, &format!("value-{v}")],
+        );
         assert_eq!(code, 0, "store {name}: {out} {err}");
     }
 
@@ -61,7 +79,11 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
     for n in &nodes {
         let text = scrape(n.metrics).expect("metrics answer");
         let s = parse_prometheus(&text);
-        assert!(metric_sum(&s, "p2psip_messages_total", &[("direction", "in")]) > 0.0, "{}", n.id);
+        assert!(
+            metric_sum(&s, "p2psip_messages_total", &[("direction", "in")]) > 0.0,
+            "{}",
+            n.id
+        );
         assert!(metric_sum(&s, "p2psip_messages_total", &[("direction", "out")]) > 0.0);
         assert!(metric_sum(&s, "p2psip_transport_connections_open", &[]) >= 1.0);
         assert!(metric_sum(&s, "p2psip_uptime_seconds", &[]) > 0.0);
@@ -71,7 +93,11 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
             "p2psip_replication_stores_total",
             "p2psip_overlay_events_total",
         ] {
-            assert!(s.iter().any(|(m, _, _)| m == name), "{name} missing on {}", n.id);
+            assert!(
+                s.iter().any(|(m, _, _)| m == name),
+                "{name} missing on {}",
+                n.id
+            );
         }
     }
     // Three copies of each of the 21 values, as the storage gauges report them (they are
@@ -79,7 +105,11 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
     let copies = eventually(Duration::from_secs(10), || {
         let total: f64 = nodes
             .iter()
-            .map(|n| scrape(n.metrics).map_or(0.0, |t| metric_sum(&parse_prometheus(&t), "p2psip_storage_values", &[])))
+            .map(|n| {
+                scrape(n.metrics).map_or(0.0, |t| {
+                    metric_sum(&parse_prometheus(&t), "p2psip_storage_values", &[])
+                })
+            })
             .sum();
         (total >= 21.0 * 3.0).then_some(total)
     });
@@ -132,7 +162,10 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
             );
         }
     }
-    assert_eq!(fetch(&nodes[1], "alice").as_deref(), Some("sip:alice@192.0.2.1"));
+    assert_eq!(
+        fetch(&nodes[1], "alice").as_deref(),
+        Some("sip:alice@192.0.2.1")
+    );
 
     // Restart one killed peer with its data dir: same identity, back in the ring.
     let back = spawn_node(&restart_dir, restart_cfg);
@@ -144,5 +177,8 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
     );
     assert_eq!(fetch(&back, "user7").as_deref(), Some("value-7"));
     let s = parse_prometheus(&scrape(back.metrics).unwrap());
-    assert!(metric_sum(&s, "p2psip_storage_values", &[]) > 0.0, "restarted node holds data");
+    assert!(
+        metric_sum(&s, "p2psip_storage_values", &[]) > 0.0,
+        "restarted node holds data"
+    );
 }

@@ -39,7 +39,11 @@ fn rand_suffix() -> u64 {
 
 /// A free TCP port on 127.0.0.1 (for a metrics endpoint).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `p2psip node`; SIGKILLed on drop if still running.
@@ -128,7 +132,15 @@ pub fn spawn_node(dir: &Path, config: PathBuf) -> NodeProc {
 /// Runs `p2psip client` against `peer`; returns (exit code, stdout, stderr).
 pub fn client(peer: SocketAddr, overlay: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
-        .args(["client", "--peer", &peer.to_string(), "--overlay", overlay, "--timeout", "10s"])
+        .args([
+            "client",
+            "--peer",
+            &peer.to_string(),
+            "--overlay",
+            overlay,
+            "--timeout",
+            "10s",
+        ])
         .args(args)
         .output()
         .unwrap();
@@ -152,7 +164,10 @@ pub fn scrape(addr: SocketAddr) -> Option<String> {
 
 /// Parses Prometheus text exposition: (name, labels, value) per sample. Panics on a line
 /// that is not valid exposition format.
-pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One sample: metric name, labels, value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -174,23 +189,35 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)>
             }
             continue;
         }
-        let (name_labels, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample {line:?}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             "NaN" => f64::NAN,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match name_labels.split_once('{') {
             Some((n, l)) => {
-                let l = l.strip_suffix('}').unwrap_or_else(|| panic!("bad labels {line:?}"));
+                let l = l
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels {line:?}"));
                 let labels = l
                     .split(',')
                     .filter(|x| !x.is_empty())
                     .map(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad label {line:?}"));
+                        let (k, v) = kv
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("bad label {line:?}"));
                         let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
-                        (k.to_string(), v.unwrap_or_else(|| panic!("unquoted label {line:?}")).to_string())
+                        (
+                            k.to_string(),
+                            v.unwrap_or_else(|| panic!("unquoted label {line:?}"))
+                                .to_string(),
+                        )
                     })
                     .collect();
                 (n.to_string(), labels)
@@ -199,7 +226,9 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)>
         };
         assert!(
             !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
                 && !name.starts_with(|c: char| c.is_ascii_digit()),
             "bad metric name in {line:?}"
         );
@@ -209,11 +238,14 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)>
 }
 
 /// Sum of a metric's samples whose labels include `filter`.
-pub fn metric_sum(samples: &[(String, Vec<(String, String)>, f64)], name: &str, filter: &[(&str, &str)]) -> f64 {
+pub fn metric_sum(samples: &[Sample], name: &str, filter: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, l, _)| {
-            n == name && filter.iter().all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+            n == name
+                && filter
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
         })
         .map(|(_, _, v)| *v)
         .sum()
