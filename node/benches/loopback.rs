@@ -1,0 +1,219 @@
+//! Store+fetch throughput and latency from one client through a 5-peer loopback overlay of
+//! real `p2psip node` processes, and resident memory per idle peer.
+//!
+//! `cargo bench -p p2psip-node --bench loopback` (P2PSIP_BENCH_SECS sets the length of each
+//! phase, default 10).
+#![allow(clippy::unwrap_used)]
+
+use p2psip_algorithms::storage::KIND_USER_VALUE;
+use p2psip_algorithms::{Event, Id};
+use p2psip_node::cli_ops::build_value;
+use p2psip_node::config::Config;
+use p2psip_node::runtime::{self, NodeHandle, Role};
+use p2psip_proto::security::Identity;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2psip");
+const OVERLAY: &str = "bench.p2psip";
+const USERS: usize = 4000;
+
+struct Proc(Child, SocketAddr);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, boot: Option<SocketAddr>) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "node",
+        "--overlay",
+        OVERLAY,
+        "--listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "warn",
+    ])
+    .arg("--data-dir")
+    .arg(dir)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    if let Some(b) = boot {
+        cmd.args(["--bootstrap", &b.to_string()]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        while out.read_line(&mut s).unwrap_or(0) > 0 {}
+    });
+    Proc(child, addr)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs store+fetch pairs from `workers` concurrent tasks for `secs`; with `rate`, paces
+/// the total operations per second. Returns (ops, seconds, latencies ms, failures).
+async fn load(
+    client: Arc<NodeHandle>,
+    values: Arc<Vec<(Id, p2psip_proto::pb::StoredData)>>,
+    workers: usize,
+    secs: f64,
+    rate: Option<f64>,
+    offset: usize,
+) -> (usize, f64, Vec<f64>, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, values, next, failures) = (
+            client.clone(),
+            values.clone(),
+            next.clone(),
+            failures.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = rate {
+                    let due = start + Duration::from_secs_f64(n as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                if Instant::now() > end {
+                    break;
+                }
+                let (res, v) = values[((n / 2) + offset) % values.len()].clone();
+                let t = Instant::now();
+                let e = if n % 2 == 0 {
+                    client
+                        .op(move |c, now| c.store(now, res, KIND_USER_VALUE, vec![v], 0))
+                        .await
+                } else {
+                    client
+                        .op(move |c, now| c.fetch_kind(now, res, KIND_USER_VALUE))
+                        .await
+                };
+                match e {
+                    Ok(Event::Completed { outcome: Ok(_), .. }) => {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0)
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    (all.len(), elapsed, all, failures.load(Ordering::Relaxed))
+}
+
+fn main() {
+    let secs: f64 = std::env::var("P2PSIP_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let dir = std::env::temp_dir().join(format!("p2psip-bench-{}", std::process::id()));
+    let first = start(&dir.join("n0"), None);
+    let boot = first.1;
+    let mut peers = vec![first];
+    for i in 1..5 {
+        peers.push(start(&dir.join(format!("n{i}")), Some(boot)));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_secs(3)).await; // let the ring settle
+        let cfg = Config { overlay: OVERLAY.into(), ..Config::default() };
+        let client = Arc::new(
+            runtime::spawn(cfg, Role::Client { admitting: peers[2].1 }, [0x77; 32]).await.unwrap(),
+        );
+        client.wait_joined(Duration::from_secs(10)).await.unwrap();
+        // Pre-signed values, so the timed loop measures the overlay and not the client's
+        // signing: 4000 users, each storing ever newer values, so that every store is a
+        // real change (verified by the responsible peer and both replicas, and replicated).
+        let now = runtime::now();
+        let users: Vec<(Identity, String)> = (0..USERS)
+            .map(|i| {
+                let name = format!("bench-user-{i}");
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                (Identity::from_seed(seed, name.clone()), name)
+            })
+            .collect();
+        let count = (secs * 20_000.0) as usize;
+        let values: Arc<Vec<_>> = Arc::new(
+            (0..count)
+                .map(|i| {
+                    let (who, name) = &users[i % USERS];
+                    let t = p2psip_algorithms::Time(now.0 + (i / USERS) as u64 * 1000);
+                    build_value(who, name, KIND_USER_VALUE, &[b'x'; 200], t, 3600)
+                })
+                .collect(),
+        );
+        println!("p2psip loopback benchmark: 5 peer processes, 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase");
+        let (ops, el, mut lat, fail) = load(client.clone(), values.clone(), 64, secs, None, 0).await;
+        let max_rate = ops as f64 / el;
+        println!(
+            "  saturated (64 in flight): {max_rate:.0} ops/s, median {:.2} ms, p99 {:.2} ms, {fail} failed",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99)
+        );
+        let half = max_rate / 2.0;
+        let (ops, el, mut lat, fail) =
+            load(client.clone(), values.clone(), 64, secs, Some(half), ops / 2 + 1).await;
+        println!(
+            "  at half that rate ({half:.0} ops/s offered): {:.0} ops/s, median {:.2} ms, p99 {:.2} ms, {fail} failed",
+            ops as f64 / el,
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99)
+        );
+        if let Ok(c) = Arc::try_unwrap(client) {
+            c.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let rss: Vec<u64> = peers.iter().map(|p| rss_kib(p.0.id())).collect();
+    let mean = rss.iter().sum::<u64>() as f64 / rss.len() as f64 / 1024.0;
+    println!(
+        "  resident memory per peer after 5 s idle: mean {mean:.1} MiB (each: {:?} KiB; they hold {USERS} users' values x 3 copies)",
+        rss
+    );
+    drop(peers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
