@@ -181,4 +181,37 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
         metric_sum(&s, "p2psip_storage_values", &[]) > 0.0,
         "restarted node holds data"
     );
+
+    // SIGTERM: the node leaves gracefully (hands its data over, tells its neighbours) and
+    // exits 0; nothing is lost.
+    let mut leaving = nodes.remove(2);
+    let pid = leaving.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = eventually(Duration::from_secs(15), || {
+        leaving.child.try_wait().ok().flatten()
+    });
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM did not end the node cleanly: {status:?}"
+    );
+    let log = std::fs::read_to_string(&leaving.stderr_log).unwrap();
+    assert!(
+        log.contains("leaving the overlay") && log.contains("left the overlay"),
+        "{log}"
+    );
+    for v in 0..20 {
+        let name = format!("user{v}");
+        let want = format!("value-{v}");
+        let via = &nodes[v % nodes.len()];
+        assert!(
+            eventually(Duration::from_secs(20), || fetch(via, &name)
+                .filter(|g| *g == want))
+            .is_some(),
+            "{name} lost after a graceful leave"
+        );
+    }
 }
