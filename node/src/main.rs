@@ -308,6 +308,14 @@ async fn wait_for_signal(h: &NodeHandle) {
 
 /// Runs one client operation; returns the process exit status.
 async fn client(a: ClientArgs) -> anyhow::Result<i32> {
+    // Check the arguments before any network work.
+    if let ClientOp::Store { kind, .. }
+    | ClientOp::Fetch { kind, .. }
+    | ClientOp::Stat { kind, .. }
+    | ClientOp::Find { kind, .. } = &a.op
+    {
+        kind_of(kind)?;
+    }
     let peer = runtime::resolve(&a.peer).await?;
     let name = match &a.op {
         ClientOp::Store { name, .. }

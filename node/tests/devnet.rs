@@ -1,0 +1,80 @@
+//! The README's main command: `p2psip devnet` starts a local overlay, registers and finds
+//! every sample SIP user, and stops cleanly after --duration.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn devnet_registers_and_finds_every_user() {
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let out = Command::new(BIN)
+        .args([
+            "devnet",
+            "--nodes",
+            "5",
+            "--users",
+            "30",
+            "--duration",
+            "1s",
+            "--metrics",
+            &metrics,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "devnet failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("5 peers joined, ring consistent"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("registered 30/30 SIP users"), "{stdout}");
+    assert!(
+        stdout.contains("found 30/30 through other peers"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("http://{metrics}/metrics")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    let out = Command::new(BIN)
+        .args(["devnet", "--algorithm", "pastry"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pastry") && err.contains("chord"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "--peer",
+            "127.0.0.1:1",
+            "store",
+            "a",
+            "b",
+            "--kind",
+            "nonsense",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown kind") && err.contains("sip-registration"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["node", "--config", "/nonexistent/p2psip.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/p2psip.toml"), "{err}");
+}
