@@ -158,3 +158,50 @@ fn assert_all_fetchable_n(sim: &mut Sim, n: usize) {
         );
     }
 }
+
+#[test]
+fn joining_peers_take_over_their_data() {
+    let mut sim = overlay(13, 20, chord(), NetConfig::default());
+    for i in 0..300 {
+        let via = random_live(&mut sim);
+        store_user_value(&mut sim, via, i, 24 * 3600);
+    }
+    // Sixty more peers join: each new peer's admitting peer hands over its range.
+    for _ in 0..60 {
+        let k = sim.add_node();
+        let b = random_live(&mut sim);
+        let bid = sim.id(b);
+        sim.start(k, &[bid]);
+        sim.run_for(Duration::from_secs(1));
+    }
+    sim.run_for(Duration::from_secs(60));
+    let ring = sim.live_ring();
+    assert_eq!(ring.len(), 80);
+    assert_eq!(sim.ring_errors(&ring).0, 0);
+    // Every value sits exactly on its true replica set (3 peers), new peers included.
+    let mut on_new_peers = 0;
+    for i in 0..300 {
+        let (_, res) = user(i);
+        let want = Sim::replica_set_in(&ring, res, 3);
+        for id in &want {
+            let k = sim.index_of(*id).unwrap();
+            let held = sim
+                .node(k)
+                .unwrap()
+                .storage()
+                .get(res, p2psip_algorithms::storage::KIND_USER_VALUE)
+                .is_some();
+            assert!(held, "value {i} missing on replica {id}");
+            if k >= 20 {
+                on_new_peers += 1;
+            }
+        }
+        assert_eq!(
+            live_copies(&sim, i),
+            3,
+            "value {i}: stale copies left behind"
+        );
+    }
+    assert!(on_new_peers > 300, "new peers hold {on_new_peers} copies");
+    assert_all_fetchable_n(&mut sim, 300);
+}

@@ -8,7 +8,7 @@ use common::*;
 use p2psip_algorithms::storage::KIND_USER_VALUE;
 use p2psip_algorithms::{signed_value, Event, ValueModel};
 use p2psip_proto::{pb, Body, Destination, Id, OwnedHeader};
-use p2psip_simulator::NetConfig;
+use p2psip_simulator::{NetConfig, Sim};
 use std::time::Duration;
 
 #[test]
@@ -113,4 +113,32 @@ fn a_request_with_a_forged_originator_is_dropped() {
     assert_eq!(st.forged, 1);
     assert_eq!(st.malformed, 1);
     assert!(sim.node(b).unwrap().is_joined(), "node b is still up");
+}
+
+#[test]
+fn a_request_out_of_ttl_is_answered_ttl_exceeded() {
+    let mut sim = overlay(64, 20, chord(), NetConfig::default());
+    let (a, b) = (0, 1);
+    let aid = sim.id(a);
+    // A resource that b is not responsible for, so b would have to forward it.
+    let ring = sim.live_ring();
+    let target = (0..)
+        .map(|k: u128| Id(k.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834)))
+        .find(|t| Sim::responsible_in(&ring, *t) != Some(sim.id(b)))
+        .unwrap();
+    let overlay_id = p2psip_proto::overlay_id(&sim.node(a).unwrap().config().overlay);
+    let header = OwnedHeader {
+        ttl: 0,
+        via: vec![Destination::Node(aid)],
+        ..OwnedHeader::new(overlay_id, 99, Destination::Resource(target))
+    };
+    let body = Body::PingReq(pb::PingReq { padding: vec![] });
+    let bytes =
+        p2psip_proto::encode_parts(&header, body.code(), &body.encode_to_vec(), &[]).unwrap();
+    let before = sim.node(a).unwrap().stats().stray_answers;
+    sim.inject(b, aid, bytes);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.node(b).unwrap().stats().ttl_exceeded, 1);
+    // The Error answer went back to a (which had no transaction for it).
+    assert_eq!(sim.node(a).unwrap().stats().stray_answers, before + 1);
 }

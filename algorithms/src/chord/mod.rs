@@ -112,11 +112,16 @@ impl Chord {
         self.known.push_back(id);
     }
 
-    /// The replica window: first predecessor and the first `replicas` successors. A change
-    /// in it changes what this node stores or replicates.
-    fn window(&self) -> (Option<Id>, Vec<Id>) {
+    /// The replica window: the predecessors whose ranges this node holds copies of
+    /// (`replicas + 1` of them) and the successors it copies its own range to. A change in
+    /// it changes what this node stores or replicates.
+    fn window(&self) -> (Vec<Id>, Vec<Id>) {
         let r = self.cfg.replicas.min(self.succs.ids().len());
-        (self.preds.first(), self.succs.ids()[..r].to_vec())
+        let p = (self.cfg.replicas + 1).min(self.preds.ids().len());
+        (
+            self.preds.ids()[..p].to_vec(),
+            self.succs.ids()[..r].to_vec(),
+        )
     }
 
     /// Applies `f` to the tables and reports ResponsibilityChanged if the window moved.
