@@ -162,6 +162,19 @@ pub trait Topology: Send {
     fn replica_set(&self, resource: Id) -> Vec<NodeId>;
     /// Starts the algorithm: join through `bootstrap`, or form a new overlay if it is empty.
     fn start(&mut self, ctx: &mut Ctx<'_>, bootstrap: &[NodeId]);
+    /// Starts already joined, from a complete snapshot of the overlay's members (sorted,
+    /// this node included): a node restoring a full membership cache, or a simulation
+    /// starting from a converged overlay. The default joins through the first other member.
+    fn start_with_members(&mut self, ctx: &mut Ctx<'_>, members: &[NodeId]) {
+        let me = self.local_id();
+        let boot: Vec<NodeId> = members
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .take(1)
+            .collect();
+        self.start(ctx, &boot);
+    }
     /// A topology request (Join, Update, Leave, Probe, RouteQuery) for this node from the
     /// node `from`; returns the answer body or an error.
     fn on_request(

@@ -9,7 +9,7 @@ use p2psip_algorithms::{AlgorithmParams, Event, Id, LinkEvent, NodeId, OpId, Ove
 use p2psip_proto::security::Identity;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Virtual time starts here (2025-01-01T00:00:00Z), so stored data has realistic times.
@@ -67,8 +67,43 @@ pub struct Sim {
     log: Vec<LogEntry>,
     pub log_enabled: bool,
     done: HashMap<(usize, OpId), Event>,
+    /// With `stream_completions`, finished operations go here instead of `done`.
+    completions: Vec<(usize, Event)>,
+    pub stream_completions: bool,
     events_processed: u64,
     joined_events: u64,
+    /// Peers that reported Joined and have not gone since, for ground-truth routing.
+    joined: BTreeSet<NodeId>,
+    /// Bytes sent per traffic class.
+    pub traffic: Traffic,
+}
+
+/// Bytes and messages handed to the network, by class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Overlay maintenance: Join, Leave, Update, Probe, RouteQuery and their answers.
+    pub maintenance_bytes: u64,
+    pub maintenance_messages: u64,
+    /// Data and workload: Store (including replication), Fetch, Stat, Find, Ping, Attach.
+    pub data_bytes: u64,
+    pub data_messages: u64,
+}
+
+impl Traffic {
+    fn count(&mut self, bytes: &[u8]) {
+        let code = p2psip_proto::parse_header(bytes)
+            .ok()
+            .and_then(|h| p2psip_proto::split_contents(&h, bytes).ok())
+            .map(|c| c.code);
+        let maintenance = matches!(code, Some(1 | 2 | 15..=22));
+        if maintenance {
+            self.maintenance_bytes += bytes.len() as u64;
+            self.maintenance_messages += 1;
+        } else {
+            self.data_bytes += bytes.len() as u64;
+            self.data_messages += 1;
+        }
+    }
 }
 
 /// FNV-1a over bytes, for log digests.
@@ -94,8 +129,12 @@ impl Sim {
             log: Vec::new(),
             log_enabled: false,
             done: HashMap::new(),
+            completions: Vec::new(),
+            stream_completions: false,
             events_processed: 0,
             joined_events: 0,
+            joined: BTreeSet::new(),
+            traffic: Traffic::default(),
         }
     }
 
@@ -196,6 +235,40 @@ impl Sim {
         self.after(i);
     }
 
+    /// Starts node `i` already joined, from a snapshot of the members (warm start).
+    pub fn start_with_members(&mut self, i: usize, members: &[NodeId]) {
+        let mut node = self.make_node(i, Box::new(MemoryStore::new()));
+        node.start_with_members(self.now, members);
+        self.slots[i].node = Some(node);
+        self.after(i);
+    }
+
+    /// Removes node `i` for good (a departure in a churn model): no disk kept. Its open
+    /// links fail at the other end like a crash's.
+    pub fn remove(&mut self, i: usize) {
+        self.crash(i);
+        self.slots[i].disk = None;
+    }
+
+    /// Finished operations since the last call (with `stream_completions`).
+    pub fn drain_completions(&mut self) -> Vec<(usize, Event)> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// The joined peers right now (ground truth).
+    pub fn joined_set(&self) -> &BTreeSet<NodeId> {
+        &self.joined
+    }
+
+    /// The joined peer truly responsible for `target`: the first at or after it.
+    pub fn responsible(&self, target: Id) -> Option<NodeId> {
+        self.joined
+            .range(target..)
+            .next()
+            .or_else(|| self.joined.iter().next())
+            .copied()
+    }
+
     /// Starts node `i` as a client attached to the peer `admitting`: it routes nothing
     /// and stores nothing, and reaches the overlay only through that peer.
     pub fn start_client(&mut self, i: usize, admitting: NodeId) {
@@ -228,6 +301,7 @@ impl Sim {
 
     /// Crashes node `i`: it vanishes without a word. Its store is kept as on disk.
     pub fn crash(&mut self, i: usize) {
+        self.joined.remove(&self.slots[i].id);
         if let Some(n) = self.slots[i].node.take() {
             let mut disk = MemoryStore::new();
             let s = n.storage();
@@ -301,9 +375,12 @@ impl Sim {
         };
         let from = node.id();
         while let Some(t) = node.poll_transmit() {
+            self.traffic.count(&t.bytes);
             let to = self.index.get(&t.to).copied();
             let reachable = to.filter(|j| {
-                self.slots[*j].node.is_some() && self.slots[*j].group == self.slots[i].group
+                self.slots[*j].node.is_some()
+                    && self.slots[*j].group == self.slots[i].group
+                    && !self.net.is_broken(self.seed, i, *j)
             });
             match reachable {
                 Some(j) => {
@@ -331,9 +408,18 @@ impl Sim {
         while let Some(e) = node.poll_event() {
             match e {
                 Event::Completed { op, .. } => {
-                    self.done.insert((i, op), e);
+                    if self.stream_completions {
+                        self.completions.push((i, e));
+                    } else {
+                        self.done.insert((i, op), e);
+                    }
                 }
-                Event::Joined => self.joined_events += 1,
+                Event::Joined => {
+                    self.joined_events += 1;
+                    if node.topology().is_peer() {
+                        self.joined.insert(from);
+                    }
+                }
                 Event::Left => left = true,
                 Event::JoinFailed(_) | Event::PeerCandidates { .. } => {}
             }
@@ -341,6 +427,7 @@ impl Sim {
         if left {
             // Gone for good: its last messages are already queued.
             self.slots[i].wake_at = None;
+            self.joined.remove(&from);
             return;
         }
         if let Some(t) = node.poll_timeout() {

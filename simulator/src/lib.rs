@@ -5,11 +5,18 @@
 //! ([`NetConfig`]): per-link latency, loss, crashes, restarts, partitions. Every run is
 //! reproducible from its seed. The multi-node tests and the `p2psip-sim` binary use it.
 
+pub mod churn;
 mod harness;
 mod net;
+pub mod report;
+pub mod runner;
+pub mod scenario;
 
-pub use harness::{LogEntry, Sim, EPOCH};
+pub use harness::{LogEntry, Sim, Traffic, EPOCH};
 pub use net::{Latency, NetConfig};
+pub use report::Report;
+pub use runner::Runner;
+pub use scenario::Scenario;
 
 /// A 64-bit mix (SplitMix64 finaliser): derives per-link values from a seed.
 pub fn rng_hash(x: u64) -> u64 {

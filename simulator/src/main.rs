@@ -1,28 +1,72 @@
 //! `p2psip-sim`: runs the overlay core of p2psip under virtual time.
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use p2psip_algorithms::core::CoreConfig;
 use p2psip_algorithms::storage::KIND_SIP_REGISTRATION;
+use p2psip_algorithms::time::parse_duration;
 use p2psip_algorithms::{signed_value, AlgorithmParams, Event, Id, ValueModel, ALGORITHMS};
 use p2psip_proto::pb;
 use p2psip_proto::security::Identity;
 use p2psip_proto::Body;
-use p2psip_simulator::{NetConfig, Sim};
+use p2psip_simulator::report::{plot_cdf, Report};
+use p2psip_simulator::{NetConfig, Runner, Scenario, Sim};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
     name = "p2psip-sim",
     version,
+    args_conflicts_with_subcommands = true,
     about = "Runs p2psip overlays under virtual time, driving the same algorithm code as the node",
     long_about = "Runs p2psip overlays under virtual time. The simulated peers run the very same \
                   overlay core and algorithms as the p2psip daemon; only the network and the \
-                  clock are modelled. Every run is reproducible from its seed."
+                  clock are modelled. Every run is reproducible from its seed.\n\n\
+                  Without a subcommand it runs one scenario (a TOML file from \
+                  simulator/scenarios/, and/or flags) and writes report.json, timeseries.csv \
+                  and SVG plots into --out."
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// Scenario file (TOML); flags override its fields.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// DHT algorithm.
+    #[arg(long)]
+    algorithm: Option<String>,
+    /// Peers.
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Simulated time, e.g. 1h.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Median session time; turns on exponential churn unless --churn-model says otherwise.
+    #[arg(long)]
+    churn_median: Option<String>,
+    /// Churn model: none, exponential, pareto, weibull.
+    #[arg(long)]
+    churn_model: Option<String>,
+    /// Latency model: king, uniform, constant.
+    #[arg(long)]
+    latency: Option<String>,
+    /// Seed of every random choice.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory (created).
+    #[arg(long, default_value = "out/sim")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -43,17 +87,146 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Runs the same scenario with each algorithm and writes one table (compare.md) and
+    /// overlaid plots.
+    Compare {
+        /// Algorithms, comma-separated (default: every known one).
+        #[arg(long, value_delimiter = ',')]
+        algorithms: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().cmd {
-        Cmd::Demo {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Demo {
             nodes,
             users,
             algorithm,
             seed,
-        } => demo(nodes, users, &algorithm, seed),
+        }) => demo(nodes, users, &algorithm, seed),
+        Some(Cmd::Compare { algorithms, run }) => compare(&algorithms, &run),
+        None => {
+            let sc = scenario(&cli.run)?;
+            let report = run_one(&sc, cli.run.quiet)?;
+            report.write(&cli.run.out).map_err(anyhow::Error::msg)?;
+            println!("{}", report.summary());
+            println!(
+                "wrote {}/{{report.json,timeseries.csv,*.svg}}",
+                cli.run.out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// The scenario from the file and flags.
+fn scenario(a: &RunArgs) -> anyhow::Result<Scenario> {
+    let mut sc = match &a.scenario {
+        Some(p) => Scenario::load(p).map_err(anyhow::Error::msg)?,
+        None => Scenario::default(),
+    };
+    if let Some(v) = &a.algorithm {
+        sc.algorithm = v.clone();
+    }
+    if let Some(v) = a.nodes {
+        sc.nodes = v;
+    }
+    if let Some(v) = &a.duration {
+        sc.duration = v.clone();
+    }
+    if let Some(v) = &a.churn_median {
+        sc.churn.median_session = v.clone();
+        if sc.churn.model == "none" {
+            sc.churn.model = "exponential".into();
+        }
+    }
+    if let Some(v) = &a.churn_model {
+        sc.churn.model = v.clone();
+    }
+    if let Some(v) = &a.latency {
+        sc.network.latency = v.clone();
+    }
+    if let Some(v) = a.seed {
+        sc.seed = v;
+    }
+    if a.scenario.is_none() {
+        sc.name = format!("{}-{}", sc.algorithm, sc.nodes);
+    }
+    sc.resolve().map_err(anyhow::Error::msg)?;
+    Ok(sc)
+}
+
+fn run_one(sc: &Scenario, quiet: bool) -> anyhow::Result<Report> {
+    let runner = Runner::new(sc).map_err(anyhow::Error::msg)?;
+    let total = parse_duration(&sc.duration)
+        .map_err(anyhow::Error::msg)?
+        .as_secs();
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} simulated s ({eta} left) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} peers, {}", sc.nodes, sc.algorithm));
+    let mut progress = |done: f64, _all: f64| bar.set_position(done as u64);
+    let report = runner.run(&mut progress);
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+fn compare(algorithms: &[String], run: &RunArgs) -> anyhow::Result<()> {
+    let base = scenario(run)?;
+    let algos: Vec<String> = if algorithms.is_empty() {
+        ALGORITHMS.iter().map(|s| s.to_string()).collect()
+    } else {
+        algorithms.to_vec()
+    };
+    let mut reports = Vec::new();
+    for a in &algos {
+        let mut sc = base.clone();
+        sc.algorithm = a.clone();
+        sc.name = format!("{a}-{}", sc.nodes);
+        let r = run_one(&sc, run.quiet)?;
+        r.write(&run.out.join(a)).map_err(anyhow::Error::msg)?;
+        println!("{a}: {}", r.summary());
+        reports.push((a.clone(), r));
+    }
+    let mut md = String::from(
+        "| algorithm | peers | lookup success | correct | median latency (ms) | p99 latency (ms) | mean hops | maintenance (B/node/s) | memory per node (B) | data loss |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (a, r) in &reports {
+        md.push_str(&format!(
+            "| {a} | {} | {:.2}% | {:.2}% | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {}/{} |\n",
+            r.scenario.nodes,
+            100.0 * r.lookup_success_rate,
+            100.0 * r.lookup_correct_rate,
+            r.lookup_latency_ms.p50,
+            r.lookup_latency_ms.p99,
+            r.mean_hops,
+            r.maintenance_bytes_per_node_s,
+            r.memory_bytes_per_node,
+            r.data_lost,
+            r.data_checked
+        ));
+    }
+    std::fs::create_dir_all(&run.out)?;
+    std::fs::write(run.out.join("compare.md"), &md)?;
+    let series: Vec<(&str, &[f64])> = reports
+        .iter()
+        .map(|(a, r)| (a.as_str(), r.latencies()))
+        .collect();
+    plot_cdf(&run.out.join("latency_cdf.svg"), &series).map_err(anyhow::Error::msg)?;
+    print!("{md}");
+    println!("wrote {}", run.out.join("compare.md").display());
+    Ok(())
 }
 
 fn aor(i: usize) -> String {

@@ -444,6 +444,27 @@ impl Topology for Chord {
         }
     }
 
+    fn start_with_members(&mut self, ctx: &mut Ctx<'_>, members: &[NodeId]) {
+        self.started = ctx.now;
+        let n = members.len();
+        let Some(k) = members.iter().position(|m| *m == self.me) else {
+            self.start(ctx, &members[..n.min(1)]);
+            return;
+        };
+        for d in 1..n.min(self.cfg.successors + 1) {
+            self.succs.insert(members[(k + d) % n]);
+        }
+        for d in 1..n.min(self.cfg.predecessors + 1) {
+            self.preds.insert(members[(k + n - d) % n]);
+        }
+        for i in 0..self.fingers.len() {
+            let start = self.fingers.interval_start(i);
+            let j = members.partition_point(|m| *m < start) % n;
+            self.fingers.set(i, members[j]);
+        }
+        self.become_joined(ctx);
+    }
+
     fn on_request(
         &mut self,
         ctx: &mut Ctx<'_>,

@@ -217,9 +217,19 @@ impl OverlayNode {
 
     /// Starts the node: joins through `bootstrap`, or forms a new overlay if it is empty.
     pub fn start(&mut self, now: Time, bootstrap: &[NodeId]) {
+        self.launch(now, |t, ctx| t.start(ctx, bootstrap));
+    }
+
+    /// Starts the node already joined, from a complete snapshot of the overlay's members
+    /// (see `Topology::start_with_members`).
+    pub fn start_with_members(&mut self, now: Time, members: &[NodeId]) {
+        self.launch(now, |t, ctx| t.start_with_members(ctx, members));
+    }
+
+    fn launch(&mut self, now: Time, f: impl FnOnce(&mut dyn Topology, &mut Ctx<'_>)) {
         self.now = now;
         self.state = NodeState::Running;
-        self.with_topology(|t, ctx| t.start(ctx, bootstrap));
+        self.with_topology(f);
         let (r, e) = (self.cfg.replication_interval, self.cfg.expiry_interval);
         self.set_timer(now + r, TimerKind::Replication);
         self.set_timer(now + e, TimerKind::Expiry);

@@ -87,6 +87,12 @@ impl OverlayNode {
             },
             Some(DestRef::Resource(r)) => match self.topology.next_hop(r) {
                 NextHop::Forward(x) => x,
+                NextHop::Local if !self.topology.is_joined() && !pop => {
+                    // A peer still joining holds none of its future range: it must not
+                    // answer for it. The originator's retransmission finds it joined.
+                    self.stats.not_ready += 1;
+                    return;
+                }
                 NextHop::Local => {
                     if let Ok(c) = split_contents(h, bytes) {
                         self.deliver(self.me, h, c.code, c.body);

@@ -18,6 +18,9 @@ pub struct Stats {
     pub wrong_overlay: u64,
     /// Requests that came back to a node that had already forwarded them (dropped).
     pub loops: u64,
+    /// Requests for a resource that reached this peer before it finished joining (dropped;
+    /// the originator retransmits).
+    pub not_ready: u64,
     /// Requests answered TTL_Exceeded.
     pub ttl_exceeded: u64,
     /// Answers that matched no transaction (late duplicates).

@@ -1,0 +1,407 @@
+//! What a run measured: `report.json`, a CSV time series, and SVG plots.
+
+use crate::harness::Sim;
+use crate::scenario::Scenario;
+use plotters::prelude::*;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// One time-series row.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub live_peers: usize,
+    pub lookups: u64,
+    pub ok: u64,
+    pub correct: u64,
+    #[serde(skip)]
+    pub latencies_ms: Vec<f64>,
+    pub median_latency_ms: f64,
+    pub maintenance_bytes_per_node_s: f64,
+    pub data_bytes_per_node_s: f64,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Calls {
+    pub attempted: u64,
+    /// The callee's registration was fetched.
+    pub found: u64,
+    /// ... and a direct connection (Attach) to the node it names was set up.
+    pub connected: u64,
+    #[serde(skip)]
+    pub setup_ms: Vec<f64>,
+    pub setup_median_ms: f64,
+    pub setup_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub lookups: u64,
+    pub lookups_ok: u64,
+    /// Answered by the peer truly responsible at the time of the answer.
+    pub lookups_correct: u64,
+    pub lookup_success_rate: f64,
+    pub lookup_correct_rate: f64,
+    pub lookup_latency_ms: Percentiles,
+    pub mean_hops: f64,
+    /// Lookups by hop count (index = hops).
+    pub hop_histogram: Vec<u64>,
+    pub maintenance_bytes_per_node_s: f64,
+    pub data_bytes_per_node_s: f64,
+    pub registrations: u64,
+    pub registrations_ok: u64,
+    pub data_checked: u64,
+    /// Registrations no live peer holds any more.
+    pub data_lost: u64,
+    /// Registrations still held somewhere but not found by the check's fetch.
+    pub data_not_found: u64,
+    pub stored_data_loss_rate: f64,
+    pub lost_examples: Vec<String>,
+    pub calls: Calls,
+    pub arrivals: u64,
+    pub crashes: u64,
+    pub leaves: u64,
+    pub final_peers: usize,
+    pub events_processed: u64,
+    pub wall_time_s: f64,
+    pub events_per_second: f64,
+    pub peak_memory_bytes: u64,
+    pub memory_bytes_per_node: f64,
+    pub samples: Vec<Sample>,
+    #[serde(skip)]
+    latencies_ms: Vec<f64>,
+}
+
+fn percentiles(v: &mut [f64]) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: v[v.len() - 1],
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), bytes; 0 where /proc is missing.
+pub fn peak_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+impl Report {
+    pub fn new(sc: &Scenario) -> Report {
+        Report {
+            scenario: sc.clone(),
+            ..Report::default()
+        }
+    }
+
+    pub fn lookup(&mut self, ok: bool, correct: bool, latency: Duration, hops: u32) {
+        self.lookups += 1;
+        if ok {
+            self.lookups_ok += 1;
+            self.latencies_ms.push(latency.as_secs_f64() * 1000.0);
+            let h = hops as usize;
+            if self.hop_histogram.len() <= h {
+                self.hop_histogram.resize(h + 1, 0);
+            }
+            self.hop_histogram[h] += 1;
+        }
+        if correct {
+            self.lookups_correct += 1;
+        }
+    }
+
+    pub fn push_sample(&mut self, mut s: Sample) {
+        s.median_latency_ms = percentiles(&mut s.latencies_ms).p50;
+        s.latencies_ms = Vec::new();
+        self.samples.push(s);
+    }
+
+    pub fn finish(&mut self, sim: &Sim, wall: Duration, nodes: usize) {
+        self.lookup_success_rate = ratio(self.lookups_ok, self.lookups);
+        self.lookup_correct_rate = ratio(self.lookups_correct, self.lookups);
+        let mut l = std::mem::take(&mut self.latencies_ms);
+        self.lookup_latency_ms = percentiles(&mut l);
+        self.latencies_ms = l;
+        let (n, sum) = self
+            .hop_histogram
+            .iter()
+            .enumerate()
+            .fold((0u64, 0u64), |(n, s), (h, c)| (n + c, s + h as u64 * c));
+        self.mean_hops = ratio(sum, n);
+        let k = self.samples.len().max(1) as f64;
+        self.maintenance_bytes_per_node_s = self
+            .samples
+            .iter()
+            .map(|s| s.maintenance_bytes_per_node_s)
+            .sum::<f64>()
+            / k;
+        self.data_bytes_per_node_s = self
+            .samples
+            .iter()
+            .map(|s| s.data_bytes_per_node_s)
+            .sum::<f64>()
+            / k;
+        self.stored_data_loss_rate = ratio(self.data_lost, self.data_checked);
+        let p = percentiles(&mut self.calls.setup_ms);
+        self.calls.setup_median_ms = p.p50;
+        self.calls.setup_p99_ms = p.p99;
+        self.final_peers = sim.joined_set().len();
+        self.events_processed = sim.events_processed();
+        self.wall_time_s = wall.as_secs_f64();
+        self.events_per_second = self.events_processed as f64 / self.wall_time_s.max(1e-9);
+        self.peak_memory_bytes = peak_memory();
+        self.memory_bytes_per_node = self.peak_memory_bytes as f64 / nodes.max(1) as f64;
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} peers, {:.0} s simulated: lookups {}/{} ok ({:.2}%), {:.2}% correct, latency p50 {:.0} ms p99 {:.0} ms, mean hops {:.2}; maintenance {:.0} B/node/s; data loss {}/{}; calls {}/{} connected; {} events in {:.1} s ({:.0}/s), peak memory {:.0} MiB ({:.0} B/node)",
+            self.scenario.nodes,
+            self.samples.last().map_or(0.0, |s| s.t_s),
+            self.lookups_ok,
+            self.lookups,
+            100.0 * self.lookup_success_rate,
+            100.0 * self.lookup_correct_rate,
+            self.lookup_latency_ms.p50,
+            self.lookup_latency_ms.p99,
+            self.mean_hops,
+            self.maintenance_bytes_per_node_s,
+            self.data_lost,
+            self.data_checked,
+            self.calls.connected,
+            self.calls.attempted,
+            self.events_processed,
+            self.wall_time_s,
+            self.events_per_second,
+            self.peak_memory_bytes as f64 / (1 << 20) as f64,
+            self.memory_bytes_per_node
+        )
+    }
+
+    /// Writes report.json, timeseries.csv and the plots into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        write(dir, "report.json", &json)?;
+        let mut csv = String::from(
+            "t_s,live_peers,lookups,ok,correct,median_latency_ms,maintenance_bytes_per_node_s,data_bytes_per_node_s,events\n",
+        );
+        for s in &self.samples {
+            csv.push_str(&format!(
+                "{:.0},{},{},{},{},{:.2},{:.2},{:.2},{}\n",
+                s.t_s,
+                s.live_peers,
+                s.lookups,
+                s.ok,
+                s.correct,
+                s.median_latency_ms,
+                s.maintenance_bytes_per_node_s,
+                s.data_bytes_per_node_s,
+                s.events
+            ));
+        }
+        write(dir, "timeseries.csv", &csv)?;
+        let name = &self.scenario.name;
+        plot_cdf(
+            &dir.join("latency_cdf.svg"),
+            &[(name.as_str(), &self.latencies_ms[..])],
+        )?;
+        plot_hops(&dir.join("hops.svg"), &self.hop_histogram)?;
+        let success: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter(|s| s.lookups > 0)
+            .map(|s| (s.t_s / 60.0, 100.0 * s.ok as f64 / s.lookups as f64))
+            .collect();
+        plot_series(
+            &dir.join("success.svg"),
+            "lookup success over time",
+            "success %",
+            &[(name.as_str(), success)],
+        )?;
+        let bw: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .map(|s| (s.t_s / 60.0, s.maintenance_bytes_per_node_s))
+            .collect();
+        plot_series(
+            &dir.join("maintenance.svg"),
+            "maintenance bandwidth",
+            "bytes per node per second",
+            &[(name.as_str(), bw)],
+        )?;
+        Ok(())
+    }
+
+    /// Latencies of successful lookups (ms), for overlay plots.
+    pub fn latencies(&self) -> &[f64] {
+        &self.latencies_ms
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+}
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    format!("plot: {e}")
+}
+
+const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
+
+/// A latency CDF, one line per series.
+pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .cloned()
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("lookup latency CDF", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max * 1.02, 0.0..1.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms)")
+        .y_desc("fraction of lookups")
+        .draw()
+        .map_err(err)?;
+    for (k, (name, v)) in series.iter().enumerate() {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len().max(1) as f64;
+        let step = (s.len() / 500).max(1);
+        let pts: Vec<(f64, f64)> = s
+            .iter()
+            .enumerate()
+            .step_by(step)
+            .map(|(i, x)| (*x, (i + 1) as f64 / n))
+            .collect();
+        let c = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+fn plot_hops(path: &Path, hist: &[u64]) -> Result<(), String> {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let max = hist.iter().copied().max().unwrap_or(1).max(1);
+    let n = hist.len().max(1) as u32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("hops per lookup", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0u32..n).into_segmented(), 0u64..max + max / 10 + 1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("hops")
+        .y_desc("lookups")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(
+            Histogram::vertical(&chart)
+                .style(BLUE.filled())
+                .margin(3)
+                .data(hist.iter().enumerate().map(|(h, c)| (h as u32, *c))),
+        )
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// Time series, one line per named series (x in minutes).
+pub fn plot_series(
+    path: &Path,
+    title: &str,
+    y: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), String> {
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let xmax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax * 1.1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("simulated minutes")
+        .y_desc(y)
+        .draw()
+        .map_err(err)?;
+    for (k, (name, pts)) in series.iter().enumerate() {
+        let c = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}

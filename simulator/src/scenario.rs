@@ -1,0 +1,349 @@
+//! Scenarios: what to simulate, as a TOML file (`simulator/scenarios/*.toml`) whose every
+//! field has a default, so flags can build one too.
+
+use crate::net::{Latency, NetConfig};
+use p2psip_algorithms::chord::ChordConfig;
+use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::storage::VerifyMode;
+use p2psip_algorithms::time::parse_duration;
+use p2psip_algorithms::AlgorithmParams;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+fn dur(field: &str, s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| format!("{field}: {e}"))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    pub name: String,
+    pub algorithm: String,
+    /// Peers at the start (and the population churn keeps stable).
+    pub nodes: usize,
+    /// Simulated time after the start.
+    pub duration: String,
+    pub seed: u64,
+    /// Start from a converged overlay (every peer already joined). Otherwise peers join
+    /// one after another, `join_gap` apart, before the clock of the run starts.
+    pub warm_start: bool,
+    pub join_gap: String,
+    /// Time-series resolution.
+    pub sample_interval: String,
+    pub network: Network,
+    pub churn: Churn,
+    pub workload: Workload,
+    pub chord: ChordParams,
+    pub core: CoreParams,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// "king" (synthetic Internet, median RTT `median_rtt`), "uniform" (`min`..`max` per
+    /// link) or "constant" (`constant`).
+    pub latency: String,
+    pub median_rtt: String,
+    pub min: String,
+    pub max: String,
+    pub constant: String,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Fraction of node pairs that cannot reach each other.
+    pub broken_links: f64,
+    /// How fast a sender's transport reports a dead peer ("" for never).
+    pub link_failure_after: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Churn {
+    /// "none", "exponential", "pareto" or "weibull" session times.
+    pub model: String,
+    pub median_session: String,
+    /// Shape of the Pareto (alpha > 1) or Weibull (k) distribution.
+    pub shape: f64,
+    /// Fraction of departures that are crashes (the rest leave gracefully).
+    pub crash_fraction: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// Random-id lookups per peer per hour.
+    pub lookups_per_node_per_hour: f64,
+    /// SIP users that register (and refresh) their location.
+    pub users: usize,
+    pub refresh: String,
+    /// Calls per hour in the whole overlay: fetch the callee's registration, then open a
+    /// direct connection (Attach) to the node it names.
+    pub calls_per_hour: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChordParams {
+    pub successors: usize,
+    pub predecessors: usize,
+    pub fingers: usize,
+    pub replicas: usize,
+    /// "" turns periodic stabilisation off.
+    pub stabilize_interval: String,
+    pub reactive_recovery: bool,
+    pub finger_interval: String,
+    pub fingers_per_round: usize,
+    pub self_lookup_interval: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreParams {
+    pub request_timeout: String,
+    pub retransmissions: u32,
+    pub replication_interval: String,
+    /// Verify every stored value's signature (costs CPU at scale; the protocol does it).
+    pub verify_signatures: bool,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            name: "chord".into(),
+            algorithm: "chord".into(),
+            nodes: 1000,
+            duration: "30m".into(),
+            seed: 1,
+            warm_start: true,
+            join_gap: "500ms".into(),
+            sample_interval: "60s".into(),
+            network: Network::default(),
+            churn: Churn::default(),
+            workload: Workload::default(),
+            chord: ChordParams::default(),
+            core: CoreParams::default(),
+        }
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            latency: "king".into(),
+            median_rtt: "150ms".into(),
+            min: "5ms".into(),
+            max: "50ms".into(),
+            constant: "50ms".into(),
+            loss: 0.0,
+            broken_links: 0.0,
+            link_failure_after: "2s".into(),
+        }
+    }
+}
+
+impl Default for Churn {
+    fn default() -> Self {
+        Churn {
+            model: "none".into(),
+            median_session: "60m".into(),
+            shape: 1.5,
+            crash_fraction: 0.5,
+        }
+    }
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            lookups_per_node_per_hour: 6.0,
+            users: 100,
+            refresh: "30m".into(),
+            calls_per_hour: 600.0,
+        }
+    }
+}
+
+impl Default for ChordParams {
+    fn default() -> Self {
+        // Maintenance intervals for large overlays: slower than the daemon's defaults.
+        ChordParams {
+            successors: 4,
+            predecessors: 4,
+            fingers: 24,
+            replicas: 2,
+            stabilize_interval: "30s".into(),
+            reactive_recovery: true,
+            finger_interval: "60s".into(),
+            fingers_per_round: 2,
+            self_lookup_interval: "300s".into(),
+        }
+    }
+}
+
+impl Default for CoreParams {
+    fn default() -> Self {
+        CoreParams {
+            request_timeout: "1s".into(),
+            retransmissions: 3,
+            replication_interval: "600s".into(),
+            verify_signatures: true,
+        }
+    }
+}
+
+/// What a scenario means, with every duration parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub duration: Duration,
+    pub join_gap: Duration,
+    pub sample_interval: Duration,
+    pub median_session: Option<Duration>,
+    pub refresh: Duration,
+    pub net: NetConfig,
+    pub core: CoreConfig,
+    pub algorithm: AlgorithmParams,
+}
+
+impl Scenario {
+    /// Reads a scenario file.
+    pub fn load(path: &std::path::Path) -> Result<Scenario, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading scenario {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("scenario {}: {e}", path.display()))
+    }
+
+    /// Checks and converts everything the run needs.
+    pub fn resolve(&self) -> Result<Resolved, String> {
+        if self.nodes == 0 {
+            return Err("nodes: at least 1".into());
+        }
+        let n = &self.network;
+        let latency = match n.latency.as_str() {
+            "king" => Latency::Coordinates {
+                median_rtt: dur("network.median_rtt", &n.median_rtt)?,
+            },
+            "uniform" => Latency::PerLink {
+                min: dur("network.min", &n.min)?,
+                max: dur("network.max", &n.max)?,
+            },
+            "constant" => Latency::Constant(dur("network.constant", &n.constant)?),
+            other => {
+                return Err(format!(
+                    "network.latency: king, uniform or constant, not {other:?}"
+                ))
+            }
+        };
+        if !(0.0..1.0).contains(&n.loss) || !(0.0..1.0).contains(&n.broken_links) {
+            return Err("network.loss and network.broken_links are fractions in [0, 1)".into());
+        }
+        let net = NetConfig {
+            latency,
+            loss: n.loss,
+            broken_links: n.broken_links,
+            link_failure_after: if n.link_failure_after.is_empty() {
+                None
+            } else {
+                Some(dur("network.link_failure_after", &n.link_failure_after)?)
+            },
+        };
+        let median_session = match self.churn.model.as_str() {
+            "none" => None,
+            "exponential" | "pareto" | "weibull" => {
+                Some(dur("churn.median_session", &self.churn.median_session)?)
+            }
+            other => {
+                return Err(format!(
+                    "churn.model: none, exponential, pareto or weibull, not {other:?}"
+                ))
+            }
+        };
+        if self.churn.model == "pareto" && self.churn.shape <= 1.0 {
+            return Err("churn.shape: a Pareto shape must be above 1 (finite mean)".into());
+        }
+        if self.churn.shape <= 0.0 || !(0.0..=1.0).contains(&self.churn.crash_fraction) {
+            return Err("churn.shape must be positive, churn.crash_fraction in [0, 1]".into());
+        }
+        let c = &self.chord;
+        let mut algorithm =
+            AlgorithmParams::default_for(&self.algorithm).map_err(|e| e.to_string())?;
+        match &mut algorithm {
+            AlgorithmParams::Chord(cc) => {
+                *cc = ChordConfig {
+                    successors: c.successors,
+                    predecessors: c.predecessors,
+                    fingers: c.fingers,
+                    replicas: c.replicas,
+                    stabilize_interval: if c.stabilize_interval.is_empty() {
+                        None
+                    } else {
+                        Some(dur("chord.stabilize_interval", &c.stabilize_interval)?)
+                    },
+                    reactive_recovery: c.reactive_recovery,
+                    finger_interval: dur("chord.finger_interval", &c.finger_interval)?,
+                    fingers_per_round: c.fingers_per_round,
+                    self_lookup_interval: dur(
+                        "chord.self_lookup_interval",
+                        &c.self_lookup_interval,
+                    )?,
+                    ..ChordConfig::default()
+                }
+                .normalized();
+            }
+        }
+        let core = CoreConfig {
+            overlay: format!("sim.{}", self.name),
+            request_timeout: dur("core.request_timeout", &self.core.request_timeout)?,
+            retransmissions: self.core.retransmissions,
+            replication_interval: dur(
+                "core.replication_interval",
+                &self.core.replication_interval,
+            )?,
+            verify: if self.core.verify_signatures {
+                VerifyMode::SelfSigned
+            } else {
+                VerifyMode::Skip
+            },
+            ..CoreConfig::default()
+        };
+        Ok(Resolved {
+            duration: dur("duration", &self.duration)?,
+            join_gap: dur("join_gap", &self.join_gap)?,
+            sample_interval: dur("sample_interval", &self.sample_interval)?
+                .max(Duration::from_secs(1)),
+            median_session,
+            refresh: dur("workload.refresh", &self.workload.refresh)?.max(Duration::from_secs(1)),
+            net,
+            core,
+            algorithm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_scenarios_parse_and_resolve() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let s = Scenario::load(&p).unwrap();
+                s.resolve()
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let s: Scenario = toml::from_str("[churn]\nmodel = \"gamma\"").unwrap();
+        assert!(s.resolve().unwrap_err().contains("gamma"));
+        assert!(toml::from_str::<Scenario>("nodez = 5").is_err());
+        let s: Scenario = toml::from_str("duration = \"5 fortnights\"").unwrap();
+        assert!(s.resolve().unwrap_err().contains("duration"));
+    }
+}

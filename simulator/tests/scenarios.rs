@@ -1,0 +1,133 @@
+//! The scenario runner at small scale: reproducible reports, lookups without churn, no data
+//! loss under moderate churn, and the report files.
+#![allow(clippy::unwrap_used)]
+
+use p2psip_simulator::{Runner, Scenario};
+
+fn small(nodes: usize, minutes: u32, churn: &str) -> Scenario {
+    let mut s: Scenario = toml::from_str(&format!(
+        "name = \"t\"\nnodes = {nodes}\nduration = \"{minutes}m\"\nseed = 5\n\
+         [churn]\nmodel = \"{churn}\"\nmedian_session = \"30m\"\ncrash_fraction = 0.5\n\
+         [workload]\nlookups_per_node_per_hour = 30\nusers = 150\nrefresh = \"5m\"\ncalls_per_hour = 900\n"
+    ))
+    .unwrap();
+    s.sample_interval = "30s".into();
+    s
+}
+
+#[test]
+fn same_seed_same_report() {
+    let a = Runner::new(&small(200, 5, "exponential"))
+        .unwrap()
+        .run(&mut |_, _| {});
+    let b = Runner::new(&small(200, 5, "exponential"))
+        .unwrap()
+        .run(&mut |_, _| {});
+    assert!(a.lookups > 100);
+    assert_eq!(
+        (
+            a.lookups,
+            a.lookups_ok,
+            a.lookups_correct,
+            a.events_processed,
+            a.crashes,
+            a.arrivals
+        ),
+        (
+            b.lookups,
+            b.lookups_ok,
+            b.lookups_correct,
+            b.events_processed,
+            b.crashes,
+            b.arrivals
+        )
+    );
+    assert_eq!(a.hop_histogram, b.hop_histogram);
+    assert_eq!(a.lookup_latency_ms.p99, b.lookup_latency_ms.p99);
+    let mut other = small(200, 5, "exponential");
+    other.seed = 6;
+    let c = Runner::new(&other).unwrap().run(&mut |_, _| {});
+    assert_ne!(a.events_processed, c.events_processed);
+}
+
+#[test]
+fn without_churn_every_lookup_succeeds_in_few_hops() {
+    let r = Runner::new(&small(2000, 10, "none"))
+        .unwrap()
+        .run(&mut |_, _| {});
+    assert!(r.lookups > 5000, "{}", r.lookups);
+    assert_eq!(r.lookups_ok, r.lookups, "{}", r.summary());
+    assert_eq!(r.lookups_correct, r.lookups, "{}", r.summary());
+    let log2n = (2000f64).log2();
+    assert!(
+        r.mean_hops < 0.6 * log2n,
+        "mean hops {} vs log2 N {log2n}",
+        r.mean_hops
+    );
+    assert!(
+        r.hop_histogram.len() as f64 <= log2n + 2.0,
+        "{:?}",
+        r.hop_histogram
+    );
+    assert_eq!(r.calls.connected, r.calls.attempted, "{}", r.summary());
+}
+
+#[test]
+fn moderate_churn_loses_no_data() {
+    // 500 peers, median session 30 min (about 20% of them leave or crash in 10 min, half
+    // of those crashes), each replaced by a newcomer.
+    let r = Runner::new(&small(500, 10, "exponential"))
+        .unwrap()
+        .run(&mut |_, _| {});
+    assert!(r.crashes + r.leaves > 50, "{}", r.summary());
+    assert!(r.data_checked >= 140, "{}", r.summary());
+    assert_eq!(r.data_lost, 0, "lost: {:?}", r.lost_examples);
+    assert_eq!(r.data_not_found, 0, "not found: {:?}", r.lost_examples);
+    assert!(r.lookup_success_rate > 0.99, "{}", r.summary());
+}
+
+#[test]
+fn report_files_are_written_and_well_formed() {
+    let r = Runner::new(&small(100, 3, "exponential"))
+        .unwrap()
+        .run(&mut |_, _| {});
+    let dir = std::env::temp_dir().join(format!("p2psip-sim-report-{}", std::process::id()));
+    r.write(&dir).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    for key in [
+        "lookup_success_rate",
+        "lookup_latency_ms",
+        "hop_histogram",
+        "maintenance_bytes_per_node_s",
+        "stored_data_loss_rate",
+        "events_processed",
+        "wall_time_s",
+        "peak_memory_bytes",
+    ] {
+        assert!(json.get(key).is_some(), "report.json lacks {key}");
+    }
+    let csv = std::fs::read_to_string(dir.join("timeseries.csv")).unwrap();
+    let mut lines = csv.lines();
+    let cols = lines.next().unwrap().split(',').count();
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 6, "3 minutes at 30 s");
+    assert!(rows.iter().all(|l| l.split(',').count() == cols));
+    for svg in [
+        "latency_cdf.svg",
+        "hops.svg",
+        "success.svg",
+        "maintenance.svg",
+    ] {
+        let text = std::fs::read_to_string(dir.join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+            "{svg}"
+        );
+        assert!(
+            text.contains("<polyline") || text.contains("<rect"),
+            "{svg} draws nothing"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
