@@ -508,7 +508,8 @@ impl OverlayNode {
                 self.replication_due = false;
                 self.check_replication();
             }
-            if self.loopback.is_empty() && !self.replication_due {
+            let replication_pending = self.replication_due && self.state == NodeState::Running;
+            if self.loopback.is_empty() && !replication_pending {
                 break;
             }
         }

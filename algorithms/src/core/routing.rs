@@ -86,6 +86,16 @@ impl OverlayNode {
                 }
             },
             Some(DestRef::Resource(r)) => match self.topology.next_hop(r) {
+                // Never send a request back to its originator: a peer that routes the target
+                // to the originator (a joining peer's retransmitted Join reaching its
+                // admitting peer, which already counts the joiner as its predecessor) is the
+                // one that must answer.
+                NextHop::Forward(x) if req && !pop && h.via().next() == Some(DestRef::Node(x)) => {
+                    if let Ok(c) = split_contents(h, bytes) {
+                        self.deliver(self.me, h, c.code, c.body);
+                    }
+                    return;
+                }
                 NextHop::Forward(x) => x,
                 NextHop::Local if !self.topology.is_joined() && !pop => {
                     // A peer still joining holds none of its future range: it must not
