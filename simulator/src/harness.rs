@@ -42,14 +42,16 @@ pub struct LogEntry {
 struct Slot {
     id: NodeId,
     identity: Identity,
-    node: Option<OverlayNode>,
+    /// Boxed so that taking it out of its slot for a call moves a pointer, not the node.
+    node: Option<Box<OverlayNode>>,
     /// The store of a crashed node, kept as its data directory would be.
     disk: Option<Box<MemoryStore>>,
     wake_at: Option<Time>,
     group: u8,
     /// Nodes this node has exchanged messages with: its open QUIC connections, which
     /// notice (by keep-alive) when the other end crashes.
-    links: std::collections::BTreeSet<u32>,
+    /// A short list (a peer talks to a few dozen others), searched linearly.
+    links: Vec<u32>,
 }
 
 /// The harness.
@@ -176,7 +178,7 @@ impl Sim {
     }
 
     pub fn node(&self, i: usize) -> Option<&OverlayNode> {
-        self.slots[i].node.as_ref()
+        self.slots[i].node.as_deref()
     }
 
     pub fn is_up(&self, i: usize) -> bool {
@@ -209,7 +211,7 @@ impl Sim {
             disk: None,
             wake_at: None,
             group: 0,
-            links: Default::default(),
+            links: Vec::new(),
         });
         i
     }
@@ -231,7 +233,7 @@ impl Sim {
     pub fn start(&mut self, i: usize, bootstrap: &[NodeId]) {
         let mut node = self.make_node(i, Box::new(MemoryStore::new()));
         node.start(self.now, bootstrap);
-        self.slots[i].node = Some(node);
+        self.slots[i].node = Some(Box::new(node));
         self.after(i);
     }
 
@@ -239,7 +241,7 @@ impl Sim {
     pub fn start_with_members(&mut self, i: usize, members: &[NodeId]) {
         let mut node = self.make_node(i, Box::new(MemoryStore::new()));
         node.start_with_members(self.now, members);
-        self.slots[i].node = Some(node);
+        self.slots[i].node = Some(Box::new(node));
         self.after(i);
     }
 
@@ -283,13 +285,13 @@ impl Sim {
             node_seed,
         );
         node.start(self.now, &[admitting]);
-        self.slots[i].node = Some(node);
+        self.slots[i].node = Some(Box::new(node));
         self.after(i);
     }
 
     /// Mutable access to a node, for tests that set transport details.
     pub fn node_mut(&mut self, i: usize) -> Option<&mut OverlayNode> {
-        self.slots[i].node.as_mut()
+        self.slots[i].node.as_deref_mut()
     }
 
     /// Delivers raw bytes to node `to` as if the node `from` had sent them (tests of
@@ -318,7 +320,7 @@ impl Sim {
         if let Some(d) = self.net.link_failure_after {
             for j in std::mem::take(&mut self.slots[i].links) {
                 let j = j as usize;
-                self.slots[j].links.remove(&(i as u32));
+                self.slots[j].links.retain(|x| *x != i as u32);
                 if self.slots[j].node.is_some() {
                     self.push(self.now + d, Ev::LinkFailed { at: j, peer: id });
                 }
@@ -334,7 +336,7 @@ impl Sim {
         };
         let mut node = self.make_node(i, store);
         node.start(self.now, bootstrap);
-        self.slots[i].node = Some(node);
+        self.slots[i].node = Some(Box::new(node));
         self.after(i);
     }
 
@@ -460,8 +462,12 @@ impl Sim {
                 if let Some(n) = self.slots[to].node.as_mut() {
                     n.handle_message(t, from, &bytes);
                     if let Some(f) = self.index.get(&from).copied() {
-                        self.slots[to].links.insert(f as u32);
-                        self.slots[f].links.insert(to as u32);
+                        if !self.slots[to].links.contains(&(f as u32)) {
+                            self.slots[to].links.push(f as u32);
+                        }
+                        if !self.slots[f].links.contains(&(to as u32)) {
+                            self.slots[f].links.push(to as u32);
+                        }
                     }
                     self.after(to);
                 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 pub struct Sample {
     pub t_s: f64,
     pub live_peers: usize,
+    /// Lookups issued in the interval.
     pub lookups: u64,
+    /// Lookups that finished in the interval, and how many of those succeeded.
+    pub completed: u64,
     pub ok: u64,
     pub correct: u64,
     #[serde(skip)]
@@ -208,14 +211,15 @@ impl Report {
         let json = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         write(dir, "report.json", &json)?;
         let mut csv = String::from(
-            "t_s,live_peers,lookups,ok,correct,median_latency_ms,maintenance_bytes_per_node_s,data_bytes_per_node_s,events\n",
+            "t_s,live_peers,lookups,completed,ok,correct,median_latency_ms,maintenance_bytes_per_node_s,data_bytes_per_node_s,events\n",
         );
         for s in &self.samples {
             csv.push_str(&format!(
-                "{:.0},{},{},{},{},{:.2},{:.2},{:.2},{}\n",
+                "{:.0},{},{},{},{},{},{:.2},{:.2},{:.2},{}\n",
                 s.t_s,
                 s.live_peers,
                 s.lookups,
+                s.completed,
                 s.ok,
                 s.correct,
                 s.median_latency_ms,
@@ -234,8 +238,8 @@ impl Report {
         let success: Vec<(f64, f64)> = self
             .samples
             .iter()
-            .filter(|s| s.lookups > 0)
-            .map(|s| (s.t_s / 60.0, 100.0 * s.ok as f64 / s.lookups as f64))
+            .filter(|s| s.completed > 0)
+            .map(|s| (s.t_s / 60.0, 100.0 * s.ok as f64 / s.completed as f64))
             .collect();
         plot_series(
             &dir.join("success.svg"),

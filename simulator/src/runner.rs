@@ -377,6 +377,7 @@ impl Runner {
                     let correct =
                         ok && responder.is_some() && responder == self.sim.responsible(target);
                     self.report.lookup(ok, correct, latency, hops);
+                    self.sample_acc.completed += 1;
                     if ok {
                         self.sample_acc.ok += 1;
                         self.sample_acc

@@ -28,6 +28,11 @@ const T_FINGERS: TimerId = TimerId(2);
 const T_SELF_LOOKUP: TimerId = TimerId(3);
 const T_JOIN_RETRY: TimerId = TimerId(4);
 
+/// Node-IDs as ChordUpdate / ChordLeave carry them.
+fn wire_ids(ids: &[Id]) -> Vec<Vec<u8>> {
+    ids.iter().map(|i| i.to_bytes().to_vec()).collect()
+}
+
 /// The node lists of a ChordUpdate.
 struct Lists {
     preds: Vec<Id>,
@@ -186,18 +191,8 @@ impl Chord {
         pb::ChordUpdate {
             uptime: now.since(self.started).as_secs().min(u32::MAX as u64) as u32,
             r#type: ty as i32,
-            predecessors: self
-                .preds
-                .ids()
-                .iter()
-                .map(|i| i.to_bytes().to_vec())
-                .collect(),
-            successors: self
-                .succs
-                .ids()
-                .iter()
-                .map(|i| i.to_bytes().to_vec())
-                .collect(),
+            predecessors: wire_ids(self.preds.ids()),
+            successors: wire_ids(self.succs.ids()),
             fingers: if ty == chord_update::Type::Full {
                 self.fingers
                     .distinct()
@@ -727,18 +722,8 @@ impl Topology for Chord {
             return;
         }
         let cl = pb::ChordLeave {
-            predecessors: self
-                .preds
-                .ids()
-                .iter()
-                .map(|i| i.to_bytes().to_vec())
-                .collect(),
-            successors: self
-                .succs
-                .ids()
-                .iter()
-                .map(|i| i.to_bytes().to_vec())
-                .collect(),
+            predecessors: wire_ids(self.preds.ids()),
+            successors: wire_ids(self.succs.ids()),
         };
         let mut tell: Vec<Id> = self.preds.ids().to_vec();
         tell.extend(self.succs.ids());

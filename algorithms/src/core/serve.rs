@@ -3,7 +3,7 @@
 
 use super::OverlayNode;
 use crate::id::{Id, NodeId};
-use crate::storage::{apply_store, fetch, find_closest, stat, StoreMode};
+use crate::storage::{apply_store, fetch, find_closest, stat, KindData, StoreMode};
 use p2psip_proto::pb::{self, ErrorCode};
 use p2psip_proto::Body;
 use rand::Rng;
@@ -57,28 +57,12 @@ impl OverlayNode {
                 Ok(ans)
             }
             Body::StoreReq(req) => self.serve_store(req),
-            Body::FetchReq(req) => {
-                let resource = resource_of(&req.resource)?;
-                let now_ms = self.now.as_millis();
-                let mut kind_responses = Vec::new();
-                for spec in &req.specifiers {
-                    self.known_kind(spec.kind)?;
-                    let data = self.store.get(resource, spec.kind);
-                    kind_responses.push(fetch(data.as_ref(), spec, now_ms));
-                }
-                Ok(Body::FetchAns(pb::FetchAns { kind_responses }))
-            }
-            Body::StatReq(req) => {
-                let resource = resource_of(&req.resource)?;
-                let now_ms = self.now.as_millis();
-                let mut kind_responses = Vec::new();
-                for spec in &req.specifiers {
-                    self.known_kind(spec.kind)?;
-                    let data = self.store.get(resource, spec.kind);
-                    kind_responses.push(stat(data.as_ref(), spec, now_ms));
-                }
-                Ok(Body::StatAns(pb::StatAns { kind_responses }))
-            }
+            Body::FetchReq(req) => Ok(Body::FetchAns(pb::FetchAns {
+                kind_responses: self.per_kind(&req.resource, &req.specifiers, fetch)?,
+            })),
+            Body::StatReq(req) => Ok(Body::StatAns(pb::StatAns {
+                kind_responses: self.per_kind(&req.resource, &req.specifiers, stat)?,
+            })),
             Body::FindReq(req) => {
                 let target = resource_of(&req.resource)?;
                 let keys = self.store.keys();
@@ -105,6 +89,25 @@ impl OverlayNode {
                 format!("{} is not served by this peer", other.method_name()),
             )),
         }
+    }
+
+    /// One answer per specifier of a Fetch or Stat, from the stored data of its kind.
+    fn per_kind<T>(
+        &self,
+        resource: &[u8],
+        specifiers: &[pb::StoredDataSpecifier],
+        answer: impl Fn(Option<&KindData>, &pb::StoredDataSpecifier, u64) -> T,
+    ) -> Result<Vec<T>, (ErrorCode, String)> {
+        let resource = resource_of(resource)?;
+        let now_ms = self.now.as_millis();
+        specifiers
+            .iter()
+            .map(|spec| {
+                self.known_kind(spec.kind)?;
+                let data = self.store.get(resource, spec.kind);
+                Ok(answer(data.as_ref(), spec, now_ms))
+            })
+            .collect()
     }
 
     fn known_kind(&self, kind: u32) -> Result<(), (ErrorCode, String)> {
