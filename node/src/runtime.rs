@@ -402,11 +402,27 @@ impl Runtime {
             }
             NetEvent::LinkDown { node, refused } => {
                 tracing::debug!(%node, "link down");
-                if !self.is_peer && !self.core.is_joined() {
-                    self.fatal = Some(match refused {
+                if !self.is_peer {
+                    // A client has only its admitting peer: without it every operation
+                    // fails, at once and with the peer's reason.
+                    let why = match refused {
                         Some(r) => format!("the admitting peer refused us: {r}"),
                         None => "the admitting peer closed the connection".into(),
-                    });
+                    };
+                    for (op, tx) in self.waiters.drain() {
+                        let _ = tx.send(Event::Completed {
+                            op,
+                            method: "",
+                            outcome: Err(p2psip_algorithms::OpError {
+                                code: pb::ErrorCode::Unspecified,
+                                info: why.clone(),
+                            }),
+                            hops: 0,
+                            latency: Duration::ZERO,
+                            responder: None,
+                        });
+                    }
+                    self.fatal = Some(why);
                 }
                 self.core.handle_link(now(), LinkEvent::Failed(node));
             }
@@ -432,7 +448,24 @@ impl Runtime {
         match c {
             Command::Op(f, tx) => {
                 let op = f(&mut self.core, now());
-                self.waiters.insert(op, tx);
+                match &self.fatal {
+                    Some(why) if !self.is_peer => {
+                        let _ = tx.send(Event::Completed {
+                            op,
+                            method: "",
+                            outcome: Err(p2psip_algorithms::OpError {
+                                code: pb::ErrorCode::Unspecified,
+                                info: why.clone(),
+                            }),
+                            hops: 0,
+                            latency: Duration::ZERO,
+                            responder: None,
+                        });
+                    }
+                    _ => {
+                        self.waiters.insert(op, tx);
+                    }
+                }
             }
             Command::Status(tx) => {
                 let _ = tx.send(Status {
