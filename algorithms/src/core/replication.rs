@@ -96,10 +96,7 @@ impl OverlayNode {
 
     /// The responsible peer took the data: drop it if this node is still not a replica.
     pub(super) fn handover_done(&mut self, resource: Id) {
-        // Only on positive knowledge: an empty set means the resource is outside what this
-        // node knows of the ring (e.g. just after joining), not that it holds no copy.
-        let rs = self.topology.replica_set(resource);
-        if !rs.is_empty() && !rs.contains(&self.me) {
+        if !self.topology.replica_set(resource).contains(&self.me) {
             for (r, k) in self.store.keys() {
                 if r == resource {
                     self.store.remove(r, k);
