@@ -245,6 +245,22 @@ fn candidate_addr(c: &pb::Candidate) -> Option<SocketAddr> {
     (port != 0 && !ip.is_unspecified()).then(|| SocketAddr::new(ip, port))
 }
 
+/// The completion of an operation that a client cannot carry out (its admitting peer is
+/// gone), with the reason.
+fn failed(op: OpId, why: &str) -> Event {
+    Event::Completed {
+        op,
+        method: "",
+        outcome: Err(p2psip_algorithms::OpError {
+            code: pb::ErrorCode::Unspecified,
+            info: why.to_string(),
+        }),
+        hops: 0,
+        latency: Duration::ZERO,
+        responder: None,
+    }
+}
+
 /// Resolves "host:port" (an address, or a name through the system resolver).
 pub async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse() {
@@ -410,17 +426,7 @@ impl Runtime {
                         None => "the admitting peer closed the connection".into(),
                     };
                     for (op, tx) in self.waiters.drain() {
-                        let _ = tx.send(Event::Completed {
-                            op,
-                            method: "",
-                            outcome: Err(p2psip_algorithms::OpError {
-                                code: pb::ErrorCode::Unspecified,
-                                info: why.clone(),
-                            }),
-                            hops: 0,
-                            latency: Duration::ZERO,
-                            responder: None,
-                        });
+                        let _ = tx.send(failed(op, &why));
                     }
                     self.fatal = Some(why);
                 }
@@ -450,17 +456,7 @@ impl Runtime {
                 let op = f(&mut self.core, now());
                 match &self.fatal {
                     Some(why) if !self.is_peer => {
-                        let _ = tx.send(Event::Completed {
-                            op,
-                            method: "",
-                            outcome: Err(p2psip_algorithms::OpError {
-                                code: pb::ErrorCode::Unspecified,
-                                info: why.clone(),
-                            }),
-                            hops: 0,
-                            latency: Duration::ZERO,
-                            responder: None,
-                        });
+                        let _ = tx.send(failed(op, why));
                     }
                     _ => {
                         self.waiters.insert(op, tx);
