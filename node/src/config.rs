@@ -37,8 +37,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timers {
-    /// First retransmission timeout of a request, milliseconds (doubles per retry).
+    /// First retransmission timeout of a request, milliseconds (doubles per retry). The
+    /// floor: the node uses its measured round trip when that is longer.
     pub request_timeout_ms: u64,
+    /// Ceiling of the measured first retransmission timeout, milliseconds.
+    pub max_request_timeout_ms: u64,
+    /// How long a sent or forwarded request is kept for re-routing if its link fails,
+    /// milliseconds (0 = no hop-by-hop recovery).
+    pub reroute_window_ms: u64,
     /// Retransmissions before Request_Timeout.
     pub retransmissions: u32,
     /// Full re-push of every replica set, seconds.
@@ -111,6 +117,8 @@ impl Default for Timers {
         Timers {
             request_timeout_ms: c.request_timeout.as_millis() as u64,
             retransmissions: c.retransmissions,
+            max_request_timeout_ms: c.max_request_timeout.as_millis() as u64,
+            reroute_window_ms: c.reroute_window.as_millis() as u64,
             replication_interval_s: c.replication_interval.as_secs(),
             expiry_interval_s: c.expiry_interval.as_secs(),
             keep_alive_ms: 2000,
@@ -186,6 +194,13 @@ impl Config {
         if self.timers.request_timeout_ms == 0 {
             bail!("timers.request_timeout_ms must be positive");
         }
+        if self.timers.max_request_timeout_ms < self.timers.request_timeout_ms {
+            bail!(
+                "timers.max_request_timeout_ms ({}) must be at least timers.request_timeout_ms ({})",
+                self.timers.max_request_timeout_ms,
+                self.timers.request_timeout_ms
+            );
+        }
         Ok(())
     }
 
@@ -195,6 +210,8 @@ impl Config {
             overlay: self.overlay.clone(),
             request_timeout: Duration::from_millis(self.timers.request_timeout_ms),
             retransmissions: self.timers.retransmissions,
+            max_request_timeout: Duration::from_millis(self.timers.max_request_timeout_ms),
+            reroute_window: Duration::from_millis(self.timers.reroute_window_ms),
             replication_interval: Duration::from_secs(self.timers.replication_interval_s.max(1)),
             expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
             ..CoreConfig::default()

@@ -86,6 +86,7 @@ pub fn export(
     counter!("p2psip_transport_refused_connections_total", "node" => n())
         .absolute(transport.stats.refused_connections.load(Ordering::Relaxed));
     counter!("p2psip_transaction_retransmissions_total", "node" => n()).absolute(s.retransmissions);
+    counter!("p2psip_requests_rerouted_total", "node" => n()).absolute(s.rerouted);
     counter!("p2psip_transaction_timeouts_total", "node" => n()).absolute(s.timeouts);
     counter!("p2psip_replication_stores_total", "node" => n()).absolute(s.replication_stores);
     let rt = core.routing_table();

@@ -9,7 +9,8 @@ use p2psip_algorithms::{AlgorithmParams, Event, Id, LinkEvent, NodeId, OpId, Ove
 use p2psip_proto::security::Identity;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
 /// Virtual time starts here (2025-01-01T00:00:00Z), so stored data has realistic times.
@@ -27,6 +28,34 @@ enum Ev {
         at: usize,
         peer: NodeId,
     },
+}
+
+/// An event in the queue: the heap pops the earliest, ties in the order they were queued.
+struct Queued {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
 }
 
 /// One entry of the event log: what was delivered to whom, when.
@@ -59,7 +88,7 @@ pub struct Sim {
     seed: u64,
     now: Time,
     rng: ChaCha8Rng,
-    queue: BTreeMap<(Time, u64), Ev>,
+    queue: BinaryHeap<Queued>,
     seq: u64,
     slots: Vec<Slot>,
     index: HashMap<NodeId, usize>,
@@ -68,6 +97,8 @@ pub struct Sim {
     pub algorithm: AlgorithmParams,
     log: Vec<LogEntry>,
     pub log_enabled: bool,
+    /// A partition changed since the links were last checked against it.
+    groups_changed: bool,
     done: HashMap<(usize, OpId), Event>,
     /// With `stream_completions`, finished operations go here instead of `done`.
     completions: Vec<(usize, Event)>,
@@ -121,7 +152,7 @@ impl Sim {
             seed,
             now: EPOCH,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            queue: BTreeMap::new(),
+            queue: BinaryHeap::new(),
             seq: 0,
             slots: Vec::new(),
             index: HashMap::new(),
@@ -130,6 +161,7 @@ impl Sim {
             algorithm,
             log: Vec::new(),
             log_enabled: false,
+            groups_changed: false,
             done: HashMap::new(),
             completions: Vec::new(),
             stream_completions: false,
@@ -352,6 +384,31 @@ impl Sim {
     /// Puts node `i` in partition group `g`; messages only pass within a group.
     pub fn set_group(&mut self, i: usize, g: u8) {
         self.slots[i].group = g;
+        self.groups_changed = true;
+    }
+
+    /// After a partition: every open link that now crosses it fails at both ends, as the
+    /// keep-alives of its connection would notice.
+    fn cut_links(&mut self) {
+        self.groups_changed = false;
+        let Some(d) = self.net.link_failure_after else {
+            return;
+        };
+        for i in 0..self.slots.len() {
+            let g = self.slots[i].group;
+            let links = std::mem::take(&mut self.slots[i].links);
+            let (kept, cut): (Vec<u32>, Vec<u32>) = links
+                .into_iter()
+                .partition(|&j| self.slots[j as usize].group == g);
+            self.slots[i].links = kept;
+            let cut: Vec<usize> = cut.into_iter().map(|j| j as usize).collect();
+            for j in cut {
+                if self.slots[i].node.is_some() {
+                    let peer = self.slots[j].id;
+                    self.push(self.now + d, Ev::LinkFailed { at: i, peer });
+                }
+            }
+        }
     }
 
     /// Ends every partition.
@@ -367,7 +424,11 @@ impl Sim {
 
     fn push(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.insert((at, self.seq), ev);
+        self.queue.push(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        });
     }
 
     /// Collects what node `i` produced and schedules it.
@@ -443,7 +504,10 @@ impl Sim {
 
     /// Processes one event; returns false when the queue is empty.
     fn step(&mut self) -> bool {
-        let Some(((t, _), ev)) = self.queue.pop_first() else {
+        if self.groups_changed {
+            self.cut_links();
+        }
+        let Some(Queued { at: t, ev, .. }) = self.queue.pop() else {
             return false;
         };
         self.now = t;
@@ -504,7 +568,7 @@ impl Sim {
 
     /// Runs until virtual time `until`.
     pub fn run_until(&mut self, until: Time) {
-        while let Some((&(t, _), _)) = self.queue.first_key_value() {
+        while let Some(t) = self.queue.peek().map(|q| q.at) {
             if t > until {
                 break;
             }
@@ -526,8 +590,8 @@ impl Sim {
             if let Some(e) = self.done.remove(&(i, op)) {
                 return Some(e);
             }
-            match self.queue.first_key_value() {
-                Some((&(t, _), _)) if t <= until => {
+            match self.queue.peek().map(|q| q.at) {
+                Some(t) if t <= until => {
                     self.step();
                 }
                 _ => return None,

@@ -99,7 +99,11 @@ pub struct ChordParams {
 #[serde(deny_unknown_fields, default)]
 pub struct CoreParams {
     pub request_timeout: String,
+    /// Ceiling of the measured round-trip timeout.
+    pub max_request_timeout: String,
     pub retransmissions: u32,
+    /// Re-route a request whose link fails this soon after it left ("0s": off).
+    pub reroute_window: String,
     pub replication_interval: String,
     /// Verify every stored value's signature (costs CPU at scale; the protocol does it).
     pub verify_signatures: bool,
@@ -183,7 +187,9 @@ impl Default for CoreParams {
     fn default() -> Self {
         CoreParams {
             request_timeout: "1s".into(),
+            max_request_timeout: "4s".into(),
             retransmissions: 3,
+            reroute_window: "5s".into(),
             replication_interval: "600s".into(),
             verify_signatures: true,
         }
@@ -293,6 +299,8 @@ impl Scenario {
             overlay: format!("sim.{}", self.name),
             request_timeout: dur("core.request_timeout", &self.core.request_timeout)?,
             retransmissions: self.core.retransmissions,
+            max_request_timeout: dur("core.max_request_timeout", &self.core.max_request_timeout)?,
+            reroute_window: dur("core.reroute_window", &self.core.reroute_window)?,
             replication_interval: dur(
                 "core.replication_interval",
                 &self.core.replication_interval,

@@ -50,7 +50,10 @@ enum Pending {
     Probe(Id),
     /// Periodic or reactive Update with a neighbour.
     Stabilize(Id),
+    /// A routed lookup of a random point of finger interval `i`.
     Finger(usize),
+    /// A direct check that the node held as finger `i` is still alive.
+    FingerCheck(usize, Id),
     SelfLookup,
     Leave,
 }
@@ -70,6 +73,8 @@ pub struct Chord {
     bootstrap: Vec<Id>,
     join_attempt: usize,
     next_finger: usize,
+    /// The first predecessor and when we last heard its lists.
+    pred_heard: (Id, Time),
 }
 
 impl Chord {
@@ -89,6 +94,7 @@ impl Chord {
             bootstrap: Vec::new(),
             join_attempt: 0,
             next_finger: 0,
+            pred_heard: (me, Time(0)),
         }
     }
 
@@ -164,7 +170,7 @@ impl Chord {
         });
         self.remember(id);
         if was_neighbor && self.cfg.reactive_recovery && self.joined {
-            self.stabilize(ctx);
+            self.stabilize(ctx, true);
         }
         if self.joined && self.succs.is_empty() {
             self.self_lookup(ctx);
@@ -212,11 +218,17 @@ impl Chord {
         }
     }
 
-    /// Sends Updates to the first successor and the first predecessor.
-    fn stabilize(&mut self, ctx: &mut Ctx<'_>) {
+    /// Sends an Update to the first successor (and, after a neighbour failed, to the first
+    /// predecessor too). The periodic round needs only the successor: its answer carries
+    /// the successor's lists to us, the request carries ours to it, and our predecessor's
+    /// own round does the same for the link behind us. A predecessor that dies is noticed
+    /// by the link's keep-alive.
+    fn stabilize(&mut self, ctx: &mut Ctx<'_>, both: bool) {
         let mut targets: Vec<Id> = Vec::new();
         targets.extend(self.succs.first());
-        targets.extend(self.preds.first());
+        if both {
+            targets.extend(self.preds.first());
+        }
         targets.dedup();
         for t in targets {
             let body = self.update_body(chord_update::Type::Neighbors, ctx.now);
@@ -236,6 +248,17 @@ impl Chord {
             if in_open_closed(start, self.me, succ) {
                 // The whole interval starts before the successor: that is the finger.
                 self.fingers.set(i, succ);
+                continue;
+            }
+            if let Some(f) = self.fingers.get(i) {
+                // A live finger anywhere in its interval routes as well as a fresh one: a
+                // direct probe (one round trip) keeps it; only a missing or dead finger
+                // costs a routed lookup (log N hops each way).
+                let body = pb::ProbeReq {
+                    requested_info: vec![],
+                };
+                let tok = ctx.request(Target::Direct(f), body);
+                self.pending.insert(tok, Pending::FingerCheck(i, f));
                 continue;
             }
             let target = self.fingers.random_target(i, ctx.rng.random());
@@ -321,6 +344,9 @@ impl Chord {
     /// Handles a neighbour's lists from an Update request or answer.
     fn on_neighbor_lists(&mut self, ctx: &mut Ctx<'_>, from: Id, preds: &[Id], succs: &[Id]) {
         self.consider(ctx, from);
+        if self.preds.first() == Some(from) {
+            self.pred_heard = (from, ctx.now);
+        }
         if self.succs.first() == Some(from) {
             // Our successor's successor list is authoritative for ours (classic Chord): it
             // drops entries that died even when we never sent to them.
@@ -664,7 +690,14 @@ impl Topology for Chord {
                     }
                 }
             }
-            (Pending::Finger(_), Err(_)) => {}
+            (Pending::Finger(_), Err(_)) | (Pending::FingerCheck(..), Ok(_)) => {}
+            (Pending::FingerCheck(i, f), Err(_)) => {
+                // Gone (the core reports the link failure too) or refusing: look again next
+                // time round.
+                if self.fingers.get(i) == Some(f) {
+                    self.fingers.remove(f);
+                }
+            }
             (Pending::SelfLookup, Ok(_)) => {
                 let Some(r) = responder else { return };
                 if r == self.me || self.succs.contains(r) || self.probing.contains(&r) {
@@ -699,7 +732,18 @@ impl Topology for Chord {
             T_JOIN_RETRY if !self.joined => self.send_join(ctx),
             _ if !self.joined => {}
             T_STABILIZE => {
-                self.stabilize(ctx);
+                // Our predecessor's own rounds reach us; when they stopped for two
+                // intervals, it is checked directly (Chord's check_predecessor).
+                let silent = match (self.preds.first(), self.cfg.stabilize_interval) {
+                    (Some(p), Some(i)) => {
+                        if self.pred_heard.0 != p {
+                            self.pred_heard = (p, ctx.now);
+                        }
+                        ctx.now.since(self.pred_heard.1) > i * 2
+                    }
+                    _ => false,
+                };
+                self.stabilize(ctx, silent);
                 if let Some(i) = self.cfg.stabilize_interval {
                     ctx.set_timer_jittered(i, T_STABILIZE);
                 }

@@ -9,7 +9,15 @@ pub struct CoreConfig {
     /// The overlay name; its hash is the overlay id of every message.
     pub overlay: String,
     /// First retransmission timeout of an end-to-end request; doubles on every retry.
+    /// It is the floor: once answers have been timed, the node uses its measured round
+    /// trip (smoothed, plus four deviations, Karn's rule) when that is longer.
     pub request_timeout: Duration,
+    /// The ceiling of the measured first retransmission timeout.
+    pub max_request_timeout: Duration,
+    /// How long a request this node sent or passed on is remembered, so that it can be
+    /// re-routed at once when the link it went out on fails within that time (hop-by-hop
+    /// recovery, instead of waiting for the originator's retransmission).
+    pub reroute_window: Duration,
     /// Retransmissions before a request fails with Request_Timeout.
     pub retransmissions: u32,
     /// How often every stored resource's replica set is re-pushed in full (besides the
@@ -29,6 +37,8 @@ impl Default for CoreConfig {
             overlay: "p2psip.example".into(),
             request_timeout: Duration::from_millis(1000),
             retransmissions: 3,
+            max_request_timeout: Duration::from_millis(4000),
+            reroute_window: Duration::from_secs(5),
             replication_interval: Duration::from_secs(300),
             expiry_interval: Duration::from_secs(60),
             verify: VerifyMode::SelfSigned,

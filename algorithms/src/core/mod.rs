@@ -7,6 +7,7 @@
 //! [`OverlayNode::poll_timeout`], in the manner of quinn-proto.
 
 mod config;
+mod recovery;
 mod replication;
 mod routing;
 mod serve;
@@ -124,6 +125,11 @@ pub struct OverlayNode {
     stats: Stats,
     /// How other nodes reach this one (set by the transport).
     candidates: Vec<pb::Candidate>,
+    /// Requests that left recently, for hop-by-hop recovery.
+    sent: VecDeque<recovery::Sent>,
+    /// Measured round trips of direct and of routed requests.
+    rtt_direct: recovery::RttEstimator,
+    rtt_routed: recovery::RttEstimator,
 }
 
 impl OverlayNode {
@@ -162,6 +168,9 @@ impl OverlayNode {
             leave_pending: 0,
             stats: Stats::default(),
             candidates: Vec::new(),
+            sent: VecDeque::new(),
+            rtt_direct: recovery::RttEstimator::default(),
+            rtt_routed: recovery::RttEstimator::default(),
         }
     }
 
@@ -258,6 +267,9 @@ impl OverlayNode {
             self.synced.values_mut().for_each(|v| v.retain(|x| *x != n));
         }
         self.with_topology(|t, ctx| t.on_link(ctx, event));
+        if let LinkEvent::Failed(n) = event {
+            self.reroute_after_failure(n);
+        }
         self.drain();
     }
 
@@ -574,5 +586,6 @@ impl OverlayNode {
     fn link_failed(&mut self, n: NodeId) {
         self.synced.values_mut().for_each(|v| v.retain(|x| *x != n));
         self.with_topology(|t, ctx| t.on_link(ctx, LinkEvent::Failed(n)));
+        self.reroute_after_failure(n);
     }
 }

@@ -1,6 +1,7 @@
 //! Recursive symmetric routing (proto/SPEC.md section 8): every received message is
 //! delivered here, passed on with the forwarding step, or answered with an error.
 
+use super::recovery::Resend;
 use super::OverlayNode;
 use crate::id::NodeId;
 use crate::topology::NextHop;
@@ -45,7 +46,7 @@ impl OverlayNode {
         match first {
             DestRef::Node(id) if id == self.me => {
                 if h.destination_len() > 1 {
-                    self.pass_on(bytes, &h, req, true);
+                    self.pass_on(from, bytes, &h, req, true);
                 } else {
                     self.deliver(from, &h, c.code, c.body);
                 }
@@ -58,12 +59,12 @@ impl OverlayNode {
                 // Clients never route for others.
                 self.stats.malformed += 1;
             }
-            _ => self.pass_on(bytes, &h, req, false),
+            _ => self.pass_on(from, bytes, &h, req, false),
         }
     }
 
     /// Decides where a request (or a popped answer) goes next and sends it there.
-    fn pass_on(&mut self, bytes: &[u8], h: &Header<'_>, req: bool, pop: bool) {
+    fn pass_on(&mut self, from: NodeId, bytes: &[u8], h: &Header<'_>, req: bool, pop: bool) {
         let next = if pop {
             h.destinations().nth(1)
         } else {
@@ -133,6 +134,10 @@ impl OverlayNode {
             Ok(()) => {
                 self.stats.forwarded += 1;
                 self.transmit(to, out);
+                if req {
+                    let bytes = bytes.to_vec();
+                    self.remember_sent(to, Resend::Forward { from, bytes });
+                }
             }
             Err(ParseError::TtlExceeded | ParseError::ListTooLong { .. }) if req => {
                 self.stats.ttl_exceeded += 1;

@@ -26,6 +26,8 @@ pub struct Stats {
     /// Answers that matched no transaction (late duplicates).
     pub stray_answers: u64,
     pub retransmissions: u64,
+    /// Requests sent again along another route because the link they went out on failed.
+    pub rerouted: u64,
     pub timeouts: u64,
     /// Store requests sent to keep replicas and hand data over.
     pub replication_stores: u64,

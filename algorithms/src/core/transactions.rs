@@ -2,6 +2,7 @@
 //! id, is retransmitted with exponential back-off (re-routed each time), and ends with its
 //! answer or Request_Timeout.
 
+use super::recovery::Resend;
 use super::{Event, OpError, OverlayNode, TimerKind};
 use crate::id::{Id, NodeId};
 use crate::time::Time;
@@ -67,9 +68,31 @@ impl OverlayNode {
         self.send_attempt(id);
     }
 
-    /// Sends (or re-sends) a transaction's request along its current first hop.
+    /// Sends (or re-sends) a transaction's request along its current first hop and arms
+    /// its retransmission timer.
     fn send_attempt(&mut self, id: u64) {
+        if !self.transmit_attempt(id) {
+            return;
+        }
         let Some(tx) = self.txs.get(&id) else { return };
+        let attempt = tx.attempt;
+        let base = if tx.direct.is_some() {
+            self.rtt_direct
+        } else {
+            self.rtt_routed
+        }
+        .rto(self.cfg.request_timeout, self.cfg.max_request_timeout);
+        let rto = base * 2u32.saturating_pow(attempt);
+        self.set_timer(self.now + rto, TimerKind::Tx { id, attempt });
+    }
+
+    /// Sends a transaction's current attempt along the route as it stands now (also used
+    /// to re-route it at once when the link it left on failed). False if the transaction
+    /// ended because its request cannot be encoded.
+    pub(super) fn transmit_attempt(&mut self, id: u64) -> bool {
+        let Some(tx) = self.txs.get(&id) else {
+            return false;
+        };
         let header = OwnedHeader {
             via: vec![Destination::Node(self.me)],
             destinations: tx.destinations.clone(),
@@ -92,23 +115,27 @@ impl OverlayNode {
             },
             (None, _) => self.me,
         };
-        let attempt = tx.attempt;
-        let rto = self.cfg.request_timeout * 2u32.saturating_pow(attempt);
+        let routed = tx.direct.is_none();
         match encode_parts(&header, tx.code, &tx.body, &[]) {
-            Ok(bytes) => self.transmit(first_hop, bytes),
+            Ok(bytes) => {
+                self.transmit(first_hop, bytes);
+                // A direct request has nowhere else to go: only routed ones are re-routed.
+                if routed {
+                    self.remember_sent(first_hop, Resend::Tx(id));
+                }
+                true
+            }
             Err(e) => {
-                let tx = self.txs.remove(&id);
-                if let Some(tx) = tx {
+                if let Some(tx) = self.txs.remove(&id) {
                     let err = pb::ErrorAns {
                         code: e.error_code() as i32,
                         info: e.to_string().into_bytes(),
                     };
                     self.complete(tx, None, 0, Err(err));
                 }
-                return;
+                false
             }
         }
-        self.set_timer(self.now + rto, TimerKind::Tx { id, attempt });
     }
 
     pub(super) fn on_tx_timer(&mut self, id: u64, attempt: u32) {
@@ -147,7 +174,18 @@ impl OverlayNode {
         outcome: Result<Body, pb::ErrorAns>,
     ) {
         match self.txs.remove(&id) {
-            Some(tx) => self.complete(tx, responder, hops, outcome),
+            Some(tx) => {
+                if tx.attempt == 0 {
+                    // Karn's rule: only an unambiguous round trip is a sample.
+                    let rtt = self.now.since(tx.started);
+                    if tx.direct.is_some() {
+                        self.rtt_direct.sample(rtt);
+                    } else {
+                        self.rtt_routed.sample(rtt);
+                    }
+                }
+                self.complete(tx, responder, hops, outcome)
+            }
             None => self.stats.stray_answers += 1,
         }
     }

@@ -17,7 +17,18 @@ pub fn chord() -> AlgorithmParams {
 /// A simulator with `n` nodes joined one after another (one every `gap`), through random
 /// already-joined nodes, then `settle` of virtual time.
 pub fn overlay(seed: u64, n: usize, algo: AlgorithmParams, net: NetConfig) -> Sim {
-    let mut sim = Sim::new(seed, CoreConfig::default(), algo, net);
+    overlay_with(seed, n, algo, net, CoreConfig::default())
+}
+
+/// [`overlay`] with a given core configuration.
+pub fn overlay_with(
+    seed: u64,
+    n: usize,
+    algo: AlgorithmParams,
+    net: NetConfig,
+    core: CoreConfig,
+) -> Sim {
+    let mut sim = Sim::new(seed, core, algo, net);
     for i in 0..n {
         sim.add_node();
         if i == 0 {

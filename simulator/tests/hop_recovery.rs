@@ -1,0 +1,101 @@
+//! Hop-by-hop recovery: a request that left on a link which then fails is routed again at
+//! once by the node that sent it, so lookups that meet freshly crashed nodes complete
+//! without waiting for their originator's end-to-end retransmissions.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::{Event, Id};
+use p2psip_simulator::{NetConfig, Sim};
+use std::time::Duration;
+
+struct Outcome {
+    ok: usize,
+    lookups: usize,
+    retransmissions: u64,
+    rerouted: u64,
+    mean_latency: Duration,
+}
+
+fn crash_then_look_up(reroute_window: Duration) -> Outcome {
+    let core = CoreConfig {
+        reroute_window,
+        ..CoreConfig::default()
+    };
+    let net = NetConfig {
+        // Keep-alives notice a dead peer well before the first end-to-end retransmission.
+        link_failure_after: Some(Duration::from_millis(300)),
+        ..NetConfig::default()
+    };
+    let mut sim: Sim = overlay_with(7, 120, chord(), net, core);
+    // A tenth of the peers crash; lookups start at once, before anyone has noticed.
+    for _ in 0..12 {
+        let k = random_live(&mut sim);
+        sim.crash(k);
+    }
+    let before: u64 = (0..sim.len())
+        .filter_map(|i| sim.node(i))
+        .map(|n| n.stats().retransmissions)
+        .sum();
+    let mut ops = Vec::new();
+    for _ in 0..300 {
+        let from = random_live(&mut sim);
+        let target = Id(sim.random());
+        let op = sim.start_op(from, |n, t| n.lookup(t, target)).unwrap();
+        ops.push((from, op));
+    }
+    sim.run_for(Duration::from_secs(60));
+    let mut ok = 0;
+    let mut total = Duration::ZERO;
+    for (i, op) in &ops {
+        if let Some(Event::Completed {
+            outcome: Ok(_),
+            latency,
+            ..
+        }) = sim.take_done(*i, *op)
+        {
+            ok += 1;
+            total += latency;
+        }
+    }
+    let live = (0..sim.len()).filter_map(|i| sim.node(i));
+    let (retx, rerouted) = live.fold((0, 0), |(a, b), n| {
+        (a + n.stats().retransmissions, b + n.stats().rerouted)
+    });
+    Outcome {
+        ok,
+        lookups: ops.len(),
+        retransmissions: retx - before,
+        rerouted,
+        mean_latency: total / ok.max(1) as u32,
+    }
+}
+
+#[test]
+fn requests_are_rerouted_around_a_failed_link() {
+    let with = crash_then_look_up(Duration::from_secs(5));
+    let without = crash_then_look_up(Duration::ZERO);
+    eprintln!(
+        "with re-routing: {}/{} ok, {} retransmissions, {} re-routed, mean {:?}; \
+         without: {}/{} ok, {} retransmissions, mean {:?}",
+        with.ok,
+        with.lookups,
+        with.retransmissions,
+        with.rerouted,
+        with.mean_latency,
+        without.ok,
+        without.lookups,
+        without.retransmissions,
+        without.mean_latency
+    );
+    assert_eq!(with.ok, with.lookups, "every lookup completes");
+    assert!(with.rerouted > 0, "some requests met a dead hop");
+    assert_eq!(without.rerouted, 0);
+    assert!(
+        with.retransmissions < without.retransmissions,
+        "re-routing spares end-to-end retransmissions"
+    );
+    assert!(with.mean_latency < without.mean_latency);
+}
