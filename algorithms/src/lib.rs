@@ -11,8 +11,11 @@
 
 pub mod chord;
 pub mod client;
+mod common;
 pub mod core;
 pub mod id;
+pub mod kademlia;
+pub mod onehop;
 pub mod storage;
 pub mod time;
 pub mod topology;
@@ -27,7 +30,7 @@ pub use values::{signed_value, ValueModel};
 use thiserror::Error;
 
 /// The algorithms this build knows, by configuration name.
-pub const ALGORITHMS: &[&str] = &[chord::NAME];
+pub const ALGORITHMS: &[&str] = &[chord::NAME, kademlia::NAME, onehop::NAME];
 
 /// Errors building an algorithm from configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -40,6 +43,8 @@ pub enum BuildError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlgorithmParams {
     Chord(chord::ChordConfig),
+    Kademlia(kademlia::KademliaConfig),
+    OneHop(onehop::OneHopConfig),
 }
 
 impl AlgorithmParams {
@@ -47,6 +52,10 @@ impl AlgorithmParams {
     pub fn default_for(name: &str) -> Result<Self, BuildError> {
         match name {
             chord::NAME => Ok(AlgorithmParams::Chord(chord::ChordConfig::default())),
+            kademlia::NAME => Ok(AlgorithmParams::Kademlia(
+                kademlia::KademliaConfig::default(),
+            )),
+            onehop::NAME => Ok(AlgorithmParams::OneHop(onehop::OneHopConfig::default())),
             other => Err(BuildError::UnknownAlgorithm(other.to_string())),
         }
     }
@@ -55,6 +64,54 @@ impl AlgorithmParams {
     pub fn build(&self, me: NodeId) -> Box<dyn Topology> {
         match self {
             AlgorithmParams::Chord(c) => Box::new(chord::Chord::new(me, c.clone())),
+            AlgorithmParams::Kademlia(c) => Box::new(kademlia::Kademlia::new(me, c.clone())),
+            AlgorithmParams::OneHop(c) => Box::new(onehop::OneHop::new(me, c.clone())),
+        }
+    }
+
+    /// The algorithm's name in configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AlgorithmParams::Chord(_) => chord::NAME,
+            AlgorithmParams::Kademlia(_) => kademlia::NAME,
+            AlgorithmParams::OneHop(_) => onehop::NAME,
+        }
+    }
+
+    /// Ground truth: the member of a complete, sorted membership that is responsible for
+    /// `target` under this algorithm's rule (ring successor, or XOR-closest).
+    pub fn responsible(&self, members: &std::collections::BTreeSet<Id>, target: Id) -> Option<Id> {
+        match self {
+            AlgorithmParams::Chord(_) | AlgorithmParams::OneHop(_) => members
+                .range(target..)
+                .next()
+                .or_else(|| members.iter().next())
+                .copied(),
+            AlgorithmParams::Kademlia(_) => kademlia::xor_closest(members, target),
+        }
+    }
+
+    /// Ground truth: the `n` members that should hold copies of `target`, responsible
+    /// first (linear in the membership for Kademlia: meant for tests and checks).
+    pub fn replica_set_truth(
+        &self,
+        members: &std::collections::BTreeSet<Id>,
+        target: Id,
+        n: usize,
+    ) -> Vec<Id> {
+        match self {
+            AlgorithmParams::Chord(_) | AlgorithmParams::OneHop(_) => members
+                .range(target..)
+                .chain(members.range(..target))
+                .take(n)
+                .copied()
+                .collect(),
+            AlgorithmParams::Kademlia(_) => {
+                let mut v: Vec<Id> = members.iter().copied().collect();
+                v.sort_unstable_by_key(|m| m.0 ^ target.0);
+                v.truncate(n);
+                v
+            }
         }
     }
 
@@ -62,6 +119,8 @@ impl AlgorithmParams {
     pub fn replicas(&self) -> usize {
         match self {
             AlgorithmParams::Chord(c) => c.replicas,
+            AlgorithmParams::Kademlia(c) => c.replicas,
+            AlgorithmParams::OneHop(c) => c.replicas,
         }
     }
 }

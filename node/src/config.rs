@@ -4,6 +4,8 @@
 use anyhow::{bail, Context};
 use p2psip_algorithms::chord::ChordConfig;
 use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::kademlia::KademliaConfig;
+use p2psip_algorithms::onehop::OneHopConfig;
 use p2psip_algorithms::AlgorithmParams;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ pub struct Config {
     pub timers: Timers,
     pub limits: Limits,
     pub chord: ChordSection,
+    pub kademlia: KademliaSection,
+    pub onehop: OneHopSection,
     pub log: LogSection,
 }
 
@@ -83,6 +87,66 @@ pub struct ChordSection {
     pub self_lookup_interval_s: u64,
 }
 
+/// The `[kademlia]` table, read when `algorithm = "kademlia"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KademliaSection {
+    /// Bucket size (4..64).
+    pub k: usize,
+    /// Copies besides the responsible peer's (the XOR-closest).
+    pub replicas: usize,
+    /// Update with a nearest node, seconds; 0 turns it off.
+    pub stabilize_interval_s: u64,
+    pub refresh_interval_s: u64,
+    pub buckets_per_round: usize,
+    pub self_lookup_interval_s: u64,
+}
+
+impl Default for KademliaSection {
+    fn default() -> Self {
+        let c = KademliaConfig::default();
+        KademliaSection {
+            k: c.k,
+            replicas: c.replicas,
+            stabilize_interval_s: c.stabilize_interval.map_or(0, |d| d.as_secs()),
+            refresh_interval_s: c.refresh_interval.as_secs(),
+            buckets_per_round: c.buckets_per_round,
+            self_lookup_interval_s: c.self_lookup_interval.as_secs(),
+        }
+    }
+}
+
+/// The `[onehop]` table, read when `algorithm = "onehop"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OneHopSection {
+    /// Copies besides the responsible peer's.
+    pub replicas: usize,
+    /// Membership gossip interval, milliseconds.
+    pub gossip_interval_ms: u64,
+    /// Members each gossip round goes to.
+    pub fanout: usize,
+    /// Rounds an event is passed on; 0 = ln(N)/ln(fanout + 1) + 3.
+    pub rounds: u32,
+    /// Successor check, seconds; 0 turns it off.
+    pub stabilize_interval_s: u64,
+    pub self_lookup_interval_s: u64,
+}
+
+impl Default for OneHopSection {
+    fn default() -> Self {
+        let c = OneHopConfig::default();
+        OneHopSection {
+            replicas: c.replicas,
+            gossip_interval_ms: c.gossip_interval.as_millis() as u64,
+            fanout: c.fanout,
+            rounds: c.rounds,
+            stabilize_interval_s: c.stabilize_interval.map_or(0, |d| d.as_secs()),
+            self_lookup_interval_s: c.self_lookup_interval.as_secs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -106,6 +170,8 @@ impl Default for Config {
             timers: Timers::default(),
             limits: Limits::default(),
             chord: ChordSection::default(),
+            kademlia: KademliaSection::default(),
+            onehop: OneHopSection::default(),
             log: LogSection::default(),
         }
     }
@@ -230,17 +296,47 @@ impl Config {
                     predecessors: s.predecessors,
                     fingers: s.fingers,
                     replicas: s.replicas,
-                    stabilize_interval: (s.stabilize_interval_s > 0)
-                        .then(|| Duration::from_secs(s.stabilize_interval_s)),
+                    stabilize_interval: secs_or_off(s.stabilize_interval_s),
                     reactive_recovery: s.reactive_recovery,
                     finger_interval: Duration::from_secs(s.finger_interval_s.max(1)),
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
                     ..ChordConfig::default()
                 };
             }
+            AlgorithmParams::Kademlia(c) => {
+                let s = &self.kademlia;
+                *c = KademliaConfig {
+                    k: s.k,
+                    replicas: s.replicas,
+                    stabilize_interval: secs_or_off(s.stabilize_interval_s),
+                    refresh_interval: Duration::from_secs(s.refresh_interval_s.max(1)),
+                    buckets_per_round: s.buckets_per_round,
+                    self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    ..KademliaConfig::default()
+                }
+                .normalized();
+            }
+            AlgorithmParams::OneHop(c) => {
+                let s = &self.onehop;
+                *c = OneHopConfig {
+                    replicas: s.replicas,
+                    gossip_interval: Duration::from_millis(s.gossip_interval_ms.max(10)),
+                    fanout: s.fanout,
+                    rounds: s.rounds,
+                    stabilize_interval: secs_or_off(s.stabilize_interval_s),
+                    self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    ..OneHopConfig::default()
+                }
+                .normalized();
+            }
         }
         Ok(p)
     }
+}
+
+/// An interval in seconds where 0 means off.
+fn secs_or_off(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
 }
 
 #[cfg(test)]

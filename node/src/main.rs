@@ -69,7 +69,7 @@ struct NodeArgs {
     /// Overlay name.
     #[arg(long, env = "P2PSIP_OVERLAY")]
     overlay: Option<String>,
-    /// DHT algorithm (chord).
+    /// DHT algorithm: chord, kademlia or onehop.
     #[arg(long, env = "P2PSIP_ALGORITHM")]
     algorithm: Option<String>,
     /// UDP address to listen on, e.g. 0.0.0.0:4700.
@@ -158,7 +158,7 @@ struct DevnetArgs {
     /// Number of sample SIP users to register.
     #[arg(long, default_value_t = 20)]
     users: usize,
-    /// DHT algorithm.
+    /// DHT algorithm: chord, kademlia or onehop.
     #[arg(long, default_value = "chord")]
     algorithm: String,
     /// Stop after this long (e.g. 30s); default: run until Ctrl-C.

@@ -9,10 +9,23 @@ use std::process::Command;
 
 #[test]
 fn devnet_registers_and_finds_every_user() {
+    devnet_with("chord");
+}
+
+#[test]
+fn devnet_runs_every_optional_algorithm() {
+    for a in ["kademlia", "onehop"] {
+        devnet_with(a);
+    }
+}
+
+fn devnet_with(algorithm: &str) {
     let metrics = format!("127.0.0.1:{}", free_tcp_port());
     let out = Command::new(BIN)
         .args([
             "devnet",
+            "--algorithm",
+            algorithm,
             "--nodes",
             "5",
             "--users",
@@ -26,7 +39,10 @@ fn devnet_registers_and_finds_every_user() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "devnet failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "devnet --algorithm {algorithm} failed:\n{stdout}\n{stderr}"
+    );
     assert!(
         stdout.contains("5 peers joined, ring consistent"),
         "{stdout}"

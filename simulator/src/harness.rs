@@ -294,13 +294,36 @@ impl Sim {
         &self.joined
     }
 
-    /// The joined peer truly responsible for `target`: the first at or after it.
+    /// The joined peer truly responsible for `target` under the algorithm's rule.
     pub fn responsible(&self, target: Id) -> Option<NodeId> {
-        self.joined
-            .range(target..)
-            .next()
-            .or_else(|| self.joined.iter().next())
-            .copied()
+        self.algorithm.responsible(&self.joined, target)
+    }
+
+    /// Algorithm-independent convergence check: every joined peer's replica set for its own
+    /// id (itself and the peers it would copy its data to) is the true one. Returns how
+    /// many peers are wrong, with the first few described.
+    pub fn neighbourhood_errors(&self) -> (usize, Vec<String>) {
+        let n = self.algorithm.replicas() + 1;
+        let mut wrong = 0;
+        let mut notes = Vec::new();
+        for id in &self.joined {
+            let Some(node) = self
+                .index
+                .get(id)
+                .and_then(|i| self.slots[*i].node.as_ref())
+            else {
+                continue;
+            };
+            let want = self.algorithm.replica_set_truth(&self.joined, *id, n);
+            let got = node.topology().replica_set(*id);
+            if got != want {
+                wrong += 1;
+                if notes.len() < 5 {
+                    notes.push(format!("{id}: replica set {got:?}, want {want:?}"));
+                }
+            }
+        }
+        (wrong, notes)
     }
 
     /// Starts node `i` as a client attached to the peer `admitting`: it routes nothing

@@ -76,6 +76,8 @@ pub struct Report {
     pub crashes: u64,
     pub leaves: u64,
     pub final_peers: usize,
+    /// The overlay core's counters summed over the peers alive at the end.
+    pub core_counters: CoreCounters,
     pub events_processed: u64,
     pub wall_time_s: f64,
     pub events_per_second: f64,
@@ -84,6 +86,20 @@ pub struct Report {
     pub samples: Vec<Sample>,
     #[serde(skip)]
     latencies_ms: Vec<f64>,
+}
+
+/// What the peers' cores counted (see `p2psip_algorithms::Stats`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoreCounters {
+    pub forwarded: u64,
+    pub retransmissions: u64,
+    pub rerouted: u64,
+    pub timeouts: u64,
+    pub loops: u64,
+    pub ttl_exceeded: u64,
+    pub not_ready: u64,
+    pub stray_answers: u64,
+    pub errors_sent: u64,
 }
 
 fn percentiles(v: &mut [f64]) -> Percentiles {
@@ -172,6 +188,21 @@ impl Report {
         self.calls.setup_median_ms = p.p50;
         self.calls.setup_p99_ms = p.p99;
         self.final_peers = sim.joined_set().len();
+        let mut c = CoreCounters::default();
+        for i in 0..sim.len() {
+            if let Some(st) = sim.node(i).map(|n| n.stats()) {
+                c.forwarded += st.forwarded;
+                c.retransmissions += st.retransmissions;
+                c.rerouted += st.rerouted;
+                c.timeouts += st.timeouts;
+                c.loops += st.loops;
+                c.ttl_exceeded += st.ttl_exceeded;
+                c.not_ready += st.not_ready;
+                c.stray_answers += st.stray_answers;
+                c.errors_sent += st.errors_sent;
+            }
+        }
+        self.core_counters = c;
         self.events_processed = sim.events_processed();
         self.wall_time_s = wall.as_secs_f64();
         self.events_per_second = self.events_processed as f64 / self.wall_time_s.max(1e-9);

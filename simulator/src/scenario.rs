@@ -4,6 +4,8 @@
 use crate::net::{Latency, NetConfig};
 use p2psip_algorithms::chord::ChordConfig;
 use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::kademlia::KademliaConfig;
+use p2psip_algorithms::onehop::OneHopConfig;
 use p2psip_algorithms::storage::VerifyMode;
 use p2psip_algorithms::time::parse_duration;
 use p2psip_algorithms::AlgorithmParams;
@@ -34,6 +36,8 @@ pub struct Scenario {
     pub churn: Churn,
     pub workload: Workload,
     pub chord: ChordParams,
+    pub kademlia: KademliaParams,
+    pub onehop: OneHopParams,
     pub core: CoreParams,
 }
 
@@ -95,6 +99,68 @@ pub struct ChordParams {
     pub self_lookup_interval: String,
 }
 
+/// The `[kademlia]` table (see `p2psip_algorithms::kademlia::KademliaConfig`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KademliaParams {
+    pub k: usize,
+    pub replicas: usize,
+    /// "" turns periodic stabilisation off.
+    pub stabilize_interval: String,
+    pub refresh_interval: String,
+    pub buckets_per_round: usize,
+    pub self_lookup_interval: String,
+}
+
+impl Default for KademliaParams {
+    fn default() -> Self {
+        // Maintenance intervals for large overlays, as for Chord.
+        KademliaParams {
+            k: 8,
+            replicas: 2,
+            stabilize_interval: "30s".into(),
+            refresh_interval: "60s".into(),
+            buckets_per_round: 2,
+            self_lookup_interval: "300s".into(),
+        }
+    }
+}
+
+/// The `[onehop]` table (see `p2psip_algorithms::onehop::OneHopConfig`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OneHopParams {
+    pub replicas: usize,
+    pub gossip_interval: String,
+    pub fanout: usize,
+    /// 0: ln(N)/ln(fanout + 1) + 3.
+    pub rounds: u32,
+    /// "" turns the successor check off.
+    pub stabilize_interval: String,
+    pub self_lookup_interval: String,
+}
+
+impl Default for OneHopParams {
+    fn default() -> Self {
+        OneHopParams {
+            replicas: 2,
+            gossip_interval: "5s".into(),
+            fanout: 2,
+            rounds: 0,
+            stabilize_interval: "30s".into(),
+            self_lookup_interval: "300s".into(),
+        }
+    }
+}
+
+fn opt_dur(field: &str, s: &str) -> Result<Option<Duration>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        dur(field, s).map(Some)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoreParams {
@@ -124,6 +190,8 @@ impl Default for Scenario {
             churn: Churn::default(),
             workload: Workload::default(),
             chord: ChordParams::default(),
+            kademlia: KademliaParams::default(),
+            onehop: OneHopParams::default(),
             core: CoreParams::default(),
         }
     }
@@ -291,6 +359,44 @@ impl Scenario {
                         &c.self_lookup_interval,
                     )?,
                     ..ChordConfig::default()
+                }
+                .normalized();
+            }
+            AlgorithmParams::Kademlia(kc) => {
+                let k = &self.kademlia;
+                *kc = KademliaConfig {
+                    k: k.k,
+                    replicas: k.replicas,
+                    stabilize_interval: opt_dur(
+                        "kademlia.stabilize_interval",
+                        &k.stabilize_interval,
+                    )?,
+                    refresh_interval: dur("kademlia.refresh_interval", &k.refresh_interval)?,
+                    buckets_per_round: k.buckets_per_round,
+                    self_lookup_interval: dur(
+                        "kademlia.self_lookup_interval",
+                        &k.self_lookup_interval,
+                    )?,
+                    ..KademliaConfig::default()
+                }
+                .normalized();
+            }
+            AlgorithmParams::OneHop(oc) => {
+                let o = &self.onehop;
+                *oc = OneHopConfig {
+                    replicas: o.replicas,
+                    gossip_interval: dur("onehop.gossip_interval", &o.gossip_interval)?,
+                    fanout: o.fanout,
+                    rounds: o.rounds,
+                    stabilize_interval: opt_dur(
+                        "onehop.stabilize_interval",
+                        &o.stabilize_interval,
+                    )?,
+                    self_lookup_interval: dur(
+                        "onehop.self_lookup_interval",
+                        &o.self_lookup_interval,
+                    )?,
+                    ..OneHopConfig::default()
                 }
                 .normalized();
             }

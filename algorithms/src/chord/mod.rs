@@ -11,6 +11,7 @@ pub use config::ChordConfig;
 pub use finger_table::FingerTable;
 pub use neighbors::{NeighborList, Side};
 
+use crate::common::{self, ids_from_wire, wire_ids};
 use crate::id::{add, distance, in_open, in_open_closed, Id, NodeId};
 use crate::time::Time;
 use crate::topology::*;
@@ -27,11 +28,6 @@ const T_STABILIZE: TimerId = TimerId(1);
 const T_FINGERS: TimerId = TimerId(2);
 const T_SELF_LOOKUP: TimerId = TimerId(3);
 const T_JOIN_RETRY: TimerId = TimerId(4);
-
-/// Node-IDs as ChordUpdate / ChordLeave carry them.
-fn wire_ids(ids: &[Id]) -> Vec<Vec<u8>> {
-    ids.iter().map(|i| i.to_bytes().to_vec()).collect()
-}
 
 /// The node lists of a ChordUpdate.
 struct Lists {
@@ -329,15 +325,10 @@ impl Chord {
 
     fn decode_update(bytes: &[u8]) -> Option<Lists> {
         let u = pb::ChordUpdate::decode(bytes).ok()?;
-        let ids = |v: &[Vec<u8>]| {
-            v.iter()
-                .filter_map(|b| Id::from_slice(b))
-                .collect::<Vec<_>>()
-        };
         Some(Lists {
-            preds: ids(&u.predecessors),
-            succs: ids(&u.successors),
-            fingers: ids(&u.fingers),
+            preds: ids_from_wire(&u.predecessors),
+            succs: ids_from_wire(&u.successors),
+            fingers: ids_from_wire(&u.fingers),
         })
     }
 
@@ -494,28 +485,14 @@ impl Topology for Chord {
     ) -> Result<Body, (ErrorCode, String)> {
         match body {
             Body::JoinReq(j) => {
-                if j.algorithm != NAME {
-                    return Err((
-                        ErrorCode::IncompatibleWithOverlay,
-                        format!(
-                            "this overlay runs {NAME}, the joining peer runs {}",
-                            j.algorithm
-                        ),
-                    ));
-                }
+                common::check_algorithm(NAME, &j.algorithm, "Join")?;
                 if !self.joined {
                     return Err((
                         ErrorCode::InProgress,
                         "admitting peer is still joining".into(),
                     ));
                 }
-                let jp = Id::from_slice(&j.joining_peer_id).unwrap_or(from);
-                if jp != from {
-                    return Err((
-                        ErrorCode::Forbidden,
-                        "joining peer id does not match the sender".into(),
-                    ));
-                }
+                let jp = common::check_sender(&j.joining_peer_id, from, "joining")?;
                 // Answer with our state as the joiner will need it: we become its first
                 // successor, our predecessors become its predecessors.
                 let mut u = self.chord_update(chord_update::Type::Full, ctx.now);
@@ -527,15 +504,7 @@ impl Topology for Chord {
                 }))
             }
             Body::UpdateReq(u) => {
-                if u.algorithm != NAME {
-                    return Err((
-                        ErrorCode::IncompatibleWithOverlay,
-                        format!(
-                            "Update for algorithm {}, this overlay runs {NAME}",
-                            u.algorithm
-                        ),
-                    ));
-                }
+                common::check_algorithm(NAME, &u.algorithm, "Update")?;
                 let Some(l) = Self::decode_update(&u.overlay_specific) else {
                     return Err((ErrorCode::InvalidMessage, "bad ChordUpdate".into()));
                 };
@@ -546,21 +515,11 @@ impl Topology for Chord {
                 }))
             }
             Body::LeaveReq(l) => {
-                let leaver = Id::from_slice(&l.leaving_peer_id).unwrap_or(from);
-                if leaver != from {
-                    return Err((
-                        ErrorCode::Forbidden,
-                        "leaving peer id does not match the sender".into(),
-                    ));
-                }
+                let leaver = common::check_sender(&l.leaving_peer_id, from, "leaving")?;
                 self.drop_node(ctx, leaver);
                 if let Ok(cl) = pb::ChordLeave::decode(l.overlay_specific.as_slice()) {
-                    let mut ids: Vec<Id> = cl
-                        .predecessors
-                        .iter()
-                        .filter_map(|b| Id::from_slice(b))
-                        .collect();
-                    ids.extend(cl.successors.iter().filter_map(|b| Id::from_slice(b)));
+                    let mut ids = ids_from_wire(&cl.predecessors);
+                    ids.extend(ids_from_wire(&cl.successors));
                     ids.retain(|x| *x != leaver);
                     self.learn(ctx, &ids);
                 }
@@ -571,38 +530,13 @@ impl Topology for Chord {
                     Some(p) => distance(p, self.me),
                     None => u128::MAX,
                 };
-                Ok(Body::ProbeAns(pb::ProbeAns {
-                    responsible_set: (span >> 64) as u64,
-                    num_resources: 0,
-                    uptime: ctx.now.since(self.started).as_secs().min(u32::MAX as u64) as u32,
-                }))
+                Ok(common::probe_answer(
+                    span,
+                    ctx.now.since(self.started).as_secs(),
+                ))
             }
-            Body::RouteQueryReq(q) => {
-                let target = q
-                    .destination
-                    .as_ref()
-                    .and_then(|d| match &d.id {
-                        Some(pb::destination::Id::Node(b))
-                        | Some(pb::destination::Id::Resource(b)) => Id::from_slice(b),
-                        _ => None,
-                    })
-                    .ok_or((
-                        ErrorCode::InvalidMessage,
-                        "RouteQuery without an id".to_string(),
-                    ))?;
-                let next = match self.next_hop(target) {
-                    NextHop::Local => self.me,
-                    NextHop::Forward(n) => n,
-                };
-                Ok(Body::RouteQueryAns(pb::RouteQueryAns {
-                    next_peer: next.to_bytes().to_vec(),
-                    overlay_specific: Vec::new(),
-                }))
-            }
-            other => Err((
-                ErrorCode::InvalidMessage,
-                format!("{} is not a topology request", other.method_name()),
-            )),
+            Body::RouteQueryReq(q) => common::route_query_answer(q, self.me, |t| self.next_hop(t)),
+            other => Err(common::not_topology(other)),
         }
     }
 

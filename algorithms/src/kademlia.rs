@@ -1,0 +1,752 @@
+//! Kademlia in the slot: the XOR metric, 128 k-buckets with replacement caches, recursive
+//! routing to the XOR-closest known node, and the `replicas + 1` XOR-closest nodes as the
+//! replica set. Maintenance: a join answered with the responsible node's closest nodes,
+//! Update exchanges with the nearest nodes (the FIND_NODE of recursive routing: each
+//! answer carries the sender's nodes closest to the receiver), bucket refresh (a direct
+//! probe of a bucket's least recently seen entry, a routed lookup of a random id of an empty
+//! bucket's range), and periodic self-lookups through random known nodes, which heal
+//! partitions.
+
+use crate::common::{self, ids_from_wire, wire_ids};
+use crate::id::{distance, Id, NodeId};
+use crate::time::Time;
+use crate::topology::*;
+use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::{Body, Destination};
+use prost::Message as _;
+use rand::Rng;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+/// The algorithm's name in configuration and in Join/Update bodies.
+pub const NAME: &str = "kademlia";
+
+const T_STABILIZE: TimerId = TimerId(1);
+const T_REFRESH: TimerId = TimerId(2);
+const T_SELF_LOOKUP: TimerId = TimerId(3);
+const T_JOIN_RETRY: TimerId = TimerId(4);
+
+/// How many once-seen nodes are remembered for self-lookups.
+const KNOWN_CAP: usize = 64;
+
+/// Parameters of Kademlia (the `[kademlia]` table of a node's configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KademliaConfig {
+    /// Bucket size (and replacement cache size), 4 to 64; Kademlia's k.
+    pub k: usize,
+    /// Copies kept besides the responsible node's (the replica set is the `replicas + 1`
+    /// XOR-closest nodes; `k - 1` gives classic Kademlia's k copies).
+    pub replicas: usize,
+    /// Every interval, an Update with one of the nearest nodes (None: only reactive).
+    pub stabilize_interval: Option<Duration>,
+    /// How often buckets are refreshed.
+    pub refresh_interval: Duration,
+    /// Buckets refreshed per round.
+    pub buckets_per_round: usize,
+    /// How often the node looks itself up through a random known node (heals partitions).
+    pub self_lookup_interval: Duration,
+    /// Delay before a failed join is retried with the next bootstrap peer.
+    pub join_retry: Duration,
+}
+
+impl Default for KademliaConfig {
+    fn default() -> Self {
+        KademliaConfig {
+            k: 8,
+            replicas: 2,
+            stabilize_interval: Some(Duration::from_secs(10)),
+            refresh_interval: Duration::from_secs(10),
+            buckets_per_round: 4,
+            self_lookup_interval: Duration::from_secs(30),
+            join_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+impl KademliaConfig {
+    /// Clamps the fields to the ranges the algorithm supports.
+    pub fn normalized(mut self) -> Self {
+        self.k = self.k.clamp(4, 64);
+        self.replicas = self.replicas.min(self.k - 1);
+        self.buckets_per_round = self.buckets_per_round.max(1);
+        self
+    }
+}
+
+fn xor(a: Id, b: Id) -> u128 {
+    a.0 ^ b.0
+}
+
+/// One k-bucket: entries least recently seen first, and a cache of replacements.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    nodes: Vec<Id>,
+    replacements: Vec<Id>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Join,
+    /// Verifying a candidate near node before it enters the buckets.
+    Probe(Id),
+    /// Update with a near node (periodic, reactive or announcing ourselves).
+    Stabilize(Id),
+    /// Direct check of a bucket's least recently seen entry.
+    BucketCheck(Id),
+    /// Routed lookup of a random id of an empty bucket's range.
+    Refresh,
+    SelfLookup,
+    Leave,
+}
+
+/// The Kademlia state machine of one node.
+pub struct Kademlia {
+    me: Id,
+    cfg: KademliaConfig,
+    joined: bool,
+    started: Time,
+    buckets: Vec<Bucket>,
+    known: VecDeque<Id>,
+    probing: HashSet<Id>,
+    pending: HashMap<u64, Pending>,
+    bootstrap: Vec<Id>,
+    join_attempt: usize,
+    next_bucket: usize,
+}
+
+impl Kademlia {
+    pub fn new(me: NodeId, cfg: KademliaConfig) -> Self {
+        Kademlia {
+            me,
+            cfg: cfg.normalized(),
+            joined: false,
+            started: Time(0),
+            buckets: vec![Bucket::default(); 128],
+            known: VecDeque::new(),
+            probing: HashSet::new(),
+            pending: HashMap::new(),
+            bootstrap: Vec::new(),
+            join_attempt: 0,
+            next_bucket: 0,
+        }
+    }
+
+    /// The bucket a node belongs in: the length of the prefix it shares with us.
+    fn bucket_of(&self, id: Id) -> Option<usize> {
+        let d = xor(self.me, id);
+        (d != 0).then(|| d.leading_zeros() as usize)
+    }
+
+    /// Every known node.
+    fn all(&self) -> impl Iterator<Item = Id> + '_ {
+        self.buckets.iter().flat_map(|b| b.nodes.iter().copied())
+    }
+
+    /// The `n` known nodes XOR-closest to `target` (this node not included).
+    pub fn closest(&self, target: Id, n: usize) -> Vec<Id> {
+        let mut v: Vec<Id> = self.all().collect();
+        v.sort_unstable_by_key(|x| xor(*x, target));
+        v.truncate(n);
+        v
+    }
+
+    fn contains(&self, id: Id) -> bool {
+        self.bucket_of(id)
+            .is_some_and(|b| self.buckets[b].nodes.contains(&id))
+    }
+
+    fn remember(&mut self, id: Id) {
+        if id == self.me || self.known.contains(&id) {
+            return;
+        }
+        if self.known.len() == KNOWN_CAP {
+            self.known.pop_front();
+        }
+        self.known.push_back(id);
+    }
+
+    /// The near set: the nodes whose presence decides what this node stores.
+    fn window(&self) -> Vec<Id> {
+        self.closest(self.me, self.cfg.k)
+    }
+
+    fn changing(&mut self, ctx: &mut Ctx<'_>, f: impl FnOnce(&mut Self)) {
+        let before = self.window();
+        f(self);
+        if self.joined && self.window() != before {
+            ctx.event(TopologyEvent::ResponsibilityChanged);
+        }
+    }
+
+    /// A node known to be alive (it talked to us): seen now.
+    fn consider(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        let Some(b) = self.bucket_of(id) else { return };
+        self.remember(id);
+        let k = self.cfg.k;
+        self.changing(ctx, |s| {
+            let bucket = &mut s.buckets[b];
+            if let Some(p) = bucket.nodes.iter().position(|x| *x == id) {
+                bucket.nodes.remove(p);
+                bucket.nodes.push(id);
+            } else if bucket.nodes.len() < k {
+                bucket.nodes.push(id);
+                bucket.replacements.retain(|x| *x != id);
+            } else {
+                bucket.replacements.retain(|x| *x != id);
+                if bucket.replacements.len() == k {
+                    bucket.replacements.remove(0);
+                }
+                bucket.replacements.push(id);
+            }
+        });
+    }
+
+    /// A node that failed or left: out of its bucket, the newest replacement moves in.
+    fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        let Some(b) = self.bucket_of(id) else { return };
+        let near = self.window().contains(&id);
+        self.changing(ctx, |s| {
+            let bucket = &mut s.buckets[b];
+            bucket.replacements.retain(|x| *x != id);
+            if let Some(p) = bucket.nodes.iter().position(|x| *x == id) {
+                bucket.nodes.remove(p);
+                if let Some(r) = bucket.replacements.pop() {
+                    bucket.nodes.push(r);
+                }
+            }
+        });
+        if near && self.joined {
+            self.stabilize(ctx);
+        }
+    }
+
+    /// Candidates from another node: those that would enter the near set are checked with
+    /// a direct Update first; others fill free bucket places (checked when used).
+    fn learn(&mut self, ctx: &mut Ctx<'_>, ids: &[Id]) {
+        let near = self.window();
+        let farthest = near.last().map(|x| xor(*x, self.me));
+        for &c in ids {
+            if c == self.me || self.contains(c) || self.probing.contains(&c) {
+                continue;
+            }
+            let enters_near =
+                near.len() < self.cfg.k || farthest.is_some_and(|f| xor(c, self.me) < f);
+            if enters_near {
+                self.probing.insert(c);
+                let tok = ctx.request(Target::Direct(c), self.update_body(ctx.now, c));
+                self.pending.insert(tok, Pending::Probe(c));
+            } else if let Some(b) = self.bucket_of(c) {
+                if self.buckets[b].nodes.len() < self.cfg.k {
+                    self.buckets[b].nodes.insert(0, c);
+                }
+            }
+        }
+    }
+
+    fn update(&self, now: Time, to: Id) -> pb::KademliaUpdate {
+        pb::KademliaUpdate {
+            uptime: now.since(self.started).as_secs().min(u64::from(u32::MAX)) as u32,
+            closest: wire_ids(&self.closest(to, self.cfg.k)),
+        }
+    }
+
+    fn update_body(&self, now: Time, to: Id) -> pb::UpdateReq {
+        pb::UpdateReq {
+            algorithm: NAME.into(),
+            overlay_specific: self.update(now, to).encode_to_vec(),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Vec<Id>> {
+        pb::KademliaUpdate::decode(bytes)
+            .ok()
+            .map(|u| ids_from_wire(&u.closest))
+    }
+
+    /// An Update with one of the nearest nodes, chosen at random.
+    fn stabilize(&mut self, ctx: &mut Ctx<'_>) {
+        let near = self.closest(self.me, self.cfg.replicas + 1);
+        if near.is_empty() {
+            return;
+        }
+        let t = near[ctx.rng.random_range(0..near.len())];
+        let tok = ctx.request(Target::Direct(t), self.update_body(ctx.now, t));
+        self.pending.insert(tok, Pending::Stabilize(t));
+    }
+
+    fn refresh(&mut self, ctx: &mut Ctx<'_>) {
+        for _ in 0..self.cfg.buckets_per_round {
+            let b = self.next_bucket;
+            self.next_bucket = (b + 1) % self.buckets.len();
+            if let Some(&oldest) = self.buckets[b].nodes.first() {
+                let tok = ctx.request(
+                    Target::Direct(oldest),
+                    pb::ProbeReq {
+                        requested_info: vec![],
+                    },
+                );
+                self.pending.insert(tok, Pending::BucketCheck(oldest));
+                continue;
+            }
+            // Buckets past the nearest known node's are (nearly) empty in any overlay.
+            let nearest = self.closest(self.me, 1);
+            if nearest
+                .first()
+                .is_some_and(|n| self.bucket_of(*n).is_some_and(|nb| b > nb))
+            {
+                continue;
+            }
+            // A random id sharing exactly `b` bits with ours.
+            let r: u128 = ctx.rng.random();
+            let low = if b == 127 { 0 } else { u128::MAX >> (b + 1) };
+            let prefix = if b == 0 {
+                0
+            } else {
+                self.me.0 & !(u128::MAX >> b)
+            };
+            let flip = (!self.me.0) & (1u128 << (127 - b));
+            let target = Id(prefix | flip | (r & low));
+            let tok = ctx.request(
+                Target::Route(vec![Destination::Resource(target)]),
+                pb::ProbeReq {
+                    requested_info: vec![],
+                },
+            );
+            self.pending.insert(tok, Pending::Refresh);
+        }
+    }
+
+    /// Looks up our own id through a random known node: a closer node in its view heals a
+    /// partition.
+    fn self_lookup(&mut self, ctx: &mut Ctx<'_>) {
+        let mut pool: Vec<Id> = self.known.iter().copied().collect();
+        pool.extend(self.bootstrap.iter().copied());
+        pool.extend(self.closest(self.me, 3));
+        pool.retain(|x| *x != self.me);
+        if pool.is_empty() {
+            return;
+        }
+        let via = pool[ctx.rng.random_range(0..pool.len())];
+        let tok = ctx.request(
+            Target::SourceRoute(vec![Destination::Node(via), Destination::Resource(self.me)]),
+            pb::ProbeReq {
+                requested_info: vec![],
+            },
+        );
+        self.pending.insert(tok, Pending::SelfLookup);
+    }
+
+    fn send_join(&mut self, ctx: &mut Ctx<'_>) {
+        if self.bootstrap.is_empty() {
+            return;
+        }
+        let b = self.bootstrap[self.join_attempt % self.bootstrap.len()];
+        self.join_attempt += 1;
+        let tok = ctx.request(
+            Target::SourceRoute(vec![Destination::Node(b), Destination::Resource(self.me)]),
+            pb::JoinReq {
+                joining_peer_id: self.me.to_bytes().to_vec(),
+                algorithm: NAME.into(),
+                overlay_specific: Vec::new(),
+            },
+        );
+        self.pending.insert(tok, Pending::Join);
+    }
+
+    fn become_joined(&mut self, ctx: &mut Ctx<'_>) {
+        self.joined = true;
+        self.started = ctx.now;
+        ctx.event(TopologyEvent::Joined);
+        ctx.event(TopologyEvent::ResponsibilityChanged);
+        if let Some(i) = self.cfg.stabilize_interval {
+            ctx.set_timer_jittered(i, T_STABILIZE);
+        }
+        ctx.set_timer_jittered(self.cfg.refresh_interval, T_REFRESH);
+        ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
+    }
+}
+
+impl Topology for Kademlia {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn local_id(&self) -> NodeId {
+        self.me
+    }
+
+    fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    fn next_hop(&self, target: Id) -> NextHop {
+        // Strictly closer at every hop: greedy XOR routing cannot loop.
+        match self.all().min_by_key(|x| xor(*x, target)) {
+            Some(best) if xor(best, target) < xor(self.me, target) => NextHop::Forward(best),
+            _ => NextHop::Local,
+        }
+    }
+
+    fn is_neighbor(&self, node: NodeId) -> bool {
+        self.contains(node)
+    }
+
+    fn replica_set(&self, resource: Id) -> Vec<NodeId> {
+        let mut v = self.closest(resource, self.cfg.replicas + 1);
+        v.push(self.me);
+        v.sort_unstable_by_key(|x| xor(*x, resource));
+        v.truncate(self.cfg.replicas + 1);
+        v
+    }
+
+    fn start(&mut self, ctx: &mut Ctx<'_>, bootstrap: &[NodeId]) {
+        self.started = ctx.now;
+        self.bootstrap = bootstrap
+            .iter()
+            .copied()
+            .filter(|b| *b != self.me)
+            .collect();
+        if self.bootstrap.is_empty() {
+            self.become_joined(ctx);
+        } else {
+            self.send_join(ctx);
+        }
+    }
+
+    fn start_with_members(&mut self, ctx: &mut Ctx<'_>, members: &[NodeId]) {
+        self.started = ctx.now;
+        if !members.contains(&self.me) {
+            let boot: Vec<Id> = members.iter().copied().take(1).collect();
+            self.start(ctx, &boot);
+            return;
+        }
+        // Bucket b holds ids sharing exactly b bits with ours: one contiguous range.
+        for b in 0..128usize {
+            let prefix = if b == 0 {
+                0
+            } else {
+                self.me.0 & !(u128::MAX >> b)
+            };
+            let flip = (!self.me.0) & (1u128 << (127 - b));
+            let lo = prefix | flip;
+            let hi = lo | if b == 127 { 0 } else { u128::MAX >> (b + 1) };
+            let from = members.partition_point(|m| m.0 < lo);
+            let to = members.partition_point(|m| m.0 <= hi);
+            if from == to {
+                continue;
+            }
+            let n = to - from;
+            let k = self.cfg.k.min(n);
+            let offset = if n > k { ctx.rng.random_range(0..n) } else { 0 };
+            let bucket = &mut self.buckets[b];
+            for i in 0..k {
+                bucket.nodes.push(members[from + (offset + i) % n]);
+            }
+        }
+        self.become_joined(ctx);
+    }
+
+    fn on_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        body: &Body,
+    ) -> Result<Body, (ErrorCode, String)> {
+        match body {
+            Body::JoinReq(j) => {
+                common::check_algorithm(NAME, &j.algorithm, "Join")?;
+                if !self.joined {
+                    return Err((
+                        ErrorCode::InProgress,
+                        "admitting peer is still joining".into(),
+                    ));
+                }
+                let jp = common::check_sender(&j.joining_peer_id, from, "joining")?;
+                let mut u = self.update(ctx.now, jp);
+                u.closest.insert(0, self.me.to_bytes().to_vec());
+                self.consider(ctx, jp);
+                Ok(Body::JoinAns(pb::JoinAns {
+                    overlay_specific: u.encode_to_vec(),
+                }))
+            }
+            Body::UpdateReq(u) => {
+                common::check_algorithm(NAME, &u.algorithm, "Update")?;
+                let Some(ids) = Self::decode(&u.overlay_specific) else {
+                    return Err((ErrorCode::InvalidMessage, "bad KademliaUpdate".into()));
+                };
+                self.consider(ctx, from);
+                self.learn(ctx, &ids);
+                Ok(Body::UpdateAns(pb::UpdateAns {
+                    overlay_specific: self.update(ctx.now, from).encode_to_vec(),
+                }))
+            }
+            Body::LeaveReq(l) => {
+                let leaver = common::check_sender(&l.leaving_peer_id, from, "leaving")?;
+                self.drop_node(ctx, leaver);
+                if let Some(mut ids) = Self::decode(&l.overlay_specific) {
+                    ids.retain(|x| *x != leaver);
+                    self.learn(ctx, &ids);
+                }
+                Ok(Body::LeaveAns(pb::LeaveAns {}))
+            }
+            Body::ProbeReq(_) => {
+                let span = self
+                    .closest(self.me, 1)
+                    .first()
+                    .map_or(u128::MAX, |n| xor(*n, self.me));
+                Ok(common::probe_answer(
+                    span,
+                    ctx.now.since(self.started).as_secs(),
+                ))
+            }
+            Body::RouteQueryReq(q) => common::route_query_answer(q, self.me, |t| self.next_hop(t)),
+            other => Err(common::not_topology(other)),
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        token: u64,
+        responder: Option<NodeId>,
+        answer: Answer<'_>,
+    ) {
+        let Some(p) = self.pending.remove(&token) else {
+            return;
+        };
+        match (p, answer) {
+            (Pending::Join, Ok(Body::JoinAns(j))) => {
+                if self.joined {
+                    return;
+                }
+                let Some(ap) = responder else { return };
+                let Some(ids) = Self::decode(&j.overlay_specific) else {
+                    ctx.event(TopologyEvent::JoinFailed("bad JoinAns".into()));
+                    return;
+                };
+                self.consider(ctx, ap);
+                for id in &ids {
+                    if *id != self.me {
+                        if let Some(b) = self.bucket_of(*id) {
+                            if self.buckets[b].nodes.len() < self.cfg.k
+                                && !self.buckets[b].nodes.contains(id)
+                            {
+                                self.buckets[b].nodes.push(*id);
+                            }
+                        }
+                        self.remember(*id);
+                    }
+                }
+                self.become_joined(ctx);
+                // Announce ourselves to the nearest nodes; their answers fill the buckets.
+                for t in self.closest(self.me, self.cfg.replicas + 2) {
+                    let tok = ctx.request(Target::Direct(t), self.update_body(ctx.now, t));
+                    self.pending.insert(tok, Pending::Stabilize(t));
+                }
+            }
+            (Pending::Join, res) => {
+                if self.joined {
+                    return;
+                }
+                let why = match res {
+                    Err(e) => format!(
+                        "join refused: {:?} {}",
+                        ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                        String::from_utf8_lossy(&e.info)
+                    ),
+                    Ok(b) => format!("unexpected answer {}", b.method_name()),
+                };
+                ctx.event(TopologyEvent::JoinFailed(why));
+                ctx.set_timer(self.cfg.join_retry, T_JOIN_RETRY);
+            }
+            (Pending::Probe(c) | Pending::Stabilize(c), res) => {
+                if let Pending::Probe(c) = p {
+                    self.probing.remove(&c);
+                }
+                match res {
+                    Ok(Body::UpdateAns(u)) => {
+                        self.consider(ctx, responder.unwrap_or(c));
+                        if let Some(ids) = Self::decode(&u.overlay_specific) {
+                            self.learn(ctx, &ids);
+                        }
+                    }
+                    _ => self.drop_node(ctx, c),
+                }
+            }
+            (Pending::BucketCheck(n), Ok(_)) => self.consider(ctx, n),
+            (Pending::BucketCheck(n), Err(_)) => self.drop_node(ctx, n),
+            (Pending::Refresh, Ok(_)) => {
+                if let Some(r) = responder.filter(|r| *r != self.me) {
+                    self.consider(ctx, r);
+                }
+            }
+            (Pending::SelfLookup, Ok(_)) => {
+                let Some(r) = responder.filter(|r| *r != self.me) else {
+                    return;
+                };
+                if !self.contains(r) {
+                    self.learn(ctx, &[r]);
+                }
+            }
+            (Pending::Refresh | Pending::SelfLookup, Err(_)) | (Pending::Leave, _) => {}
+        }
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        if let LinkEvent::Failed(id) = event {
+            if self.contains(id) {
+                self.drop_node(ctx, id);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        match timer {
+            T_JOIN_RETRY if !self.joined => self.send_join(ctx),
+            _ if !self.joined => {}
+            T_STABILIZE => {
+                self.stabilize(ctx);
+                if let Some(i) = self.cfg.stabilize_interval {
+                    ctx.set_timer_jittered(i, T_STABILIZE);
+                }
+            }
+            T_REFRESH => {
+                self.refresh(ctx);
+                ctx.set_timer_jittered(self.cfg.refresh_interval, T_REFRESH);
+            }
+            T_SELF_LOOKUP => {
+                self.self_lookup(ctx);
+                ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
+            }
+            _ => {}
+        }
+    }
+
+    fn leave(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.joined {
+            ctx.event(TopologyEvent::Left);
+            return;
+        }
+        let near = self.closest(self.me, self.cfg.k);
+        let body = pb::KademliaUpdate {
+            uptime: 0,
+            closest: wire_ids(&near),
+        }
+        .encode_to_vec();
+        for t in near {
+            let tok = ctx.request(
+                Target::Direct(t),
+                pb::LeaveReq {
+                    leaving_peer_id: self.me.to_bytes().to_vec(),
+                    overlay_specific: body.clone(),
+                },
+            );
+            self.pending.insert(tok, Pending::Leave);
+        }
+        self.joined = false;
+        ctx.event(TopologyEvent::Left);
+    }
+
+    fn routing_table(&self) -> RoutingSnapshot {
+        // The nearest nodes in ring order both ways, for diagnostics: with every node of a
+        // small overlay known, the first successor is the ring successor.
+        let near = self.closest(self.me, self.cfg.k);
+        let mut succs = near.clone();
+        succs.sort_unstable_by_key(|x| distance(self.me, *x));
+        let mut preds = near;
+        preds.sort_unstable_by_key(|x| distance(*x, self.me));
+        RoutingSnapshot {
+            algorithm: NAME,
+            node: self.me,
+            predecessors: preds,
+            successors: succs,
+            fingers: self.all().collect(),
+        }
+    }
+}
+
+/// The member XOR-closest to `target` in a set: descend the binary trie of the ids,
+/// preferring at each bit the half that agrees with the target.
+pub fn xor_closest(members: &std::collections::BTreeSet<Id>, target: Id) -> Option<Id> {
+    if members.is_empty() {
+        return None;
+    }
+    let (mut lo, mut hi) = (0u128, u128::MAX);
+    for bit in (0..128).rev() {
+        let half = 1u128 << bit;
+        let mid = lo | half; // first id of the upper half of [lo, hi]
+        let (want, other) = if target.0 & half == 0 {
+            ((lo, mid - 1), (mid, hi))
+        } else {
+            ((mid, hi), (lo, mid - 1))
+        };
+        if members.range(Id(want.0)..=Id(want.1)).next().is_some() {
+            (lo, hi) = want;
+        } else {
+            (lo, hi) = other;
+        }
+    }
+    members.range(Id(lo)..=Id(hi)).next().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_closest_agrees_with_a_linear_scan() {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+        let set: std::collections::BTreeSet<Id> = (0..300).map(|_| Id(rng.random())).collect();
+        for _ in 0..300 {
+            let t = Id(rng.random());
+            let want = set.iter().copied().min_by_key(|m| xor(*m, t));
+            assert_eq!(xor_closest(&set, t), want);
+        }
+    }
+
+    #[test]
+    fn buckets_place_nodes_by_shared_prefix() {
+        let me = Id(0);
+        let k = Kademlia::new(me, KademliaConfig::default());
+        assert_eq!(k.bucket_of(Id(1 << 127)), Some(0));
+        assert_eq!(k.bucket_of(Id(1)), Some(127));
+        assert_eq!(k.bucket_of(me), None);
+    }
+
+    #[test]
+    fn start_with_members_fills_every_populated_bucket_and_routes_greedily() {
+        let members: Vec<Id> = (0..1000u128)
+            .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
+            .collect();
+        let mut sorted = members.clone();
+        sorted.sort();
+        let me = sorted[17];
+        let mut node = Kademlia::new(me, KademliaConfig::default());
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let mut actions = Vec::new();
+        let mut tok = 0;
+        let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+        node.start_with_members(&mut ctx, &sorted);
+        assert!(node.is_joined());
+        // Every bucket with members holds min(k, members in range) of them, all in range.
+        for (b, bucket) in node.buckets.iter().enumerate() {
+            let in_range = sorted
+                .iter()
+                .filter(|m| node.bucket_of(**m) == Some(b))
+                .count();
+            assert_eq!(bucket.nodes.len(), in_range.min(8), "bucket {b}");
+            assert!(bucket.nodes.iter().all(|n| node.bucket_of(*n) == Some(b)));
+        }
+        // The XOR-closest member to our own id is known, and a target next to it routes there.
+        let nearest = *sorted
+            .iter()
+            .filter(|m| **m != me)
+            .min_by_key(|m| xor(**m, me))
+            .unwrap_or(&me);
+        assert_eq!(node.next_hop(nearest), NextHop::Forward(nearest));
+        assert_eq!(node.next_hop(me), NextHop::Local);
+        let rs = node.replica_set(me);
+        assert_eq!(rs.len(), 3);
+        assert_eq!(rs[0], me);
+    }
+}
