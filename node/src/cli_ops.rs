@@ -96,3 +96,39 @@ mod tests {
         assert!(kind_of("bogus").is_err());
     }
 }
+
+/// The container health check: the metrics endpoint answers 200 and reports the node
+/// joined (`p2psip_overlay_joined ... 1`). A plain HTTP/1.0 GET, enough for our own
+/// endpoint.
+pub async fn health(metrics: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(metrics)
+            .await
+            .with_context(|| format!("connecting to {metrics}"))?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = Vec::new();
+        s.take(8 << 20).read_to_end(&mut body).await?;
+        anyhow::Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    let text = tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {metrics} within {timeout:?}"))??;
+    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+        bail!(
+            "metrics endpoint answered {:?}",
+            text.lines().next().unwrap_or("")
+        );
+    }
+    let joined = text
+        .lines()
+        .filter(|l| l.starts_with("p2psip_overlay_joined"))
+        .filter_map(|l| l.rsplit(' ').next())
+        .any(|v| v.trim() == "1");
+    if !joined {
+        bail!("the node has not joined its overlay");
+    }
+    Ok(())
+}

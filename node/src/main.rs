@@ -49,6 +49,16 @@ enum Cmd {
         /// The key file.
         identity: PathBuf,
     },
+    /// Health check for containers: exits 0 when the node's metrics endpoint answers and
+    /// reports the node joined, 1 otherwise (with the reason on stderr).
+    Health {
+        /// The node's metrics endpoint, host:port.
+        #[arg(long, env = "P2PSIP_HEALTH_METRICS", default_value = "127.0.0.1:9470")]
+        metrics: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -148,6 +158,22 @@ enum ClientOp {
     },
     /// Ping the peer responsible for hash(NAME) (default: a random id).
     Ping { name: Option<String> },
+    /// Store COUNT values, PREFIX0 .. PREFIX<COUNT-1>, each signed by its own name's key
+    /// (a smoke test of a fleet). Exit status 5 unless every store succeeds.
+    StoreMany {
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value = "smoke-")]
+        prefix: String,
+    },
+    /// Fetch the values StoreMany wrote and check each one. Exit status 5 unless every
+    /// value is found intact.
+    CheckMany {
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value = "smoke-")]
+        prefix: String,
+    },
 }
 
 #[derive(Args)]
@@ -211,6 +237,16 @@ fn main() -> anyhow::Result<()> {
             identity::write_seed(&out, &seed)?;
             println!("{:#}", Identity::from_seed(seed, "").node_id);
             Ok(())
+        }
+        Cmd::Health { metrics, timeout } => {
+            let code = match rt.block_on(p2psip_node::cli_ops::health(&metrics, timeout)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
         }
         Cmd::Id { identity: path } => {
             let seed = identity::read_seed(&path)?;
@@ -308,6 +344,87 @@ async fn wait_for_signal(h: &NodeHandle) {
     }
 }
 
+/// A key derived from a name: the same writer for the same name, every time.
+fn name_seed(name: &str) -> [u8; 32] {
+    let d = <sha2::Sha256 as sha2::Digest>::digest(format!("p2psip-client:{name}"));
+    let mut s = [0u8; 32];
+    s.copy_from_slice(&d);
+    s
+}
+
+/// StoreMany / CheckMany: one client connection, `count` operations one after another.
+async fn many(
+    a: &ClientArgs,
+    peer: std::net::SocketAddr,
+    count: usize,
+    prefix: &str,
+    store: bool,
+) -> anyhow::Result<i32> {
+    let cfg = Config {
+        overlay: a.overlay.clone(),
+        user: format!("{prefix}client"),
+        ..Config::default()
+    };
+    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, identity::generate_seed()).await?;
+    if let Err(e) = h.wait_joined(a.timeout).await {
+        bail!("could not reach peer {peer}: {e}");
+    }
+    let started = Instant::now();
+    let k = p2psip_algorithms::storage::KIND_USER_VALUE;
+    let (mut ok, mut missing, mut wrong, mut failed) = (0usize, 0usize, 0usize, Vec::new());
+    for i in 0..count {
+        let name = format!("{prefix}{i}");
+        let want = format!("value-of-{name}");
+        let res = Id::hash_of(name.as_bytes());
+        let outcome = if store {
+            let writer = Identity::from_seed(name_seed(&name), name.clone());
+            let (res, v) = build_value(&writer, &name, k, want.as_bytes(), runtime::now(), 3600);
+            op(&h, a.timeout, move |n, t| n.store(t, res, k, vec![v], 0)).await
+        } else {
+            op(&h, a.timeout, move |n, t| n.fetch_kind(t, res, k)).await
+        };
+        match outcome {
+            Ok(Event::Completed {
+                outcome: Ok(body), ..
+            }) => match body {
+                Body::FetchAns(f) => {
+                    let values = values_of(&f);
+                    if values.is_empty() {
+                        missing += 1;
+                        failed.push(name);
+                    } else if values.iter().any(|v| v == want.as_bytes()) {
+                        ok += 1;
+                    } else {
+                        wrong += 1;
+                        failed.push(name);
+                    }
+                }
+                _ => ok += 1,
+            },
+            Ok(Event::Completed { outcome: Err(e), .. }) => {
+                failed.push(format!("{name} ({e})"));
+            }
+            Ok(_) => failed.push(format!("{name} (unexpected event)")),
+            Err(e) => failed.push(format!("{name} ({e})")),
+        }
+    }
+    h.shutdown().await;
+    let secs = started.elapsed().as_secs_f64();
+    let what = if store { "stored" } else { "found intact" };
+    if a.json {
+        println!(
+            "{}",
+            json!({"ok": ok, "count": count, "missing": missing, "wrong": wrong, "failed": failed, "seconds": secs})
+        );
+    } else {
+        println!("{what} {ok}/{count} in {secs:.2} s ({missing} missing, {wrong} wrong)");
+        for f in failed.iter().take(10) {
+            println!("  not ok: {f}");
+        }
+    }
+    Ok(if ok == count { 0 } else { 5 })
+}
+
 /// Runs one client operation; returns the process exit status.
 async fn client(a: ClientArgs) -> anyhow::Result<i32> {
     // Check the arguments before any network work.
@@ -319,22 +436,20 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         kind_of(kind)?;
     }
     let peer = runtime::resolve(&a.peer).await?;
+    if let ClientOp::StoreMany { count, prefix } | ClientOp::CheckMany { count, prefix } = &a.op {
+        return many(&a, peer, *count, prefix, matches!(a.op, ClientOp::StoreMany { .. })).await;
+    }
     let name = match &a.op {
         ClientOp::Store { name, .. }
         | ClientOp::Fetch { name, .. }
         | ClientOp::Stat { name, .. }
         | ClientOp::Find { name, .. } => name.clone(),
         ClientOp::Ping { name } => name.clone().unwrap_or_default(),
+        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } => String::new(),
     };
     let seed = match &a.identity {
         Some(p) => identity::read_seed(p)?,
-        None => {
-            // A key derived from the name: the same writer for the same name, every time.
-            let d = <sha2::Sha256 as sha2::Digest>::digest(format!("p2psip-client:{name}"));
-            let mut s = [0u8; 32];
-            s.copy_from_slice(&d);
-            s
-        }
+        None => name_seed(&name),
     };
     let cfg = Config {
         overlay: a.overlay.clone(),
@@ -391,6 +506,9 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
                 op(&h, a.timeout, move |n, t| n.find(t, res, vec![k])).await?,
                 "find",
             )
+        }
+        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } => {
+            bail!("bulk operations are handled above")
         }
         ClientOp::Ping { name } => {
             let target = match name {

@@ -194,6 +194,8 @@ fn compare(algorithms: &[String], run: &RunArgs) -> anyhow::Result<()> {
         let mut sc = base.clone();
         sc.algorithm = a.clone();
         sc.name = format!("{a}-{}", sc.nodes);
+        // The previous algorithm's overlay is gone; measure this one's own peak.
+        p2psip_simulator::report::reset_peak_memory();
         let r = run_one(&sc, run.quiet)?;
         r.write(&run.out.join(a)).map_err(anyhow::Error::msg)?;
         println!("{a}: {}", r.summary());

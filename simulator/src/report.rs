@@ -117,6 +117,12 @@ fn percentiles(v: &mut [f64]) -> Percentiles {
 }
 
 /// Peak resident memory of this process (VmHWM), bytes; 0 where /proc is missing.
+/// Resets the peak resident set size (Linux `clear_refs` 5), so that a run measured after
+/// another in the same process (`compare`) reports its own peak. Best effort.
+pub fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 pub fn peak_memory() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -158,6 +158,9 @@ impl Chord {
     /// A node that failed or left is removed from every table.
     fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
         let was_neighbor = self.succs.contains(id) || self.preds.contains(id);
+        let was_finger: Vec<usize> = (0..self.fingers.len())
+            .filter(|i| self.fingers.get(*i) == Some(id))
+            .collect();
         self.changing(ctx, |c| {
             let a = c.succs.remove(id);
             let b = c.preds.remove(id);
@@ -170,6 +173,13 @@ impl Chord {
         }
         if self.joined && self.succs.is_empty() {
             self.self_lookup(ctx);
+        }
+        if self.joined {
+            // A dead finger lengthens every route through its interval until it is
+            // replaced: look for a new one now rather than at its next turn.
+            for i in was_finger {
+                self.find_finger(ctx, i);
+            }
         }
     }
 
@@ -257,13 +267,26 @@ impl Chord {
                 self.pending.insert(tok, Pending::FingerCheck(i, f));
                 continue;
             }
-            let target = self.fingers.random_target(i, ctx.rng.random());
-            let body = pb::ProbeReq {
-                requested_info: vec![],
-            };
-            let tok = ctx.request(Target::Route(vec![Destination::Resource(target)]), body);
-            self.pending.insert(tok, Pending::Finger(i));
+            self.find_finger(ctx, i);
         }
+    }
+
+    /// A routed lookup of a random point of finger interval `i` (unless the interval
+    /// starts before our successor, which is then the finger).
+    fn find_finger(&mut self, ctx: &mut Ctx<'_>, i: usize) {
+        let Some(succ) = self.succs.first() else {
+            return;
+        };
+        if in_open_closed(self.fingers.interval_start(i), self.me, succ) {
+            self.fingers.set(i, succ);
+            return;
+        }
+        let target = self.fingers.random_target(i, ctx.rng.random());
+        let body = pb::ProbeReq {
+            requested_info: vec![],
+        };
+        let tok = ctx.request(Target::Route(vec![Destination::Resource(target)]), body);
+        self.pending.insert(tok, Pending::Finger(i));
     }
 
     /// Looks up `me + 1` through a random known peer: the answer names the node that
@@ -417,6 +440,15 @@ impl Topology for Chord {
         }
         if in_open_closed(target, self.me, succ) {
             return NextHop::Forward(succ);
+        }
+        // A target in one of our predecessors' ranges: a node behind us whose successor
+        // pointer skips a newer peer sent it here. Hand it back to that predecessor rather
+        // than around the whole ring.
+        let preds = self.preds.ids();
+        for w in preds.windows(2) {
+            if in_open_closed(target, w[1], w[0]) {
+                return NextHop::Forward(w[0]);
+            }
         }
         NextHop::Forward(self.closest_preceding(target).unwrap_or(succ))
     }

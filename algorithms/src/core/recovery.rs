@@ -79,6 +79,7 @@ impl OverlayNode {
     /// The link to `n` failed: every request that recently left on it is routed again
     /// (the topology has already dropped `n`).
     pub(super) fn reroute_after_failure(&mut self, n: NodeId) {
+        self.fail_direct_requests(n);
         if !self.sent.iter().any(|s| s.to == n) {
             return;
         }

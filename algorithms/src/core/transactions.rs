@@ -165,6 +165,27 @@ impl OverlayNode {
         }
     }
 
+    /// The link to `n` failed: requests sent straight to it cannot be answered, and end
+    /// now instead of after their retransmissions.
+    pub(super) fn fail_direct_requests(&mut self, n: NodeId) {
+        let ids: Vec<u64> = self
+            .txs
+            .iter()
+            .filter(|(_, tx)| tx.direct == Some(n))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(tx) = self.txs.remove(&id) {
+                self.stats.timeouts += 1;
+                let err = pb::ErrorAns {
+                    code: ErrorCode::RequestTimeout as i32,
+                    info: b"the link to the node failed".to_vec(),
+                };
+                self.complete(tx, None, 0, Err(err));
+            }
+        }
+    }
+
     /// An answer arrived for transaction `id`.
     pub(super) fn on_answer(
         &mut self,
