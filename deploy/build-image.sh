@@ -9,9 +9,12 @@ root="$(cd "$here/.." && pwd)"
 target=x86_64-unknown-linux-gnu
 
 echo "== static p2psip binary"
+# Its own target directory: the static build shares nothing with the normal one (other
+# RUSTFLAGS), and a build started from inside `cargo test` must not wait on that one's lock.
+export CARGO_TARGET_DIR="$root/target/static"
 (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --release --locked --target "$target" -p p2psip-node --bin p2psip)
-bin="$root/target/$target/release/p2psip"
+bin="$CARGO_TARGET_DIR/$target/release/p2psip"
 if ldd "$bin" 2>&1 | grep -q '=>'; then
     echo "error: $bin is not statically linked" >&2
     exit 1

@@ -20,8 +20,17 @@ pub struct Config {
     pub algorithm: String,
     /// UDP address the QUIC endpoint listens on.
     pub listen: String,
-    /// Peers to join through, as "host:port". Empty: this node starts a new overlay.
+    /// Peers to join through, as "host:port" (names resolve with a built-in DNS resolver
+    /// reading /etc/resolv.conf and /etc/hosts). Empty: this node starts a new overlay. When
+    /// the first entry is this node itself (a StatefulSet's first pod), it joins through
+    /// the others if one answers within `form_after_s`, and else starts the overlay.
     pub bootstrap: Vec<String>,
+    /// Seconds the first bootstrap peer waits for the others before starting the overlay.
+    pub form_after_s: u64,
+    /// The address other nodes reach this one at, "ip:port" or "ip". Empty: the listen
+    /// address, or, when that is unspecified (0.0.0.0), the address of the interface
+    /// that routes towards the first bootstrap peer (or the default route).
+    pub advertise: String,
     /// File holding the node's Ed25519 key (created on first start).
     pub identity: Option<PathBuf>,
     /// User name bound to the identity (for USER-MATCH kinds written by this node).
@@ -163,6 +172,8 @@ impl Default for Config {
             algorithm: "chord".into(),
             listen: "0.0.0.0:4700".into(),
             bootstrap: Vec::new(),
+            form_after_s: 10,
+            advertise: String::new(),
             identity: None,
             user: String::new(),
             data_dir: None,

@@ -365,7 +365,12 @@ async fn many(
         user: format!("{prefix}client"),
         ..Config::default()
     };
-    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, identity::generate_seed()).await?;
+    let h = runtime::spawn(
+        cfg,
+        Role::Client { admitting: peer },
+        identity::generate_seed(),
+    )
+    .await?;
     if let Err(e) = h.wait_joined(a.timeout).await {
         bail!("could not reach peer {peer}: {e}");
     }
@@ -401,7 +406,9 @@ async fn many(
                 }
                 _ => ok += 1,
             },
-            Ok(Event::Completed { outcome: Err(e), .. }) => {
+            Ok(Event::Completed {
+                outcome: Err(e), ..
+            }) => {
                 failed.push(format!("{name} ({e})"));
             }
             Ok(_) => failed.push(format!("{name} (unexpected event)")),
@@ -437,7 +444,14 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
     }
     let peer = runtime::resolve(&a.peer).await?;
     if let ClientOp::StoreMany { count, prefix } | ClientOp::CheckMany { count, prefix } = &a.op {
-        return many(&a, peer, *count, prefix, matches!(a.op, ClientOp::StoreMany { .. })).await;
+        return many(
+            &a,
+            peer,
+            *count,
+            prefix,
+            matches!(a.op, ClientOp::StoreMany { .. }),
+        )
+        .await;
     }
     let name = match &a.op {
         ClientOp::Store { name, .. }

@@ -168,30 +168,62 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         Box::new(store.clone()),
         node_seed,
     );
-    if !addr.ip().is_unspecified() {
-        core.set_candidates(vec![candidate(addr)]);
-    }
     let mut boot: Vec<SocketAddr> = Vec::new();
+    let mut form_at = None;
     match &role {
         Role::Peer => {
-            for b in &cfg.bootstrap {
-                match resolve(b).await {
-                    Ok(a) => boot.push(a),
-                    Err(e) => tracing::warn!("bootstrap {b:?}: {e:#}"),
+            // Names may not resolve yet (a container fleet starting together): retry for
+            // a while before giving up.
+            let give_up = Instant::now() + Duration::from_secs(30);
+            loop {
+                boot.clear();
+                let mut errors = Vec::new();
+                for b in &cfg.bootstrap {
+                    match resolve(b).await {
+                        Ok(a) => boot.push(a),
+                        Err(e) => errors.push(format!("{b:?}: {e:#}")),
+                    }
                 }
+                if cfg.bootstrap.is_empty() || !boot.is_empty() || Instant::now() > give_up {
+                    for e in &errors {
+                        tracing::warn!("bootstrap {e}");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             if !cfg.bootstrap.is_empty() {
                 if let Some(dir) = &cfg.data_dir {
                     boot.extend(read_peer_cache(&dir.join("peers")));
                 }
             }
-            boot.retain(|a| *a != addr);
-            boot.dedup();
-            if !cfg.bootstrap.is_empty() && boot.is_empty() {
-                bail!("no bootstrap address could be resolved");
-            }
         }
         Role::Client { admitting } => boot.push(*admitting),
+    }
+    let me = advertised(&cfg, addr, &boot);
+    match me {
+        Some(a) => core.set_candidates(vec![candidate(a)]),
+        None => {
+            tracing::warn!(%addr, "no address to advertise: other nodes can reach this one only on links it opens")
+        }
+    }
+    if let Role::Peer = role {
+        let first_is_me = boot.first().is_some_and(|b| Some(*b) == me || *b == addr);
+        boot.retain(|a| *a != addr && Some(*a) != me);
+        boot.dedup();
+        if first_is_me {
+            if boot.is_empty() {
+                tracing::info!("this node is the first bootstrap peer and the only one");
+            } else {
+                form_at = Some(Instant::now() + Duration::from_secs(cfg.form_after_s));
+                tracing::info!(
+                    "this node is the first bootstrap peer: joining through the others if one answers within {} s",
+                    cfg.form_after_s
+                );
+            }
+        } else if !cfg.bootstrap.is_empty() && boot.is_empty() {
+            bail!("no bootstrap address could be resolved");
+        }
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let rt = Runtime {
@@ -213,6 +245,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         shutdown: None,
         began: Instant::now(),
         fatal: None,
+        form_at,
     };
     let task = tokio::spawn(rt.run(ev_rx, cmd_rx));
     Ok(NodeHandle {
@@ -261,16 +294,70 @@ fn failed(op: OpId, why: &str) -> Event {
     }
 }
 
-/// Resolves "host:port" (an address, or a name through the system resolver).
+/// Resolves "host:port": an address, or a name through a DNS resolver of our own
+/// (/etc/resolv.conf and /etc/hosts; no libc NSS, so a static binary in an empty container
+/// resolves the same way).
 pub async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
-    tokio::net::lookup_host(s)
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{s:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow!("{s:?}: {port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let resolver = hickory_resolver::Resolver::builder_tokio()
+        .context("reading the resolver configuration")?
+        .build();
+    let ips = resolver
+        .lookup_ip(host)
         .await
-        .with_context(|| format!("resolving {s:?}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
+        .with_context(|| format!("resolving {host:?}"))?;
+    let ip = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.iter().next())
+        .ok_or_else(|| anyhow!("{host:?} resolves to no address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The address of the local interface that routes towards `to` (no packet is sent).
+fn local_ip_towards(to: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(to).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The address this node tells others to reach it at.
+fn advertised(cfg: &Config, bound: SocketAddr, boot: &[SocketAddr]) -> Option<SocketAddr> {
+    if !cfg.advertise.is_empty() {
+        if let Ok(a) = cfg.advertise.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        if let Ok(ip) = cfg.advertise.parse::<IpAddr>() {
+            return Some(SocketAddr::new(ip, bound.port()));
+        }
+        tracing::warn!(advertise = %cfg.advertise, "advertise is neither ip:port nor ip; ignored");
+    }
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let towards = boot
+        .first()
+        .copied()
+        .or_else(|| "192.0.2.1:9".parse().ok())?;
+    local_ip_towards(towards).map(|ip| SocketAddr::new(ip, bound.port()))
 }
 
 fn read_peer_cache(path: &std::path::Path) -> Vec<SocketAddr> {
@@ -294,6 +381,9 @@ struct Runtime {
     boot: Vec<SocketAddr>,
     boot_ids: Vec<NodeId>,
     started: bool,
+    /// The first bootstrap peer starts the overlay itself at this time if no other
+    /// bootstrap peer has answered by then.
+    form_at: Option<Instant>,
     addrs: HashMap<NodeId, SocketAddr>,
     pending: HashMap<NodeId, Vec<Vec<u8>>>,
     attaching: HashMap<OpId, NodeId>,
@@ -357,7 +447,15 @@ impl Runtime {
                         self.persist();
                     }
                 }
-                _ = boot_retry.tick(), if self.is_peer && !self.started && !self.boot.is_empty() => self.dial_bootstrap(),
+                _ = boot_retry.tick(), if self.is_peer && !self.started && !self.boot.is_empty() => {
+                    if self.form_at.is_some_and(|t| Instant::now() >= t) {
+                        tracing::info!("no other bootstrap peer answered: forming the overlay");
+                        self.boot_ids.clear();
+                        self.start_core();
+                    } else {
+                        self.dial_bootstrap();
+                    }
+                }
             }
             self.flush();
             if let Some((_, since)) = &self.shutdown {
