@@ -85,18 +85,6 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
     p2psip_algorithms::time::parse_duration(s).map_err(anyhow::Error::msg)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds() {
-        assert_eq!(kind_of("sip-registration").unwrap(), KIND_SIP_REGISTRATION);
-        assert_eq!(kind_of("7").unwrap(), 7);
-        assert!(kind_of("bogus").is_err());
-    }
-}
-
 /// The container health check: the metrics endpoint answers 200 and reports the node
 /// joined (`p2psip_overlay_joined ... 1`). A plain HTTP/1.0 GET, enough for our own
 /// endpoint.
@@ -131,4 +119,16 @@ pub async fn health(metrics: &str, timeout: std::time::Duration) -> anyhow::Resu
         bail!("the node has not joined its overlay");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of("sip-registration").unwrap(), KIND_SIP_REGISTRATION);
+        assert_eq!(kind_of("7").unwrap(), 7);
+        assert!(kind_of("bogus").is_err());
+    }
 }
