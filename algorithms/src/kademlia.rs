@@ -112,7 +112,12 @@ pub struct Kademlia {
     bootstrap: Vec<Id>,
     join_attempt: usize,
     next_bucket: usize,
+    /// Nodes that failed recently, not learned again from others' stale lists for a while.
+    dead: HashMap<Id, Time>,
 }
+
+/// How long a failed node is not learned again from other nodes' lists.
+const DEAD_MEMORY: Duration = Duration::from_secs(120);
 
 impl Kademlia {
     pub fn new(me: NodeId, cfg: KademliaConfig) -> Self {
@@ -128,6 +133,7 @@ impl Kademlia {
             bootstrap: Vec::new(),
             join_attempt: 0,
             next_bucket: 0,
+            dead: HashMap::new(),
         }
     }
 
@@ -145,8 +151,14 @@ impl Kademlia {
     /// The `n` known nodes XOR-closest to `target` (this node not included).
     pub fn closest(&self, target: Id, n: usize) -> Vec<Id> {
         let mut v: Vec<Id> = self.all().collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if v.len() > n {
+            v.select_nth_unstable_by_key(n - 1, |x| xor(*x, target));
+            v.truncate(n);
+        }
         v.sort_unstable_by_key(|x| xor(*x, target));
-        v.truncate(n);
         v
     }
 
@@ -165,9 +177,21 @@ impl Kademlia {
         self.known.push_back(id);
     }
 
-    /// The near set: the nodes whose presence decides what this node stores.
+    /// The near set: the `k` known nodes closest to us, which decide what this node
+    /// stores. XOR distance to us falls with the bucket index, so only the nearest
+    /// non-empty buckets are looked at.
     fn window(&self) -> Vec<Id> {
-        self.closest(self.me, self.cfg.k)
+        let k = self.cfg.k;
+        let mut v: Vec<Id> = Vec::with_capacity(2 * k);
+        for b in self.buckets.iter().rev() {
+            v.extend(b.nodes.iter().copied());
+            if v.len() >= k {
+                break;
+            }
+        }
+        v.sort_unstable_by_key(|x| xor(*x, self.me));
+        v.truncate(k);
+        v
     }
 
     fn changing(&mut self, ctx: &mut Ctx<'_>, f: impl FnOnce(&mut Self)) {
@@ -181,6 +205,7 @@ impl Kademlia {
     /// A node known to be alive (it talked to us): seen now.
     fn consider(&mut self, ctx: &mut Ctx<'_>, id: Id) {
         let Some(b) = self.bucket_of(id) else { return };
+        self.dead.remove(&id);
         self.remember(id);
         let k = self.cfg.k;
         self.changing(ctx, |s| {
@@ -204,6 +229,11 @@ impl Kademlia {
     /// A node that failed or left: out of its bucket, the newest replacement moves in.
     fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
         let Some(b) = self.bucket_of(id) else { return };
+        if self.dead.len() > 1024 {
+            let now = ctx.now;
+            self.dead.retain(|_, t| now.since(*t) < DEAD_MEMORY);
+        }
+        self.dead.insert(id, ctx.now);
         let near = self.window().contains(&id);
         self.changing(ctx, |s| {
             let bucket = &mut s.buckets[b];
@@ -227,6 +257,13 @@ impl Kademlia {
         let farthest = near.last().map(|x| xor(*x, self.me));
         for &c in ids {
             if c == self.me || self.contains(c) || self.probing.contains(&c) {
+                continue;
+            }
+            if self
+                .dead
+                .get(&c)
+                .is_some_and(|t| ctx.now.since(*t) < DEAD_MEMORY)
+            {
                 continue;
             }
             let enters_near =
@@ -265,7 +302,8 @@ impl Kademlia {
 
     /// An Update with one of the nearest nodes, chosen at random.
     fn stabilize(&mut self, ctx: &mut Ctx<'_>) {
-        let near = self.closest(self.me, self.cfg.replicas + 1);
+        let mut near = self.window();
+        near.truncate(self.cfg.replicas + 1);
         if near.is_empty() {
             return;
         }
@@ -289,7 +327,7 @@ impl Kademlia {
                 continue;
             }
             // Buckets past the nearest known node's are (nearly) empty in any overlay.
-            let nearest = self.closest(self.me, 1);
+            let nearest = self.window();
             if nearest
                 .first()
                 .is_some_and(|n| self.bucket_of(*n).is_some_and(|nb| b > nb))
