@@ -40,14 +40,17 @@ echo "== starting $peers peers and Prometheus"
 t0=$(date +%s.%N)
 dc up -d --scale peer=$((peers - 1)) >/dev/null
 ids() { dc ps -q seed peer; }
-# All peers joined: every container's health check (metrics answer, node joined) passes.
-for _ in $(seq 1 120); do
-    healthy=0
+# All peers joined: `p2psip health` (metrics answer, node joined) passes in every
+# container (asked directly rather than waiting for Docker's 5 s health-check interval).
+declare -A joined=()
+for _ in $(seq 1 240); do
     for c in $(ids); do
-        [[ "$(docker inspect -f '{{.State.Health.Status}}' "$c")" == healthy ]] && healthy=$((healthy + 1))
+        [[ -n "${joined[$c]:-}" ]] && continue
+        docker exec "$c" /p2psip health >/dev/null 2>&1 && joined[$c]=1
     done
+    healthy=${#joined[@]}
     [[ $healthy -eq $peers ]] && break
-    sleep 0.5
+    sleep 0.2
 done
 t1=$(date +%s.%N)
 [[ $healthy -eq $peers ]] || { echo "only $healthy of $peers peers joined"; exit 1; }
