@@ -14,6 +14,7 @@ pub mod client;
 mod common;
 pub mod core;
 pub mod id;
+pub mod idset;
 pub mod kademlia;
 pub mod onehop;
 pub mod storage;

@@ -1,26 +1,35 @@
 //! A one-hop DHT for fleets where call set-up latency matters (after Gupta, Liskov and
-//! Rodrigues, "One Hop Lookups for Peer-to-Peer Overlays"): every peer knows every peer.
-//! Responsibility is Chord's (the first member at or after an id), so a lookup goes
-//! straight to the responsible peer when the table is fresh; when it is not, the peer it
-//! reaches passes it on by its own table (and a dead target's link failure re-routes it).
+//! Rodrigues, "One Hop Lookups for Peer-to-Peer Overlays", and Monnerat and Amorim's D1HT):
+//! every peer knows every peer. Responsibility is Chord's (the first member at or after an
+//! id), so a lookup goes straight to the responsible peer when the table is fresh; when it
+//! is not, the peer it reaches passes it on by its own table (and a dead target's link
+//! failure re-routes it).
 //!
-//! Membership changes spread by push-pull gossip: a peer that learns an event (a join, a
-//! leave, a failure it noticed) passes it to `fanout` random members every gossip
-//! interval for a number of rounds that grows with log N; answers carry the receiver's
-//! own fresh events back. A joining peer pages the membership out of its admitting peer.
-//! Each peer checks its successor periodically, so every failure has a witness. A peer
-//! that hears it was declared gone refutes it with a newer event; self-lookups through
-//! peers from the past merge the memberships of the two sides of a healed partition.
+//! Membership events (a join, a leave, a failure a peer noticed) spread by D1HT's EDRA: with
+//! L = ceil(log2 N), every gossip interval a peer sends message M(l), for each level l < L
+//! that has events to carry, to its 2^l-th successor; M(l) has TTL l, and an event that
+//! arrives with TTL t is passed on at the levels below t. An event a peer noticed itself goes
+//! out at all L levels. With consistent tables this is a binomial-tree broadcast along the
+//! ring: each peer receives each event once, after at most L intervals, so maintenance costs
+//! about one event (about 30 bytes) per peer per membership change, whatever N is. A message
+//! whose target turned out dead is sent again to the new 2^l-th successor.
+//!
+//! A joining peer pages the membership out of its admitting peer, which announces it, and
+//! pulls the events of the last minutes from its new neighbours. Each peer checks its
+//! successor periodically, so every failure has a witness. A peer that hears it was declared
+//! gone refutes it with a newer event; self-lookups through peers from the past merge the
+//! memberships of the two sides of a healed partition.
 
 use crate::common::{self, ids_from_wire, wire_ids};
 use crate::id::{distance, Id, NodeId};
+use crate::idset::IdSet;
 use crate::time::Time;
 use crate::topology::*;
 use p2psip_proto::pb::{self, ErrorCode};
 use p2psip_proto::{Body, Destination};
 use prost::Message as _;
 use rand::Rng;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 /// The algorithm's name in configuration and in Join/Update bodies.
@@ -33,24 +42,23 @@ const T_JOIN_RETRY: TimerId = TimerId(4);
 
 /// Members per snapshot page.
 pub const PAGE: usize = 8192;
-/// Events per gossip message.
+/// Events per message; the rest wait for the next interval.
 const MAX_EVENTS: usize = 4096;
 /// How long a node's newest event stamp is kept to order later events about it.
 const STAMP_MEMORY: Duration = Duration::from_secs(600);
 /// Peers remembered after they left, for self-lookups.
 const DEPARTED_CAP: usize = 64;
+/// Levels are capped (2^40 members is beyond any fleet).
+const MAX_LEVELS: usize = 40;
 
 /// Parameters of the one-hop algorithm (the `[onehop]` table of a node's configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OneHopConfig {
     /// Copies kept besides the responsible peer's.
     pub replicas: usize,
-    /// How often fresh membership events are pushed.
+    /// How often queued membership events are sent on (D1HT's Θ); an event reaches every
+    /// peer within about log2(N) intervals.
     pub gossip_interval: Duration,
-    /// Members each round's events go to.
-    pub fanout: usize,
-    /// Rounds an event is passed on; 0 = ln(N)/ln(fanout + 1) + 3.
-    pub rounds: u32,
     /// How often the successor is checked (None: only by traffic).
     pub stabilize_interval: Option<Duration>,
     /// How often the node looks itself up through a peer from its past (heals partitions).
@@ -64,8 +72,6 @@ impl Default for OneHopConfig {
         OneHopConfig {
             replicas: 2,
             gossip_interval: Duration::from_secs(1),
-            fanout: 2,
-            rounds: 0,
             stabilize_interval: Some(Duration::from_secs(10)),
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
@@ -76,7 +82,6 @@ impl Default for OneHopConfig {
 impl OneHopConfig {
     /// Clamps the fields to the ranges the algorithm supports.
     pub fn normalized(mut self) -> Self {
-        self.fanout = self.fanout.clamp(1, 16);
         self.replicas = self.replicas.min(16);
         self
     }
@@ -87,18 +92,42 @@ enum Pending {
     Join,
     /// A page of the membership from `from`, while joining or merging.
     Snapshot(Id),
-    Gossip(Id),
+    /// Message M(level) to `Id`; its events are kept in `in_flight` until answered.
+    Gossip(Id, usize),
     Stabilize(Id),
     SelfLookup,
     Leave,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Fresh {
+/// One membership event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ev {
     node: Id,
     alive: bool,
     stamp: u64,
-    rounds_left: u32,
+    /// Ring positions the receiver of this copy covers (0: all 2^level of its level).
+    span: u32,
+}
+
+impl Ev {
+    fn wire(&self) -> pb::MembershipEvent {
+        pb::MembershipEvent {
+            node: self.node.to_bytes().to_vec(),
+            alive: self.alive,
+            stamp: self.stamp,
+            span: self.span,
+        }
+    }
+}
+
+/// What this node knows of a node's newest event.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    alive: bool,
+    stamp: u64,
+    seen: Time,
+    /// Ring positions after us (ours included) the event has been passed on for.
+    cover: usize,
 }
 
 /// The one-hop state machine of one node.
@@ -108,10 +137,15 @@ pub struct OneHop {
     joined: bool,
     started: Time,
     /// Every live member, this node included.
-    members: BTreeSet<Id>,
-    /// Newest event stamp per node (recent events only).
-    stamps: HashMap<Id, (bool, u64, Time)>,
-    fresh: Vec<Fresh>,
+    members: IdSet,
+    /// Newest event per node (recent events only).
+    known: HashMap<Id, Known>,
+    /// `outgoing[l]`: events for the next message M(l).
+    outgoing: Vec<Vec<Ev>>,
+    /// Events sent and not yet answered, by token.
+    in_flight: HashMap<u64, Vec<Ev>>,
+    /// Events learned recently, handed to a joiner that asks.
+    recent: VecDeque<(Time, Ev)>,
     departed: VecDeque<Id>,
     pending: HashMap<u64, Pending>,
     bootstrap: Vec<Id>,
@@ -122,7 +156,7 @@ pub struct OneHop {
 
 impl OneHop {
     pub fn new(me: NodeId, cfg: OneHopConfig) -> Self {
-        let mut members = BTreeSet::new();
+        let mut members = IdSet::new();
         members.insert(me);
         OneHop {
             me,
@@ -130,8 +164,10 @@ impl OneHop {
             joined: false,
             started: Time(0),
             members,
-            stamps: HashMap::new(),
-            fresh: Vec::new(),
+            known: HashMap::new(),
+            outgoing: Vec::new(),
+            in_flight: HashMap::new(),
+            recent: VecDeque::new(),
             departed: VecDeque::new(),
             pending: HashMap::new(),
             bootstrap: Vec::new(),
@@ -146,36 +182,17 @@ impl OneHop {
     }
 
     fn successor_of(&self, target: Id) -> Id {
-        self.members
-            .range(target..)
-            .next()
-            .or_else(|| self.members.iter().next())
-            .copied()
-            .unwrap_or(self.me)
+        self.members.successor_of(target).unwrap_or(self.me)
     }
 
     /// The `n` members after `id` on the ring (not `id` itself).
     fn after(&self, id: Id, n: usize) -> Vec<Id> {
-        let n = n.min(self.members.len().saturating_sub(1));
-        let tail = self
-            .members
-            .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded));
-        tail.chain(self.members.iter())
-            .filter(|x| **x != id)
-            .take(n)
-            .copied()
-            .collect()
+        self.members.after(id, n)
     }
 
     /// The `n` members before `id` on the ring, closest first.
     fn before(&self, id: Id, n: usize) -> Vec<Id> {
-        let n = n.min(self.members.len().saturating_sub(1));
-        let head = self.members.range(..id).rev();
-        head.chain(self.members.iter().rev())
-            .filter(|x| **x != id)
-            .take(n)
-            .copied()
-            .collect()
+        self.members.before(id, n)
     }
 
     fn window(&self) -> (Vec<Id>, Vec<Id>) {
@@ -185,49 +202,37 @@ impl OneHop {
         )
     }
 
-    fn rounds(&self) -> u32 {
-        if self.cfg.rounds > 0 {
-            return self.cfg.rounds;
-        }
-        let n = self.members.len().max(2) as f64;
-        (n.ln() / ((self.cfg.fanout + 1) as f64).ln()).ceil() as u32 + 3
+    /// L = ceil(log2 N): the levels of EDRA for the current membership.
+    fn levels(&self) -> usize {
+        let n = self.members.len().max(2);
+        ((usize::BITS - (n - 1).leading_zeros()) as usize).min(MAX_LEVELS)
+    }
+
+    /// How long learned events are kept for joiners: a few full spreads.
+    fn recent_window(&self) -> Duration {
+        (self.cfg.gossip_interval * (3 * self.levels() as u32)).max(Duration::from_secs(60))
     }
 
     fn random_member(&self, ctx: &mut Ctx<'_>) -> Option<Id> {
         if self.members.len() < 2 {
             return None;
         }
-        for _ in 0..4 {
-            let m = self.successor_of(Id(ctx.rng.random()));
-            if m != self.me {
-                return Some(m);
-            }
-        }
-        self.after(self.me, 1).first().copied()
+        let i = ctx.rng.random_range(0..self.members.len());
+        self.members
+            .get(i)
+            .filter(|m| *m != self.me)
+            .or_else(|| self.after(self.me, 1).first().copied())
     }
 
-    /// Applies an event if it is news; returns whether it was.
-    fn apply(&mut self, ctx: &mut Ctx<'_>, node: Id, alive: bool, stamp: u64) -> bool {
-        if node == self.me {
-            if !alive && self.joined {
-                // Declared gone while alive: refute with a newer event.
-                self.announce(ctx, self.me, true, stamp.max(ctx.now.as_millis()) + 1);
-            }
-            return false;
-        }
-        if let Some((_, s, _)) = self.stamps.get(&node) {
-            if *s >= stamp {
-                return false;
-            }
-        }
+    /// Applies a membership change; reports a change of our neighbourhood to the core.
+    fn change(&mut self, ctx: &mut Ctx<'_>, node: Id, alive: bool) {
         let changed = if alive {
             !self.members.contains(&node)
         } else {
             self.members.contains(&node)
         };
-        self.stamps.insert(node, (alive, stamp, ctx.now));
         if !changed {
-            return false;
+            return;
         }
         let before = self.window();
         if alive {
@@ -242,65 +247,128 @@ impl OneHop {
         if self.joined && self.window() != before {
             ctx.event(TopologyEvent::ResponsibilityChanged);
         }
-        true
     }
 
-    /// Applies an event of our own making and queues it for gossip.
-    fn announce(&mut self, ctx: &mut Ctx<'_>, node: Id, alive: bool, stamp: u64) {
-        if node != self.me && !self.apply(ctx, node, alive, stamp) {
-            return;
-        }
-        let rounds = self.rounds();
-        self.fresh.push(Fresh {
-            node,
-            alive,
-            stamp,
-            rounds_left: rounds,
-        });
-    }
-
-    fn receive_events(&mut self, ctx: &mut Ctx<'_>, events: &[pb::MembershipEvent]) {
-        let rounds = self.rounds();
-        for e in events {
-            let Some(node) = Id::from_slice(&e.node) else {
-                continue;
+    /// Queues an event for the part of the ring after us that we cover: `cover` ring
+    /// positions, ours included. Level l goes to our 2^l-th successor, which covers
+    /// min(2^l, cover - 2^l) positions; levels already queued for `covered` are skipped.
+    fn spread(&mut self, ev: Ev, cover: usize, covered: usize) {
+        for l in 0..MAX_LEVELS {
+            let step = 1usize << l;
+            if step >= cover {
+                break;
+            }
+            let child = step.min(cover - step);
+            let before = if step < covered {
+                step.min(covered - step)
+            } else {
+                0
             };
-            if self.apply(ctx, node, e.alive, e.stamp) {
-                self.fresh.push(Fresh {
-                    node,
-                    alive: e.alive,
-                    stamp: e.stamp,
-                    rounds_left: rounds,
+            if child > before {
+                if self.outgoing.len() <= l {
+                    self.outgoing.resize_with(l + 1, Vec::new);
+                }
+                self.outgoing[l].push(Ev {
+                    span: child as u32,
+                    ..ev
                 });
             }
         }
     }
 
-    fn wire_events(&self) -> Vec<pb::MembershipEvent> {
-        self.fresh
+    /// An event whose copy asks us to cover `cover` ring positions (ours included; `None`
+    /// for one we noticed ourselves, which covers the whole ring): applied if it is news,
+    /// and passed on where it has not been yet.
+    fn learn(&mut self, ctx: &mut Ctx<'_>, ev: Ev, cover: Option<usize>) {
+        if ev.node == self.me {
+            if !ev.alive && self.joined {
+                // Declared gone while alive: refute with a newer event.
+                self.announce(ctx, self.me, true, ev.stamp.max(ctx.now.as_millis()) + 1);
+            }
+            return;
+        }
+        let mut ev = ev;
+        let covered = match self.known.get(&ev.node) {
+            Some(k) if k.stamp > ev.stamp && k.alive != ev.alive => return,
+            // The same news again (another witness of the same failure, say): spread it only
+            // where it has not gone yet, under the newest stamp.
+            Some(k) if k.alive == ev.alive => {
+                ev.stamp = ev.stamp.max(k.stamp);
+                k.cover
+            }
+            _ => 0,
+        };
+        if covered == 0 {
+            self.change(ctx, ev.node, ev.alive);
+            self.recent.push_back((ctx.now, ev));
+        }
+        let cover = cover.unwrap_or(usize::MAX).min(self.members.len()).max(1);
+        self.known.insert(
+            ev.node,
+            Known {
+                alive: ev.alive,
+                stamp: ev.stamp,
+                seen: ctx.now,
+                cover: cover.max(covered),
+            },
+        );
+        self.spread(ev, cover, covered);
+    }
+
+    /// An event of our own making: applied and sent round the whole ring.
+    fn announce(&mut self, ctx: &mut Ctx<'_>, node: Id, alive: bool, stamp: u64) {
+        let ev = Ev {
+            node,
+            alive,
+            stamp,
+            span: 0,
+        };
+        if node == self.me {
+            self.recent.push_back((ctx.now, ev));
+            self.spread(ev, self.members.len(), 0);
+        } else {
+            self.learn(ctx, ev, None);
+        }
+    }
+
+    /// Events of a message M(`level`).
+    fn receive_events(&mut self, ctx: &mut Ctx<'_>, events: &[pb::MembershipEvent], level: usize) {
+        let full = 1usize << level.min(MAX_LEVELS);
+        for e in events {
+            let Some(node) = Id::from_slice(&e.node) else {
+                continue;
+            };
+            let ev = Ev {
+                node,
+                alive: e.alive,
+                stamp: e.stamp,
+                span: 0,
+            };
+            let cover = if e.span == 0 {
+                full
+            } else {
+                (e.span as usize).min(full)
+            };
+            self.learn(ctx, ev, Some(cover));
+        }
+    }
+
+    fn recent_events(&self) -> Vec<pb::MembershipEvent> {
+        self.recent
             .iter()
             .rev()
             .take(MAX_EVENTS)
-            .map(|f| pb::MembershipEvent {
-                node: f.node.to_bytes().to_vec(),
-                alive: f.alive,
-                stamp: f.stamp,
-            })
+            .map(|(_, e)| e.wire())
             .collect()
     }
 
-    fn update(&self, ctx: &Ctx<'_>, events: bool) -> pb::OneHopUpdate {
+    fn update(&self, ctx: &Ctx<'_>) -> pb::OneHopUpdate {
         pb::OneHopUpdate {
             uptime: ctx
                 .now
                 .since(self.started)
                 .as_secs()
                 .min(u64::from(u32::MAX)) as u32,
-            events: if events {
-                self.wire_events()
-            } else {
-                Vec::new()
-            },
             ..Default::default()
         }
     }
@@ -312,39 +380,87 @@ impl OneHop {
         }
     }
 
+    /// One EDRA interval: message M(l) to the 2^l-th successor for every level with events.
     fn gossip(&mut self, ctx: &mut Ctx<'_>) {
-        self.stamps
-            .retain(|_, (_, _, seen)| ctx.now.since(*seen) < STAMP_MEMORY);
-        if self.fresh.is_empty() {
-            return;
-        }
-        for _ in 0..self.cfg.fanout {
-            let Some(t) = self.random_member(ctx) else {
+        self.known
+            .retain(|_, k| ctx.now.since(k.seen) < STAMP_MEMORY);
+        let keep = self.recent_window();
+        while let Some((t, _)) = self.recent.front() {
+            if ctx.now.since(*t) < keep {
                 break;
+            }
+            self.recent.pop_front();
+        }
+        let levels = self.levels();
+        // Levels the ring has shrunk below: their receivers are covered by lower levels.
+        self.outgoing.truncate(levels);
+        let me = self.members.rank(self.me);
+        for l in 0..self.outgoing.len() {
+            if self.outgoing[l].is_empty() {
+                continue;
+            }
+            let Some(t) = self.members.get_wrapping(me + (1usize << l)) else {
+                continue;
             };
-            let body = Self::update_req(self.update(ctx, true));
-            let tok = ctx.request(Target::Direct(t), body);
-            self.pending.insert(tok, Pending::Gossip(t));
+            if t == self.me {
+                self.outgoing[l].clear();
+                continue;
+            }
+            let q = &mut self.outgoing[l];
+            let events: Vec<Ev> = q.drain(..q.len().min(MAX_EVENTS)).collect();
+            let full = 1u32 << l;
+            let u = pb::OneHopUpdate {
+                ttl: l as u32,
+                events: events
+                    .iter()
+                    .map(|e| Ev {
+                        span: if e.span == full { 0 } else { e.span },
+                        ..*e
+                    })
+                    .map(|e| e.wire())
+                    .collect(),
+                ..self.update(ctx)
+            };
+            let tok = ctx.request(Target::Direct(t), Self::update_req(u));
+            self.pending.insert(tok, Pending::Gossip(t, l));
+            self.in_flight.insert(tok, events);
         }
-        for f in &mut self.fresh {
-            f.rounds_left = f.rounds_left.saturating_sub(1);
-        }
-        self.fresh.retain(|f| f.rounds_left > 0);
     }
 
-    fn stabilize(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some(&s) = self.after(self.me, 1).first() {
-            let body = Self::update_req(self.update(ctx, true));
-            let tok = ctx.request(Target::Direct(s), body);
-            self.pending.insert(tok, Pending::Stabilize(s));
+    /// Checks the successor; `pull` asks for its recent events (a joiner does).
+    /// Our neighbourhood on both sides, sent to and by the peers we check: a member one side
+    /// knows and the other does not (an event a broadcast missed while views differed) is
+    /// contacted and, if it answers, announced.
+    fn neighbourhood(&self) -> Vec<Vec<u8>> {
+        let mut v = self.before(self.me, self.cfg.replicas + 1);
+        v.extend(self.after(self.me, self.cfg.replicas + 1));
+        wire_ids(&v)
+    }
+
+    fn hints(&mut self, ctx: &mut Ctx<'_>, ids: &[Vec<u8>]) {
+        for id in ids_from_wire(ids) {
+            let known_gone = self.known.get(&id).is_some_and(|k| !k.alive);
+            if id != self.me && !self.members.contains(&id) && !known_gone {
+                self.stabilize(ctx, id, false);
+            }
         }
+    }
+
+    fn stabilize(&mut self, ctx: &mut Ctx<'_>, to: Id, pull: bool) {
+        let u = pb::OneHopUpdate {
+            want_recent: pull,
+            members: self.neighbourhood(),
+            ..self.update(ctx)
+        };
+        let tok = ctx.request(Target::Direct(to), Self::update_req(u));
+        self.pending.insert(tok, Pending::Stabilize(to));
     }
 
     fn request_page(&mut self, ctx: &mut Ctx<'_>, from: Id, start: Id) {
         let u = pb::OneHopUpdate {
             snapshot_from: start.to_bytes().to_vec(),
             snapshot_limit: PAGE as u32,
-            ..self.update(ctx, false)
+            ..self.update(ctx)
         };
         let tok = ctx.request(Target::Direct(from), Self::update_req(u));
         self.pending.insert(tok, Pending::Snapshot(from));
@@ -352,11 +468,10 @@ impl OneHop {
 
     fn page(&self, start: Id, limit: usize) -> (Vec<Id>, bool) {
         let limit = limit.clamp(1, PAGE);
-        let mut it = self.members.range(start..);
-        let v: Vec<Id> = it.by_ref().take(limit).copied().collect();
+        let mut it = self.members.iter_from(start);
+        let v: Vec<Id> = it.by_ref().take(limit).collect();
         (v, it.next().is_some())
     }
-
     fn self_lookup(&mut self, ctx: &mut Ctx<'_>) {
         let mut pool: Vec<Id> = self.departed.iter().copied().collect();
         pool.extend(self.bootstrap.iter().copied());
@@ -496,7 +611,7 @@ impl Topology for OneHop {
                 let u = pb::OneHopUpdate {
                     members: wire_ids(&page),
                     more,
-                    ..self.update(ctx, false)
+                    ..self.update(ctx)
                 };
                 Ok(Body::JoinAns(pb::JoinAns {
                     overlay_specific: u.encode_to_vec(),
@@ -508,14 +623,20 @@ impl Topology for OneHop {
                     return Err((ErrorCode::InvalidMessage, "bad OneHopUpdate".into()));
                 };
                 self.met(ctx, from);
-                self.receive_events(ctx, &req.events);
-                let mut ans = self.update(ctx, true);
+                self.receive_events(ctx, &req.events, req.ttl as usize);
+                let mut ans = self.update(ctx);
                 if req.snapshot_limit > 0 {
                     let start = Id::from_slice(&req.snapshot_from).unwrap_or(Id(0));
                     let (page, more) = self.page(start, req.snapshot_limit as usize);
                     ans.members = wire_ids(&page);
                     ans.more = more;
-                    ans.events.clear();
+                } else if !req.members.is_empty() {
+                    // A neighbour's check: compare neighbourhoods.
+                    self.hints(ctx, &req.members);
+                    ans.members = self.neighbourhood();
+                    if req.want_recent {
+                        ans.events = self.recent_events();
+                    }
                 }
                 Ok(Body::UpdateAns(pb::UpdateAns {
                     overlay_specific: ans.encode_to_vec(),
@@ -610,15 +731,28 @@ impl Topology for OneHop {
                     ctx.set_timer(self.cfg.join_retry, T_JOIN_RETRY);
                 }
             }
-            (Pending::Gossip(_) | Pending::Stabilize(_), Some(u)) => {
+            (Pending::Gossip(..) | Pending::Stabilize(_), Some(u)) => {
+                self.in_flight.remove(&token);
                 if let Some(r) = responder {
                     self.met(ctx, r);
                 }
-                self.receive_events(ctx, &u.events);
+                // Events pulled by a joiner: applied here, not passed on.
+                self.receive_events(ctx, &u.events, 0);
+                if matches!(p, Pending::Stabilize(_)) {
+                    self.hints(ctx, &u.members);
+                }
             }
-            (Pending::Gossip(n) | Pending::Stabilize(n), None) => {
+            (Pending::Gossip(n, _) | Pending::Stabilize(n), None) => {
                 if answer.is_err() && self.members.contains(&n) {
                     self.announce(ctx, n, false, ctx.now.as_millis());
+                }
+                if let (Pending::Gossip(_, l), Some(events)) = (p, self.in_flight.remove(&token)) {
+                    // The 2^l-th successor is someone else now: it gets them next interval.
+                    let events: Vec<Ev> = events.into_iter().filter(|e| e.node != n).collect();
+                    if self.outgoing.len() <= l {
+                        self.outgoing.resize_with(l + 1, Vec::new);
+                    }
+                    self.outgoing[l].extend(events);
                 }
             }
             (Pending::SelfLookup, _) => {
@@ -652,7 +786,9 @@ impl Topology for OneHop {
                 ctx.set_timer_jittered(self.cfg.gossip_interval, T_GOSSIP);
             }
             T_STABILIZE => {
-                self.stabilize(ctx);
+                if let Some(&s) = self.after(self.me, 1).first() {
+                    self.stabilize(ctx, s, false);
+                }
                 if let Some(i) = self.cfg.stabilize_interval {
                     ctx.set_timer_jittered(i, T_STABILIZE);
                 }
@@ -672,7 +808,6 @@ impl Topology for OneHop {
         }
         let mut tell = self.after(self.me, 1);
         tell.extend(self.before(self.me, 1));
-        tell.extend(self.random_member(ctx));
         tell.sort();
         tell.dedup();
         for t in tell {
@@ -709,15 +844,13 @@ impl OneHop {
         self.members.extend(members);
         self.members.insert(self.me);
         self.become_joined(ctx);
-        self.announce(ctx, self.me, true, ctx.now.as_millis());
-        // Our neighbours learn of us at once, whatever gossip does.
+        // The admitting peer announced us. Our neighbours learn of us at once, whatever
+        // the broadcast does, and hand us the events we missed while paging.
         let mut tell = self.after(self.me, 1);
         tell.extend(self.before(self.me, 1));
         tell.dedup();
         for t in tell {
-            let body = Self::update_req(self.update(ctx, true));
-            let tok = ctx.request(Target::Direct(t), body);
-            self.pending.insert(tok, Pending::Stabilize(t));
+            self.stabilize(ctx, t, true);
         }
     }
 }
@@ -735,13 +868,20 @@ fn ring_responsible(members: &[Id], target: Id) -> Option<Id> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn queued(node: &OneHop, ev_node: Id) -> Vec<usize> {
+        (0..node.outgoing.len())
+            .filter(|l| node.outgoing[*l].iter().any(|e| e.node == ev_node))
+            .collect()
+    }
 
     #[test]
     fn routes_in_one_hop_to_the_ring_successor() {
         let members: Vec<Id> = (1..=100u128).map(|i| Id(i << 100)).collect();
         let me = members[10];
         let mut node = OneHop::new(me, OneHopConfig::default());
-        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut actions = Vec::new();
         let mut tok = 0;
         let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
@@ -759,26 +899,161 @@ mod tests {
             node.replica_set(Id(me.0 - 1)),
             vec![me, members[11], members[12]]
         );
-        // A failure report removes the member and is queued for gossip.
+        // A failure we notice removes the member and goes out at every level (L = 7).
         node.on_link(&mut ctx, LinkEvent::Failed(members[11]));
         assert_eq!(node.members(), 99);
-        assert_eq!(node.fresh.len(), 1);
+        assert_eq!(queued(&node, members[11]), (0..7).collect::<Vec<_>>());
         assert_eq!(
             node.replica_set(Id(me.0 - 1)),
             vec![me, members[12], members[13]]
         );
-        // Being declared gone ourselves is refuted.
+        // A second witness of the same failure is not spread again.
         node.receive_events(
             &mut ctx,
-            &[pb::MembershipEvent {
-                node: me.to_bytes().to_vec(),
+            &[Ev {
+                node: members[11],
+                alive: false,
+                stamp: 9,
+                span: 0,
+            }
+            .wire()],
+            7,
+        );
+        assert_eq!(node.outgoing[0].len(), 1);
+        // Being declared gone ourselves is refuted at every level.
+        node.receive_events(
+            &mut ctx,
+            &[Ev {
+                node: me,
                 alive: false,
                 stamp: 5,
-            }],
+                span: 0,
+            }
+            .wire()],
+            3,
         );
-        assert!(node
-            .fresh
+        assert_eq!(queued(&node, me).len(), 7);
+        assert!(node.outgoing[6]
             .iter()
-            .any(|f| f.node == me && f.alive && f.stamp > 5));
+            .any(|e| e.node == me && e.alive && e.stamp > 5));
+    }
+
+    /// Delivers every request among `nodes` (answering it) until none is left; returns how
+    /// many times each node received an event about `subject`.
+    fn run_broadcast(nodes: &mut [OneHop], subject: Id, rounds: usize) -> Vec<usize> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut tok = 0;
+        let mut got = vec![0usize; nodes.len()];
+        let index: HashMap<Id, usize> = nodes.iter().enumerate().map(|(i, n)| (n.me, i)).collect();
+        for round in 0..rounds {
+            let now = Time(1_000 * (round as u64 + 1));
+            let mut sent = Vec::new();
+            for (i, n) in nodes.iter_mut().enumerate() {
+                let mut actions = Vec::new();
+                let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
+                n.on_timer(&mut ctx, T_GOSSIP);
+                sent.extend(actions.into_iter().map(|a| (i, a)));
+            }
+            for (from, a) in sent {
+                let TopologyAction::Request {
+                    token,
+                    target: Target::Direct(t),
+                    body,
+                } = a
+                else {
+                    continue;
+                };
+                let to = index[&t];
+                if let Body::UpdateReq(u) = &body {
+                    let m = pb::OneHopUpdate::decode(u.overlay_specific.as_slice()).unwrap();
+                    got[to] += m
+                        .events
+                        .iter()
+                        .filter(|e| Id::from_slice(&e.node) == Some(subject))
+                        .count();
+                }
+                let me = nodes[from].me;
+                let mut actions = Vec::new();
+                let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
+                let ans = nodes[to].on_request(&mut ctx, me, &body).map_err(|e| e.1);
+                let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
+                let ans = ans.map_err(|e| pb::ErrorAns {
+                    code: ErrorCode::Unspecified as i32,
+                    info: e.into_bytes(),
+                });
+                nodes[from].on_answer(&mut ctx, token, Some(t), ans.as_ref());
+            }
+        }
+        got
+    }
+
+    fn fleet(n: usize) -> Vec<OneHop> {
+        let ids: Vec<Id> = (0..n as u128)
+            .map(|i| Id((i + 1) * (u128::MAX / 1000)))
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let mut tok = 0;
+        ids.iter()
+            .map(|me| {
+                let mut node = OneHop::new(*me, OneHopConfig::default());
+                let mut actions = Vec::new();
+                let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+                node.start_with_members(&mut ctx, &ids);
+                node
+            })
+            .collect()
+    }
+
+    #[test]
+    fn edra_delivers_an_event_to_every_member_exactly_once_within_log2_n_intervals() {
+        for n in [2usize, 3, 37, 128, 300] {
+            let mut nodes = fleet(n + 1);
+            // The last member crashed and node 0 noticed: the broadcast goes round the ring.
+            let gone = nodes.pop().map(|x| x.me).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+            let (mut actions, mut tok) = (Vec::new(), 1_000_000);
+            let mut ctx = Ctx::new(Time(500), &mut rng, &mut actions, &mut tok);
+            nodes[0].on_link(&mut ctx, LinkEvent::Failed(gone));
+            let levels = nodes[0].levels();
+            let got = run_broadcast(&mut nodes, gone, levels);
+            assert_eq!(got[0], 0, "n={n}: the origin got its own event back");
+            assert!(
+                got[1..].iter().all(|c| *c == 1),
+                "n={n}: deliveries per node {got:?}"
+            );
+            assert!(nodes.iter().all(|x| !x.members.contains(&gone)));
+            // Nothing is left queued anywhere: the broadcast ended.
+            assert!(nodes.iter().all(|x| x.outgoing.iter().all(Vec::is_empty)));
+        }
+    }
+
+    #[test]
+    fn a_message_to_a_dead_successor_goes_to_the_next_one() {
+        let mut nodes = fleet(16);
+        let dead = nodes[1].me; // node 0's 2^0-th successor
+        let stranger = Id(7);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (mut actions, mut tok) = (Vec::new(), 1_000_000);
+        let mut ctx = Ctx::new(Time(500), &mut rng, &mut actions, &mut tok);
+        nodes[0].announce(&mut ctx, stranger, true, 500);
+        let mut ctx = Ctx::new(Time(600), &mut rng, &mut actions, &mut tok);
+        nodes[0].gossip(&mut ctx);
+        let level0 = nodes[0]
+            .pending
+            .iter()
+            .find(|(_, p)| **p == Pending::Gossip(dead, 0))
+            .map(|(t, _)| *t)
+            .expect("M(0) went to node 1");
+        let err = pb::ErrorAns {
+            code: ErrorCode::Unspecified as i32,
+            info: b"link failed".to_vec(),
+        };
+        nodes[0].on_answer(&mut ctx, level0, None, Err(&err));
+        assert!(!nodes[0].members.contains(&dead));
+        // Re-queued at level 0 for the new successor (node 2), with the failure itself.
+        assert!(nodes[0].outgoing[0].iter().any(|e| e.node == stranger));
+        assert!(nodes[0].outgoing[0]
+            .iter()
+            .any(|e| e.node == dead && !e.alive));
     }
 }

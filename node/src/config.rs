@@ -131,12 +131,9 @@ impl Default for KademliaSection {
 pub struct OneHopSection {
     /// Copies besides the responsible peer's.
     pub replicas: usize,
-    /// Membership gossip interval, milliseconds.
+    /// How often queued membership events are sent on, milliseconds (an event reaches
+    /// every peer within about log2(N) of these).
     pub gossip_interval_ms: u64,
-    /// Members each gossip round goes to.
-    pub fanout: usize,
-    /// Rounds an event is passed on; 0 = ln(N)/ln(fanout + 1) + 3.
-    pub rounds: u32,
     /// Successor check, seconds; 0 turns it off.
     pub stabilize_interval_s: u64,
     pub self_lookup_interval_s: u64,
@@ -148,8 +145,6 @@ impl Default for OneHopSection {
         OneHopSection {
             replicas: c.replicas,
             gossip_interval_ms: c.gossip_interval.as_millis() as u64,
-            fanout: c.fanout,
-            rounds: c.rounds,
             stabilize_interval_s: c.stabilize_interval.map_or(0, |d| d.as_secs()),
             self_lookup_interval_s: c.self_lookup_interval.as_secs(),
         }
@@ -332,8 +327,6 @@ impl Config {
                 *c = OneHopConfig {
                     replicas: s.replicas,
                     gossip_interval: Duration::from_millis(s.gossip_interval_ms.max(10)),
-                    fanout: s.fanout,
-                    rounds: s.rounds,
                     stabilize_interval: secs_or_off(s.stabilize_interval_s),
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
                     ..OneHopConfig::default()

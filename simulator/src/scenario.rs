@@ -132,9 +132,6 @@ impl Default for KademliaParams {
 pub struct OneHopParams {
     pub replicas: usize,
     pub gossip_interval: String,
-    pub fanout: usize,
-    /// 0: ln(N)/ln(fanout + 1) + 3.
-    pub rounds: u32,
     /// "" turns the successor check off.
     pub stabilize_interval: String,
     pub self_lookup_interval: String,
@@ -145,8 +142,6 @@ impl Default for OneHopParams {
         OneHopParams {
             replicas: 2,
             gossip_interval: "5s".into(),
-            fanout: 2,
-            rounds: 0,
             stabilize_interval: "30s".into(),
             self_lookup_interval: "300s".into(),
         }
@@ -386,8 +381,6 @@ impl Scenario {
                 *oc = OneHopConfig {
                     replicas: o.replicas,
                     gossip_interval: dur("onehop.gossip_interval", &o.gossip_interval)?,
-                    fanout: o.fanout,
-                    rounds: o.rounds,
                     stabilize_interval: opt_dur(
                         "onehop.stabilize_interval",
                         &o.stabilize_interval,
