@@ -56,10 +56,16 @@ impl IdSet {
         let Err(pos) = chunk.binary_search(&id) else {
             return false;
         };
+        if chunk.len() == chunk.capacity() {
+            // Grow by small steps: at a full membership per peer, doubling would waste
+            // a third of the memory on average.
+            chunk.reserve_exact(CHUNK / 8);
+        }
         chunk.insert(pos, id);
         self.len += 1;
         if chunk.len() > 2 * CHUNK {
             let tail = chunk.split_off(CHUNK);
+            chunk.shrink_to_fit();
             self.chunks.insert(c + 1, tail);
         }
         true
@@ -165,9 +171,19 @@ impl IdSet {
 
 impl Extend<Id> for IdSet {
     fn extend<T: IntoIterator<Item = Id>>(&mut self, iter: T) {
-        for id in iter {
-            self.insert(id);
+        let mut add: Vec<Id> = iter.into_iter().collect();
+        if add.len() < CHUNK {
+            for id in add {
+                self.insert(id);
+            }
+            return;
         }
+        // Many at once (a joiner's whole membership): rebuild in full chunks.
+        add.extend(self.iter());
+        add.sort_unstable();
+        add.dedup();
+        self.len = add.len();
+        self.chunks = add.chunks(CHUNK).map(<[Id]>::to_vec).collect();
     }
 }
 
@@ -192,6 +208,13 @@ mod tests {
             }
             assert_eq!(s.len(), t.len());
         }
+        let v: Vec<Id> = t.iter().copied().collect();
+        assert_eq!(s.iter().collect::<Vec<_>>(), v);
+        // A bulk extend (a joiner's membership) keeps the set sorted and deduplicated.
+        let bulk: Vec<Id> = (0..3_000u128).map(|i| Id((i * 7 % 6_000) << 110)).collect();
+        s.extend(bulk.iter().copied());
+        t.extend(bulk);
+        assert_eq!(s.len(), t.len());
         let v: Vec<Id> = t.iter().copied().collect();
         assert_eq!(s.iter().collect::<Vec<_>>(), v);
         for probe in 0..200u128 {

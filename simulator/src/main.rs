@@ -176,7 +176,24 @@ fn run_one(sc: &Scenario, quiet: bool) -> anyhow::Result<Report> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{} peers, {}", sc.nodes, sc.algorithm));
-    let mut progress = |done: f64, _all: f64| bar.set_position(done as u64);
+    // Without a terminal (CI logs, nohup) the bar is not drawn: a line every 10% instead.
+    let lines = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = std::time::Instant::now();
+    let mut next_line = 0.1;
+    let mut progress = |done: f64, all: f64| {
+        bar.set_position(done as u64);
+        if lines && all > 0.0 && done / all >= next_line {
+            eprintln!(
+                "{} {} peers: {:.0}% of {} simulated s after {:.0} s",
+                sc.algorithm,
+                sc.nodes,
+                100.0 * done / all,
+                total,
+                started.elapsed().as_secs_f64()
+            );
+            next_line += 0.1;
+        }
+    };
     let report = runner.run(&mut progress);
     bar.finish_and_clear();
     Ok(report)
