@@ -44,7 +44,35 @@ pub struct Config {
     pub chord: ChordSection,
     pub kademlia: KademliaSection,
     pub onehop: OneHopSection,
+    pub sip: SipSection,
     pub log: LogSection,
+}
+
+/// The `[sip]` table: the SIP front-end (registrar and proxy), off by default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    pub enabled: bool,
+    /// UDP and TCP address of the front-end.
+    pub listen: String,
+    /// Domain of AORs whose URI names a node by IP address.
+    pub domain: String,
+    /// Registration lifetimes are clamped to at most this (seconds).
+    pub max_expires_s: u32,
+    /// Shorter registrations are refused with 423 (seconds).
+    pub min_expires_s: u32,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            enabled: false,
+            listen: "0.0.0.0:5060".into(),
+            domain: "p2psip".into(),
+            max_expires_s: 3600,
+            min_expires_s: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -178,6 +206,7 @@ impl Default for Config {
             chord: ChordSection::default(),
             kademlia: KademliaSection::default(),
             onehop: OneHopSection::default(),
+            sip: SipSection::default(),
             log: LogSection::default(),
         }
     }
@@ -262,6 +291,18 @@ impl Config {
                 "log.format: \"human\" or \"json\", not {:?}",
                 self.log.format
             );
+        }
+        if self.sip.enabled {
+            self.sip
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("sip.listen {:?}: {e}", self.sip.listen))?;
+            if self.sip.domain.is_empty() {
+                bail!("sip.domain must not be empty");
+            }
+            if self.sip.min_expires_s > self.sip.max_expires_s {
+                bail!("sip.min_expires_s must not exceed sip.max_expires_s");
+            }
         }
         if self.timers.request_timeout_ms == 0 {
             bail!("timers.request_timeout_ms must be positive");

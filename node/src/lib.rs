@@ -9,6 +9,7 @@ pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod runtime;
+pub mod sip;
 pub mod store;
 pub mod tls;
 pub mod transport;

@@ -6,7 +6,7 @@ use p2psip_algorithms::{Event, Id};
 use p2psip_node::cli_ops::{build_value, kind_of, parse_duration, values_json, values_of};
 use p2psip_node::config::Config;
 use p2psip_node::runtime::{self, NodeHandle, Role};
-use p2psip_node::{identity, metrics};
+use p2psip_node::{identity, metrics, sip};
 use p2psip_proto::security::Identity;
 use p2psip_proto::Body;
 use serde_json::json;
@@ -97,6 +97,10 @@ struct NodeArgs {
     /// Address of the Prometheus /metrics endpoint, e.g. 0.0.0.0:9470.
     #[arg(long, env = "P2PSIP_METRICS")]
     metrics: Option<String>,
+    /// Turns the SIP front-end (registrar and proxy) on at this UDP/TCP address, e.g.
+    /// 0.0.0.0:5060 (the [sip] table of the configuration holds its other settings).
+    #[arg(long, env = "P2PSIP_SIP")]
+    sip: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -196,6 +200,11 @@ struct DevnetArgs {
     /// First UDP port; peers take consecutive ports (0: any free ports).
     #[arg(long, default_value_t = 0)]
     base_port: u16,
+    /// Turns on a SIP front-end (registrar and proxy) on every peer, on 127.0.0.1 from
+    /// this UDP/TCP port up (5060: peers get 5060, 5061, ...; 0: any free ports). SIP
+    /// phones or SIPp register and call through any of them.
+    #[arg(long)]
+    sip: Option<u16>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -282,6 +291,10 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
     if let Some(v) = a.metrics {
         cfg.metrics = v;
     }
+    if let Some(v) = a.sip {
+        cfg.sip.enabled = true;
+        cfg.sip.listen = v;
+    }
     if let Some(v) = a.log.log_format {
         cfg.log.format = v;
     }
@@ -314,6 +327,14 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         "p2psip node {:#} listening on {} (overlay {:?}, algorithm {})",
         h.id, h.addr, cfg.overlay, cfg.algorithm
     );
+    let _sip = if cfg.sip.enabled {
+        let s = sip::SipSettings::from_config(&cfg.sip, h.advertised)?;
+        let fe = sip::start(h.client(), s).await?;
+        println!("SIP front-end on udp/tcp {}", fe.addr);
+        Some(fe)
+    } else {
+        None
+    };
     std::io::stdout().flush().ok();
     wait_for_signal(&h).await;
     h.shutdown().await;
@@ -715,6 +736,27 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut front_ends = Vec::new();
+    if let Some(sip_base) = a.sip {
+        for (i, n) in nodes.iter().enumerate() {
+            let port = if sip_base == 0 {
+                0
+            } else {
+                sip_base.saturating_add(i as u16)
+            };
+            let s = p2psip_node::sip::SipSettings::from_config(
+                &p2psip_node::config::SipSection {
+                    enabled: true,
+                    listen: format!("127.0.0.1:{port}"),
+                    ..Default::default()
+                },
+                n.advertised,
+            )?;
+            let fe = p2psip_node::sip::start(n.client(), s).await?;
+            println!("  SIP front-end of peer {} on udp/tcp {}", n.id, fe.addr);
+            front_ends.push(fe);
+        }
     }
     for n in &nodes {
         let st = n.status().await?;

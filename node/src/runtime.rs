@@ -44,8 +44,11 @@ pub struct Status {
 
 type OpFn = Box<dyn FnOnce(&mut OverlayNode, Time) -> OpId + Send>;
 
+type CoreFn = Box<dyn FnOnce(&mut OverlayNode) + Send>;
+
 enum Command {
     Op(OpFn, oneshot::Sender<Event>),
+    Core(CoreFn),
     Status(oneshot::Sender<Status>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -54,6 +57,8 @@ enum Command {
 pub struct NodeHandle {
     pub id: NodeId,
     pub addr: SocketAddr,
+    /// The address given to other nodes (None: none could be found).
+    pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -70,7 +75,14 @@ fn label(id: NodeId) -> String {
     format!("{id}")
 }
 
-impl NodeHandle {
+/// A cloneable handle for applications on a node (the SIP front-end): operations only.
+#[derive(Clone)]
+pub struct NodeClient {
+    pub id: NodeId,
+    cmd: mpsc::Sender<Command>,
+}
+
+impl NodeClient {
     /// Runs an operation on the node and waits for its completion.
     pub async fn op(
         &self,
@@ -83,6 +95,29 @@ impl NodeHandle {
             .map_err(|_| anyhow!("node stopped"))?;
         rx.await
             .map_err(|_| anyhow!("node stopped before answering"))
+    }
+
+    /// Changes the node's core (no answer awaited beyond the hand-over).
+    pub async fn with_core(&self, f: impl FnOnce(&mut OverlayNode) + Send + 'static) {
+        let _ = self.cmd.send(Command::Core(Box::new(f))).await;
+    }
+}
+
+impl NodeHandle {
+    /// A cloneable handle for applications on this node.
+    pub fn client(&self) -> NodeClient {
+        NodeClient {
+            id: self.id,
+            cmd: self.cmd.clone(),
+        }
+    }
+
+    /// Runs an operation on the node and waits for its completion.
+    pub async fn op(
+        &self,
+        f: impl FnOnce(&mut OverlayNode, Time) -> OpId + Send + 'static,
+    ) -> anyhow::Result<Event> {
+        self.client().op(f).await
     }
 
     pub async fn status(&self) -> anyhow::Result<Status> {
@@ -251,12 +286,13 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     Ok(NodeHandle {
         id,
         addr,
+        advertised: me,
         cmd: cmd_tx,
         task,
     })
 }
 
-fn candidate(a: SocketAddr) -> pb::Candidate {
+pub fn candidate(a: SocketAddr) -> pb::Candidate {
     pb::Candidate {
         address: match a.ip() {
             IpAddr::V4(v) => v.octets().to_vec(),
@@ -268,7 +304,7 @@ fn candidate(a: SocketAddr) -> pb::Candidate {
     }
 }
 
-fn candidate_addr(c: &pb::Candidate) -> Option<SocketAddr> {
+pub fn candidate_addr(c: &pb::Candidate) -> Option<SocketAddr> {
     let ip: IpAddr = match c.address.len() {
         4 => <[u8; 4]>::try_from(c.address.as_slice()).ok()?.into(),
         16 => <[u8; 16]>::try_from(c.address.as_slice()).ok()?.into(),
@@ -572,6 +608,7 @@ impl Runtime {
                     fatal: self.fatal.clone(),
                 });
             }
+            Command::Core(f) => f(&mut self.core),
             Command::Shutdown(tx) => self.begin_shutdown(tx),
         }
     }

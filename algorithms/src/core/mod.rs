@@ -125,6 +125,8 @@ pub struct OverlayNode {
     stats: Stats,
     /// How other nodes reach this one (set by the transport).
     candidates: Vec<pb::Candidate>,
+    /// Where this node's applications listen, by application number (AppAttach).
+    app_candidates: HashMap<u32, Vec<pb::Candidate>>,
     /// Requests that left recently, for hop-by-hop recovery.
     sent: VecDeque<recovery::Sent>,
     /// Measured round trips of direct and of routed requests.
@@ -168,6 +170,7 @@ impl OverlayNode {
             leave_pending: 0,
             stats: Stats::default(),
             candidates: Vec::new(),
+            app_candidates: HashMap::new(),
             sent: VecDeque::new(),
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
@@ -212,6 +215,16 @@ impl OverlayNode {
 
     pub fn storage(&self) -> &dyn Storage {
         self.store.as_ref()
+    }
+
+    /// Sets where application `application` (5060: SIP) listens on this node, given out in
+    /// AppAttach answers; an empty list stops serving it.
+    pub fn set_app_candidates(&mut self, application: u32, candidates: Vec<pb::Candidate>) {
+        if candidates.is_empty() {
+            self.app_candidates.remove(&application);
+        } else {
+            self.app_candidates.insert(application, candidates);
+        }
     }
 
     /// Sets the transport candidates this node gives out in Attach exchanges.
@@ -449,6 +462,28 @@ impl OverlayNode {
             _ => Target::Route(vec![Destination::Node(node)]),
         };
         self.client_request(now, target, body.into())
+    }
+
+    /// AppAttach: asks the node `node` where its application `application` listens (routed
+    /// through the overlay); the answer is an AppAttachAns with the application's
+    /// candidates, over which the application opens its own connection.
+    pub fn app_attach(&mut self, now: Time, node: NodeId, application: u32) -> OpId {
+        let body = pb::AppAttachReq {
+            ufrag: Vec::new(),
+            password: Vec::new(),
+            application,
+            role: "active".into(),
+            candidates: self
+                .app_candidates
+                .get(&application)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        self.client_request(
+            now,
+            Target::Route(vec![Destination::Node(node)]),
+            body.into(),
+        )
     }
 
     fn client_request(&mut self, now: Time, target: Target, body: Body) -> OpId {

@@ -1,0 +1,329 @@
+//! SIP through the overlay with real SIP software: five `p2psip node` processes with their
+//! SIP front-ends on 127.0.0.1; SIPp registers `alice` through one node and a SIPp UAC
+//! calls her 50 times through another (INVITE/180/200/ACK/BYE, ACK and BYE along the
+//! Record-Route set); an unknown user gets 404, an expired one 480; after the node that
+//! holds alice's registration is SIGKILLed, her calls still complete (the record is
+//! fetched from a replica). Needs `sipp` (Debian's sip-tester; `.ci/run` installs it).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use p2psip_algorithms::Id;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const OVERLAY: &str = "sip.test";
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sip")
+        .join(name)
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A background SIPp, killed on drop.
+struct Sipp(Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs SIPp to the end (bounded by its own -timeout); returns its exit code (0: every
+/// call succeeded) and its screen.
+fn sipp(dir: &Path, target: &str, args: &[&str]) -> (i32, String) {
+    let port = free_udp_port().to_string();
+    let out = Command::new("sipp")
+        .current_dir(dir)
+        .arg(target)
+        .args(["-i", "127.0.0.1", "-p", &port, "-nostdin", "-trace_err"])
+        .args(["-timeout", "60", "-timeout_error", "-recv_timeout", "10000"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn errors(dir: &Path) -> String {
+    let mut s = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with("_errors.log") {
+            s += &std::fs::read_to_string(e.path()).unwrap_or_default();
+        }
+    }
+    s.chars().take(4000).collect()
+}
+
+/// Call set-up times (INVITE to 200 OK, ms) of every `uac_*_rtt.csv` in `dir`.
+fn setup_times(dir: &Path) -> Vec<f64> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("uac_") && n.ends_with("_rtt.csv") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                if let Some(ms) = line.split(';').nth(1).and_then(|x| x.parse().ok()) {
+                    v.push(ms);
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn joined(n: &NodeProc) -> bool {
+    scrape(n.metrics)
+        .map(|t| {
+            let s = parse_prometheus(&t);
+            metric_sum(&s, "p2psip_overlay_joined", &[]) == 1.0
+                && metric_sum(&s, "p2psip_routing_successors", &[]) >= 1.0
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn sipp_registers_and_calls_through_the_overlay() {
+    if Command::new("sipp").arg("-v").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "sipp is missing (apt install sip-tester)"
+        );
+        eprintln!("sipp not installed: SIP test skipped");
+        return;
+    }
+    let root = TempDir::new("sip");
+    let mut nodes: Vec<(NodeProc, u16)> = Vec::new();
+    for i in 0..5 {
+        let dir = root.0.join(format!("n{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let boot: Vec<_> = nodes.first().map(|(n, _)| n.addr).into_iter().collect();
+        let config = write_config(&dir, OVERLAY, &boot, "127.0.0.1:0");
+        let sip_port = free_udp_port();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text += &format!(
+            "[sip]\nenabled = true\nlisten = \"127.0.0.1:{sip_port}\"\nmin_expires_s = 1\n"
+        );
+        std::fs::write(&config, text).unwrap();
+        nodes.push((spawn_node(&dir, config), sip_port));
+    }
+    for (n, _) in &nodes {
+        assert!(
+            eventually(Duration::from_secs(30), || joined(n).then_some(())).is_some(),
+            "node {} did not join",
+            n.id
+        );
+    }
+    // Who holds alice's registration record: the successor of hash(AOR) on the ring.
+    let aor = Id::hash_of(b"sip:alice@p2psip");
+    let mut ids: Vec<(u128, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (u128::from_str_radix(&n.id, 16).unwrap(), i))
+        .collect();
+    ids.sort();
+    let holder = ids.iter().find(|(id, _)| *id >= aor.0).unwrap_or(&ids[0]).1;
+    let others: Vec<usize> = (0..5).filter(|i| *i != holder).collect();
+    let (reg, call) = (others[0], others[2]);
+    let target = |i: usize| format!("127.0.0.1:{}", nodes[i].1);
+    let work = root.0.join("sipp");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // alice's phone, and her registration through node `reg`.
+    let uas_port = free_udp_port().to_string();
+    let _uas = Sipp(
+        Command::new("sipp")
+            .current_dir(&work)
+            .arg("-sf")
+            .arg(scenario("uas.xml"))
+            .args(["-s", "alice", "-i", "127.0.0.1", "-p", &uas_port])
+            .args(["-nostdin", "-trace_err"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let register = |user: &str, expires: &str| {
+        let (code, screen) = sipp(
+            &work,
+            &target(reg),
+            &["-sf", scenario("register.xml").to_str().unwrap()]
+                .into_iter()
+                .chain(["-s", user, "-m", "1"])
+                .chain(["-key", "uas_port", &uas_port, "-key", "expires", expires])
+                .collect::<Vec<_>>(),
+        );
+        (code, screen)
+    };
+    // Right after the joins the ring may still settle: the first store is retried.
+    let registered = eventually(Duration::from_secs(30), || {
+        (register("alice", "3600").0 == 0).then_some(())
+    });
+    assert!(registered.is_some(), "REGISTER failed: {}", errors(&work));
+
+    // 50 calls through node `call`: every one completes.
+    let calls = |n: &str| {
+        sipp(
+            &work,
+            &target(call),
+            &[
+                "-sf",
+                scenario("uac.xml").to_str().unwrap(),
+                "-s",
+                "alice",
+                "-m",
+                n,
+                "-r",
+                "20",
+                "-trace_rtt",
+                "-rtt_freq",
+                "1",
+            ],
+        )
+    };
+    let t = Instant::now();
+    let (code, screen) = calls("50");
+    assert_eq!(code, 0, "calls failed:\n{screen}\n{}", errors(&work));
+    let times = setup_times(&work);
+    assert_eq!(times.len(), 50, "one set-up time per call");
+    eprintln!(
+        "50 calls through the overlay in {:.1?}: set-up median {} ms, p99 {} ms",
+        t.elapsed(),
+        pct(&times, 0.5),
+        pct(&times, 0.99)
+    );
+
+    // Nobody registered as bob: 404.
+    let (code, _) = sipp(
+        &work,
+        &target(call),
+        &[
+            "-sf",
+            scenario("uac-404.xml").to_str().unwrap(),
+            "-s",
+            "bob",
+            "-m",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "no 404 for an unknown user: {}", errors(&work));
+
+    // carol registered for 1 s (with a contact nobody answers at): once that second has
+    // passed, 480. (Waiting out the registration's lifetime is the behaviour under test.)
+    let dead_port = free_udp_port().to_string();
+    let (code, _) = sipp(
+        &work,
+        &target(reg),
+        &[
+            "-sf",
+            scenario("register.xml").to_str().unwrap(),
+            "-s",
+            "carol",
+            "-m",
+            "1",
+        ]
+        .into_iter()
+        .chain(["-key", "uas_port", &dead_port, "-key", "expires", "1"])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{}", errors(&work));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, _) = sipp(
+        &work,
+        &target(call),
+        &[
+            "-sf",
+            scenario("uac-480.xml").to_str().unwrap(),
+            "-s",
+            "carol",
+            "-m",
+            "1",
+        ],
+    );
+    assert_eq!(
+        code,
+        0,
+        "no 480 for an expired registration: {}",
+        errors(&work)
+    );
+
+    // The node holding alice's record dies; her phone's node stays up.
+    let (dead, _) = nodes.remove(holder);
+    drop(dead);
+    let call_idx = if call > holder { call - 1 } else { call };
+    let call_port = nodes[call_idx].1;
+    let calls_after = |n: &str| {
+        sipp(
+            &work,
+            &format!("127.0.0.1:{call_port}"),
+            &[
+                "-sf",
+                scenario("uac.xml").to_str().unwrap(),
+                "-s",
+                "alice",
+                "-m",
+                n,
+                "-r",
+                "20",
+                // While the ring repairs, a late duplicate (a 180 after the 200 of an INVITE
+                // that was retransmitted) is not a failed call.
+                "-default_behaviors",
+                "all,-abortunexp",
+            ],
+        )
+    };
+    let back = eventually(Duration::from_secs(30), || {
+        (calls_after("1").0 == 0).then_some(())
+    });
+    if back.is_none() {
+        for (n, _) in &nodes {
+            let (code, out, err) = client(
+                n.addr,
+                OVERLAY,
+                &["fetch", "sip:alice@p2psip", "--kind", "sip-registration"],
+            );
+            eprintln!("fetch through {}: {code} {out} {err}", n.id);
+            let log = std::fs::read_to_string(&n.stderr_log).unwrap_or_default();
+            for l in log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("refus"))
+                .take(8)
+            {
+                eprintln!("  {l}");
+            }
+        }
+    }
+    assert!(
+        back.is_some(),
+        "no call completed after the holder died: {}",
+        errors(&work)
+    );
+    let (code, screen) = calls_after("20");
+    assert_eq!(
+        code,
+        0,
+        "calls after the holder died:\n{screen}\n{}",
+        errors(&work)
+    );
+}
