@@ -158,11 +158,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             match i.udp.recv_from(&mut buf).await {
-                Ok((n, src)) => {
-                    let bytes = buf[..n].to_vec();
-                    let i = i.clone();
-                    tokio::spawn(async move { i.handle(bytes, src, Via::Udp).await });
-                }
+                Ok((n, src)) => i.clone().dispatch(buf[..n].to_vec(), src, Via::Udp).await,
                 Err(e) => tracing::debug!(error = %e, "SIP: UDP receive"),
             }
         }
@@ -366,8 +362,7 @@ impl Inner {
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while let Some(m) = read_message(&mut rd, &mut buf).await {
-                let me2 = me.clone();
-                tokio::spawn(async move { me2.handle(m, peer, Via::Tcp).await });
+                me.clone().dispatch(m, peer, Via::Tcp).await;
             }
             me.tcp.remove(&peer);
         });
@@ -397,6 +392,16 @@ impl Inner {
             .map_or(src, |(a, _)| if via == Via::Tcp { src } else { a });
         self.send(r.to_string().into_bytes(), to, via == Via::Tcp)
             .await;
+    }
+
+    /// Responses are sent on at once, in the order they came (a 180 must not overtake its
+    /// 200); requests, which may wait for the overlay, each get a task.
+    async fn dispatch(self: Arc<Self>, bytes: Vec<u8>, src: SocketAddr, via: Via) {
+        if bytes.starts_with(b"SIP/") {
+            self.handle(bytes, src, via).await;
+        } else {
+            tokio::spawn(self.handle(bytes, src, via));
+        }
     }
 
     async fn handle(self: Arc<Self>, bytes: Vec<u8>, src: SocketAddr, via: Via) {
