@@ -462,21 +462,6 @@ impl Topology for Chord {
     fn replica_set(&self, resource: Id) -> Vec<NodeId> {
         let view = self.ring_view();
         let n = self.cfg.replicas + 1;
-        // A small ring, known whole (a successor is also a predecessor): the view is cut
-        // at our predecessors' end, so go round the ring itself.
-        if self
-            .succs
-            .ids()
-            .iter()
-            .any(|s| self.preds.ids().contains(s))
-        {
-            let mut all = view;
-            all.sort();
-            let i = all.partition_point(|x| *x < resource);
-            return (0..n.min(all.len()))
-                .map(|k| all[(i + k) % all.len()])
-                .collect();
-        }
         for i in 1..view.len() {
             if in_open_closed(resource, view[i - 1], view[i]) {
                 return view[i..].iter().take(n).copied().collect();
@@ -775,30 +760,6 @@ impl Topology for Chord {
             predecessors: self.preds.ids().to_vec(),
             successors: self.succs.ids().to_vec(),
             fingers: self.fingers.distinct(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    /// In a ring smaller than the successor and predecessor lists together, every member
-    /// is both: the replica set must still be the responsible peer and the next ones.
-    #[test]
-    fn a_small_ring_still_has_full_replica_sets() {
-        let members: Vec<Id> = (1..=5u128).map(|i| Id(i << 120)).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let (mut actions, mut tok) = (Vec::new(), 0);
-        let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
-        for (k, me) in members.iter().enumerate() {
-            let mut node = Chord::new(*me, ChordConfig::default());
-            node.start_with_members(&mut ctx, &members);
-            for (r, want) in [(Id((1 << 120) + 1), [1, 2, 3]), (Id(5 << 120), [4, 0, 1])] {
-                let want: Vec<Id> = want.iter().map(|i| members[*i]).collect();
-                assert_eq!(node.replica_set(r), want, "member {k}, resource {r}");
-            }
         }
     }
 }
