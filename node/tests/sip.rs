@@ -1,4 +1,4 @@
-//! SIP through the overlay with real SIP software: ten `p2psip node` processes with their
+//! SIP through the overlay with real SIP software: five `p2psip node` processes with their
 //! SIP front-ends on 127.0.0.1; SIPp registers `alice` through one node and a SIPp UAC
 //! calls her 50 times through another (INVITE/180/200/ACK/BYE, ACK and BYE along the
 //! Record-Route set); an unknown user gets 404, an expired one 480; after the node that
@@ -115,7 +115,7 @@ fn sipp_registers_and_calls_through_the_overlay() {
     }
     let root = TempDir::new("sip");
     let mut nodes: Vec<(NodeProc, u16)> = Vec::new();
-    for i in 0..10 {
+    for i in 0..5 {
         let dir = root.0.join(format!("n{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let boot: Vec<_> = nodes.first().map(|(n, _)| n.addr).into_iter().collect();
@@ -144,7 +144,7 @@ fn sipp_registers_and_calls_through_the_overlay() {
         .collect();
     ids.sort();
     let holder = ids.iter().find(|(id, _)| *id >= aor.0).unwrap_or(&ids[0]).1;
-    let others: Vec<usize> = (0..10).filter(|i| *i != holder).collect();
+    let others: Vec<usize> = (0..5).filter(|i| *i != holder).collect();
     let (reg, call) = (others[0], others[2]);
     let target = |i: usize| format!("127.0.0.1:{}", nodes[i].1);
     let work = root.0.join("sipp");

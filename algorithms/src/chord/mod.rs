@@ -462,10 +462,33 @@ impl Topology for Chord {
     fn replica_set(&self, resource: Id) -> Vec<NodeId> {
         let view = self.ring_view();
         let n = self.cfg.replicas + 1;
+        // In a ring smaller than our lists (a successor is also a predecessor) the view is
+        // the whole ring, cut at our farthest predecessor, which follows its last entry: a
+        // set that runs off the end goes on from the start.
+        let wraps = self
+            .succs
+            .ids()
+            .iter()
+            .any(|s| self.preds.ids().contains(s));
+        let from = |i: usize| -> Vec<NodeId> {
+            let mut v: Vec<NodeId> = view[i..].iter().take(n).copied().collect();
+            if wraps {
+                for x in view.iter().take(i) {
+                    if v.len() >= n {
+                        break;
+                    }
+                    v.push(*x);
+                }
+            }
+            v
+        };
         for i in 1..view.len() {
             if in_open_closed(resource, view[i - 1], view[i]) {
-                return view[i..].iter().take(n).copied().collect();
+                return from(i);
             }
+        }
+        if wraps && view.len() > 1 {
+            return from(0);
         }
         if view.len() == 1 {
             return vec![self.me];
@@ -760,6 +783,42 @@ impl Topology for Chord {
             predecessors: self.preds.ids().to_vec(),
             successors: self.succs.ids().to_vec(),
             fingers: self.fingers.distinct(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// In a ring smaller than the successor and predecessor lists together, every member
+    /// is both: the replica set of what a member holds must still be the responsible peer
+    /// and the next ones (before the fix, a 5-peer ring replicated nothing).
+    #[test]
+    fn a_small_ring_still_has_full_replica_sets() {
+        for size in [2u128, 3, 5, 7, 9] {
+            let members: Vec<Id> = (1..=size).map(|i| Id(i << 120)).collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+            let (mut actions, mut tok) = (Vec::new(), 0);
+            let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+            let len = members.len();
+            for (k, me) in members.iter().enumerate() {
+                let mut node = Chord::new(*me, ChordConfig::default());
+                node.start_with_members(&mut ctx, &members);
+                // The resources this member holds: its own and its two predecessors'.
+                for j in [k, (k + len - 1) % len, (k + len - 2) % len] {
+                    let r = &members[j];
+                    // A resource just after member j-1 belongs to member j.
+                    let resource = Id(r.0 - 1);
+                    let want: Vec<Id> = (0..3.min(len)).map(|d| members[(j + d) % len]).collect();
+                    assert_eq!(
+                        node.replica_set(resource),
+                        want,
+                        "ring of {size}, member {k}, resource of member {j}"
+                    );
+                }
+            }
         }
     }
 }
