@@ -167,7 +167,9 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
     let tcp_task = tokio::spawn(async move {
         loop {
             match tcp.accept().await {
-                Ok((s, src)) => i.clone().serve_tcp(s, src),
+                Ok((s, src)) => {
+                    i.register_tcp(s, src);
+                }
                 Err(e) => tracing::debug!(error = %e, "SIP: TCP accept"),
             }
         }
@@ -367,10 +369,6 @@ impl Inner {
             me.tcp.remove(&peer);
         });
         tx
-    }
-
-    fn serve_tcp(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
-        self.register_tcp(s, peer);
     }
 
     async fn reply(

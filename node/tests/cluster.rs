@@ -10,16 +10,6 @@ use std::time::Duration;
 
 const OVERLAY: &str = "cluster.test";
 
-fn joined(n: &NodeProc) -> bool {
-    scrape(n.metrics)
-        .map(|t| {
-            let s = parse_prometheus(&t);
-            metric_sum(&s, "p2psip_overlay_joined", &[]) == 1.0
-                && metric_sum(&s, "p2psip_routing_successors", &[]) >= 1.0
-        })
-        .unwrap_or(false)
-}
-
 fn fetch(peer: &NodeProc, name: &str) -> Option<String> {
     let (code, out, _) = client(peer.addr, OVERLAY, &["fetch", name]);
     (code == 0).then(|| out.trim().to_string())

@@ -60,6 +60,24 @@ fn sipp(dir: &Path, target: &str, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `n` calls to alice through the front-end at `target`, 20 per second, with the UAC
+/// scenario (INVITE/180/200/ACK/BYE).
+fn call_alice(dir: &Path, target: &str, n: &str, extra: &[&str]) -> (i32, String) {
+    let uac = scenario("uac.xml");
+    let mut args = vec![
+        "-sf",
+        uac.to_str().unwrap(),
+        "-s",
+        "alice",
+        "-m",
+        n,
+        "-r",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    sipp(dir, target, &args)
+}
+
 fn errors(dir: &Path) -> String {
     let mut s = String::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -91,16 +109,6 @@ fn setup_times(dir: &Path) -> Vec<f64> {
 
 fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn joined(n: &NodeProc) -> bool {
-    scrape(n.metrics)
-        .map(|t| {
-            let s = parse_prometheus(&t);
-            metric_sum(&s, "p2psip_overlay_joined", &[]) == 1.0
-                && metric_sum(&s, "p2psip_routing_successors", &[]) >= 1.0
-        })
-        .unwrap_or(false)
 }
 
 #[test]
@@ -183,27 +191,13 @@ fn sipp_registers_and_calls_through_the_overlay() {
     assert!(registered.is_some(), "REGISTER failed: {}", errors(&work));
 
     // 50 calls through node `call`: every one completes.
-    let calls = |n: &str| {
-        sipp(
-            &work,
-            &target(call),
-            &[
-                "-sf",
-                scenario("uac.xml").to_str().unwrap(),
-                "-s",
-                "alice",
-                "-m",
-                n,
-                "-r",
-                "20",
-                "-trace_rtt",
-                "-rtt_freq",
-                "1",
-            ],
-        )
-    };
     let t = Instant::now();
-    let (code, screen) = calls("50");
+    let (code, screen) = call_alice(
+        &work,
+        &target(call),
+        "50",
+        &["-trace_rtt", "-rtt_freq", "1"],
+    );
     assert_eq!(code, 0, "calls failed:\n{screen}\n{}", errors(&work));
     let times = setup_times(&work);
     assert_eq!(times.len(), 50, "one set-up time per call");
@@ -273,26 +267,11 @@ fn sipp_registers_and_calls_through_the_overlay() {
     drop(dead);
     let call_idx = if call > holder { call - 1 } else { call };
     let call_port = nodes[call_idx].1;
-    let calls_after = |n: &str| {
-        sipp(
-            &work,
-            &format!("127.0.0.1:{call_port}"),
-            &[
-                "-sf",
-                scenario("uac.xml").to_str().unwrap(),
-                "-s",
-                "alice",
-                "-m",
-                n,
-                "-r",
-                "20",
-                // While the ring repairs, a late duplicate (a 180 after the 200 of an INVITE
-                // that was retransmitted) is not a failed call.
-                "-default_behaviors",
-                "all,-abortunexp",
-            ],
-        )
-    };
+    // While the ring repairs, a late duplicate (a 180 after the 200 of an INVITE that was
+    // retransmitted) is not a failed call.
+    let tolerant = ["-default_behaviors", "all,-abortunexp"];
+    let after = format!("127.0.0.1:{call_port}");
+    let calls_after = |n: &str| call_alice(&work, &after, n, &tolerant);
     let back = eventually(Duration::from_secs(30), || {
         (calls_after("1").0 == 0).then_some(())
     });

@@ -264,3 +264,14 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The node reports itself joined with at least one successor (its /metrics).
+pub fn joined(n: &NodeProc) -> bool {
+    scrape(n.metrics)
+        .map(|t| {
+            let s = parse_prometheus(&t);
+            metric_sum(&s, "p2psip_overlay_joined", &[]) == 1.0
+                && metric_sum(&s, "p2psip_routing_successors", &[]) >= 1.0
+        })
+        .unwrap_or(false)
+}
