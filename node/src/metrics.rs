@@ -85,6 +85,10 @@ pub fn export(
         .absolute(transport.stats.oversized_drops.load(Ordering::Relaxed));
     counter!("p2psip_transport_refused_connections_total", "node" => n())
         .absolute(transport.stats.refused_connections.load(Ordering::Relaxed));
+    counter!("p2psip_app_streams_total", "node" => n(), "direction" => "opened")
+        .absolute(transport.stats.app_streams_opened.load(Ordering::Relaxed));
+    counter!("p2psip_app_streams_total", "node" => n(), "direction" => "accepted")
+        .absolute(transport.stats.app_streams_accepted.load(Ordering::Relaxed));
     counter!("p2psip_transaction_retransmissions_total", "node" => n()).absolute(s.retransmissions);
     counter!("p2psip_requests_rerouted_total", "node" => n()).absolute(s.rerouted);
     counter!("p2psip_transaction_timeouts_total", "node" => n()).absolute(s.timeouts);

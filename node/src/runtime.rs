@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::identity;
 use crate::metrics;
 use crate::store::DashStore;
-use crate::transport::{NetEvent, Transport};
+use crate::transport::{AppStream, NetEvent, Transport};
 use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::client::ClientTopology;
 use p2psip_algorithms::{
@@ -17,6 +17,7 @@ use p2psip_proto::Body;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,6 +61,7 @@ pub struct NodeHandle {
     /// The address given to other nodes (None: none could be found).
     pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
+    transport: Arc<Transport>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -79,7 +81,10 @@ fn label(id: NodeId) -> String {
 #[derive(Clone)]
 pub struct NodeClient {
     pub id: NodeId,
+    /// The node's QUIC endpoint as given to other nodes.
+    pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
+    transport: Arc<Transport>,
 }
 
 impl NodeClient {
@@ -101,6 +106,21 @@ impl NodeClient {
     pub async fn with_core(&self, f: impl FnOnce(&mut OverlayNode) + Send + 'static) {
         let _ = self.cmd.send(Command::Core(Box::new(f))).await;
     }
+
+    /// Serves application `app`: streams other nodes open for it (AppAttach).
+    pub fn serve_app(&self, app: u32) -> mpsc::Receiver<AppStream> {
+        self.transport.serve_app(app)
+    }
+
+    /// Opens a stream of application `app` to `node` at `addr` (an AppAttach candidate).
+    pub async fn open_app(
+        &self,
+        addr: SocketAddr,
+        node: NodeId,
+        app: u32,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        self.transport.open_app(addr, node, app).await
+    }
 }
 
 impl NodeHandle {
@@ -108,7 +128,9 @@ impl NodeHandle {
     pub fn client(&self) -> NodeClient {
         NodeClient {
             id: self.id,
+            advertised: self.advertised,
             cmd: self.cmd.clone(),
+            transport: self.transport.clone(),
         }
     }
 
@@ -264,7 +286,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     let rt = Runtime {
         label: label(id),
         core,
-        transport,
+        transport: transport.clone(),
         store,
         store_path,
         cache_path: cfg.data_dir.as_ref().map(|d| d.join("peers")),
@@ -288,6 +310,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         addr,
         advertised: me,
         cmd: cmd_tx,
+        transport,
         task,
     })
 }

@@ -1,10 +1,12 @@
 //! The SIP front-end of a node (RFC 7904's SIP usage, for this overlay): a registrar that
 //! stores bindings in the overlay and a stateless proxy that finds a callee's node through
-//! the overlay, asks it where its front-end listens (AppAttach, application 5060) and
-//! carries the request there; that node delivers it to the registered device. Responses
-//! follow the Via headers back; in-dialog requests follow the Record-Route set. SIP
-//! parsing is rsip's (a nom tokenizer); SIP itself stays standard: any UA can register
-//! and call through any node.
+//! the overlay, opens an application connection to it (AppAttach for application 5060,
+//! then a QUIC stream to the endpoint the answer names, proto/SPEC.md section 2.7) and
+//! carries the request over it; that node delivers it to the registered device. Responses
+//! follow the Via headers back; in-dialog requests follow the Record-Route set. Between
+//! nodes a Via or Record-Route entry names its node with a `node` parameter, and SIP rides
+//! the node's application stream. SIP parsing is rsip's (a nom tokenizer); SIP itself
+//! stays standard: any UA can register and call through any node.
 
 use crate::runtime::NodeClient;
 use anyhow::{anyhow, bail, Context};
@@ -29,8 +31,8 @@ use tokio::sync::mpsc;
 pub const APP_SIP: u32 = 5060;
 /// Overlay operations of the front-end give up after this.
 const OP_TIMEOUT: Duration = Duration::from_secs(8);
-/// An AppAttach answer is reused this long.
-const ATTACH_CACHE: Duration = Duration::from_secs(60);
+/// The Via / Record-Route parameter naming the node an entry belongs to.
+const NODE_PARAM: &str = "node";
 /// A registration's record stays in the overlay this long after it expired, so that a
 /// call to it gets 480 (Temporarily Unavailable) instead of 404.
 const EXPIRED_GRACE_S: u32 = 3600;
@@ -87,16 +89,27 @@ impl SipSettings {
 struct Binding {
     contact: String,
     /// Where requests for the device go.
-    addr: SocketAddr,
-    tcp: bool,
+    hop: Hop,
     expires: Instant,
 }
 
-/// How a message came in (responses to it go back the same way).
+/// Where a SIP message came from or goes: a device over UDP or TCP, or another node over
+/// an application stream (QUIC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    Udp,
-    Tcp,
+enum Hop {
+    Udp(SocketAddr),
+    Tcp(SocketAddr),
+    Node(NodeId),
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hop::Udp(a) => write!(f, "udp:{a}"),
+            Hop::Tcp(a) => write!(f, "tcp:{a}"),
+            Hop::Node(n) => write!(f, "node:{n}"),
+        }
+    }
 }
 
 struct Inner {
@@ -105,8 +118,10 @@ struct Inner {
     udp: UdpSocket,
     /// Bindings registered at this node, by AOR.
     bindings: DashMap<String, Binding>,
-    /// Other nodes' front-ends, from AppAttach.
-    attached: DashMap<NodeId, (SocketAddr, Instant)>,
+    /// Application streams to and from other nodes: their writers.
+    streams: DashMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    /// Held while a stream to that node is being opened (one AppAttach at a time).
+    opening: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     /// Open TCP connections, by remote address: their writers.
     tcp: DashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
 }
@@ -125,8 +140,8 @@ impl Drop for SipFrontEnd {
     }
 }
 
-/// Starts the front-end on `cfg.listen` (UDP and TCP) and tells the node to give its
-/// address out in AppAttach answers.
+/// Starts the front-end on `cfg.listen` (UDP and TCP), serves SIP streams from other
+/// nodes and tells the node to answer AppAttach for SIP with its QUIC endpoint.
 pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFrontEnd> {
     let udp = UdpSocket::bind(cfg.listen)
         .await
@@ -140,16 +155,25 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         cfg.advertise.set_port(addr.port());
     }
     let advertise = cfg.advertise;
-    node.with_core(move |core| {
-        core.set_app_candidates(APP_SIP, vec![crate::runtime::candidate(advertise)])
-    })
-    .await;
+    match node.advertised {
+        Some(quic) => {
+            node.with_core(move |core| {
+                core.set_app_candidates(APP_SIP, vec![crate::runtime::candidate(quic)])
+            })
+            .await
+        }
+        None => tracing::warn!(
+            "SIP: the node advertises no address, so other nodes cannot deliver calls here"
+        ),
+    }
+    let mut incoming = node.serve_app(APP_SIP);
     let inner = Arc::new(Inner {
         node,
         cfg,
         udp,
         bindings: DashMap::new(),
-        attached: DashMap::new(),
+        streams: DashMap::new(),
+        opening: DashMap::new(),
         tcp: DashMap::new(),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
@@ -158,7 +182,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             match i.udp.recv_from(&mut buf).await {
-                Ok((n, src)) => i.clone().dispatch(buf[..n].to_vec(), src, Via::Udp).await,
+                Ok((n, src)) => i.clone().dispatch(buf[..n].to_vec(), Hop::Udp(src)).await,
                 Err(e) => tracing::debug!(error = %e, "SIP: UDP receive"),
             }
         }
@@ -174,9 +198,16 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
             }
         }
     });
+    let i = inner.clone();
+    let app_task = tokio::spawn(async move {
+        while let Some(s) = incoming.recv().await {
+            tracing::debug!(node = %s.from, "SIP: application stream accepted");
+            i.attach_stream(s.from, s.send, s.recv);
+        }
+    });
     Ok(SipFrontEnd {
         addr,
-        tasks: vec![udp_task, tcp_task],
+        tasks: vec![udp_task, tcp_task, app_task],
     })
 }
 
@@ -253,9 +284,36 @@ fn uri_addr(uri: &rsip::Uri) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Where a response goes after we pop our Via: the next Via's received/rport or sent-by.
-fn via_target(v: &rsip::headers::Via) -> Option<(SocketAddr, bool)> {
+/// The node a Via or Route entry names with its `node` parameter.
+fn node_param(params: &[rsip::Param]) -> Option<NodeId> {
+    params.iter().find_map(|p| match p {
+        rsip::Param::Other(n, Some(v)) if n.value().eq_ignore_ascii_case(NODE_PARAM) => {
+            u128::from_str_radix(v.value(), 16).ok().map(Id)
+        }
+        _ => None,
+    })
+}
+
+/// Where a request following Route entry `uri` goes.
+fn route_hop(uri: &rsip::Uri) -> Option<Hop> {
+    if let Some(n) = node_param(&uri.params) {
+        return Some(Hop::Node(n));
+    }
+    let a = uri_addr(uri)?;
+    let tcp = uri.params.iter().any(|p| {
+        matches!(p, rsip::Param::Transport(t) if *t == rsip::Transport::Tcp)
+            || p.to_string().eq_ignore_ascii_case(";transport=tcp")
+    });
+    Some(if tcp { Hop::Tcp(a) } else { Hop::Udp(a) })
+}
+
+/// Where a response goes after we pop our Via: the node the next Via names, else its
+/// received/rport or sent-by.
+fn via_target(v: &rsip::headers::Via) -> Option<Hop> {
     let t = v.typed().ok()?;
+    if let Some(n) = node_param(&t.params) {
+        return Some(Hop::Node(n));
+    }
     let tcp = matches!(t.transport, rsip::Transport::Tcp);
     let mut addr = uri_addr(&t.uri)?;
     for p in &t.params {
@@ -273,7 +331,7 @@ fn via_target(v: &rsip::headers::Via) -> Option<(SocketAddr, bool)> {
             _ => {}
         }
     }
-    Some((addr, tcp))
+    Some(if tcp { Hop::Tcp(addr) } else { Hop::Udp(addr) })
 }
 
 /// A response to `req` with the headers RFC 3261 §8.2.6 copies.
@@ -319,40 +377,83 @@ impl Inner {
         uri_addr(uri).is_some_and(|a| a == self.cfg.advertise || a == self.cfg.listen)
     }
 
-    async fn send(self: &Arc<Self>, bytes: Vec<u8>, to: SocketAddr, tcp: bool) {
+    /// Sends a message; to a node, over its application stream (opened on demand).
+    async fn send(self: &Arc<Self>, bytes: Vec<u8>, to: Hop) -> anyhow::Result<()> {
         tracing::debug!(
             %to,
-            tcp,
             first = %String::from_utf8_lossy(bytes.split(|b| *b == b'\r').next().unwrap_or(&[])),
             "SIP: out"
         );
-        if tcp {
-            let w = self.tcp.get(&to).map(|w| w.clone());
-            if let Some(w) = w {
-                if w.send(bytes).await.is_ok() {
-                    return;
-                }
-                self.tcp.remove(&to);
-                return;
+        match to {
+            Hop::Udp(a) => {
+                self.udp
+                    .send_to(&bytes, a)
+                    .await
+                    .with_context(|| format!("UDP to {a}"))?;
             }
-            match TcpStream::connect(to).await {
-                Ok(s) => {
-                    let w = self.register_tcp(s, to);
-                    let _ = w.send(bytes).await;
+            Hop::Tcp(a) => {
+                let w = self.tcp.get(&a).map(|w| w.clone());
+                let w = match w {
+                    Some(w) => w,
+                    None => {
+                        let s = TcpStream::connect(a)
+                            .await
+                            .with_context(|| format!("TCP to {a}"))?;
+                        self.register_tcp(s, a)
+                    }
+                };
+                if w.send(bytes).await.is_err() {
+                    self.tcp.remove(&a);
+                    bail!("TCP connection to {a} closed");
                 }
-                Err(e) => tracing::debug!(%to, error = %e, "SIP: TCP connect"),
             }
-            return;
+            Hop::Node(n) => {
+                // A stream that died since it was cached is replaced once.
+                let mut bytes = bytes;
+                for _ in 0..2 {
+                    let w = self.stream_to(n).await?;
+                    match w.send(bytes).await {
+                        Ok(()) => return Ok(()),
+                        Err(mpsc::error::SendError(b)) => {
+                            self.streams.remove_if(&n, |_, s| s.same_channel(&w));
+                            bytes = b;
+                        }
+                    }
+                }
+                bail!("application stream to {n} keeps closing");
+            }
         }
-        if let Err(e) = self.udp.send_to(&bytes, to).await {
-            tracing::debug!(%to, error = %e, "SIP: UDP send");
-        }
+        Ok(())
     }
 
     fn register_tcp(self: &Arc<Self>, s: TcpStream, peer: SocketAddr) -> mpsc::Sender<Vec<u8>> {
-        let (mut rd, mut wr) = s.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let (rd, wr) = s.into_split();
+        let tx = self.spawn_stream(rd, wr, Hop::Tcp(peer));
         self.tcp.insert(peer, tx.clone());
+        tx
+    }
+
+    /// Takes an application stream to or from node `n` into use.
+    fn attach_stream(
+        self: &Arc<Self>,
+        n: NodeId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> mpsc::Sender<Vec<u8>> {
+        let tx = self.spawn_stream(recv, send, Hop::Node(n));
+        self.streams.insert(n, tx.clone());
+        tx
+    }
+
+    /// A writer task and a reader task on a stream carrying SIP (messages delimited by
+    /// Content-Length, RFC 3261 section 18.3); returns the writer's queue.
+    fn spawn_stream(
+        self: &Arc<Self>,
+        mut rd: impl AsyncReadExt + Unpin + Send + 'static,
+        mut wr: impl AsyncWriteExt + Unpin + Send + 'static,
+        peer: Hop,
+    ) -> mpsc::Sender<Vec<u8>> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
@@ -361,48 +462,103 @@ impl Inner {
             }
         });
         let me = self.clone();
+        let mine = tx.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while let Some(m) = read_message(&mut rd, &mut buf).await {
-                me.clone().dispatch(m, peer, Via::Tcp).await;
+                me.clone().dispatch(m, peer).await;
             }
-            me.tcp.remove(&peer);
+            tracing::debug!(%peer, "SIP: stream closed");
+            match peer {
+                Hop::Tcp(a) => {
+                    me.tcp.remove_if(&a, |_, s| s.same_channel(&mine));
+                }
+                Hop::Node(n) => {
+                    me.streams.remove_if(&n, |_, s| s.same_channel(&mine));
+                }
+                Hop::Udp(_) => {}
+            }
         });
         tx
     }
 
-    async fn reply(
-        self: &Arc<Self>,
-        req: &Request,
-        code: u16,
-        extra: Vec<Header>,
-        src: SocketAddr,
-        via: Via,
-    ) {
+    /// The application stream to node `n`: the open one, else AppAttach through the
+    /// overlay and a QUIC stream to the endpoint its answer names.
+    async fn stream_to(self: &Arc<Self>, n: NodeId) -> anyhow::Result<mpsc::Sender<Vec<u8>>> {
+        if let Some(w) = self.streams.get(&n).map(|w| w.clone()) {
+            if !w.is_closed() {
+                return Ok(w);
+            }
+        }
+        let lock = self.opening.entry(n).or_default().clone();
+        let _held = lock.lock().await;
+        if let Some(w) = self.streams.get(&n).map(|w| w.clone()) {
+            if !w.is_closed() {
+                return Ok(w);
+            }
+        }
+        let began = Instant::now();
+        let ev = tokio::time::timeout(
+            OP_TIMEOUT,
+            self.node.op(move |core, t| core.app_attach(t, n, APP_SIP)),
+        )
+        .await
+        .map_err(|_| anyhow!("AppAttach to {n} timed out"))??;
+        let Event::Completed { outcome, .. } = ev else {
+            bail!("unexpected event");
+        };
+        let candidates: Vec<SocketAddr> = match outcome {
+            Ok(Body::AppAttachAns(a)) => a
+                .candidates
+                .iter()
+                .filter_map(crate::runtime::candidate_addr)
+                .collect(),
+            Ok(b) => bail!("unexpected answer {}", b.method_name()),
+            Err(e) => bail!("AppAttach to {n}: {e:?}"),
+        };
+        let mut why = format!("AppAttach answer of {n} has no candidate");
+        for addr in candidates {
+            match tokio::time::timeout(OP_TIMEOUT, self.node.open_app(addr, n, APP_SIP)).await {
+                Ok(Ok((send, recv))) => {
+                    tracing::debug!(node = %n, %addr, ms = began.elapsed().as_millis() as u64, "SIP: application stream open");
+                    return Ok(self.attach_stream(n, send, recv));
+                }
+                Ok(Err(e)) => why = e.to_string(),
+                Err(_) => why = format!("application connection to {addr} timed out"),
+            }
+        }
+        bail!(why)
+    }
+
+    async fn reply(self: &Arc<Self>, req: &Request, code: u16, extra: Vec<Header>, src: Hop) {
         if req.method == Method::Ack {
             return; // an ACK is never answered
         }
         let r = response(req, code, extra);
-        let to = req
-            .via_header()
-            .ok()
-            .and_then(via_target)
-            .map_or(src, |(a, _)| if via == Via::Tcp { src } else { a });
-        self.send(r.to_string().into_bytes(), to, via == Via::Tcp)
-            .await;
+        // Over UDP to the Via's received/rport (RFC 3581); on a stream, back on it.
+        let to = match src {
+            Hop::Udp(a) => match req.via_header().ok().and_then(via_target) {
+                Some(Hop::Udp(v) | Hop::Tcp(v)) => Hop::Udp(v),
+                _ => Hop::Udp(a),
+            },
+            other => other,
+        };
+        if let Err(e) = self.send(r.to_string().into_bytes(), to).await {
+            tracing::debug!(%to, error = %e, "SIP: response not sent");
+        }
     }
 
     /// Responses are sent on at once, in the order they came (a 180 must not overtake its
     /// 200); requests, which may wait for the overlay, each get a task.
-    async fn dispatch(self: Arc<Self>, bytes: Vec<u8>, src: SocketAddr, via: Via) {
+    async fn dispatch(self: Arc<Self>, bytes: Vec<u8>, src: Hop) {
         if bytes.starts_with(b"SIP/") {
-            self.handle(bytes, src, via).await;
+            self.handle(bytes, src).await;
         } else {
-            tokio::spawn(self.handle(bytes, src, via));
+            tokio::spawn(self.handle(bytes, src));
         }
     }
 
-    async fn handle(self: Arc<Self>, bytes: Vec<u8>, src: SocketAddr, via: Via) {
+    async fn handle(self: Arc<Self>, bytes: Vec<u8>, src: Hop) {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             return; // keep-alive
         }
@@ -414,7 +570,7 @@ impl Inner {
         match SipMessage::try_from(bytes.as_slice()) {
             Ok(SipMessage::Request(r)) => {
                 let method = r.method.to_string();
-                if let Err(e) = self.request(r, src, via).await {
+                if let Err(e) = self.request(r, src).await {
                     tracing::info!(%src, %method, error = %e, "SIP: request not handled");
                 }
             }
@@ -460,29 +616,28 @@ impl Inner {
             tracing::debug!(via = %top.value(), "SIP: response whose top Via is not ours dropped");
             return;
         }
-        let Some((to, tcp)) = vias.get(1).and_then(via_target) else {
+        let Some(to) = vias.get(1).and_then(via_target) else {
             tracing::debug!("SIP: response with no Via after ours dropped");
             return;
         };
         r.headers = headers;
-        self.send(r.to_string().into_bytes(), to, tcp).await;
+        if let Err(e) = self.send(r.to_string().into_bytes(), to).await {
+            tracing::debug!(%to, error = %e, "SIP: response not forwarded");
+        }
     }
 
-    async fn request(
-        self: &Arc<Self>,
-        mut req: Request,
-        src: SocketAddr,
-        via: Via,
-    ) -> anyhow::Result<()> {
-        // Where the sender really is (RFC 3261 §18.2.1, RFC 3581).
-        self.mark_received(&mut req, src);
+    async fn request(self: &Arc<Self>, mut req: Request, src: Hop) -> anyhow::Result<()> {
+        // Where the sender really is (RFC 3261 §18.2.1, RFC 3581); a node's Via names it.
+        if let Hop::Udp(a) | Hop::Tcp(a) = src {
+            self.mark_received(&mut req, a);
+        }
         let mf = req
             .max_forwards_header()
             .ok()
             .and_then(|h| h.num().ok())
             .unwrap_or(70);
         if mf == 0 {
-            self.reply(&req, 483, vec![], src, via).await;
+            self.reply(&req, 483, vec![], src).await;
             return Ok(());
         }
         // Loose routing: a top Route naming us is consumed; another one is followed.
@@ -493,13 +648,12 @@ impl Inner {
             pop_route(&mut req);
         }
         if let Some(next) = routes.next() {
-            let to = uri_addr(&next).ok_or_else(|| anyhow!("Route {next} has no IP host"))?;
-            let tcp = next.to_string().contains("transport=tcp");
-            return self.forward(req, to, tcp, false).await;
+            let to = route_hop(&next).ok_or_else(|| anyhow!("Route {next} has no IP host"))?;
+            return self.forward(req, to, false).await;
         }
         match req.method {
-            Method::Register => self.register(req, src, via).await,
-            _ => self.route(req, src, via).await,
+            Method::Register => self.register(req, src).await,
+            _ => self.route(req, src).await,
         }
     }
 
@@ -524,15 +678,10 @@ impl Inner {
     }
 
     /// REGISTER: the binding is kept here and stored in the overlay under hash(AOR).
-    async fn register(
-        self: &Arc<Self>,
-        req: Request,
-        src: SocketAddr,
-        via: Via,
-    ) -> anyhow::Result<()> {
+    async fn register(self: &Arc<Self>, req: Request, src: Hop) -> anyhow::Result<()> {
         let to = req.to_header()?.typed()?;
         let Some(aor) = aor_of(&to.uri, &self.cfg.domain) else {
-            self.reply(&req, 400, vec![], src, via).await;
+            self.reply(&req, 400, vec![], src).await;
             bail!("REGISTER To has no user part");
         };
         let default_expires = req
@@ -542,7 +691,7 @@ impl Inner {
         let Some(contact) = req.contact_headers().first().map(|c| (*c).clone()) else {
             // A query: answer with the current binding.
             let extra = self.contact_header_for(&aor);
-            self.reply(&req, 200, extra, src, via).await;
+            self.reply(&req, 200, extra, src).await;
             return Ok(());
         };
         let (expires, contact_uri, prefs) = if contact.value().trim() == "*" {
@@ -569,7 +718,7 @@ impl Inner {
             let extra = vec![Header::MinExpires(rsip::headers::MinExpires::new(
                 self.cfg.min_expires.to_string(),
             ))];
-            self.reply(&req, 423, extra, src, via).await;
+            self.reply(&req, 423, extra, src).await;
             return Ok(());
         }
         let expires = expires.min(self.cfg.max_expires);
@@ -638,24 +787,29 @@ impl Inner {
                     })) => format!("{e:?}"),
                     Ok(Ok(_)) => "unexpected event".into(),
                 };
-                self.reply(&req, 503, vec![], src, via).await;
+                self.reply(&req, 503, vec![], src).await;
                 bail!("storing the registration of {aor} failed: {why}");
             }
         }
         if expires == 0 {
             self.bindings.remove(&aor);
             tracing::info!(%aor, "SIP: unregistered");
-            self.reply(&req, 200, vec![], src, via).await;
+            self.reply(&req, 200, vec![], src).await;
             return Ok(());
         }
         let curi = rsip::Uri::try_from(contact_uri.as_str())?;
-        let addr = uri_addr(&curi).unwrap_or(src);
+        // A device on TCP is reached on its connection; else at its Contact address.
+        let hop = match (src, uri_addr(&curi)) {
+            (Hop::Tcp(a), _) => Hop::Tcp(a),
+            (_, Some(a)) => Hop::Udp(a),
+            (Hop::Udp(a), None) => Hop::Udp(a),
+            (Hop::Node(_), None) => bail!("{aor}: Contact {contact_uri} has no address"),
+        };
         self.bindings.insert(
             aor.clone(),
             Binding {
                 contact: contact_uri.clone(),
-                addr: if via == Via::Tcp { src } else { addr },
-                tcp: via == Via::Tcp,
+                hop,
                 expires: Instant::now() + Duration::from_secs(u64::from(expires)),
             },
         );
@@ -663,7 +817,7 @@ impl Inner {
         let extra = vec![Header::Contact(rsip::headers::Contact::new(format!(
             "<{contact_uri}>;expires={expires};pub-gruu=\"{gruu}\""
         )))];
-        self.reply(&req, 200, extra, src, via).await;
+        self.reply(&req, 200, extra, src).await;
         Ok(())
     }
 
@@ -686,29 +840,19 @@ impl Inner {
 
     /// A request for an AOR: delivered to a device bound here, or carried to the node
     /// that holds the callee's registration.
-    async fn route(
-        self: &Arc<Self>,
-        mut req: Request,
-        src: SocketAddr,
-        via: Via,
-    ) -> anyhow::Result<()> {
+    async fn route(self: &Arc<Self>, mut req: Request, src: Hop) -> anyhow::Result<()> {
         if req.method == Method::Invite {
             // Finding the callee may take a few overlay round trips: 100 Trying stops the
             // previous hop retransmitting the INVITE meanwhile (RFC 3261 §16.2).
-            self.reply(&req, 100, vec![], src, via).await;
+            self.reply(&req, 100, vec![], src).await;
         }
         // A device's own address (the remote target of a dialog): straight there.
         if matches!(req.uri.host_with_port.host, rsip::Host::IpAddr(_)) && !self.is_me(&req.uri) {
-            let to = uri_addr(&req.uri).ok_or_else(|| anyhow!("no address in {}", req.uri))?;
-            let tcp = req
-                .uri
-                .to_string()
-                .to_ascii_lowercase()
-                .contains("transport=tcp");
-            return self.forward(req, to, tcp, false).await;
+            let to = route_hop(&req.uri).ok_or_else(|| anyhow!("no address in {}", req.uri))?;
+            return self.forward(req, to, false).await;
         }
         let Some(mut aor) = aor_of(&req.uri, &self.cfg.domain) else {
-            self.reply(&req, 404, vec![], src, via).await;
+            self.reply(&req, 404, vec![], src).await;
             bail!("request URI {} names no user", req.uri);
         };
         let gr = gr_param(&req.uri);
@@ -719,11 +863,11 @@ impl Inner {
         {
             if let Some(b) = self.bindings.get(&aor).map(|b| b.clone()) {
                 if b.expires <= Instant::now() {
-                    self.reply(&req, 480, vec![], src, via).await;
+                    self.reply(&req, 480, vec![], src).await;
                     bail!("{aor}: registration expired");
                 }
                 req.uri = rsip::Uri::try_from(b.contact.as_str())?;
-                return self.forward(req, b.addr, b.tcp, true).await;
+                return self.forward(req, b.hop, true).await;
             }
         }
         // Else through the overlay, following URI indirections a few times.
@@ -731,31 +875,28 @@ impl Inner {
             match self.resolve(&aor, gr.as_deref()).await? {
                 Resolved::Uri(u) => aor = u,
                 Resolved::Nobody => {
-                    self.reply(&req, 404, vec![], src, via).await;
+                    self.reply(&req, 404, vec![], src).await;
                     bail!("{aor}: not registered");
                 }
                 Resolved::Expired => {
-                    self.reply(&req, 480, vec![], src, via).await;
+                    self.reply(&req, 480, vec![], src).await;
                     bail!("{aor}: registration expired");
                 }
                 Resolved::Node(n) if n == self.node.id => {
                     // Our own record, but the binding is gone (this node restarted).
-                    self.reply(&req, 480, vec![], src, via).await;
+                    self.reply(&req, 480, vec![], src).await;
                     bail!("{aor}: registered here before a restart");
                 }
                 Resolved::Node(n) => {
-                    let to = match self.attach(n).await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            self.reply(&req, 480, vec![], src, via).await;
-                            return Err(e);
-                        }
-                    };
-                    return self.forward(req, to, false, true).await;
+                    if let Err(e) = self.stream_to(n).await {
+                        self.reply(&req, 480, vec![], src).await;
+                        return Err(e);
+                    }
+                    return self.forward(req, Hop::Node(n), true).await;
                 }
             }
         }
-        self.reply(&req, 482, vec![], src, via).await;
+        self.reply(&req, 482, vec![], src).await;
         bail!("{aor}: too many URI indirections")
     }
 
@@ -808,42 +949,11 @@ impl Inner {
         })
     }
 
-    /// AppAttach: where node `n`'s SIP front-end listens.
-    async fn attach(&self, n: NodeId) -> anyhow::Result<SocketAddr> {
-        if let Some(a) = self.attached.get(&n) {
-            if a.1 > Instant::now() {
-                return Ok(a.0);
-            }
-        }
-        let ev = tokio::time::timeout(
-            OP_TIMEOUT,
-            self.node.op(move |core, t| core.app_attach(t, n, APP_SIP)),
-        )
-        .await
-        .map_err(|_| anyhow!("AppAttach to {n} timed out"))??;
-        let Event::Completed { outcome, .. } = ev else {
-            bail!("unexpected event");
-        };
-        let addr = match outcome {
-            Ok(Body::AppAttachAns(a)) => a
-                .candidates
-                .iter()
-                .find_map(crate::runtime::candidate_addr)
-                .ok_or_else(|| anyhow!("AppAttach answer of {n} has no candidate"))?,
-            Ok(b) => bail!("unexpected answer {}", b.method_name()),
-            Err(e) => bail!("AppAttach to {n}: {e:?}"),
-        };
-        self.attached
-            .insert(n, (addr, Instant::now() + ATTACH_CACHE));
-        Ok(addr)
-    }
-
     /// Sends a request on with our Via (and, when `record`, our Record-Route) on top.
     async fn forward(
         self: &Arc<Self>,
         mut req: Request,
-        to: SocketAddr,
-        tcp: bool,
+        to: Hop,
         record: bool,
     ) -> anyhow::Result<()> {
         let mf = req
@@ -863,15 +973,22 @@ impl Inner {
         if top_branch.contains(&format!("{COOKIE}{branch}")) {
             bail!("loop: the request already went through us");
         }
-        let transport = if tcp { "TCP" } else { "UDP" };
+        // Towards a node: TLS (a secure stream: QUIC) and our Node-ID, so that responses
+        // and in-dialog requests come back over an application stream too.
+        let node = format!(";{NODE_PARAM}={:#}", self.node.id);
+        let (transport, via_node) = match to {
+            Hop::Udp(_) => ("UDP", ""),
+            Hop::Tcp(_) => ("TCP", ""),
+            Hop::Node(_) => ("TLS", node.as_str()),
+        };
         let mut headers = Headers::default();
         headers.push(Header::Via(rsip::headers::Via::new(format!(
-            "SIP/2.0/{transport} {};branch={COOKIE}{branch}",
+            "SIP/2.0/{transport} {};branch={COOKIE}{branch}{via_node}",
             self.me()
         ))));
         if record && req.method != Method::Register {
             headers.push(Header::RecordRoute(rsip::headers::RecordRoute::new(
-                format!("<sip:{};lr>", self.me()),
+                format!("<sip:{};lr{node}>", self.me()),
             )));
         }
         for h in req.headers.iter() {
@@ -886,8 +1003,7 @@ impl Inner {
             headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("69")));
         }
         req.headers = headers;
-        self.send(req.to_string().into_bytes(), to, tcp).await;
-        Ok(())
+        self.send(req.to_string().into_bytes(), to).await
     }
 }
 
@@ -994,7 +1110,34 @@ Content-Length: 0\r\n\r\n";
         );
         assert_eq!(
             via_target(&v),
-            Some(("192.0.2.1:6000".parse().unwrap(), false))
+            Some(Hop::Udp("192.0.2.1:6000".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn entries_naming_a_node_lead_to_its_application_stream() {
+        let n = Id(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let v = rsip::headers::Via::new(format!(
+            "SIP/2.0/TLS 10.0.0.7:5060;branch=z9hG4bKabc;node={n:#}"
+        ));
+        assert_eq!(via_target(&v), Some(Hop::Node(n)));
+        let r = rsip::Uri::try_from(format!("sip:10.0.0.7:5060;lr;node={n:#}").as_str()).unwrap();
+        assert_eq!(route_hop(&r), Some(Hop::Node(n)));
+        let r = rsip::Uri::try_from("sip:10.0.0.7:5070;lr;transport=tcp").unwrap();
+        assert_eq!(
+            route_hop(&r),
+            Some(Hop::Tcp("10.0.0.7:5070".parse().unwrap()))
+        );
+        let r = rsip::Uri::try_from("sip:10.0.0.7;lr").unwrap();
+        assert_eq!(
+            route_hop(&r),
+            Some(Hop::Udp("10.0.0.7:5060".parse().unwrap()))
+        );
+        // A malformed node parameter is not a node.
+        let v = rsip::headers::Via::new("SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKabc;node=xyz");
+        assert_eq!(
+            via_target(&v),
+            Some(Hop::Udp("10.0.0.7:5060".parse().unwrap()))
         );
     }
 

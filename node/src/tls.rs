@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 /// ALPN of the peer protocol.
 pub const ALPN: &[u8] = b"p2psip/1";
+/// ALPN of application connections (AppAttach).
+pub const ALPN_APP: &[u8] = b"p2psip-app/1";
 
 /// The Node-ID a certificate binds: SHA-256 of its Ed25519 public key, first 128 bits.
 pub fn node_id_of_cert(cert: &CertificateDer<'_>) -> Result<NodeId, Error> {
@@ -147,7 +149,7 @@ pub fn configs(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs.clone(), key.clone_key())?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.alpn_protocols = vec![ALPN.to_vec(), ALPN_APP.to_vec()];
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -4,6 +4,10 @@
 //! The transport knows nothing of routing: it delivers `(from, bytes)` to the runtime,
 //! sends bytes to a Node-ID it has a link to, and reports links coming up and going down.
 //! The peer's Node-ID is always the one its certificate proves, never a claim.
+//!
+//! Application connections (AppAttach, proto/SPEC.md section 2.7) are separate QUIC
+//! connections with their own ALPN: never overlay links, they carry bidirectional streams
+//! that an application on this node (the SIP front-end) reads and writes.
 
 use crate::config::{Config, Limits};
 use crate::tls;
@@ -11,7 +15,7 @@ use anyhow::{anyhow, Context};
 use dashmap::DashMap;
 use p2psip_algorithms::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +29,20 @@ pub const CLOSE_WRONG_OVERLAY: u32 = 1;
 pub const CLOSE_WRONG_NODE: u32 = 2;
 /// QUIC application close code: orderly shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 3;
+/// Stream reset code on an application connection: no application of that number here.
+pub const RESET_UNKNOWN_APP: u32 = 4;
+/// Bidirectional streams a peer may have open at once on an application connection.
+const APP_STREAMS: u32 = 64;
+/// How long an application stream's opener has to send its application number.
+const APP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An application stream a peer opened to us (after its application number).
+pub struct AppStream {
+    /// The Node-ID the peer proved.
+    pub from: NodeId,
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
 
 /// What the transport reports to the runtime.
 #[derive(Debug)]
@@ -61,6 +79,9 @@ pub struct TransportStats {
     pub queue_full_drops: AtomicU64,
     pub oversized_drops: AtomicU64,
     pub refused_connections: AtomicU64,
+    /// Application streams opened to other nodes and accepted from them.
+    pub app_streams_opened: AtomicU64,
+    pub app_streams_accepted: AtomicU64,
 }
 
 pub struct Transport {
@@ -69,6 +90,12 @@ pub struct Transport {
     sni: String,
     overlay: String,
     links: DashMap<NodeId, Link>,
+    /// Client configuration of application connections (ALPN `p2psip-app/1`).
+    app_client: quinn::ClientConfig,
+    /// Application connections this node opened, by the node they go to.
+    app_conns: DashMap<NodeId, Connection>,
+    /// Applications served here: where their incoming streams go.
+    apps: DashMap<u32, mpsc::Sender<AppStream>>,
     events: mpsc::UnboundedSender<NetEvent>,
     limits: Limits,
     pub stats: TransportStats,
@@ -104,10 +131,16 @@ impl Transport {
             QuicServerConfig::try_from(server_tls).context("QUIC server TLS")?,
         ));
         server.transport_config(t.clone());
+        let mut app_tls = client_tls.clone();
+        app_tls.alpn_protocols = vec![tls::ALPN_APP.to_vec()];
         let mut client = quinn::ClientConfig::new(Arc::new(
             QuicClientConfig::try_from(client_tls).context("QUIC client TLS")?,
         ));
-        client.transport_config(t);
+        client.transport_config(t.clone());
+        let mut app_client = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(app_tls).context("QUIC client TLS")?,
+        ));
+        app_client.transport_config(t);
         let mut endpoint =
             Endpoint::server(server, listen).with_context(|| format!("binding UDP {listen}"))?;
         endpoint.set_default_client_config(client);
@@ -117,6 +150,9 @@ impl Transport {
             sni: sni_of(&cfg.overlay),
             overlay: cfg.overlay.clone(),
             links: DashMap::new(),
+            app_client,
+            app_conns: DashMap::new(),
+            apps: DashMap::new(),
             events,
             limits: cfg.limits.clone(),
             stats: TransportStats::default(),
@@ -212,10 +248,12 @@ impl Transport {
         expect: Option<NodeId>,
     ) -> anyhow::Result<()> {
         let peer = peer_node_id(&conn)?;
+        let mut app = false;
         if let Some(hd) = conn
             .handshake_data()
             .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         {
+            app = hd.protocol.as_deref() == Some(tls::ALPN_APP);
             // On the accepting side the SNI names the overlay the peer wants.
             if let Some(sni) = hd.server_name.as_deref() {
                 if sni != self.sni {
@@ -238,6 +276,10 @@ impl Transport {
         if peer == self.me {
             conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"connected to self");
             anyhow::bail!("connected to itself");
+        }
+        if app {
+            self.serve_app_connection(peer, conn);
+            return Ok(());
         }
         let addr = conn.remote_address();
         if self.links.contains_key(&peer) {
@@ -331,10 +373,115 @@ impl Transport {
         });
     }
 
+    /// Serves application `app` on this node: streams peers open for it arrive on the
+    /// returned channel (a stream for an application nobody serves is reset).
+    pub fn serve_app(&self, app: u32) -> mpsc::Receiver<AppStream> {
+        let (tx, rx) = mpsc::channel(64);
+        self.apps.insert(app, tx);
+        rx
+    }
+
+    /// Opens a stream of application `app` to node `node`, whose endpoint is at `addr`
+    /// (an AppAttach candidate): over the application connection to it if one is open,
+    /// else over a new one, which must prove to be `node`.
+    pub async fn open_app(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        node: NodeId,
+        app: u32,
+    ) -> anyhow::Result<(SendStream, RecvStream)> {
+        let existing = self
+            .app_conns
+            .get(&node)
+            .map(|c| c.clone())
+            .filter(|c| c.close_reason().is_none());
+        let conn = match existing {
+            Some(c) => c,
+            None => {
+                let conn = self
+                    .endpoint
+                    .connect_with(self.app_client.clone(), addr, &self.sni)
+                    .map_err(|e| anyhow!("application connection to {addr}: {e}"))?
+                    .await
+                    .map_err(|e| anyhow!("application connection to {addr}: {e}"))?;
+                let peer = peer_node_id(&conn)?;
+                if peer != node {
+                    conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"unexpected node");
+                    anyhow::bail!("{addr} is node {peer}, not the expected {node}");
+                }
+                tracing::debug!(%node, %addr, "application connection open");
+                self.app_conns.insert(node, conn.clone());
+                conn
+            }
+        };
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.app_conns
+                    .remove_if(&node, |_, c| c.stable_id() == conn.stable_id());
+                anyhow::bail!("application stream to {node}: {e}");
+            }
+        };
+        send.write_all(&app.to_be_bytes())
+            .await
+            .map_err(|e| anyhow!("application stream to {node}: {e}"))?;
+        self.stats
+            .app_streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok((send, recv))
+    }
+
+    /// An incoming application connection: each stream names its application in its first
+    /// four bytes and goes to that application's channel.
+    fn serve_app_connection(self: &Arc<Self>, peer: NodeId, conn: Connection) {
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(APP_STREAMS));
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((send, mut recv)) = conn.accept_bi().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4];
+                    let app =
+                        match tokio::time::timeout(APP_HEADER_TIMEOUT, recv.read_exact(&mut head))
+                            .await
+                        {
+                            Ok(Ok(())) => u32::from_be_bytes(head),
+                            _ => return,
+                        };
+                    let handler = me.apps.get(&app).map(|h| h.clone());
+                    let stream = AppStream {
+                        from: peer,
+                        send,
+                        recv,
+                    };
+                    let refused = match handler {
+                        Some(h) => match h.send(stream).await {
+                            Ok(()) => {
+                                me.stats
+                                    .app_streams_accepted
+                                    .fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            Err(mpsc::error::SendError(s)) => s,
+                        },
+                        None => stream,
+                    };
+                    tracing::debug!(%peer, app, "application stream for no application");
+                    let mut s = refused;
+                    let _ = s.send.reset(VarInt::from_u32(RESET_UNKNOWN_APP));
+                    let _ = s.recv.stop(VarInt::from_u32(RESET_UNKNOWN_APP));
+                });
+            }
+        });
+    }
+
     /// Closes every connection and the endpoint.
     pub async fn shutdown(&self) {
         for l in self.links.iter() {
             l.conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        }
+        for c in self.app_conns.iter() {
+            c.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         }
         self.endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
