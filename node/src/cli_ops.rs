@@ -10,6 +10,15 @@ use p2psip_proto::pb::{self, stored_data_value::Model};
 use p2psip_proto::security::Identity;
 use serde_json::json;
 
+/// The key of a client's name: clients that store under a name sign as that name, with a
+/// key derived from it (so the same name always writes as the same identity).
+pub fn name_seed(name: &str) -> [u8; 32] {
+    let d = <sha2::Sha256 as sha2::Digest>::digest(format!("p2psip-client:{name}"));
+    let mut s = [0u8; 32];
+    s.copy_from_slice(&d);
+    s
+}
+
 /// Kind names accepted on the command line.
 pub const KIND_NAMES: &str = "user-value, sip-registration, user-array, node-value";
 

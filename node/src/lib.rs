@@ -4,6 +4,7 @@
 //! (quinn + rustls, mutual TLS 1.3, Node-ID bound to the certificate key), a dashmap
 //! storage backend with snapshots, configuration, metrics and the CLI in `main.rs`.
 
+pub mod bench;
 pub mod cli_ops;
 pub mod config;
 pub mod identity;

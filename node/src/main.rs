@@ -3,7 +3,9 @@
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use p2psip_algorithms::{Event, Id};
-use p2psip_node::cli_ops::{build_value, kind_of, parse_duration, values_json, values_of};
+use p2psip_node::cli_ops::{
+    build_value, kind_of, name_seed, parse_duration, values_json, values_of,
+};
 use p2psip_node::config::Config;
 use p2psip_node::runtime::{self, NodeHandle, Role};
 use p2psip_node::{identity, metrics, sip};
@@ -177,6 +179,26 @@ enum ClientOp {
         count: usize,
         #[arg(long, default_value = "smoke-")]
         prefix: String,
+    },
+    /// Benchmark through the peer (bench/opendht): wait until stored values come back,
+    /// then put COUNT values and get them one at a time (latency), then put and get with
+    /// WINDOW requests in flight for DURATION (throughput). Prints one JSON object.
+    Bench {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Bytes per value (a SIP registration is about 200).
+        #[arg(long, default_value_t = 200)]
+        value_size: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Values stored and fetched per readiness round.
+        #[arg(long, default_value_t = 20)]
+        probes: usize,
+        /// Give up waiting for the overlay to be ready after this.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        ready_timeout: Duration,
     },
 }
 
@@ -366,13 +388,6 @@ async fn wait_for_signal(h: &NodeHandle) {
 }
 
 /// A key derived from a name: the same writer for the same name, every time.
-fn name_seed(name: &str) -> [u8; 32] {
-    let d = <sha2::Sha256 as sha2::Digest>::digest(format!("p2psip-client:{name}"));
-    let mut s = [0u8; 32];
-    s.copy_from_slice(&d);
-    s
-}
-
 /// StoreMany / CheckMany: one client connection, `count` operations one after another.
 async fn many(
     a: &ClientArgs,
@@ -464,6 +479,33 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         kind_of(kind)?;
     }
     let peer = runtime::resolve(&a.peer).await?;
+    if let ClientOp::Bench {
+        count,
+        value_size,
+        duration,
+        window,
+        probes,
+        ready_timeout,
+    } = &a.op
+    {
+        let cfg = Config {
+            overlay: a.overlay.clone(),
+            user: "bench".into(),
+            ..Config::default()
+        };
+        let spec = p2psip_node::bench::BenchSpec {
+            count: *count,
+            value_size: *value_size,
+            duration: *duration,
+            window: *window,
+            probes: *probes,
+            ready_timeout: *ready_timeout,
+            op_timeout: a.timeout,
+        };
+        let out = p2psip_node::bench::run(cfg, peer, spec).await?;
+        println!("{out}");
+        return Ok(0);
+    }
     if let ClientOp::StoreMany { count, prefix } | ClientOp::CheckMany { count, prefix } = &a.op {
         return many(
             &a,
@@ -480,7 +522,9 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         | ClientOp::Stat { name, .. }
         | ClientOp::Find { name, .. } => name.clone(),
         ClientOp::Ping { name } => name.clone().unwrap_or_default(),
-        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } => String::new(),
+        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } | ClientOp::Bench { .. } => {
+            String::new()
+        }
     };
     let seed = match &a.identity {
         Some(p) => identity::read_seed(p)?,
@@ -542,7 +586,7 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
                 "find",
             )
         }
-        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } => {
+        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } | ClientOp::Bench { .. } => {
             bail!("bulk operations are handled above")
         }
         ClientOp::Ping { name } => {

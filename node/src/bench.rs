@@ -1,0 +1,258 @@
+//! `p2psip client bench`: the client side of the side-by-side benchmark (`bench/opendht`).
+//! One client of one admitting peer: it waits until values it stores come back (the
+//! overlay is ready), then measures put and get latency one request at a time and the
+//! put+get throughput with a window of requests in flight. Every value is a signed
+//! USER-VALUE under its own name, as `client store` writes it.
+
+use crate::cli_ops::{build_value, name_seed, values_of};
+use crate::config::Config;
+use crate::runtime::{self, NodeClient, Role};
+use anyhow::bail;
+use p2psip_algorithms::storage::KIND_USER_VALUE;
+use p2psip_algorithms::{Event, Id};
+use p2psip_proto::security::Identity;
+use p2psip_proto::Body;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// Values put, then got, one at a time.
+    pub count: usize,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Length of the throughput phase.
+    pub duration: Duration,
+    /// Requests in flight during the throughput phase.
+    pub window: usize,
+    /// Values stored and fetched per readiness round.
+    pub probes: usize,
+    /// Give up waiting for readiness after this.
+    pub ready_timeout: Duration,
+    /// One request's limit.
+    pub op_timeout: Duration,
+}
+
+/// A value of `size` bytes that names its key (so a wrong answer is seen).
+fn payload(key: &str, size: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = format!("{key}|").into_bytes();
+    let fill = hex::encode(Id::hash_of(key.as_bytes()).to_bytes());
+    while v.len() < size {
+        v.extend_from_slice(fill.as_bytes());
+    }
+    v.truncate(size.max(1));
+    v
+}
+
+async fn put(c: &NodeClient, key: &str, size: usize, limit: Duration) -> anyhow::Result<()> {
+    let writer = Identity::from_seed(name_seed(key), key.to_string());
+    let (res, v) = build_value(
+        &writer,
+        key,
+        KIND_USER_VALUE,
+        &payload(key, size),
+        runtime::now(),
+        3600,
+    );
+    let ev = tokio::time::timeout(
+        limit,
+        c.op(move |n, t| n.store(t, res, KIND_USER_VALUE, vec![v], 0)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))??;
+    match ev {
+        Event::Completed {
+            outcome: Ok(Body::StoreAns(_)),
+            ..
+        } => Ok(()),
+        Event::Completed {
+            outcome: Err(e), ..
+        } => bail!("{e}"),
+        _ => bail!("unexpected answer"),
+    }
+}
+
+/// Ok(true) when the value comes back intact.
+async fn get(c: &NodeClient, key: &str, size: usize, limit: Duration) -> anyhow::Result<bool> {
+    let res = Id::hash_of(key.as_bytes());
+    let ev = tokio::time::timeout(
+        limit,
+        c.op(move |n, t| n.fetch_kind(t, res, KIND_USER_VALUE)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))??;
+    match ev {
+        Event::Completed {
+            outcome: Ok(Body::FetchAns(f)),
+            ..
+        } => {
+            let want = payload(key, size);
+            Ok(values_of(&f).iter().any(|v| *v == want))
+        }
+        Event::Completed {
+            outcome: Err(e), ..
+        } => bail!("{e}"),
+        _ => bail!("unexpected answer"),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary(mut ms: Vec<f64>, failed: usize) -> Value {
+    ms.sort_by(f64::total_cmp);
+    json!({"ok": ms.len(), "failed": failed, "p50_ms": pct(&ms, 0.5), "p99_ms": pct(&ms, 0.99),
+           "mean_ms": if ms.is_empty() { f64::NAN } else { ms.iter().sum::<f64>() / ms.len() as f64 }})
+}
+
+/// Runs the benchmark through the peer at `peer`; the result as JSON.
+pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let deadline = started + spec.ready_timeout;
+    // Connect (the peer may not be up or joined yet).
+    let h = loop {
+        let h = runtime::spawn(
+            cfg.clone(),
+            Role::Client { admitting: peer },
+            crate::identity::generate_seed(),
+        )
+        .await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match h.wait_joined(left.min(Duration::from_secs(5))).await {
+            Ok(()) => break h,
+            Err(e) => {
+                h.shutdown().await;
+                if Instant::now() >= deadline {
+                    bail!(
+                        "peer {peer} not reachable within {:?}: {e}",
+                        spec.ready_timeout
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let c = h.client();
+    let nonce: u32 = rand::random();
+    // Ready: a round in which every probe value stored comes back.
+    let mut rounds = 0;
+    let ready_ms = loop {
+        rounds += 1;
+        let keys: Vec<String> = (0..spec.probes)
+            .map(|i| format!("probe-{nonce:08x}-{rounds}-{i}"))
+            .collect();
+        let mut all = true;
+        for k in &keys {
+            all &= put(&c, k, spec.value_size, spec.op_timeout).await.is_ok();
+        }
+        for k in &keys {
+            all &= get(&c, k, spec.value_size, spec.op_timeout)
+                .await
+                .unwrap_or(false);
+        }
+        if all {
+            break started.elapsed().as_secs_f64() * 1000.0;
+        }
+        if Instant::now() >= deadline {
+            h.shutdown().await;
+            bail!(
+                "not ready within {:?} ({rounds} rounds)",
+                spec.ready_timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Latency, one request at a time.
+    let keys: Vec<String> = (0..spec.count)
+        .map(|i| format!("bench-{nonce:08x}-{i}"))
+        .collect();
+    let (mut put_ms, mut put_failed) = (Vec::new(), 0);
+    for k in &keys {
+        let t = Instant::now();
+        match put(&c, k, spec.value_size, spec.op_timeout).await {
+            Ok(()) => put_ms.push(t.elapsed().as_secs_f64() * 1000.0),
+            Err(_) => put_failed += 1,
+        }
+    }
+    let (mut get_ms, mut get_failed, mut found) = (Vec::new(), 0, 0);
+    for k in &keys {
+        let t = Instant::now();
+        match get(&c, k, spec.value_size, spec.op_timeout).await {
+            Ok(ok) => {
+                get_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                found += usize::from(ok);
+            }
+            Err(_) => get_failed += 1,
+        }
+    }
+    // Throughput: `window` workers, each alternating a put of a new key and a get of a
+    // key of the latency phase.
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let keys = Arc::new(keys);
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..spec.window.max(1) {
+        let (c, ok, bad, keys, spec) = (
+            c.clone(),
+            ok.clone(),
+            bad.clone(),
+            keys.clone(),
+            spec.clone(),
+        );
+        tasks.spawn(async move {
+            let mut i = 0usize;
+            while t0.elapsed() < spec.duration {
+                let done = if i % 2 == 0 {
+                    let k = format!("load-{nonce:08x}-{w}-{i}");
+                    put(&c, &k, spec.value_size, spec.op_timeout).await.is_ok()
+                } else if keys.is_empty() {
+                    true
+                } else {
+                    let k = &keys[(w * 7919 + i) % keys.len()];
+                    get(&c, k, spec.value_size, spec.op_timeout)
+                        .await
+                        .unwrap_or(false)
+                };
+                if done {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let secs = t0.elapsed().as_secs_f64();
+    h.shutdown().await;
+    let ops = ok.load(Ordering::Relaxed);
+    Ok(json!({
+        "ready_ms": ready_ms,
+        "ready_rounds": rounds,
+        "put": summary(put_ms, put_failed),
+        "get": { "found": found, "latency": summary(get_ms, get_failed) },
+        "throughput": {"ops": ops, "failed": bad.load(Ordering::Relaxed), "seconds": secs,
+                       "ops_per_s": ops as f64 / secs, "window": spec.window},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::payload;
+
+    #[test]
+    fn payloads_have_the_asked_size_and_differ_by_key() {
+        assert_eq!(payload("a", 200).len(), 200);
+        assert_eq!(payload("a-long-key-name", 8).len(), 8);
+        assert_ne!(payload("k1", 200), payload("k2", 200));
+    }
+}
