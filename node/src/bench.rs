@@ -91,7 +91,7 @@ async fn get(c: &NodeClient, key: &str, size: usize, limit: Duration) -> anyhow:
             ..
         } => {
             let want = payload(key, size);
-            Ok(values_of(&f).iter().any(|v| *v == want))
+            Ok(values_of(&f).contains(&want))
         }
         Event::Completed {
             outcome: Err(e), ..
@@ -211,7 +211,7 @@ pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Resu
         tasks.spawn(async move {
             let mut i = 0usize;
             while t0.elapsed() < spec.duration {
-                let done = if i % 2 == 0 {
+                let done = if i.is_multiple_of(2) {
                     let k = format!("load-{nonce:08x}-{w}-{i}");
                     put(&c, &k, spec.value_size, spec.op_timeout).await.is_ok()
                 } else if keys.is_empty() {
