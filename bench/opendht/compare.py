@@ -101,13 +101,17 @@ def run_ours(n, base_port, args, work):
         started = time.monotonic() - t0
         out = subprocess.run(
             [P2PSIP, "client", "--peer", f"127.0.0.1:{base_port + n - 1}",
-             "--overlay", "bench.opendht", "--timeout", "5s", "--log-level", "error", "bench",
+             "--overlay", "bench.opendht", "--timeout", "2s", "--log-level", "warn,p2psip_node::bench=info", "bench",
              "--count", str(args.count), "--value-size", str(args.value_size),
              "--duration", f"{args.duration}s", "--window", str(args.window)],
             capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise RuntimeError(f"p2psip client bench failed: {out.stderr.strip()[-2000:]}")
         r = json.loads(out.stdout)
+        waits = [l for l in out.stderr.splitlines() if "not ready" in l]
+        if waits:
+            print(f"  p2psip ready after {r['ready_rounds']} rounds; {len(waits)} probe "
+                  f"failures, first: {waits[0][-160:]}", file=sys.stderr, flush=True)
         res = {
             "ready_s": started + r["ready_ms"] / 1000,
             "put_p50": r["put"]["p50_ms"], "put_p99": r["put"]["p99_ms"],
@@ -143,10 +147,6 @@ class DhtClient:
         want = payload(key, size)
         return any(v.data == want for v in self.r.get(opendht.InfoHash.get(key)))
 
-    def close(self):
-        # Only shutdown: join() can deadlock while callbacks of the binding still wait for
-        # the interpreter; the runner's threads end with this process.
-        self.r.shutdown()
 
 
 def throughput(client, keys, args):
@@ -193,9 +193,35 @@ def throughput(client, keys, args):
 
 
 def run_opendht(n, base_port, args, work):
+    """In a child process: the DhtRunner's threads (which a shutdown can leave blocked on
+    pending callbacks) end with it."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def body():
+        try:
+            child.send(("ok", run_opendht_here(n, base_port, args, work)))
+        except Exception as e:  # reported by the parent
+            child.send(("error", repr(e)))
+        child.close()
+        os._exit(0)
+
+    p = ctx.Process(target=body)
+    p.start()
+    if not parent.poll(900):
+        p.kill()
+        raise RuntimeError("OpenDHT run did not finish within 900 s")
+    status, value = parent.recv()
+    p.join(10)
+    if status != "ok":
+        raise RuntimeError(f"OpenDHT run failed: {value}")
+    return value
+
+
+def run_opendht_here(n, base_port, args, work):
     procs = []
     t0 = time.monotonic()
-    client = None
     try:
         for i in range(n):
             cmd = ["dhtnode", "-p", str(base_port + i)]
@@ -234,8 +260,6 @@ def run_opendht(n, base_port, args, work):
             get_ms.append((time.monotonic() - t) * 1000)
             found += hit
         ops, ops_failed = throughput(client, keys, args)
-        client.close()
-        client = None
         put_ms.sort()
         get_ms.sort()
         res = {"ready_s": ready, "put_p50": pct(put_ms, 0.5), "put_p99": pct(put_ms, 0.99),
@@ -245,8 +269,6 @@ def run_opendht(n, base_port, args, work):
         res.update(idle_and_memory(procs, args.rest, args.idle))
         return res
     finally:
-        if client is not None:
-            client.close()
         stop(procs)
 
 
@@ -320,8 +342,6 @@ def main():
             f.write(f"{head}{begin}\n({stamp}, `bash bench/opendht/run.sh "
                     f"--nodes {args.nodes} --count {args.count} --duration {args.duration} "
                     f"--window {args.window}`)\n\n{text}\n{end}{tail}")
-    # The OpenDHT runners' threads would keep the interpreter waiting.
-    os._exit(0)
 
 
 if __name__ == "__main__":

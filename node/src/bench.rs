@@ -113,12 +113,14 @@ fn summary(mut ms: Vec<f64>, failed: usize) -> Value {
            "mean_ms": if ms.is_empty() { f64::NAN } else { ms.iter().sum::<f64>() / ms.len() as f64 }})
 }
 
-/// Runs the benchmark through the peer at `peer`; the result as JSON.
-pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Result<Value> {
-    let started = Instant::now();
-    let deadline = started + spec.ready_timeout;
-    // Connect (the peer may not be up or joined yet).
-    let h = loop {
+/// A client of `peer`, retried until `deadline` (the peer may not be up or joined yet).
+async fn connect(
+    cfg: &Config,
+    peer: SocketAddr,
+    deadline: Instant,
+    limit: Duration,
+) -> anyhow::Result<runtime::NodeHandle> {
+    loop {
         let h = runtime::spawn(
             cfg.clone(),
             Role::Client { admitting: peer },
@@ -127,36 +129,58 @@ pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Resu
         .await?;
         let left = deadline.saturating_duration_since(Instant::now());
         match h.wait_joined(left.min(Duration::from_secs(5))).await {
-            Ok(()) => break h,
+            Ok(()) => return Ok(h),
             Err(e) => {
-                h.shutdown().await;
+                // A client whose join failed may have nobody to say goodbye to.
+                let _ = tokio::time::timeout(Duration::from_secs(2), h.shutdown()).await;
                 if Instant::now() >= deadline {
-                    bail!(
-                        "peer {peer} not reachable within {:?}: {e}",
-                        spec.ready_timeout
-                    );
+                    bail!("peer {peer} not reachable within {limit:?}: {e}");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    };
-    let c = h.client();
+    }
+}
+
+/// Runs the benchmark through the peer at `peer`; the result as JSON.
+pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let deadline = started + spec.ready_timeout;
+    let mut h = connect(&cfg, peer, deadline, spec.ready_timeout).await?;
+    let mut c = h.client();
     let nonce: u32 = rand::random();
     // Ready: a round in which every probe value stored comes back.
     let mut rounds = 0;
     let ready_ms = loop {
         rounds += 1;
+        if h.status().await.map_or(true, |s| s.fatal.is_some()) {
+            tracing::info!(round = rounds, "not ready: lost the peer; connecting again");
+            let _ = tokio::time::timeout(Duration::from_secs(2), h.shutdown()).await;
+            h = connect(&cfg, peer, deadline, spec.ready_timeout).await?;
+            c = h.client();
+        }
         let keys: Vec<String> = (0..spec.probes)
             .map(|i| format!("probe-{nonce:08x}-{rounds}-{i}"))
             .collect();
         let mut all = true;
         for k in &keys {
-            all &= put(&c, k, spec.value_size, spec.op_timeout).await.is_ok();
+            if let Err(e) = put(&c, k, spec.value_size, spec.op_timeout).await {
+                tracing::info!(round = rounds, key = %k, "not ready: put failed: {e}");
+                all = false;
+            }
         }
         for k in &keys {
-            all &= get(&c, k, spec.value_size, spec.op_timeout)
-                .await
-                .unwrap_or(false);
+            match get(&c, k, spec.value_size, spec.op_timeout).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(round = rounds, key = %k, "not ready: get found no value");
+                    all = false;
+                }
+                Err(e) => {
+                    tracing::info!(round = rounds, key = %k, "not ready: get failed: {e}");
+                    all = false;
+                }
+            }
         }
         if all {
             break started.elapsed().as_secs_f64() * 1000.0;

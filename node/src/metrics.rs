@@ -10,10 +10,19 @@ use p2psip_algorithms::OverlayNode;
 use p2psip_proto::body::method_name;
 use p2psip_proto::{parse_header, split_contents, Body};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once an exporter is installed: without one, nothing is computed for metrics (no
+/// header parsing per message, no periodic walk of the store).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Installs the Prometheus exporter serving `GET /metrics` on `addr`.
 pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    ENABLED.store(true, Ordering::Relaxed);
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&[
@@ -25,6 +34,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Counts one message by direction and method (and error code for Error answers).
 pub fn message(node: &str, direction: &'static str, bytes: &[u8]) {
+    if !enabled() {
+        return;
+    }
     let Ok(h) = parse_header(bytes) else {
         counter!("p2psip_messages_malformed_total", "node" => node.to_string()).increment(1);
         return;
@@ -51,6 +63,9 @@ pub fn message(node: &str, direction: &'static str, bytes: &[u8]) {
 
 /// A finished transaction of a client operation.
 pub fn transaction(node: &str, method: &'static str, seconds: f64, hops: u32, ok: bool) {
+    if !enabled() {
+        return;
+    }
     histogram!("p2psip_transaction_duration_seconds", "node" => node.to_string(), "method" => method)
         .record(seconds);
     histogram!("p2psip_routing_hops", "node" => node.to_string()).record(f64::from(hops));
@@ -68,6 +83,9 @@ pub fn export(
     transport: &Transport,
     uptime_s: f64,
 ) {
+    if !enabled() {
+        return;
+    }
     let n = || node.to_string();
     let s = core.stats();
     counter!("p2psip_messages_forwarded_total", "node" => n()).absolute(s.forwarded);
