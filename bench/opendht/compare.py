@@ -86,7 +86,7 @@ def run_ours(n, base_port, args, work):
     with open(cfg, "w") as f:
         # OpenDHT keeps each value on the 8 nodes closest to its key: 8 copies here too.
         f.write('overlay = "bench.opendht"\n[chord]\nsuccessors = 8\nreplicas = 7\n'
-                '[log]\nlevel = "warn"\n')
+                '[log]\nlevel = "info"\n')
     first = f"127.0.0.1:{base_port}"
     procs = []
     t0 = time.monotonic()
@@ -103,7 +103,8 @@ def run_ours(n, base_port, args, work):
             [P2PSIP, "client", "--peer", f"127.0.0.1:{base_port + n - 1}",
              "--overlay", "bench.opendht", "--timeout", "2s", "--log-level", "warn,p2psip_node::bench=info", "bench",
              "--count", str(args.count), "--value-size", str(args.value_size),
-             "--duration", f"{args.duration}s", "--window", str(args.window)],
+             "--duration", f"{args.duration}s", "--window", str(args.window),
+             "--check-peer", first],
             capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise RuntimeError(f"p2psip client bench failed: {out.stderr.strip()[-2000:]}")
@@ -119,6 +120,7 @@ def run_ours(n, base_port, args, work):
             "get_p50": r["get"]["latency"]["p50_ms"], "get_p99": r["get"]["latency"]["p99_ms"],
             "found": r["get"]["found"],
             "ops": r["throughput"]["ops_per_s"], "ops_failed": r["throughput"]["failed"],
+            "found_elsewhere": r["found_elsewhere"]["found"],
         }
         res.update(idle_and_memory(procs, args.rest, args.idle))
         return res
@@ -260,12 +262,15 @@ def run_opendht_here(n, base_port, args, work):
             get_ms.append((time.monotonic() - t) * 1000)
             found += hit
         ops, ops_failed = throughput(client, keys, args)
+        # The first values again, through a second client bootstrapped to the first peer.
+        other = DhtClient(base_port)
+        elsewhere = sum(other.get(k, args.value_size) for k in keys[:100])
         put_ms.sort()
         get_ms.sort()
         res = {"ready_s": ready, "put_p50": pct(put_ms, 0.5), "put_p99": pct(put_ms, 0.99),
                "put_failed": put_failed, "get_p50": pct(get_ms, 0.5),
                "get_p99": pct(get_ms, 0.99), "found": found, "ops": ops,
-               "ops_failed": ops_failed}
+               "ops_failed": ops_failed, "found_elsewhere": elsewhere}
         res.update(idle_and_memory(procs, args.rest, args.idle))
         return res
     finally:
@@ -279,6 +284,7 @@ ROWS = [
     ("get_p50", "get latency median (ms)", "{:.2f}", "lower"),
     ("get_p99", "get latency p99 (ms)", "{:.2f}", "lower"),
     ("found", "values found intact (of COUNT)", "{:.0f}", "higher"),
+    ("found_elsewhere", "of them, first 100 found through the first peer", "{:.0f}", "higher"),
     ("ops", "put+get per second, one client", "{:.0f}", "higher"),
     ("rss_mib", "RSS per peer (MiB)", "{:.1f}", "lower"),
     ("cpu_idle_pct", "CPU per idle peer (% of a core)", "{:.2f}", "lower"),
@@ -314,15 +320,16 @@ def main():
     if not os.path.exists(P2PSIP):
         sys.exit(f"{P2PSIP} is missing: cargo build --release -p p2psip-node")
     results = []
-    with tempfile.TemporaryDirectory(prefix="p2psip-vs-opendht-") as work:
-        for n in [int(x) for x in args.nodes.split(",")]:
-            print(f"N = {n}: p2psip ...", file=sys.stderr, flush=True)
-            ours = run_ours(n, 27000, args, work)
-            print(f"  {json.dumps(ours)}", file=sys.stderr, flush=True)
-            print(f"N = {n}: OpenDHT ...", file=sys.stderr, flush=True)
-            theirs = run_opendht(n, 28000, args, work)
-            print(f"  {json.dumps(theirs)}", file=sys.stderr, flush=True)
-            results.append((n, (ours, theirs)))
+    work = tempfile.mkdtemp(prefix="p2psip-vs-opendht-")
+    print(f"peer logs in {work}", file=sys.stderr, flush=True)
+    for n in [int(x) for x in args.nodes.split(",")]:
+        print(f"N = {n}: p2psip ...", file=sys.stderr, flush=True)
+        ours = run_ours(n, 27000, args, work)
+        print(f"  {json.dumps(ours)}", file=sys.stderr, flush=True)
+        print(f"N = {n}: OpenDHT ...", file=sys.stderr, flush=True)
+        theirs = run_opendht(n, 28000, args, work)
+        print(f"  {json.dumps(theirs)}", file=sys.stderr, flush=True)
+        results.append((n, (ours, theirs)))
     text = table(results, args.count)
     print(text, flush=True)
     if args.json:

@@ -35,7 +35,13 @@ pub struct BenchSpec {
     pub ready_timeout: Duration,
     /// One request's limit.
     pub op_timeout: Duration,
+    /// Another peer through which the first values are fetched at the end (a fleet split
+    /// into islands shows here).
+    pub check_peer: Option<SocketAddr>,
 }
+
+/// Values of the latency phase fetched again through the check peer.
+const CHECKED: usize = 100;
 
 /// A value of `size` bytes that names its key (so a wrong answer is seen).
 fn payload(key: &str, size: usize) -> Vec<u8> {
@@ -259,8 +265,31 @@ pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Resu
     let secs = t0.elapsed().as_secs_f64();
     h.shutdown().await;
     let ops = ok.load(Ordering::Relaxed);
+    let mut elsewhere = Value::Null;
+    if let Some(other) = spec.check_peer {
+        let h2 = connect(
+            &cfg,
+            other,
+            Instant::now() + spec.ready_timeout,
+            spec.ready_timeout,
+        )
+        .await?;
+        let c2 = h2.client();
+        let mut found = 0;
+        let n = keys.len().min(CHECKED);
+        for k in keys.iter().take(n) {
+            found += usize::from(
+                get(&c2, k, spec.value_size, spec.op_timeout)
+                    .await
+                    .unwrap_or(false),
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), h2.shutdown()).await;
+        elsewhere = json!({"peer": other.to_string(), "checked": n, "found": found});
+    }
     Ok(json!({
         "ready_ms": ready_ms,
+        "found_elsewhere": elsewhere,
         "ready_rounds": rounds,
         "put": summary(put_ms, put_failed),
         "get": { "found": found, "latency": summary(get_ms, get_failed) },

@@ -199,6 +199,9 @@ enum ClientOp {
         /// Give up waiting for the overlay to be ready after this.
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         ready_timeout: Duration,
+        /// At the end, fetch the first 100 values again through this other peer (host:port).
+        #[arg(long)]
+        check_peer: Option<String>,
     },
 }
 
@@ -486,8 +489,13 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         window,
         probes,
         ready_timeout,
+        check_peer,
     } = &a.op
     {
+        let check_peer = match check_peer {
+            Some(p) => Some(runtime::resolve(p).await?),
+            None => None,
+        };
         let cfg = Config {
             overlay: a.overlay.clone(),
             user: "bench".into(),
@@ -501,6 +509,7 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
             probes: *probes,
             ready_timeout: *ready_timeout,
             op_timeout: a.timeout,
+            check_peer,
         };
         let out = p2psip_node::bench::run(cfg, peer, spec).await?;
         println!("{out}");
