@@ -664,13 +664,30 @@ impl Runtime {
         }
         if let Some(a) = self.addrs.get(&to).copied() {
             self.transport.connect(a, Some(to));
-        } else if let Some(via) = self.transport.any_link(to).filter(|_| self.is_peer) {
+        } else if let Some(via) = self.attach_via(to).filter(|_| self.is_peer) {
             let op = self.core.attach(now(), to, Some(via));
             self.attaching.insert(op, to);
         } else {
             self.pending.remove(&to);
             self.core.handle_link(now(), LinkEvent::Failed(to));
         }
+    }
+
+    /// The node an Attach to `to` goes through: a linked peer of the routing table or a
+    /// bootstrap peer, and only when there is none, any link. Not any link first: a client
+    /// linked to us (one that chose this node as its admitting peer) does not route, and
+    /// every Attach sent through it was lost (a just-joined peer then timed out on all its
+    /// neighbours at once and went on alone).
+    fn attach_via(&self, to: NodeId) -> Option<NodeId> {
+        let rt = self.core.routing_table();
+        rt.successors
+            .iter()
+            .chain(&rt.predecessors)
+            .chain(&rt.fingers)
+            .chain(&self.boot_ids)
+            .copied()
+            .find(|n| *n != to && self.transport.is_linked(*n))
+            .or_else(|| self.transport.any_link(to))
     }
 
     fn flush(&mut self) {
