@@ -390,7 +390,6 @@ async fn wait_for_signal(h: &NodeHandle) {
     }
 }
 
-/// A key derived from a name: the same writer for the same name, every time.
 /// StoreMany / CheckMany: one client connection, `count` operations one after another.
 async fn many(
     a: &ClientArgs,
