@@ -35,10 +35,13 @@ impl Topology for ClientTopology {
     fn is_joined(&self) -> bool {
         self.joined
     }
-    fn next_hop(&self, target: Id) -> NextHop {
+    /// Everything goes to the admitting peer, even a Resource-ID equal to the client's own
+    /// Node-ID (a client holds no range: a client behind a NAT looks up the peer
+    /// responsible for its Node-ID that way).
+    fn next_hop(&self, _target: Id) -> NextHop {
         match self.peer {
-            Some(p) if target != self.me => NextHop::Forward(p),
-            _ => NextHop::Local,
+            Some(p) => NextHop::Forward(p),
+            None => NextHop::Local,
         }
     }
     fn is_neighbor(&self, node: NodeId) -> bool {

@@ -130,6 +130,18 @@ pub async fn health(metrics: &str, timeout: std::time::Duration) -> anyhow::Resu
     Ok(())
 }
 
+/// A Node-ID written as 32 hex digits (as nodes print theirs).
+pub fn parse_node_id(s: &str) -> anyhow::Result<p2psip_algorithms::NodeId> {
+    let bytes =
+        hex::decode(s.trim()).map_err(|e| anyhow::anyhow!("node id {s:?} is not hex: {e}"))?;
+    p2psip_algorithms::NodeId::from_slice(&bytes).ok_or_else(|| {
+        anyhow::anyhow!(
+            "node id {s:?}: 32 hex digits (16 bytes) expected, got {}",
+            bytes.len()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +151,19 @@ mod tests {
         assert_eq!(kind_of("sip-registration").unwrap(), KIND_SIP_REGISTRATION);
         assert_eq!(kind_of("7").unwrap(), 7);
         assert!(kind_of("bogus").is_err());
+    }
+
+    #[test]
+    fn node_ids_parse_from_32_hex_digits_only() {
+        let id = super::parse_node_id("00112233445566778899aabbccddeeff").unwrap();
+        assert_eq!(format!("{id:#}"), "00112233445566778899aabbccddeeff");
+        for bad in [
+            "",
+            "0011",
+            "zz112233445566778899aabbccddeeff",
+            "00112233445566778899aabbccddeeff00",
+        ] {
+            assert!(super::parse_node_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

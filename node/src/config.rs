@@ -45,7 +45,40 @@ pub struct Config {
     pub kademlia: KademliaSection,
     pub onehop: OneHopSection,
     pub sip: SipSection,
+    pub nat: NatSection,
     pub log: LogSection,
+}
+
+/// The `[nat]` table: reachability, hole punching and relaying (proto/SPEC.md section 2.8).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSection {
+    /// "auto": a node configured as a peer learns its reflexive address from the first peer
+    /// it links to and routes only if that address is its own (no NAT in between); behind a
+    /// NAT it runs as a client of the peer responsible for its Node-ID. "peer": always
+    /// route (the operator vouches for reachability). "client": never route.
+    pub mode: String,
+    /// How long a direct connection attempt (hole punch) may take before the relay is used.
+    pub punch_timeout_ms: u64,
+    /// Relay application streams for nodes linked to this one that others cannot reach.
+    pub relay: bool,
+    /// Relayed streams this node carries at once; more are refused (and counted).
+    pub relay_max_streams: usize,
+    /// Serve the echo application (number 7): what an application stream sends comes back.
+    /// `p2psip client app-echo` uses it to test application connections.
+    pub echo: bool,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        NatSection {
+            mode: "auto".into(),
+            punch_timeout_ms: 3000,
+            relay: true,
+            relay_max_streams: 64,
+            echo: false,
+        }
+    }
 }
 
 /// The `[sip]` table: the SIP front-end (registrar and proxy), off by default.
@@ -207,6 +240,7 @@ impl Default for Config {
             kademlia: KademliaSection::default(),
             onehop: OneHopSection::default(),
             sip: SipSection::default(),
+            nat: NatSection::default(),
             log: LogSection::default(),
         }
     }
@@ -303,6 +337,15 @@ impl Config {
             if self.sip.min_expires_s > self.sip.max_expires_s {
                 bail!("sip.min_expires_s must not exceed sip.max_expires_s");
             }
+        }
+        if !matches!(self.nat.mode.as_str(), "auto" | "peer" | "client") {
+            bail!(
+                "nat.mode: \"auto\", \"peer\" or \"client\", not {:?}",
+                self.nat.mode
+            );
+        }
+        if self.nat.punch_timeout_ms == 0 {
+            bail!("nat.punch_timeout_ms must be positive");
         }
         if self.timers.request_timeout_ms == 0 {
             bail!("timers.request_timeout_ms must be positive");

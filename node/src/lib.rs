@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cli_ops;
 pub mod config;
+pub mod echo;
 pub mod identity;
 pub mod metrics;
 pub mod runtime;

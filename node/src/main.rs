@@ -103,6 +103,13 @@ struct NodeArgs {
     /// 0.0.0.0:5060 (the [sip] table of the configuration holds its other settings).
     #[arg(long, env = "P2PSIP_SIP")]
     sip: Option<String>,
+    /// Serves the echo application (7) that `p2psip client app-echo` calls (nat.echo).
+    #[arg(long)]
+    echo: bool,
+    /// Reachability: "auto" (route only if peers see this node's own address; behind a
+    /// NAT run as a client), "peer" or "client" (nat.mode).
+    #[arg(long, env = "P2PSIP_NAT_MODE")]
+    nat_mode: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -164,6 +171,18 @@ enum ClientOp {
     },
     /// Ping the peer responsible for hash(NAME) (default: a random id).
     Ping { name: Option<String> },
+    /// Open an application connection to NODE's echo application (a node started with
+    /// --echo) through AppAttach — direct, punched through NATs, or relayed — send
+    /// MESSAGE on ROUNDS streams and check what comes back. Prints the path taken and the
+    /// times; exit status 2 when it fails.
+    AppEcho {
+        /// The Node-ID (32 hex digits) of the node serving echo.
+        node: String,
+        #[arg(long, default_value = "hello through the overlay")]
+        message: String,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Store COUNT values, PREFIX0 .. PREFIX<COUNT-1>, each signed by its own name's key
     /// (a smoke test of a fleet). Exit status 5 unless every store succeeds.
     StoreMany {
@@ -320,6 +339,12 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         cfg.sip.enabled = true;
         cfg.sip.listen = v;
     }
+    if a.echo {
+        cfg.nat.echo = true;
+    }
+    if let Some(v) = a.nat_mode {
+        cfg.nat.mode = v;
+    }
     if let Some(v) = a.log.log_format {
         cfg.log.format = v;
     }
@@ -352,6 +377,9 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
         "p2psip node {:#} listening on {} (overlay {:?}, algorithm {})",
         h.id, h.addr, cfg.overlay, cfg.algorithm
     );
+    if cfg.nat.echo {
+        p2psip_node::echo::serve(&h.client()).await;
+    }
     let _sip = if cfg.sip.enabled {
         let s = sip::SipSettings::from_config(&cfg.sip, h.advertised)?;
         let fe = sip::start(h.client(), s).await?;
@@ -514,6 +542,14 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         println!("{out}");
         return Ok(0);
     }
+    if let ClientOp::AppEcho {
+        node,
+        message,
+        rounds,
+    } = &a.op
+    {
+        return app_echo(&a, peer, node, message, *rounds).await;
+    }
     if let ClientOp::StoreMany { count, prefix } | ClientOp::CheckMany { count, prefix } = &a.op {
         return many(
             &a,
@@ -530,9 +566,10 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         | ClientOp::Stat { name, .. }
         | ClientOp::Find { name, .. } => name.clone(),
         ClientOp::Ping { name } => name.clone().unwrap_or_default(),
-        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } | ClientOp::Bench { .. } => {
-            String::new()
-        }
+        ClientOp::StoreMany { .. }
+        | ClientOp::CheckMany { .. }
+        | ClientOp::Bench { .. }
+        | ClientOp::AppEcho { .. } => String::new(),
     };
     let seed = match &a.identity {
         Some(p) => identity::read_seed(p)?,
@@ -594,9 +631,10 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
                 "find",
             )
         }
-        ClientOp::StoreMany { .. } | ClientOp::CheckMany { .. } | ClientOp::Bench { .. } => {
-            bail!("bulk operations are handled above")
-        }
+        ClientOp::StoreMany { .. }
+        | ClientOp::CheckMany { .. }
+        | ClientOp::Bench { .. }
+        | ClientOp::AppEcho { .. } => bail!("handled above"),
         ClientOp::Ping { name } => {
             let target = match name {
                 Some(n) => Id::hash_of(n.as_bytes()),
@@ -707,6 +745,73 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         other => println!("{other:?}"),
     }
     Ok(code)
+}
+
+/// `p2psip client app-echo`: an application connection to a node's echo service.
+async fn app_echo(
+    a: &ClientArgs,
+    peer: SocketAddr,
+    node: &str,
+    message: &str,
+    rounds: usize,
+) -> anyhow::Result<i32> {
+    let to = p2psip_node::cli_ops::parse_node_id(node)?;
+    let cfg = Config {
+        overlay: a.overlay.clone(),
+        user: "echo".into(),
+        ..Config::default()
+    };
+    let seed = match &a.identity {
+        Some(p) => identity::read_seed(p)?,
+        None => identity::generate_seed(),
+    };
+    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
+    if let Err(e) = h.wait_joined(a.timeout).await {
+        bail!("could not reach peer {peer}: {e}");
+    }
+    // Our reflexive address goes in the AppAttach, so that a NATed callee punches towards
+    // it: wait (briefly) for the admitting peer to report it.
+    let until = Instant::now() + Duration::from_secs(2);
+    while h.status().await?.reflexive.is_none() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let res = tokio::time::timeout(
+        a.timeout,
+        p2psip_node::echo::call(&h.client(), to, message.as_bytes(), rounds),
+    )
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no echo within {:?}", a.timeout)));
+    let st = h.status().await.ok();
+    h.shutdown().await;
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    match res {
+        Ok(r) => {
+            let rtts: Vec<f64> = r.rounds.iter().map(|d| ms(*d)).collect();
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "path": r.path.as_str(), "connect_ms": ms(r.connect),
+                           "rtt_ms": rtts, "reflexive": st.as_ref().and_then(|s| s.reflexive).map(|x| x.to_string()),
+                           "behind_nat": st.as_ref().and_then(|s| s.behind_nat)})
+                );
+            } else {
+                println!(
+                    "echo from {to} ({} path): connection {:.1} ms, round trips {rtts:?} ms",
+                    r.path.as_str(),
+                    ms(r.connect)
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if a.json {
+                println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+            } else {
+                eprintln!("app-echo failed: {e:#}");
+            }
+            Ok(2)
+        }
+    }
 }
 
 async fn op(

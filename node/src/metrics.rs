@@ -107,6 +107,19 @@ pub fn export(
         .absolute(transport.stats.app_streams_opened.load(Ordering::Relaxed));
     counter!("p2psip_app_streams_total", "node" => n(), "direction" => "accepted")
         .absolute(transport.stats.app_streams_accepted.load(Ordering::Relaxed));
+    let ts = &transport.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    counter!("p2psip_app_connections_total", "node" => n(), "path" => "direct")
+        .absolute(get(&ts.app_direct));
+    counter!("p2psip_app_connections_total", "node" => n(), "path" => "relayed")
+        .absolute(get(&ts.app_relayed));
+    counter!("p2psip_nat_punch_failures_total", "node" => n()).absolute(get(&ts.punch_failed));
+    counter!("p2psip_relay_streams_total", "node" => n(), "outcome" => "relayed")
+        .absolute(get(&ts.relay_streams));
+    counter!("p2psip_relay_streams_total", "node" => n(), "outcome" => "refused")
+        .absolute(get(&ts.relay_refused));
+    counter!("p2psip_relay_bytes_total", "node" => n()).absolute(get(&ts.relay_bytes));
+    gauge!("p2psip_relay_streams_active", "node" => n()).set(get(&ts.relay_active) as f64);
     counter!("p2psip_transaction_retransmissions_total", "node" => n()).absolute(s.retransmissions);
     counter!("p2psip_requests_rerouted_total", "node" => n()).absolute(s.rerouted);
     counter!("p2psip_transaction_timeouts_total", "node" => n()).absolute(s.timeouts);
@@ -124,6 +137,28 @@ pub fn export(
             .set(values as f64);
         gauge!("p2psip_storage_bytes", "node" => n(), "kind" => kind.to_string()).set(bytes as f64);
     }
+}
+
+/// What a node knows of its reachability (proto/SPEC.md 2.8).
+pub struct NatState {
+    pub behind_nat: bool,
+    /// Its NAT maps each destination to a new port.
+    pub symmetric: bool,
+    /// It routes for others (a peer).
+    pub routes: bool,
+    /// A peer, or a client whose admitting peer is responsible for its Node-ID.
+    pub located: bool,
+}
+
+pub fn nat(node: &str, st: NatState) {
+    if !enabled() {
+        return;
+    }
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    gauge!("p2psip_nat_behind", "node" => node.to_string()).set(b(st.behind_nat));
+    gauge!("p2psip_nat_symmetric", "node" => node.to_string()).set(b(st.symmetric));
+    gauge!("p2psip_nat_routing", "node" => node.to_string()).set(b(st.routes));
+    gauge!("p2psip_nat_located", "node" => node.to_string()).set(b(st.located));
 }
 
 /// Join and leave events.

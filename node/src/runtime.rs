@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::identity;
 use crate::metrics;
 use crate::store::DashStore;
-use crate::transport::{AppStream, NetEvent, Transport};
+use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
 use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::client::ClientTopology;
 use p2psip_algorithms::{
@@ -41,6 +41,12 @@ pub struct Status {
     pub stored_values: usize,
     /// Why a client cannot work (its admitting peer refused it or is unreachable).
     pub fatal: Option<String>,
+    /// The address a peer sees this node at, once one has said.
+    pub reflexive: Option<SocketAddr>,
+    /// Whether a NAT sits between this node and the peers (None: not known yet).
+    pub behind_nat: Option<bool>,
+    /// Whether the node routes for others (a peer) or not (a client).
+    pub routes: bool,
 }
 
 type OpFn = Box<dyn FnOnce(&mut OverlayNode, Time) -> OpId + Send>;
@@ -50,6 +56,8 @@ type CoreFn = Box<dyn FnOnce(&mut OverlayNode) + Send>;
 enum Command {
     Op(OpFn, oneshot::Sender<Event>),
     Core(CoreFn),
+    /// An application is served: advertise the node's candidates for it.
+    ServeApp(u32),
     Status(oneshot::Sender<Status>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -107,19 +115,52 @@ impl NodeClient {
         let _ = self.cmd.send(Command::Core(Box::new(f))).await;
     }
 
-    /// Serves application `app`: streams other nodes open for it (AppAttach).
-    pub fn serve_app(&self, app: u32) -> mpsc::Receiver<AppStream> {
-        self.transport.serve_app(app)
+    /// Serves application `app`: streams other nodes open for it (AppAttach) arrive on
+    /// the returned channel, and AppAttach requests for it are answered with this node's
+    /// candidates.
+    pub async fn serve_app(&self, app: u32) -> mpsc::Receiver<AppStream> {
+        let rx = self.transport.serve_app(app);
+        let _ = self.cmd.send(Command::ServeApp(app)).await;
+        rx
     }
 
-    /// Opens a stream of application `app` to `node` at `addr` (an AppAttach candidate).
+    /// Asks `node` (AppAttach through the overlay) where its application `app` is
+    /// reached; the request carries our candidates, so a node behind a NAT punches it
+    /// towards us before it answers (proto/SPEC.md 2.8).
+    pub async fn attach_app(&self, node: NodeId, app: u32) -> anyhow::Result<Reach> {
+        let ev = self
+            .op(move |core, t| core.app_attach(t, node, app))
+            .await?;
+        let Event::Completed { outcome, .. } = ev else {
+            bail!("unexpected event");
+        };
+        match outcome {
+            Ok(Body::AppAttachAns(a)) => Ok(reach_of(&a.candidates)),
+            Ok(b) => bail!("unexpected answer {}", b.method_name()),
+            Err(e) => bail!("AppAttach to {node}: {}", e.info),
+        }
+    }
+
+    /// Opens a stream of application `app` to `node`, reached as `reach` says: directly
+    /// (over an open application connection, or a new one punched through the NATs), or
+    /// through its relay when no direct connection comes up within the punch timeout.
     pub async fn open_app(
         &self,
-        addr: SocketAddr,
+        node: NodeId,
+        reach: &Reach,
+        app: u32,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, AppPath)> {
+        self.transport.open_app(node, reach, app).await
+    }
+
+    /// AppAttach, then a stream of application `app` to `node`.
+    pub async fn connect_app(
+        &self,
         node: NodeId,
         app: u32,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
-        self.transport.open_app(addr, node, app).await
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, AppPath)> {
+        let reach = self.attach_app(node, app).await?;
+        self.open_app(node, &reach, app).await
     }
 }
 
@@ -213,9 +254,30 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
             Err(e) => tracing::warn!("could not restore stored data: {e:#}"),
         }
     }
-    let topology = match &role {
-        Role::Peer => cfg.algorithm_params()?.build(id),
-        Role::Client { .. } => Box::new(ClientTopology::new(id)),
+    let nat_mode = match (&role, cfg.nat.mode.as_str()) {
+        (Role::Client { .. }, _) => NatMode::Client,
+        (Role::Peer, "client") => NatMode::Client,
+        (Role::Peer, "peer") => NatMode::Peer,
+        (Role::Peer, _) if cfg.bootstrap.is_empty() => NatMode::Peer,
+        (Role::Peer, _) => NatMode::Auto,
+    };
+    let client_core: ClientCoreFn = {
+        let (core_cfg, user, store) = (cfg.core(), cfg.user.clone(), store.clone());
+        Box::new(move || {
+            OverlayNode::new(
+                core_cfg,
+                Identity::from_seed(seed, user),
+                Box::new(ClientTopology::new(id)),
+                Box::new(store),
+                rand::random(),
+            )
+        })
+    };
+    let routes = matches!(role, Role::Peer) && nat_mode != NatMode::Client;
+    let topology = if routes {
+        cfg.algorithm_params()?.build(id)
+    } else {
+        Box::new(ClientTopology::new(id))
     };
     let node_seed: u64 = rand::random();
     let mut core = OverlayNode::new(
@@ -259,7 +321,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     }
     let me = advertised(&cfg, addr, &boot);
     match me {
-        Some(a) => core.set_candidates(vec![candidate(a)]),
+        Some(a) => core.set_candidates(vec![candidate(a, pb::candidate::Type::Host)]),
         None => {
             tracing::warn!(%addr, "no address to advertise: other nodes can reach this one only on links it opens")
         }
@@ -291,7 +353,22 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         store_path,
         cache_path: cfg.data_dir.as_ref().map(|d| d.join("peers")),
         data_dir: cfg.data_dir.clone(),
-        is_peer: matches!(role, Role::Peer),
+        is_peer: routes,
+        daemon: matches!(role, Role::Peer),
+        nat_mode,
+        host: me,
+        reflexive: None,
+        behind_nat: None,
+        symmetric: false,
+        reflexive_by: None,
+        located: false,
+        observe_until: None,
+        client_core: Some(client_core),
+        admitting: None,
+        locating: None,
+        moving_to: None,
+        next_locate: Instant::now(),
+        apps: Vec::new(),
         boot,
         boot_ids: Vec::new(),
         started: false,
@@ -315,16 +392,47 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     })
 }
 
-pub fn candidate(a: SocketAddr) -> pb::Candidate {
+/// A candidate of the given type; priorities as ICE's type preferences (host first).
+pub fn candidate(a: SocketAddr, kind: pb::candidate::Type) -> pb::Candidate {
+    use pb::candidate::Type;
     pb::Candidate {
         address: match a.ip() {
             IpAddr::V4(v) => v.octets().to_vec(),
             IpAddr::V6(v) => v.octets().to_vec(),
         },
         port: u32::from(a.port()),
-        r#type: pb::candidate::Type::Host as i32,
-        priority: 1,
+        r#type: kind as i32,
+        priority: match kind {
+            Type::Host => 126,
+            Type::PeerReflexive => 110,
+            Type::ServerReflexive => 100,
+            Type::Relayed | Type::Unspecified => 0,
+        },
     }
+}
+
+fn is_relayed(c: &pb::Candidate) -> bool {
+    c.r#type == pb::candidate::Type::Relayed as i32
+}
+
+/// Where a node's candidates say it can be reached: direct (host, reflexive) addresses
+/// and its relay.
+pub fn reach_of(candidates: &[pb::Candidate]) -> Reach {
+    let mut r = Reach::default();
+    for c in candidates {
+        let Some(a) = candidate_addr(c) else { continue };
+        if is_relayed(c) {
+            r.relay = r.relay.or(Some(a));
+        } else if c.r#type == pb::candidate::Type::ServerReflexive as i32 {
+            r.reflexive = true;
+            if !r.direct.contains(&a) {
+                r.direct.push(a);
+            }
+        } else if !r.direct.contains(&a) {
+            r.direct.push(a);
+        }
+    }
+    r
 }
 
 pub fn candidate_addr(c: &pb::Candidate) -> Option<SocketAddr> {
@@ -385,19 +493,6 @@ pub async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// The address of the local interface that routes towards `to` (no packet is sent).
-fn local_ip_towards(to: SocketAddr) -> Option<IpAddr> {
-    let any: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse().ok()?
-    } else {
-        "[::]:0".parse().ok()?
-    };
-    let s = std::net::UdpSocket::bind(any).ok()?;
-    s.connect(to).ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
-}
-
 /// The address this node tells others to reach it at.
 fn advertised(cfg: &Config, bound: SocketAddr, boot: &[SocketAddr]) -> Option<SocketAddr> {
     if !cfg.advertise.is_empty() {
@@ -427,6 +522,22 @@ fn read_peer_cache(path: &std::path::Path) -> Vec<SocketAddr> {
 
 /// Messages held back for a node while a link to it is being set up.
 const PENDING_CAP: usize = 256;
+/// How long a peer in `nat.mode = "auto"` waits for its first bootstrap peer to report its
+/// address before it assumes it is reachable.
+const OBSERVE_WAIT: Duration = Duration::from_secs(2);
+/// How often a node behind a NAT checks that its admitting peer is still the peer
+/// responsible for its Node-ID (through which requests addressed to it arrive).
+const LOCATE_INTERVAL: Duration = Duration::from_secs(30);
+
+type ClientCoreFn = Box<dyn FnOnce() -> OverlayNode + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NatMode {
+    /// Route unless the first bootstrap peer sees another address than our own.
+    Auto,
+    Peer,
+    Client,
+}
 
 struct Runtime {
     label: String,
@@ -436,7 +547,38 @@ struct Runtime {
     store_path: Option<PathBuf>,
     cache_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    /// Whether this node routes for others (a peer) or not (a client).
     is_peer: bool,
+    /// A long-running node (not a CLI client): behind a NAT it moves to the peer
+    /// responsible for its Node-ID and recovers when its admitting peer goes.
+    daemon: bool,
+    nat_mode: NatMode,
+    /// The address this node advertises as its host candidate.
+    host: Option<SocketAddr>,
+    /// The address peers see this node at (reported on the links it opens).
+    reflexive: Option<SocketAddr>,
+    behind_nat: Option<bool>,
+    /// Two peers saw this node at two different addresses: its NAT maps each destination
+    /// anew ("symmetric"), so its reflexive address is of no use to others.
+    symmetric: bool,
+    /// Which peer reported `reflexive`.
+    reflexive_by: Option<NodeId>,
+    /// This client's admitting peer is the peer responsible for its Node-ID (requests
+    /// addressed to it arrive there).
+    located: bool,
+    /// A peer in auto mode starts when its address is known, or at this time.
+    observe_until: Option<Instant>,
+    /// Builds the client core a peer behind a NAT runs instead of its algorithm.
+    client_core: Option<ClientCoreFn>,
+    /// A client's admitting peer.
+    admitting: Option<NodeId>,
+    /// The lookup of the peer responsible for this client's Node-ID.
+    locating: Option<OpId>,
+    /// The peer this client is moving to (an Attach to it is under way).
+    moving_to: Option<NodeId>,
+    next_locate: Instant,
+    /// Applications served here (their AppAttach candidates follow the node's).
+    apps: Vec<u32>,
     boot: Vec<SocketAddr>,
     boot_ids: Vec<NodeId>,
     started: bool,
@@ -498,6 +640,8 @@ impl Runtime {
                 _ = sleep_until(deadline) => self.core.handle_timeout(now()),
                 _ = tick.tick() => {
                     ticks += 1;
+                    self.maybe_start();
+                    self.locate_responsible();
                     metrics::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
                     // Snapshot within a second of any change (and the peer cache every 10 s).
                     let v = self.store.version();
@@ -539,11 +683,159 @@ impl Runtime {
         }
     }
 
+    /// Starts the core once a bootstrap peer is linked and, for a peer in auto mode, its
+    /// reachability is known (or the wait for it is over).
+    fn maybe_start(&mut self) {
+        if self.started || self.boot_ids.is_empty() {
+            return;
+        }
+        if self.nat_mode == NatMode::Auto && self.behind_nat.is_none() {
+            let until = *self
+                .observe_until
+                .get_or_insert_with(|| Instant::now() + OBSERVE_WAIT);
+            if Instant::now() < until {
+                return;
+            }
+            tracing::warn!(
+                "no bootstrap peer reported this node's address: assuming it is reachable"
+            );
+            self.behind_nat = Some(false);
+        }
+        self.start_core();
+    }
+
+    /// A peer told us the address it sees our link at.
+    fn on_observed(&mut self, by: NodeId, addr: SocketAddr) {
+        let behind = Some(addr) != self.host;
+        if let (Some(prev), Some(prev_by)) = (self.reflexive, self.reflexive_by) {
+            if prev_by != by && prev != addr && prev.ip() == addr.ip() && !self.symmetric {
+                tracing::info!(first = %prev, second = %addr, "two peers see this node at two ports: the NAT maps each destination anew (symmetric); other nodes reach this one through its relay");
+                self.symmetric = true;
+                self.transport.set_symmetric(true);
+            }
+        }
+        self.reflexive_by = Some(by);
+        if self.reflexive != Some(addr) || self.behind_nat != Some(behind) {
+            if behind {
+                tracing::info!(%by, reflexive = %addr, host = ?self.host, "a peer sees this node at another address: behind a NAT");
+            } else {
+                tracing::info!(%by, %addr, "a peer sees this node at its own address: reachable");
+            }
+        }
+        self.reflexive = Some(addr);
+        self.behind_nat = Some(behind);
+        if behind && self.is_peer && self.nat_mode == NatMode::Auto {
+            if self.started {
+                tracing::warn!("already routing as a peer; set nat.mode = \"client\" if others cannot reach this node");
+            } else if let Some(make) = self.client_core.take() {
+                self.core = make();
+                self.is_peer = false;
+                tracing::info!("behind a NAT: running as a client (routing nothing) of the peer responsible for this Node-ID");
+            }
+        }
+        self.export_nat();
+        self.refresh_candidates();
+        self.maybe_start();
+    }
+
+    /// Sets the candidates this node gives in Attach and AppAttach: its host address, the
+    /// reflexive address peers see, and behind a NAT its admitting peer as relay.
+    fn refresh_candidates(&mut self) {
+        use pb::candidate::Type;
+        let mut c = Vec::new();
+        if let Some(h) = self.host {
+            c.push(candidate(h, Type::Host));
+        }
+        if let Some(r) = self
+            .reflexive
+            .filter(|r| Some(*r) != self.host && !self.symmetric)
+        {
+            c.push(candidate(r, Type::ServerReflexive));
+        }
+        if !self.is_peer {
+            if let Some(a) = self.admitting.and_then(|p| self.addrs.get(&p)) {
+                c.push(candidate(*a, Type::Relayed));
+            }
+        }
+        self.core.set_candidates(c.clone());
+        for app in &self.apps {
+            self.core.set_app_candidates(*app, c.clone());
+        }
+    }
+
+    /// A long-running client (a node behind a NAT) looks up the peer responsible for its
+    /// Node-ID now and then: requests addressed to it are routed there.
+    fn locate_responsible(&mut self) {
+        if self.is_peer
+            || !self.daemon
+            || !self.core.is_joined()
+            || self.locating.is_some()
+            || self.moving_to.is_some()
+            || Instant::now() < self.next_locate
+        {
+            return;
+        }
+        self.next_locate = Instant::now() + LOCATE_INTERVAL;
+        let me = self.core.id();
+        self.locating = Some(self.core.lookup(now(), me));
+    }
+
+    /// The lookup of the responsible peer answered: move there if it is another peer.
+    fn on_located(&mut self, responder: Option<NodeId>) {
+        self.locating = None;
+        if responder.is_some() && responder == self.admitting {
+            self.located = true;
+            self.export_nat();
+        }
+        let Some(r) = responder.filter(|r| Some(*r) != self.admitting && *r != self.core.id())
+        else {
+            return;
+        };
+        if self.transport.is_linked(r) {
+            self.readmit(r);
+        } else if let Some(a) = self.admitting {
+            tracing::info!(peer = %r, "moving to the peer responsible for this Node-ID");
+            self.moving_to = Some(r);
+            let op = self.core.attach(now(), r, Some(a));
+            self.attaching.insert(op, r);
+        }
+    }
+
+    /// Makes `peer` (linked) this client's admitting peer.
+    fn readmit(&mut self, peer: NodeId) {
+        self.core.readmit(now(), peer);
+        self.admitting = Some(peer);
+        self.moving_to = None;
+        tracing::info!(%peer, "admitted by this peer");
+        self.refresh_candidates();
+        // Confirm at once that it is the responsible peer.
+        self.located = false;
+        self.next_locate = Instant::now();
+        self.export_nat();
+    }
+
+    fn export_nat(&self) {
+        metrics::nat(
+            &self.label,
+            metrics::NatState {
+                behind_nat: self.behind_nat == Some(true),
+                symmetric: self.symmetric,
+                routes: self.is_peer,
+                located: self.is_peer || self.located,
+            },
+        );
+    }
+
     fn start_core(&mut self) {
         if self.started {
             return;
         }
         self.started = true;
+        self.export_nat();
+        if !self.is_peer {
+            self.admitting = self.boot_ids.first().copied();
+            self.refresh_candidates();
+        }
         let ids = self.boot_ids.clone();
         self.core.start(now(), &ids);
         if ids.is_empty() {
@@ -563,19 +855,31 @@ impl Runtime {
                 if self.boot.contains(&addr) && !self.boot_ids.contains(&node) {
                     self.boot_ids.push(node);
                 }
-                if !self.started && !self.boot_ids.is_empty() {
-                    self.start_core();
-                }
                 if let Some(msgs) = self.pending.remove(&node) {
                     for m in msgs {
                         self.send_now(node, m);
                     }
                 }
                 self.core.handle_link(now(), LinkEvent::Up(node));
+                self.maybe_start();
+                if self.started
+                    && !self.is_peer
+                    && self.daemon
+                    && (self.moving_to == Some(node) || self.admitting.is_none())
+                {
+                    self.readmit(node);
+                }
             }
+            NetEvent::Observed { by, addr } => self.on_observed(by, addr),
             NetEvent::LinkDown { node, refused } => {
                 tracing::debug!(%node, "link down");
-                if !self.is_peer {
+                if !self.is_peer && self.daemon && self.admitting == Some(node) {
+                    tracing::warn!(%node, "lost the admitting peer: reconnecting through the bootstrap peers");
+                    self.admitting = None;
+                    self.located = false;
+                    self.export_nat();
+                    self.dial_bootstrap();
+                } else if !self.is_peer && !self.daemon && self.admitting == Some(node) {
                     // A client has only its admitting peer: without it every operation
                     // fails, at once and with the peer's reason.
                     let why = match refused {
@@ -590,7 +894,7 @@ impl Runtime {
                 self.core.handle_link(now(), LinkEvent::Failed(node));
             }
             NetEvent::ConnectFailed { node, addr, reason } => {
-                if !self.is_peer {
+                if !self.is_peer && !self.daemon && self.boot.contains(&addr) {
                     self.fatal = Some(format!("admitting peer {addr} unreachable: {reason}"));
                 }
                 if self.boot.contains(&addr) && !self.started {
@@ -629,9 +933,18 @@ impl Runtime {
                     connections: self.transport.connection_count(),
                     stored_values: self.core.storage().value_count(),
                     fatal: self.fatal.clone(),
+                    reflexive: self.reflexive,
+                    behind_nat: self.behind_nat,
+                    routes: self.is_peer,
                 });
             }
             Command::Core(f) => f(&mut self.core),
+            Command::ServeApp(app) => {
+                if !self.apps.contains(&app) {
+                    self.apps.push(app);
+                }
+                self.refresh_candidates();
+            }
             Command::Shutdown(tx) => self.begin_shutdown(tx),
         }
     }
@@ -719,8 +1032,18 @@ impl Runtime {
             }
             Event::Left => tracing::info!(node = %self.core.id(), "left the overlay"),
             Event::PeerCandidates { node, candidates } => {
-                if let Some(a) = candidates.iter().find_map(candidate_addr) {
-                    self.addrs.insert(node, a);
+                let reach = reach_of(&candidates);
+                if self.behind_nat == Some(true) {
+                    // Open our NAT towards the requester before our answer reaches it: its
+                    // connection attempt then finds the way in (proto/SPEC.md 2.8).
+                    for a in &reach.direct {
+                        self.transport.punch(*a);
+                    }
+                }
+                if self.is_peer {
+                    if let Some(a) = reach.direct.first() {
+                        self.addrs.insert(node, *a);
+                    }
                 }
             }
             Event::Completed {
@@ -729,13 +1052,20 @@ impl Runtime {
                 outcome,
                 hops,
                 latency,
-                ..
+                responder,
             } => {
+                if self.locating == Some(op) {
+                    self.on_located(responder.filter(|_| outcome.is_ok()));
+                    return;
+                }
                 if let Some(node) = self.attaching.remove(&op) {
                     let addr = match &outcome {
-                        Ok(Body::AttachAns(a)) => a.candidates.iter().find_map(candidate_addr),
+                        Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
                         _ => None,
                     };
+                    if addr.is_none() && self.moving_to == Some(node) {
+                        self.moving_to = None;
+                    }
                     match addr {
                         Some(a) => {
                             self.addrs.insert(node, a);

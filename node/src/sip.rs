@@ -155,18 +155,12 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         cfg.advertise.set_port(addr.port());
     }
     let advertise = cfg.advertise;
-    match node.advertised {
-        Some(quic) => {
-            node.with_core(move |core| {
-                core.set_app_candidates(APP_SIP, vec![crate::runtime::candidate(quic)])
-            })
-            .await
-        }
-        None => tracing::warn!(
+    if node.advertised.is_none() {
+        tracing::warn!(
             "SIP: the node advertises no address, so other nodes cannot deliver calls here"
-        ),
+        );
     }
-    let mut incoming = node.serve_app(APP_SIP);
+    let mut incoming = node.serve_app(APP_SIP).await;
     let inner = Arc::new(Inner {
         node,
         cfg,
@@ -498,36 +492,12 @@ impl Inner {
             }
         }
         let began = Instant::now();
-        let ev = tokio::time::timeout(
-            OP_TIMEOUT,
-            self.node.op(move |core, t| core.app_attach(t, n, APP_SIP)),
-        )
-        .await
-        .map_err(|_| anyhow!("AppAttach to {n} timed out"))??;
-        let Event::Completed { outcome, .. } = ev else {
-            bail!("unexpected event");
-        };
-        let candidates: Vec<SocketAddr> = match outcome {
-            Ok(Body::AppAttachAns(a)) => a
-                .candidates
-                .iter()
-                .filter_map(crate::runtime::candidate_addr)
-                .collect(),
-            Ok(b) => bail!("unexpected answer {}", b.method_name()),
-            Err(e) => bail!("AppAttach to {n}: {e:?}"),
-        };
-        let mut why = format!("AppAttach answer of {n} has no candidate");
-        for addr in candidates {
-            match tokio::time::timeout(OP_TIMEOUT, self.node.open_app(addr, n, APP_SIP)).await {
-                Ok(Ok((send, recv))) => {
-                    tracing::debug!(node = %n, %addr, ms = began.elapsed().as_millis() as u64, "SIP: application stream open");
-                    return Ok(self.attach_stream(n, send, recv));
-                }
-                Ok(Err(e)) => why = e.to_string(),
-                Err(_) => why = format!("application connection to {addr} timed out"),
-            }
-        }
-        bail!(why)
+        let (send, recv, path) =
+            tokio::time::timeout(OP_TIMEOUT, self.node.connect_app(n, APP_SIP))
+                .await
+                .map_err(|_| anyhow!("application connection to {n} timed out"))??;
+        tracing::debug!(node = %n, path = path.as_str(), ms = began.elapsed().as_millis() as u64, "SIP: application stream open");
+        Ok(self.attach_stream(n, send, recv))
     }
 
     async fn reply(self: &Arc<Self>, req: &Request, code: u16, extra: Vec<Header>, src: Hop) {

@@ -31,8 +31,22 @@ pub const CLOSE_WRONG_NODE: u32 = 2;
 pub const CLOSE_SHUTDOWN: u32 = 3;
 /// Stream reset code on an application connection: no application of that number here.
 pub const RESET_UNKNOWN_APP: u32 = 4;
+/// Stream reset code: the relay refuses to carry the stream (relaying off, at its limit, or
+/// no link to the target).
+pub const RESET_RELAY_REFUSED: u32 = 5;
+/// Application number of a stream that asks its receiver to relay it (proto/SPEC.md 2.8).
+pub const APP_RELAY: u32 = 0xFFFF_FFFF;
 /// Bidirectional streams a peer may have open at once on an application connection.
 const APP_STREAMS: u32 = 64;
+/// First bytes of a link control stream (proto/SPEC.md 2.8); a message starts `D2 50 32 50`.
+const CONTROL_MAGIC: [u8; 4] = [0xD2, 0x50, 0x32, 0x43];
+/// Control frame type: the address the sender observed the link's peer at.
+const CONTROL_OBSERVED: u8 = 1;
+/// What a hole punch sends: too short to be a QUIC packet, so every endpoint drops it.
+const PUNCH: [u8; 4] = [0x00, b'p', b'n', b'h'];
+/// A node found unreachable directly is reached through its relay for this long before
+/// punching is tried again.
+const RELAY_MEMORY: Duration = Duration::from_secs(60);
 /// How long an application stream's opener has to send its application number.
 const APP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +74,11 @@ pub enum NetEvent {
         node: NodeId,
         refused: Option<String>,
     },
+    /// A peer reported the address it sees this node's link at (the reflexive address).
+    Observed {
+        by: NodeId,
+        addr: SocketAddr,
+    },
     /// An outgoing connection attempt failed (`node` if a specific node was expected).
     ConnectFailed {
         node: Option<NodeId>,
@@ -82,10 +101,59 @@ pub struct TransportStats {
     /// Application streams opened to other nodes and accepted from them.
     pub app_streams_opened: AtomicU64,
     pub app_streams_accepted: AtomicU64,
+    /// Application connections opened directly (after a hole punch if needed) and
+    /// application streams opened through a relay.
+    pub app_direct: AtomicU64,
+    pub app_relayed: AtomicU64,
+    /// Direct attempts that failed within the punch timeout (the relay was tried next).
+    pub punch_failed: AtomicU64,
+    /// Streams this node relayed, refused to relay, carries now, and the bytes it carried.
+    pub relay_streams: AtomicU64,
+    pub relay_refused: AtomicU64,
+    pub relay_active: AtomicU64,
+    pub relay_bytes: AtomicU64,
+}
+
+/// Where a node's application endpoint can be reached: its direct (host and reflexive)
+/// addresses, and the peer that relays for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub direct: Vec<SocketAddr>,
+    pub relay: Option<SocketAddr>,
+    /// The node offers a reflexive address (it sits behind a NAT whose mapping a punch can
+    /// use). A node with a relay but no reflexive address is behind a NAT that maps each
+    /// destination anew: only its relay reaches it.
+    pub reflexive: bool,
+}
+
+/// How an application stream reached its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppPath {
+    Direct,
+    Relayed,
+}
+
+impl AppPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppPath::Direct => "direct",
+            AppPath::Relayed => "relayed",
+        }
+    }
+}
+
+/// What this transport does for NATs (the `[nat]` table).
+#[derive(Debug, Clone)]
+pub struct NatPolicy {
+    pub punch_timeout: Duration,
+    pub relay: bool,
+    pub relay_max_streams: usize,
 }
 
 pub struct Transport {
     endpoint: Endpoint,
+    /// The endpoint's UDP socket, for hole-punching packets sent from the same port.
+    raw: std::net::UdpSocket,
     me: NodeId,
     sni: String,
     overlay: String,
@@ -96,6 +164,14 @@ pub struct Transport {
     app_conns: DashMap<NodeId, Connection>,
     /// Applications served here: where their incoming streams go.
     apps: DashMap<u32, mpsc::Sender<AppStream>>,
+    /// Application connections to relays, by the relay's address.
+    relay_conns: DashMap<SocketAddr, Connection>,
+    /// Nodes a direct attempt failed for, and when.
+    unpunchable: DashMap<NodeId, std::time::Instant>,
+    nat: NatPolicy,
+    /// This node's own NAT maps each destination to a new port: its punches cannot open
+    /// a way in for a node behind another NAT.
+    symmetric: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<NetEvent>,
     limits: Limits,
     pub stats: TransportStats,
@@ -141,11 +217,22 @@ impl Transport {
             QuicClientConfig::try_from(app_tls).context("QUIC client TLS")?,
         ));
         app_client.transport_config(t);
-        let mut endpoint =
-            Endpoint::server(server, listen).with_context(|| format!("binding UDP {listen}"))?;
+        let socket =
+            std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+        socket.set_nonblocking(true)?;
+        let raw = socket.try_clone()?;
+        let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
+        let mut endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .with_context(|| format!("QUIC endpoint on {listen}"))?;
         endpoint.set_default_client_config(client);
         let tr = Arc::new(Transport {
             endpoint,
+            raw,
             me,
             sni: sni_of(&cfg.overlay),
             overlay: cfg.overlay.clone(),
@@ -153,6 +240,14 @@ impl Transport {
             app_client,
             app_conns: DashMap::new(),
             apps: DashMap::new(),
+            relay_conns: DashMap::new(),
+            unpunchable: DashMap::new(),
+            symmetric: std::sync::atomic::AtomicBool::new(false),
+            nat: NatPolicy {
+                punch_timeout: Duration::from_millis(cfg.nat.punch_timeout_ms),
+                relay: cfg.nat.relay,
+                relay_max_streams: cfg.nat.relay_max_streams,
+            },
             events,
             limits: cfg.limits.clone(),
             stats: TransportStats::default(),
@@ -203,7 +298,7 @@ impl Transport {
                 let addr = incoming.remote_address();
                 match incoming.await {
                     Ok(conn) => {
-                        if let Err(e) = me.admit(conn, None).await {
+                        if let Err(e) = me.admit(conn, None, true).await {
                             me.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(%addr, "refused incoming connection: {e}");
                         }
@@ -228,7 +323,7 @@ impl Transport {
                     .map_err(|e| anyhow!("{e}"))?
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
-                me.admit(conn, expect).await
+                me.admit(conn, expect, false).await
             }
             .await;
             if let Err(e) = res {
@@ -246,6 +341,7 @@ impl Transport {
         self: &Arc<Self>,
         conn: Connection,
         expect: Option<NodeId>,
+        incoming: bool,
     ) -> anyhow::Result<()> {
         let peer = peer_node_id(&conn)?;
         let mut app = false;
@@ -282,6 +378,20 @@ impl Transport {
             return Ok(());
         }
         let addr = conn.remote_address();
+        if incoming {
+            // Tell the peer where its packets come from (its reflexive address).
+            let frame = observed_frame(addr);
+            let c = conn.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = c.open_uni().await {
+                    let _ = s.write_all(&frame).await;
+                    let _ = s.finish();
+                }
+            });
+        } else {
+            // The peer we dialled may relay application streams to us on this connection.
+            self.serve_relayed(conn.clone());
+        }
         if self.links.contains_key(&peer) {
             // Both ends connected at once: keep the existing link for sending, but read
             // from this one too until it closes.
@@ -330,6 +440,12 @@ impl Transport {
                         let me2 = me.clone();
                         tokio::spawn(async move {
                             match recv.read_to_end(max).await {
+                                Ok(bytes) if bytes.starts_with(&CONTROL_MAGIC) => {
+                                    if let Some(addr) = parse_observed(&bytes) {
+                                        let _ =
+                                            me2.events.send(NetEvent::Observed { by: peer, addr });
+                                    }
+                                }
                                 Ok(bytes) => {
                                     let _ =
                                         me2.events.send(NetEvent::Message { from: peer, bytes });
@@ -381,39 +497,178 @@ impl Transport {
         rx
     }
 
-    /// Opens a stream of application `app` to node `node`, whose endpoint is at `addr`
-    /// (an AppAttach candidate): over the application connection to it if one is open,
-    /// else over a new one, which must prove to be `node`.
+    /// Records that this node's NAT maps each destination to a new port (two peers saw
+    /// two different reflexive addresses).
+    pub fn set_symmetric(&self, symmetric: bool) {
+        self.symmetric.store(symmetric, Ordering::Relaxed);
+    }
+
+    /// Whether a direct connection to a node reached as `reach` can come up: it has no
+    /// relay (it is reachable), or it offers a reflexive address and our NAT keeps one
+    /// mapping for every destination.
+    fn direct_possible(&self, reach: &Reach) -> bool {
+        !reach.direct.is_empty()
+            && (reach.relay.is_none()
+                || (reach.reflexive && !self.symmetric.load(Ordering::Relaxed)))
+    }
+
+    /// Sends hole-punching packets to `addr` from the endpoint's port: they open this side's
+    /// NAT for packets from `addr`, so that a connection attempt from there gets through.
+    pub fn punch(&self, addr: SocketAddr) {
+        for _ in 0..2 {
+            if let Err(e) = self.raw.send_to(&PUNCH, addr) {
+                tracing::debug!(%addr, "punch: {e}");
+                break;
+            }
+        }
+    }
+
+    /// Opens a stream of application `app` to node `node`: over the application connection
+    /// to it if one is open; else over a new direct connection to one of its direct
+    /// candidates (punched first, all tried at once, the first to prove to be `node` wins,
+    /// within the punch timeout); else through its relay.
     pub async fn open_app(
         self: &Arc<Self>,
-        addr: SocketAddr,
         node: NodeId,
+        reach: &Reach,
         app: u32,
-    ) -> anyhow::Result<(SendStream, RecvStream)> {
+    ) -> anyhow::Result<(SendStream, RecvStream, AppPath)> {
         let existing = self
             .app_conns
             .get(&node)
             .map(|c| c.clone())
             .filter(|c| c.close_reason().is_none());
-        let conn = match existing {
-            Some(c) => c,
-            None => {
-                let conn = self
+        let recently_failed = self
+            .unpunchable
+            .get(&node)
+            .is_some_and(|t| t.elapsed() < RELAY_MEMORY);
+        let direct = match existing {
+            Some(c) => Some(c),
+            None if !self.direct_possible(reach) || (recently_failed && reach.relay.is_some()) => {
+                None
+            }
+            None => match self.connect_direct(node, &reach.direct).await {
+                Ok(c) => Some(c),
+                Err(e) if reach.relay.is_some() => {
+                    self.stats.punch_failed.fetch_add(1, Ordering::Relaxed);
+                    self.unpunchable.insert(node, std::time::Instant::now());
+                    tracing::info!(%node, "no direct connection ({e}); using its relay");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some(conn) = direct {
+            let (send, recv) = self.open_stream(&conn, node, &app.to_be_bytes()).await?;
+            return Ok((send, recv, AppPath::Direct));
+        }
+        let relay = reach
+            .relay
+            .ok_or_else(|| anyhow!("node {node} has no candidates"))?;
+        let conn = self.relay_connection(relay).await?;
+        let mut head = Vec::with_capacity(24);
+        head.extend_from_slice(&APP_RELAY.to_be_bytes());
+        head.extend_from_slice(&node.to_bytes());
+        head.extend_from_slice(&app.to_be_bytes());
+        let (send, recv) = match self.open_stream(&conn, node, &head).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.relay_conns
+                    .remove_if(&relay, |_, c| c.stable_id() == conn.stable_id());
+                return Err(e);
+            }
+        };
+        self.stats.app_relayed.fetch_add(1, Ordering::Relaxed);
+        Ok((send, recv, AppPath::Relayed))
+    }
+
+    /// Tries every address at once (after punching it); the first connection that proves
+    /// to be `node` is kept, the others are dropped.
+    async fn connect_direct(
+        self: &Arc<Self>,
+        node: NodeId,
+        addrs: &[SocketAddr],
+    ) -> anyhow::Result<Connection> {
+        let mut tries = tokio::task::JoinSet::new();
+        // An address this host has no route to (another site's private network) is skipped.
+        for &addr in addrs.iter().filter(|a| local_ip_towards(**a).is_some()) {
+            self.punch(addr);
+            let me = self.clone();
+            tries.spawn(async move {
+                let conn = me
                     .endpoint
-                    .connect_with(self.app_client.clone(), addr, &self.sni)
-                    .map_err(|e| anyhow!("application connection to {addr}: {e}"))?
+                    .connect_with(me.app_client.clone(), addr, &me.sni)
+                    .map_err(|e| anyhow!("{addr}: {e}"))?
                     .await
-                    .map_err(|e| anyhow!("application connection to {addr}: {e}"))?;
+                    .map_err(|e| anyhow!("{addr}: {e}"))?;
                 let peer = peer_node_id(&conn)?;
                 if peer != node {
                     conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"unexpected node");
                     anyhow::bail!("{addr} is node {peer}, not the expected {node}");
                 }
-                tracing::debug!(%node, %addr, "application connection open");
-                self.app_conns.insert(node, conn.clone());
-                conn
+                anyhow::Ok(conn)
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.nat.punch_timeout;
+        let mut errors = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, tries.join_next()).await {
+                Ok(Some(Ok(Ok(conn)))) => {
+                    tracing::debug!(%node, addr = %conn.remote_address(), "direct application connection");
+                    self.stats.app_direct.fetch_add(1, Ordering::Relaxed);
+                    self.unpunchable.remove(&node);
+                    self.app_conns.insert(node, conn.clone());
+                    return Ok(conn);
+                }
+                Ok(Some(Ok(Err(e)))) => errors.push(e.to_string()),
+                Ok(Some(Err(e))) => errors.push(e.to_string()),
+                Ok(None) => break,
+                Err(_) => {
+                    errors.push(format!("timed out after {:?}", self.nat.punch_timeout));
+                    break;
+                }
             }
-        };
+        }
+        anyhow::bail!(
+            "application connection to {node}: {}",
+            if errors.is_empty() {
+                "no address".to_string()
+            } else {
+                errors.join("; ")
+            }
+        )
+    }
+
+    /// The application connection to a relay (any node of this overlay at that address).
+    async fn relay_connection(&self, relay: SocketAddr) -> anyhow::Result<Connection> {
+        if let Some(c) = self
+            .relay_conns
+            .get(&relay)
+            .map(|c| c.clone())
+            .filter(|c| c.close_reason().is_none())
+        {
+            return Ok(c);
+        }
+        let conn = tokio::time::timeout(
+            self.nat.punch_timeout,
+            self.endpoint
+                .connect_with(self.app_client.clone(), relay, &self.sni)
+                .map_err(|e| anyhow!("relay {relay}: {e}"))?,
+        )
+        .await
+        .map_err(|_| anyhow!("relay {relay}: no answer"))?
+        .map_err(|e| anyhow!("relay {relay}: {e}"))?;
+        self.relay_conns.insert(relay, conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a bidirectional stream on `conn` and sends `head` on it.
+    async fn open_stream(
+        &self,
+        conn: &Connection,
+        node: NodeId,
+        head: &[u8],
+    ) -> anyhow::Result<(SendStream, RecvStream)> {
         let (mut send, recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => {
@@ -422,7 +677,7 @@ impl Transport {
                 anyhow::bail!("application stream to {node}: {e}");
             }
         };
-        send.write_all(&app.to_be_bytes())
+        send.write_all(head)
             .await
             .map_err(|e| anyhow!("application stream to {node}: {e}"))?;
         self.stats
@@ -432,7 +687,7 @@ impl Transport {
     }
 
     /// An incoming application connection: each stream names its application in its first
-    /// four bytes and goes to that application's channel.
+    /// four bytes and goes to that application's channel, or asks to be relayed.
     fn serve_app_connection(self: &Arc<Self>, peer: NodeId, conn: Connection) {
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(APP_STREAMS));
         let me = self.clone();
@@ -440,39 +695,130 @@ impl Transport {
             while let Ok((send, mut recv)) = conn.accept_bi().await {
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let mut head = [0u8; 4];
-                    let app =
-                        match tokio::time::timeout(APP_HEADER_TIMEOUT, recv.read_exact(&mut head))
-                            .await
-                        {
-                            Ok(Ok(())) => u32::from_be_bytes(head),
-                            _ => return,
-                        };
-                    let handler = me.apps.get(&app).map(|h| h.clone());
-                    let stream = AppStream {
-                        from: peer,
-                        send,
-                        recv,
+                    let Some(app) = read_head::<4>(&mut recv).await.map(u32::from_be_bytes) else {
+                        return;
                     };
-                    let refused = match handler {
-                        Some(h) => match h.send(stream).await {
-                            Ok(()) => {
-                                me.stats
-                                    .app_streams_accepted
-                                    .fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                            Err(mpsc::error::SendError(s)) => s,
-                        },
-                        None => stream,
-                    };
-                    tracing::debug!(%peer, app, "application stream for no application");
-                    let mut s = refused;
-                    let _ = s.send.reset(VarInt::from_u32(RESET_UNKNOWN_APP));
-                    let _ = s.recv.stop(VarInt::from_u32(RESET_UNKNOWN_APP));
+                    if app == APP_RELAY {
+                        me.relay(peer, send, recv).await;
+                    } else {
+                        me.dispatch(peer, app, send, recv).await;
+                    }
                 });
             }
         });
+    }
+
+    /// Streams a relay opens to us on an overlay link we dialled: the application number
+    /// and the originator's Node-ID (which the relay proved), then the application's bytes.
+    fn serve_relayed(self: &Arc<Self>, conn: Connection) {
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(APP_STREAMS));
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok((send, mut recv)) = conn.accept_bi().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let Some(head) = read_head::<20>(&mut recv).await else {
+                        return;
+                    };
+                    let mut app = [0u8; 4];
+                    app.copy_from_slice(&head[..4]);
+                    let mut from = [0u8; 16];
+                    from.copy_from_slice(&head[4..]);
+                    me.dispatch(
+                        NodeId::from_bytes(from),
+                        u32::from_be_bytes(app),
+                        send,
+                        recv,
+                    )
+                    .await;
+                });
+            }
+        });
+    }
+
+    /// Hands an application stream to its application, or resets it.
+    async fn dispatch(&self, from: NodeId, app: u32, send: SendStream, recv: RecvStream) {
+        let handler = self.apps.get(&app).map(|h| h.clone());
+        let stream = AppStream { from, send, recv };
+        let mut refused = match handler {
+            Some(h) => match h.send(stream).await {
+                Ok(()) => {
+                    self.stats
+                        .app_streams_accepted
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(mpsc::error::SendError(s)) => s,
+            },
+            None => stream,
+        };
+        tracing::debug!(%from, app, "application stream for no application");
+        let _ = refused.send.reset(VarInt::from_u32(RESET_UNKNOWN_APP));
+        let _ = refused.recv.stop(VarInt::from_u32(RESET_UNKNOWN_APP));
+    }
+
+    /// Relays a stream from `from` to the node its header names, over our overlay link to
+    /// that node, within the relay limit.
+    async fn relay(self: &Arc<Self>, from: NodeId, mut send: SendStream, mut recv: RecvStream) {
+        let Some(head) = read_head::<20>(&mut recv).await else {
+            return;
+        };
+        let mut target = [0u8; 16];
+        target.copy_from_slice(&head[..16]);
+        let target = NodeId::from_bytes(target);
+        let app = &head[16..];
+        let conn = self.links.get(&target).map(|l| l.conn.clone());
+        let active = self.stats.relay_active.load(Ordering::Relaxed) as usize;
+        let refuse = |why: &str| {
+            self.stats.relay_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%from, %target, "relay refused: {why}");
+        };
+        let Some(conn) = conn.filter(|_| self.nat.relay && active < self.nat.relay_max_streams)
+        else {
+            refuse(if !self.nat.relay {
+                "relaying is off"
+            } else if active >= self.nat.relay_max_streams {
+                "at the relay limit"
+            } else {
+                "no link to the target"
+            });
+            let _ = send.reset(VarInt::from_u32(RESET_RELAY_REFUSED));
+            let _ = recv.stop(VarInt::from_u32(RESET_RELAY_REFUSED));
+            return;
+        };
+        let opened = async {
+            let (mut s, r) = conn.open_bi().await?;
+            s.write_all(app).await?;
+            s.write_all(&from.to_bytes()).await?;
+            anyhow::Ok((s, r))
+        }
+        .await;
+        let (mut to_send, mut to_recv) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                refuse(&e.to_string());
+                let _ = send.reset(VarInt::from_u32(RESET_RELAY_REFUSED));
+                return;
+            }
+        };
+        self.stats.relay_streams.fetch_add(1, Ordering::Relaxed);
+        self.stats.relay_active.fetch_add(1, Ordering::Relaxed);
+        let (up, down) = tokio::join!(
+            async {
+                let n = tokio::io::copy(&mut recv, &mut to_send).await.unwrap_or(0);
+                let _ = to_send.finish();
+                n
+            },
+            async {
+                let n = tokio::io::copy(&mut to_recv, &mut send).await.unwrap_or(0);
+                let _ = send.finish();
+                n
+            }
+        );
+        self.stats
+            .relay_bytes
+            .fetch_add(up + down, Ordering::Relaxed);
+        self.stats.relay_active.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Closes every connection and the endpoint.
@@ -481,6 +827,9 @@ impl Transport {
             l.conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         }
         for c in self.app_conns.iter() {
+            c.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+        }
+        for c in self.relay_conns.iter() {
             c.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
         }
         self.endpoint
@@ -499,4 +848,86 @@ pub fn peer_node_id(conn: &Connection) -> anyhow::Result<NodeId> {
         .first()
         .ok_or_else(|| anyhow!("peer presented no certificate"))?;
     tls::node_id_of_cert(first).map_err(|e| anyhow!("peer certificate: {e}"))
+}
+
+/// The address of the local interface that routes towards `to` (no packet is sent); None
+/// when this host has no route there.
+pub fn local_ip_towards(to: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(to).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// Reads a stream's fixed-size head, or gives up after the header timeout.
+async fn read_head<const N: usize>(recv: &mut RecvStream) -> Option<[u8; N]> {
+    let mut head = [0u8; N];
+    match tokio::time::timeout(APP_HEADER_TIMEOUT, recv.read_exact(&mut head)).await {
+        Ok(Ok(())) => Some(head),
+        _ => None,
+    }
+}
+
+/// The control frame telling a peer the address its link comes from.
+fn observed_frame(addr: SocketAddr) -> Vec<u8> {
+    let mut f = CONTROL_MAGIC.to_vec();
+    f.push(CONTROL_OBSERVED);
+    match addr.ip() {
+        std::net::IpAddr::V4(v) => {
+            f.push(4);
+            f.extend_from_slice(&v.octets());
+        }
+        std::net::IpAddr::V6(v) => {
+            f.push(6);
+            f.extend_from_slice(&v.octets());
+        }
+    }
+    f.extend_from_slice(&addr.port().to_be_bytes());
+    f
+}
+
+/// The address in an observed-address control frame (None for anything malformed or of
+/// another control type).
+fn parse_observed(f: &[u8]) -> Option<SocketAddr> {
+    let rest = f.strip_prefix(&CONTROL_MAGIC)?;
+    let (&kind, rest) = rest.split_first()?;
+    if kind != CONTROL_OBSERVED {
+        return None;
+    }
+    let (&family, rest) = rest.split_first()?;
+    let (ip, rest): (std::net::IpAddr, &[u8]) = match family {
+        4 if rest.len() == 6 => (<[u8; 4]>::try_from(&rest[..4]).ok()?.into(), &rest[4..]),
+        6 if rest.len() == 18 => (<[u8; 16]>::try_from(&rest[..16]).ok()?.into(), &rest[16..]),
+        _ => return None,
+    };
+    let port = u16::from_be_bytes([rest[0], rest[1]]);
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_frames_round_trip_and_reject_garbage() {
+        for a in ["198.51.100.11:4433", "[2001:db8::7]:9"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(parse_observed(&observed_frame(a)), Some(a));
+        }
+        let good = observed_frame("10.0.0.1:1".parse().unwrap());
+        for n in 0..good.len() {
+            assert_eq!(parse_observed(&good[..n]), None, "truncated at {n}");
+        }
+        let mut other = good.clone();
+        other[4] = 2;
+        assert_eq!(parse_observed(&other), None);
+        let mut longer = good;
+        longer.push(0);
+        assert_eq!(parse_observed(&longer), None);
+    }
 }

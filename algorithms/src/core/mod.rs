@@ -71,8 +71,8 @@ pub enum Event {
         latency: Duration,
         responder: Option<NodeId>,
     },
-    /// A node told this one how to reach it (in an Attach request): the transport may
-    /// connect to it.
+    /// A node told this one how to reach it (in an Attach or AppAttach request): the
+    /// transport may connect to it, and punches its NAT towards it (proto/SPEC.md 2.8).
     PeerCandidates {
         node: NodeId,
         candidates: Vec<pb::Candidate>,
@@ -127,6 +127,9 @@ pub struct OverlayNode {
     candidates: Vec<pb::Candidate>,
     /// Where this node's applications listen, by application number (AppAttach).
     app_candidates: HashMap<u32, Vec<pb::Candidate>>,
+    /// Nodes the transport reports a link to: a request whose next destination is one of
+    /// them goes straight there (a client of this peer is reached that way).
+    links: HashSet<NodeId>,
     /// Requests that left recently, for hop-by-hop recovery.
     sent: VecDeque<recovery::Sent>,
     /// Measured round trips of direct and of routed requests.
@@ -171,6 +174,7 @@ impl OverlayNode {
             stats: Stats::default(),
             candidates: Vec::new(),
             app_candidates: HashMap::new(),
+            links: HashSet::new(),
             sent: VecDeque::new(),
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
@@ -248,6 +252,18 @@ impl OverlayNode {
         self.launch(now, |t, ctx| t.start_with_members(ctx, members));
     }
 
+    /// A client moves to another admitting peer (one it has a link to), e.g. the peer
+    /// responsible for its Node-ID, through which requests addressed to it arrive. Nothing
+    /// happens on a peer or a node that is not running.
+    pub fn readmit(&mut self, now: Time, peer: NodeId) {
+        self.now = now;
+        if self.state != NodeState::Running || self.topology.is_peer() {
+            return;
+        }
+        self.with_topology(|t, ctx| t.start(ctx, &[peer]));
+        self.drain();
+    }
+
     fn launch(&mut self, now: Time, f: impl FnOnce(&mut dyn Topology, &mut Ctx<'_>)) {
         self.now = now;
         self.state = NodeState::Running;
@@ -273,6 +289,10 @@ impl OverlayNode {
     /// A link event from the transport.
     pub fn handle_link(&mut self, now: Time, event: LinkEvent) {
         self.now = now;
+        match event {
+            LinkEvent::Up(n) => self.links.insert(n),
+            LinkEvent::Failed(n) => self.links.remove(&n),
+        };
         if self.state != NodeState::Running {
             return;
         }
@@ -473,11 +493,13 @@ impl OverlayNode {
             password: Vec::new(),
             application,
             role: "active".into(),
+            // Ours for that application, else the node's own: the callee punches its NAT
+            // towards them before it answers.
             candidates: self
                 .app_candidates
                 .get(&application)
-                .cloned()
-                .unwrap_or_default(),
+                .unwrap_or(&self.candidates)
+                .clone(),
         };
         self.client_request(
             now,

@@ -78,7 +78,11 @@ impl OverlayNode {
             }
             // Answers travel the reversed via list: every entry is a node we have a link to.
             // A request goes straight to a neighbour and is routed towards any other node.
-            Some(DestRef::Node(n)) if !req || self.topology.is_neighbor(n) => n,
+            Some(DestRef::Node(n))
+                if !req || self.topology.is_neighbor(n) || self.links.contains(&n) =>
+            {
+                n
+            }
             Some(DestRef::Node(n)) => match self.topology.next_hop(n) {
                 NextHop::Forward(x) => x,
                 NextHop::Local => {

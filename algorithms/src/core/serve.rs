@@ -80,19 +80,27 @@ impl OverlayNode {
                 }
                 Ok(Body::FindAns(pb::FindAns { results }))
             }
-            Body::AppAttachReq(a) => match self.app_candidates.get(&a.application) {
-                Some(c) => Ok(Body::AppAttachAns(pb::AppAttachAns {
+            Body::AppAttachReq(a) => {
+                let Some(c) = self.app_candidates.get(&a.application).cloned() else {
+                    return Err((
+                        ErrorCode::NotFound,
+                        format!("application {} is not served here", a.application),
+                    ));
+                };
+                if !a.candidates.is_empty() {
+                    self.events.push_back(super::Event::PeerCandidates {
+                        node: origin,
+                        candidates: a.candidates,
+                    });
+                }
+                Ok(Body::AppAttachAns(pb::AppAttachAns {
                     ufrag: Vec::new(),
                     password: Vec::new(),
                     application: a.application,
                     role: "passive".into(),
-                    candidates: c.clone(),
-                })),
-                None => Err((
-                    ErrorCode::NotFound,
-                    format!("application {} is not served here", a.application),
-                )),
-            },
+                    candidates: c,
+                }))
+            }
             Body::PingReq(_) => Ok(Body::PingAns(pb::PingAns {
                 response_id: self.rng.random(),
                 time: self.now.as_millis(),
