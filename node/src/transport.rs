@@ -877,7 +877,8 @@ async fn read_head<const N: usize>(recv: &mut RecvStream) -> Option<[u8; N]> {
 fn observed_frame(addr: SocketAddr) -> Vec<u8> {
     let mut f = CONTROL_MAGIC.to_vec();
     f.push(CONTROL_OBSERVED);
-    match addr.ip() {
+    // An IPv4 peer seen on a dual-stack socket is reported as IPv4, as it knows itself.
+    match addr.ip().to_canonical() {
         std::net::IpAddr::V4(v) => {
             f.push(4);
             f.extend_from_slice(&v.octets());
@@ -919,6 +920,11 @@ mod tests {
             let a: SocketAddr = a.parse().unwrap();
             assert_eq!(parse_observed(&observed_frame(a)), Some(a));
         }
+        let mapped: SocketAddr = "[::ffff:198.51.100.11]:4433".parse().unwrap();
+        assert_eq!(
+            parse_observed(&observed_frame(mapped)),
+            Some("198.51.100.11:4433".parse().unwrap())
+        );
         let good = observed_frame("10.0.0.1:1".parse().unwrap());
         for n in 0..good.len() {
             assert_eq!(parse_observed(&good[..n]), None, "truncated at {n}");

@@ -9,6 +9,8 @@
 //! - application connections (AppAttach + the echo application) between A and B come up
 //!   directly, punched through both NATs, with no relay in the metrics; to and from S they
 //!   go through a relay peer; each carries data both ways;
+//! - after a pause longer than the routers keep idle UDP mappings (5 s), the nodes behind
+//!   them are still reached: keep-alives held their bindings open;
 //! - the success rate and set-up time of each pair are printed (docs/benchmarks.md).
 //!
 //! Needs root, iproute2 and iptables (`.ci/run` installs iptables). Set
@@ -345,6 +347,17 @@ fn nodes_behind_nats_store_fetch_and_connect_directly_or_through_a_relay() {
         "every S stream relayed once, both directions carried: {} streams, {} bytes",
         relayed(&lab),
         relay_bytes(&lab)
+    );
+
+    // The routers forget an idle UDP mapping after 5 s: after a longer pause the nodes
+    // behind them are still reachable, because their keep-alives held the bindings open.
+    // (Time has to pass here; nothing is being waited for.)
+    std::thread::sleep(Duration::from_secs(8));
+    let (after_ab, _) = echo_series(&lab, "a", PUBLIC[2], &b, 1);
+    let (after_as, _) = echo_series(&lab, "a", PUBLIC[2], &s, 1);
+    assert_eq!(
+        (after_ab[0].as_str(), after_as[0].as_str()),
+        ("direct", "relayed")
     );
 
     println!("\nNAT lab: application connections (AppAttach + echo), {ROUNDS} calls per pair");

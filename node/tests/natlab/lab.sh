@@ -11,7 +11,7 @@
 #   PREFIXrs .13 -- 10.0.3.0/24 -- PREFIXs .2     NAT S: MASQUERADE --random-fully
 #                                                  (a new port per destination: "symmetric")
 # Every router drops unsolicited inbound traffic (forwarded or for itself); replies to what
-# went out pass. Needs root, iproute2 and iptables. Every command is checked: a lab that
+# went out pass; idle UDP mappings expire after 5 s. Needs root, iproute2 and iptables. Every command is checked: a lab that
 # cannot be built is torn down and the script fails with the command that failed.
 set -euo pipefail
 
@@ -77,6 +77,10 @@ up() {
             ip netns exec "$P$r" iptables -A "$chain" -i wan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
             ip netns exec "$P$r" iptables -A "$chain" -i wan0 -j DROP
         done
+        # Idle UDP mappings expire after 5 s (Linux: 30 s / 120 s), so that only the nodes'
+        # keep-alives hold their NAT bindings open through a pause.
+        ip netns exec "$P$r" sysctl -qw net.netfilter.nf_conntrack_udp_timeout=5 \
+            net.netfilter.nf_conntrack_udp_timeout_stream=5
     done
     trap - ERR
 }
