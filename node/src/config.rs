@@ -140,6 +140,11 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Messages queued for one neighbour before further ones are dropped.
     pub send_queue: usize,
+    /// Requests per second accepted from each node that originates them over its link (a
+    /// client, or a peer's own requests); more are answered Error_Rate_Limited. 0: no limit.
+    pub origin_requests_per_s: u32,
+    /// Requests accepted at once above that rate (the token bucket's depth).
+    pub origin_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -268,6 +273,8 @@ impl Default for Limits {
             max_message_bytes: p2psip_proto::limits::MAX_MESSAGE_LEN,
             max_streams_per_connection: 256,
             send_queue: 4096,
+            origin_requests_per_s: 5000,
+            origin_burst: 5000,
         }
     }
 }
@@ -370,6 +377,8 @@ impl Config {
             reroute_window: Duration::from_millis(self.timers.reroute_window_ms),
             replication_interval: Duration::from_secs(self.timers.replication_interval_s.max(1)),
             expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
+            origin_rate: self.limits.origin_requests_per_s,
+            origin_burst: self.limits.origin_burst,
             ..CoreConfig::default()
         }
     }

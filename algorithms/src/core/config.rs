@@ -29,6 +29,11 @@ pub struct CoreConfig {
     pub verify: VerifyMode,
     /// The kinds the overlay defines.
     pub kinds: KindRegistry,
+    /// Requests per second a peer accepts from each node that originates them over its
+    /// link (a client, or a peer's own requests), as a token bucket; 0: no limit.
+    pub origin_rate: u32,
+    /// The bucket's depth: requests accepted in a burst above the rate.
+    pub origin_burst: u32,
 }
 
 impl Default for CoreConfig {
@@ -43,6 +48,8 @@ impl Default for CoreConfig {
             expiry_interval: Duration::from_secs(60),
             verify: VerifyMode::SelfSigned,
             kinds: KindRegistry::default(),
+            origin_rate: 5000,
+            origin_burst: 5000,
         }
     }
 }

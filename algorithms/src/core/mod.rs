@@ -130,6 +130,8 @@ pub struct OverlayNode {
     /// Nodes the transport reports a link to: a request whose next destination is one of
     /// them goes straight there (a client of this peer is reached that way).
     links: HashSet<NodeId>,
+    /// Per originating neighbour: request tokens left and when they were counted.
+    buckets: HashMap<NodeId, (f64, Time)>,
     /// Requests that left recently, for hop-by-hop recovery.
     sent: VecDeque<recovery::Sent>,
     /// Measured round trips of direct and of routed requests.
@@ -175,6 +177,7 @@ impl OverlayNode {
             candidates: Vec::new(),
             app_candidates: HashMap::new(),
             links: HashSet::new(),
+            buckets: HashMap::new(),
             sent: VecDeque::new(),
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
@@ -291,7 +294,10 @@ impl OverlayNode {
         self.now = now;
         match event {
             LinkEvent::Up(n) => self.links.insert(n),
-            LinkEvent::Failed(n) => self.links.remove(&n),
+            LinkEvent::Failed(n) => {
+                self.buckets.remove(&n);
+                self.links.remove(&n)
+            }
         };
         if self.state != NodeState::Running {
             return;

@@ -38,6 +38,15 @@ impl OverlayNode {
                 self.stats.forged += 1;
                 return;
             }
+            if !self.admit_origin(from) {
+                self.stats.rate_limited += 1;
+                self.answer_error(
+                    &h,
+                    ErrorCode::RateLimited,
+                    "too many requests from this node",
+                );
+                return;
+            }
         }
         let Some(first) = h.first_destination() else {
             self.stats.malformed += 1;
@@ -60,6 +69,29 @@ impl OverlayNode {
                 self.stats.malformed += 1;
             }
             _ => self.pass_on(from, bytes, &h, req, false),
+        }
+    }
+
+    /// Takes a token from the bucket of `origin` (the linked node that originated a
+    /// request); false when it is empty (proto/SPEC.md section 3).
+    fn admit_origin(&mut self, origin: NodeId) -> bool {
+        let (rate, burst) = (self.cfg.origin_rate, self.cfg.origin_burst.max(1));
+        if rate == 0 {
+            return true;
+        }
+        let now = self.now;
+        let b = self
+            .buckets
+            .entry(origin)
+            .or_insert((f64::from(burst), now));
+        let elapsed = now.since(b.1).as_secs_f64();
+        b.0 = (b.0 + elapsed * f64::from(rate)).min(f64::from(burst));
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 

@@ -35,4 +35,6 @@ pub struct Stats {
     pub forged: u64,
     /// Error answers sent.
     pub errors_sent: u64,
+    /// Requests refused because their originator (the linked node) exceeded its rate.
+    pub rate_limited: u64,
 }
