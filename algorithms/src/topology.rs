@@ -157,6 +157,13 @@ pub trait Topology: Send {
     fn next_hop(&self, target: Id) -> NextHop;
     /// Whether the node is one this algorithm keeps a direct link to.
     fn is_neighbor(&self, node: NodeId) -> bool;
+    /// Other first hops towards `target` than `next_hop`'s, best first. The originator of
+    /// a request sends its retransmissions through them in turn, so that one neighbour
+    /// that drops what it should forward cannot stop every attempt (proto/SPEC.md
+    /// section 8). Default: none (retransmissions take the same route).
+    fn next_hop_alternatives(&self, _target: Id) -> Vec<NodeId> {
+        Vec::new()
+    }
     /// The nodes that must hold copies of data stored at `resource` (responsible first,
     /// then replicas), as far as this node knows.
     fn replica_set(&self, resource: Id) -> Vec<NodeId>;

@@ -81,6 +81,9 @@ struct Slot {
     /// notice (by keep-alive) when the other end crashes.
     /// A short list (a peer talks to a few dozen others), searched linearly.
     links: Vec<u32>,
+    /// An adversary: drops every request and answer it should pass on for others (it
+    /// keeps up its own maintenance, so it stays in everyone's routing tables).
+    drops_forwarded: bool,
 }
 
 /// The harness.
@@ -109,6 +112,7 @@ pub struct Sim {
     joined: BTreeSet<NodeId>,
     /// Bytes sent per traffic class.
     pub traffic: Traffic,
+    dropped_by_adversaries: u64,
 }
 
 /// Bytes and messages handed to the network, by class.
@@ -136,6 +140,22 @@ impl Traffic {
             self.data_bytes += bytes.len() as u64;
             self.data_messages += 1;
         }
+    }
+}
+
+/// Whether a message `me` sends passes on someone else's request (the via list holds more
+/// than its originator) or answer (its responder is another node).
+fn is_forwarded(me: NodeId, bytes: &[u8]) -> bool {
+    let Ok(h) = p2psip_proto::parse_header(bytes) else {
+        return false;
+    };
+    let Ok(c) = p2psip_proto::split_contents(&h, bytes) else {
+        return false;
+    };
+    if p2psip_proto::is_request(c.code) {
+        h.via_len() > 1
+    } else {
+        h.via().next() != Some(p2psip_proto::DestRef::Node(me))
     }
 }
 
@@ -169,7 +189,25 @@ impl Sim {
             joined_events: 0,
             joined: BTreeSet::new(),
             traffic: Traffic::default(),
+            dropped_by_adversaries: 0,
         }
+    }
+
+    /// Makes node `i` an adversary that drops what it should forward (or honest again).
+    pub fn set_dropper(&mut self, i: usize, drops: bool) {
+        if let Some(s) = self.slots.get_mut(i) {
+            s.drops_forwarded = drops;
+        }
+    }
+
+    /// Whether node `i` drops what it should forward.
+    pub fn is_dropper(&self, i: usize) -> bool {
+        self.slots.get(i).is_some_and(|s| s.drops_forwarded)
+    }
+
+    /// Messages adversaries dropped instead of forwarding.
+    pub fn dropped_by_adversaries(&self) -> u64 {
+        self.dropped_by_adversaries
     }
 
     pub fn now(&self) -> Time {
@@ -244,6 +282,7 @@ impl Sim {
             wake_at: None,
             group: 0,
             links: Vec::new(),
+            drops_forwarded: false,
         });
         i
     }
@@ -460,7 +499,12 @@ impl Sim {
             return;
         };
         let from = node.id();
+        let dropper = self.slots[i].drops_forwarded;
         while let Some(t) = node.poll_transmit() {
+            if dropper && is_forwarded(from, &t.bytes) {
+                self.dropped_by_adversaries += 1;
+                continue;
+            }
             self.traffic.count(&t.bytes);
             let to = self.index.get(&t.to).copied();
             let reachable = to.filter(|j| {

@@ -96,6 +96,16 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Runs the scenario with a fraction of peers that drop what they should forward,
+    /// with and without the core's mitigation (retransmissions through other first hops),
+    /// and writes one table (adversary.md) and the latency CDFs (docs/security.md).
+    Adversary {
+        /// Fractions of dropping peers, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.2")]
+        fractions: Vec<f64>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             seed,
         }) => demo(nodes, users, &algorithm, seed),
         Some(Cmd::Compare { algorithms, run }) => compare(&algorithms, &run),
+        Some(Cmd::Adversary { fractions, run }) => adversary(&fractions, &run),
         None => {
             let sc = scenario(&cli.run)?;
             let report = run_one(&sc, cli.run.quiet)?;
@@ -197,6 +208,65 @@ fn run_one(sc: &Scenario, quiet: bool) -> anyhow::Result<Report> {
     let report = runner.run(&mut progress);
     bar.finish_and_clear();
     Ok(report)
+}
+
+fn adversary(fractions: &[f64], run: &RunArgs) -> anyhow::Result<()> {
+    let base = scenario(run)?;
+    let mut rows = Vec::new();
+    for &f in fractions {
+        for mitigation in [false, true] {
+            let mut sc = base.clone();
+            sc.adversary.droppers = f;
+            sc.core.retry_other_first_hop = mitigation;
+            let tag = format!(
+                "{:.0}pct-{}",
+                f * 100.0,
+                if mitigation {
+                    "retry-other-hop"
+                } else {
+                    "plain"
+                }
+            );
+            sc.name = format!("{}-{}-{tag}", sc.algorithm, sc.nodes);
+            sc.resolve().map_err(anyhow::Error::msg)?;
+            let r = run_one(&sc, run.quiet)?;
+            r.write(&run.out.join(&tag)).map_err(anyhow::Error::msg)?;
+            println!("{tag}: {}", r.summary());
+            rows.push((f, mitigation, tag, r));
+        }
+    }
+    let mut md = String::from(
+        "| dropping peers | retransmissions | lookup success | correct | median latency (ms) | p99 latency (ms) | mean hops | retransmissions | messages dropped |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (f, mitigation, _, r) in &rows {
+        md.push_str(&format!(
+            "| {:.0}% ({}) | {} | {:.2}% | {:.2}% | {:.0} | {:.0} | {:.2} | {} | {} |\n",
+            f * 100.0,
+            r.adversaries,
+            if *mitigation {
+                "through other first hops"
+            } else {
+                "same route"
+            },
+            100.0 * r.lookup_success_rate,
+            100.0 * r.lookup_correct_rate,
+            r.lookup_latency_ms.p50,
+            r.lookup_latency_ms.p99,
+            r.mean_hops,
+            r.core_counters.retransmissions,
+            r.dropped_by_adversaries,
+        ));
+    }
+    std::fs::create_dir_all(&run.out)?;
+    std::fs::write(run.out.join("adversary.md"), &md)?;
+    let series: Vec<(&str, &[f64])> = rows
+        .iter()
+        .map(|(_, _, tag, r)| (tag.as_str(), r.latencies()))
+        .collect();
+    plot_cdf(&run.out.join("latency_cdf.svg"), &series).map_err(anyhow::Error::msg)?;
+    print!("{md}");
+    println!("wrote {}", run.out.join("adversary.md").display());
+    Ok(())
 }
 
 fn compare(algorithms: &[String], run: &RunArgs) -> anyhow::Result<()> {

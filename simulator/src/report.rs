@@ -76,6 +76,9 @@ pub struct Report {
     pub crashes: u64,
     pub leaves: u64,
     pub final_peers: usize,
+    /// Peers that drop what they should forward, and the messages they dropped.
+    pub adversaries: usize,
+    pub dropped_by_adversaries: u64,
     /// The overlay core's counters summed over the peers alive at the end.
     pub core_counters: CoreCounters,
     pub events_processed: u64,
@@ -165,6 +168,7 @@ impl Report {
     }
 
     pub fn finish(&mut self, sim: &Sim, wall: Duration, nodes: usize) {
+        self.dropped_by_adversaries = sim.dropped_by_adversaries();
         self.lookup_success_rate = ratio(self.lookups_ok, self.lookups);
         self.lookup_correct_rate = ratio(self.lookups_correct, self.lookups);
         let mut l = std::mem::take(&mut self.latencies_ms);

@@ -159,6 +159,15 @@ impl Runner {
         for _ in 0..n {
             self.sim.add_node();
         }
+        // Adversaries: a seeded choice among the initial peers.
+        let droppers = (self.sc.adversary.droppers * n as f64).round() as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        for k in 0..droppers.min(n) {
+            let j = self.rng.random_range(k..n);
+            order.swap(k, j);
+            self.sim.set_dropper(order[k], true);
+        }
+        self.report.adversaries = droppers.min(n);
         if self.sc.warm_start {
             let mut members: Vec<NodeId> = (0..n).map(|i| self.sim.id(i)).collect();
             members.sort();
@@ -273,7 +282,7 @@ impl Runner {
                 self.at(now + g, Act::Arrive);
             }
             Act::Lookup => {
-                if let Some(i) = self.random_live() {
+                if let Some(i) = self.random_live().filter(|i| !self.sim.is_dropper(*i)) {
                     let target = Id(self.rng.random());
                     if let Some(op) = self.sim.start_op(i, |n, t| n.lookup(t, target)) {
                         self.pending.insert((i, op), Pending::Lookup { target });

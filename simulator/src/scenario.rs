@@ -39,6 +39,17 @@ pub struct Scenario {
     pub kademlia: KademliaParams,
     pub onehop: OneHopParams,
     pub core: CoreParams,
+    pub adversary: Adversary,
+}
+
+/// Nodes that misbehave (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Adversary {
+    /// Fraction of the initial peers that drop every request and answer they should pass
+    /// on for others, while keeping up their own maintenance (so they stay in routing
+    /// tables). Lookups are started by the honest peers only.
+    pub droppers: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -168,6 +179,8 @@ pub struct CoreParams {
     pub replication_interval: String,
     /// Verify every stored value's signature (costs CPU at scale; the protocol does it).
     pub verify_signatures: bool,
+    /// Retransmit a routed request through the algorithm's other first hops in turn.
+    pub retry_other_first_hop: bool,
 }
 
 impl Default for Scenario {
@@ -188,6 +201,7 @@ impl Default for Scenario {
             kademlia: KademliaParams::default(),
             onehop: OneHopParams::default(),
             core: CoreParams::default(),
+            adversary: Adversary::default(),
         }
     }
 }
@@ -255,6 +269,7 @@ impl Default for CoreParams {
             reroute_window: "5s".into(),
             replication_interval: "600s".into(),
             verify_signatures: true,
+            retry_other_first_hop: true,
         }
     }
 }
@@ -284,6 +299,9 @@ impl Scenario {
     pub fn resolve(&self) -> Result<Resolved, String> {
         if self.nodes == 0 {
             return Err("nodes: at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.adversary.droppers) {
+            return Err("adversary.droppers: a fraction in [0, 1)".into());
         }
         let n = &self.network;
         let latency = match n.latency.as_str() {
@@ -409,6 +427,7 @@ impl Scenario {
             } else {
                 VerifyMode::Skip
             },
+            retry_other_first_hop: self.core.retry_other_first_hop,
             ..CoreConfig::default()
         };
         Ok(Resolved {

@@ -131,3 +131,34 @@ fn report_files_are_written_and_well_formed() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Peers that drop what they should forward: lookups fail through them, and the core's
+/// retransmissions through other first hops win a good part back (docs/security.md).
+#[test]
+fn retransmissions_through_other_first_hops_route_around_dropping_peers() {
+    let run = |droppers: f64, mitigation: bool| {
+        let mut s = small(400, 10, "none");
+        s.workload.users = 0;
+        s.workload.calls_per_hour = 0.0;
+        s.adversary.droppers = droppers;
+        s.core.retry_other_first_hop = mitigation;
+        Runner::new(&s).unwrap().run(&mut |_, _| {})
+    };
+    let honest = run(0.0, true);
+    let plain = run(0.2, false);
+    let mitigated = run(0.2, true);
+    assert_eq!(plain.adversaries, 80);
+    assert!(honest.lookup_success_rate > 0.999, "{}", honest.summary());
+    assert!(plain.dropped_by_adversaries > 0);
+    assert!(
+        plain.lookup_success_rate < 0.9,
+        "droppers hurt: {}",
+        plain.summary()
+    );
+    assert!(
+        mitigated.lookup_success_rate > plain.lookup_success_rate + 0.1,
+        "mitigated {:.3} vs plain {:.3}",
+        mitigated.lookup_success_rate,
+        plain.lookup_success_rate
+    );
+}

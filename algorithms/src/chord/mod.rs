@@ -441,6 +441,14 @@ impl Topology for Chord {
         if in_open_closed(target, self.me, succ) {
             return NextHop::Forward(succ);
         }
+        // A target in a farther successor's range: straight to that successor, which is
+        // responsible (one hop instead of a walk along the ring, and no node in between
+        // that could drop the request).
+        for w in self.succs.ids().windows(2) {
+            if in_open_closed(target, w[0], w[1]) {
+                return NextHop::Forward(w[1]);
+            }
+        }
         // A target in one of our predecessors' ranges: a node behind us whose successor
         // pointer skips a newer peer sent it here. Hand it back to that predecessor rather
         // than around the whole ring.
@@ -451,6 +459,33 @@ impl Topology for Chord {
             }
         }
         NextHop::Forward(self.closest_preceding(target).unwrap_or(succ))
+    }
+
+    /// Every other known node that precedes `target` (closest first): fingers, successors
+    /// and predecessors between this node and the target. None when the next hop is the
+    /// responsible node itself (there is nothing to route around).
+    fn next_hop_alternatives(&self, target: Id) -> Vec<NodeId> {
+        let NextHop::Forward(best) = self.next_hop(target) else {
+            return Vec::new();
+        };
+        if self
+            .succs
+            .ids()
+            .last()
+            .is_some_and(|s| in_open_closed(target, self.me, *s))
+        {
+            return Vec::new();
+        }
+        let mut alts: Vec<Id> = self
+            .fingers
+            .iter()
+            .chain(self.succs.ids().iter().copied())
+            .chain(self.preds.ids().iter().copied())
+            .filter(|n| *n != best && in_open(*n, self.me, target))
+            .collect();
+        alts.sort_by_key(|n| std::cmp::Reverse(distance(self.me, *n)));
+        alts.dedup();
+        alts
     }
 
     fn is_neighbor(&self, node: NodeId) -> bool {

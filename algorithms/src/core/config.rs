@@ -34,6 +34,9 @@ pub struct CoreConfig {
     pub origin_rate: u32,
     /// The bucket's depth: requests accepted in a burst above the rate.
     pub origin_burst: u32,
+    /// Send the retransmissions of a routed request through the algorithm's other first
+    /// hops in turn (`Topology::next_hop_alternatives`) instead of the same one.
+    pub retry_other_first_hop: bool,
 }
 
 impl Default for CoreConfig {
@@ -50,6 +53,7 @@ impl Default for CoreConfig {
             kinds: KindRegistry::default(),
             origin_rate: 5000,
             origin_burst: 5000,
+            retry_other_first_hop: true,
         }
     }
 }

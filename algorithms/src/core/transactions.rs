@@ -115,6 +115,23 @@ impl OverlayNode {
             },
             (None, _) => self.me,
         };
+        // Retransmissions go through the other first hops in turn (a neighbour that drops
+        // what it should forward then stops one attempt, not all).
+        let first_hop = match tx.destinations.first() {
+            Some(Destination::Resource(t)) | Some(Destination::Node(t))
+                if tx.direct.is_none()
+                    && tx.attempt > 0
+                    && first_hop != self.me
+                    && self.cfg.retry_other_first_hop =>
+            {
+                let alts = self.topology.next_hop_alternatives(*t);
+                match alts.len() {
+                    0 => first_hop,
+                    n => alts[(tx.attempt as usize - 1) % n],
+                }
+            }
+            _ => first_hop,
+        };
         let routed = tx.direct.is_none();
         match encode_parts(&header, tx.code, &tx.body, &[]) {
             Ok(bytes) => {
