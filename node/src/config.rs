@@ -379,6 +379,7 @@ impl Config {
             expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
             origin_rate: self.limits.origin_requests_per_s,
             origin_burst: self.limits.origin_burst,
+            successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
             ..CoreConfig::default()
         }
     }

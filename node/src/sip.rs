@@ -211,28 +211,34 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads one SIP message from a stream: headers up to the blank line, then
-/// Content-Length bytes of body. None at end of stream.
+/// The length of the first complete SIP message at the start of `buf` (headers up to the
+/// blank line, then Content-Length bytes of body; RFC 3261 section 18.3), or None when more
+/// bytes are needed.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = &buf[..end + 4];
+    let headers = match rsip::SipMessage::try_from(head) {
+        Ok(SipMessage::Request(r)) => r.headers,
+        Ok(SipMessage::Response(r)) => r.headers,
+        Err(_) => Headers::default(),
+    };
+    let len = headers
+        .iter()
+        .find_map(|h| match h {
+            Header::ContentLength(c) => c.value().trim().parse::<usize>().ok(),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let total = (end + 4).checked_add(len)?;
+    (total <= buf.len()).then_some(total)
+}
+
+/// Reads one SIP message from a stream (see [`frame_len`]). None at end of stream or when
+/// a message would exceed the size limit.
 async fn read_message(s: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = &buf[..end + 4];
-            let headers = match rsip::SipMessage::try_from(head) {
-                Ok(SipMessage::Request(r)) => r.headers,
-                Ok(SipMessage::Response(r)) => r.headers,
-                Err(_) => Headers::default(),
-            };
-            let len = headers
-                .iter()
-                .find_map(|h| match h {
-                    Header::ContentLength(c) => c.value().trim().parse::<usize>().ok(),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            if end + 4 + len <= buf.len() {
-                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
-                return Some(msg);
-            }
+        if let Some(n) = frame_len(buf) {
+            return Some(buf.drain(..n).collect());
         }
         if buf.len() > MAX_MESSAGE {
             return None;
@@ -241,6 +247,57 @@ async fn read_message(s: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) ->
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The fuzz target's entry (`node/fuzz`, target `sip`): cuts `bytes` into messages as a
+/// stream is cut, parses each, and runs every header analysis the registrar and proxy do
+/// (AOR, GRUU, Via and Route targets, node parameters), without any IO. It must never
+/// panic, whatever the bytes.
+pub fn fuzz_sip(bytes: &[u8]) {
+    let mut rest = bytes;
+    let mut messages = Vec::new();
+    while let Some(n) = frame_len(rest) {
+        if n == 0 {
+            break;
+        }
+        messages.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    messages.push(rest);
+    for m in messages {
+        let Ok(msg) = SipMessage::try_from(m) else {
+            continue;
+        };
+        let headers = match &msg {
+            SipMessage::Request(r) => {
+                let _ = aor_of(&r.uri, "p2psip");
+                let _ = gr_param(&r.uri);
+                let _ = uri_addr(&r.uri);
+                for u in route_uris(r) {
+                    let _ = route_hop(&u);
+                }
+                let mut popped = r.clone();
+                pop_route(&mut popped);
+                let _ = response(r, 404, Vec::new()).to_string();
+                &r.headers
+            }
+            SipMessage::Response(r) => &r.headers,
+        };
+        for h in headers.iter() {
+            match h {
+                Header::Via(v) => {
+                    let _ = via_target(v);
+                }
+                Header::Contact(c) => {
+                    if let Ok(t) = c.typed() {
+                        let _ = aor_of(&t.uri, "p2psip");
+                        let _ = node_param(&t.params);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }

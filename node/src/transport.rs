@@ -893,8 +893,8 @@ fn observed_frame(addr: SocketAddr) -> Vec<u8> {
 }
 
 /// The address in an observed-address control frame (None for anything malformed or of
-/// another control type).
-fn parse_observed(f: &[u8]) -> Option<SocketAddr> {
+/// another control type). Public for the fuzz target `control`.
+pub fn parse_observed(f: &[u8]) -> Option<SocketAddr> {
     let rest = f.strip_prefix(&CONTROL_MAGIC)?;
     let (&kind, rest) = rest.split_first()?;
     if kind != CONTROL_OBSERVED {

@@ -428,6 +428,7 @@ impl Scenario {
                 VerifyMode::Skip
             },
             retry_other_first_hop: self.core.retry_other_first_hop,
+            successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
             ..CoreConfig::default()
         };
         Ok(Resolved {

@@ -205,3 +205,48 @@ fn joining_peers_take_over_their_data() {
     assert!(on_new_peers > 300, "new peers hold {on_new_peers} copies");
     assert_all_fetchable_n(&mut sim, 300);
 }
+
+/// A peer that tampers with a value it holds: the fetcher finds the signature bad, asks
+/// the next replica, and still gets the value as its writer signed it.
+#[test]
+fn a_tampered_copy_is_detected_and_the_next_replica_answers() {
+    use p2psip_algorithms::storage::KIND_USER_VALUE;
+    use p2psip_proto::pb::stored_data_value::Model;
+    let mut sim = overlay(11, 40, chord(), NetConfig::default());
+    let i = 7;
+    let via = random_live(&mut sim);
+    store_user_value(&mut sim, via, i, 3600);
+    sim.run_for(Duration::from_secs(10));
+    let (_, res) = user(i);
+    let responsible = sim.responsible(res).unwrap();
+    let r = sim.index_of(responsible).unwrap();
+    // The responsible peer rewrites the value in its store (its signature no longer holds).
+    let store = sim.node_mut(r).unwrap().storage_mut();
+    let mut data = store.get(res, KIND_USER_VALUE).unwrap();
+    for sd in data.values.values_mut() {
+        if let Some(Model::Single(dv)) = sd.value.as_mut().and_then(|v| v.model.as_mut()) {
+            dv.value = b"sip:mallory@203.0.113.66".to_vec();
+        }
+    }
+    store.put(res, KIND_USER_VALUE, data);
+    // Fetch through a node that is neither the responsible peer nor its successor.
+    let fetcher = (0..sim.len())
+        .find(|&k| {
+            k != r
+                && !sim
+                    .node(r)
+                    .unwrap()
+                    .routing_table()
+                    .successors
+                    .contains(&sim.id(k))
+        })
+        .unwrap();
+    let before = sim.node(fetcher).unwrap().stats().bad_values;
+    let got = fetch_user_value(&mut sim, fetcher, i).unwrap();
+    assert_eq!(
+        got,
+        Some(value_of(i)),
+        "the writer's value, not the tampered one"
+    );
+    assert_eq!(sim.node(fetcher).unwrap().stats().bad_values, before + 1);
+}

@@ -37,6 +37,13 @@ pub struct CoreConfig {
     /// Send the retransmissions of a routed request through the algorithm's other first
     /// hops in turn (`Topology::next_hop_alternatives`) instead of the same one.
     pub retry_other_first_hop: bool,
+    /// The overlay's replicas of a resource are the responsible node's successors on the
+    /// ring (Chord, one-hop): a fetch that returned badly signed values is asked again of
+    /// the node responsible for the responder's Node-ID + 1, its successor. Off (Kademlia):
+    /// such a fetch fails with Error_Forbidden.
+    pub successor_replicas: bool,
+    /// How many further replicas a fetch with badly signed values is asked of.
+    pub refetch_replicas: u32,
 }
 
 impl Default for CoreConfig {
@@ -54,6 +61,8 @@ impl Default for CoreConfig {
             origin_rate: 5000,
             origin_burst: 5000,
             retry_other_first_hop: true,
+            successor_replicas: true,
+            refetch_replicas: 2,
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct OverlayNode {
     /// Nodes the transport reports a link to: a request whose next destination is one of
     /// them goes straight there (a client of this peer is reached that way).
     links: HashSet<NodeId>,
+    /// Client fetches asked again of another replica after badly signed answers: how often.
+    refetched: HashMap<OpId, u32>,
     /// Per originating neighbour: request tokens left and when they were counted.
     buckets: HashMap<NodeId, (f64, Time)>,
     /// Requests that left recently, for hop-by-hop recovery.
@@ -178,6 +180,7 @@ impl OverlayNode {
             app_candidates: HashMap::new(),
             links: HashSet::new(),
             buckets: HashMap::new(),
+            refetched: HashMap::new(),
             sent: VecDeque::new(),
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
@@ -222,6 +225,12 @@ impl OverlayNode {
 
     pub fn storage(&self) -> &dyn Storage {
         self.store.as_ref()
+    }
+
+    /// The node's store, writable: for fault injection (a peer that tampers with what it
+    /// holds) in tests and the simulator.
+    pub fn storage_mut(&mut self) -> &mut dyn Storage {
+        self.store.as_mut()
     }
 
     /// Sets where application `application` (5060: SIP) listens on this node, given out in

@@ -37,4 +37,7 @@ pub struct Stats {
     pub errors_sent: u64,
     /// Requests refused because their originator (the linked node) exceeded its rate.
     pub rate_limited: u64,
+    /// Fetched values whose signature or access policy did not check out (the fetch was
+    /// asked again of the next replica).
+    pub bad_values: u64,
 }

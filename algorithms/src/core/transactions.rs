@@ -5,6 +5,7 @@
 use super::recovery::Resend;
 use super::{Event, OpError, OverlayNode, TimerKind};
 use crate::id::{Id, NodeId};
+use crate::storage::check_signed;
 use crate::time::Time;
 use crate::topology::{NextHop, Target};
 use p2psip_proto::pb::{self, ErrorCode};
@@ -66,6 +67,68 @@ impl OverlayNode {
         };
         self.txs.insert(id, tx);
         self.send_attempt(id);
+    }
+
+    /// A client fetch's answer: every value must be signed by a writer the kind's policy
+    /// allows. When one is not (the responder tampered with it, or holds garbage), the
+    /// fetch is asked again of the next replica (None: re-sent), and fails with
+    /// Error_Forbidden when no replica is left to ask.
+    fn check_fetched(
+        &mut self,
+        tx: &Tx,
+        op: OpId,
+        responder: Option<NodeId>,
+        outcome: Result<Body, pb::ErrorAns>,
+    ) -> Option<Result<Body, pb::ErrorAns>> {
+        let Ok(Body::FetchAns(ans)) = &outcome else {
+            return Some(outcome);
+        };
+        let Ok(Body::FetchReq(req)) = Body::decode(tx.code, &tx.body) else {
+            return Some(outcome);
+        };
+        let Some(resource) = Id::from_slice(&req.resource) else {
+            return Some(outcome);
+        };
+        let mut bad = 0u64;
+        for kr in &ans.kind_responses {
+            let Some(kind) = self.cfg.kinds.get(kr.kind) else {
+                continue;
+            };
+            for sd in &kr.values {
+                if check_signed(kind, resource, sd, self.cfg.verify).is_err() {
+                    bad += 1;
+                }
+            }
+        }
+        if bad == 0 {
+            return Some(outcome);
+        }
+        self.stats.bad_values += bad;
+        let tries = self.refetched.entry(op).or_insert(0);
+        *tries += 1;
+        let next = responder
+            .filter(|_| self.cfg.successor_replicas && *tries <= self.cfg.refetch_replicas)
+            .map(|r| Id(r.0.wrapping_add(1)));
+        match next {
+            Some(next) => {
+                self.request(
+                    Owner::Client(op),
+                    Target::Route(vec![Destination::Resource(next)]),
+                    Body::FetchReq(req),
+                );
+                None
+            }
+            None => {
+                self.refetched.remove(&op);
+                Some(Err(pb::ErrorAns {
+                    code: ErrorCode::Forbidden as i32,
+                    info: format!(
+                        "{bad} fetched value(s) with a bad signature, on every replica asked"
+                    )
+                    .into_bytes(),
+                }))
+            }
+        }
     }
 
     /// Sends (or re-sends) a transaction's request along its current first hop and arms
@@ -241,6 +304,11 @@ impl OverlayNode {
                 self.with_topology(|t, ctx| t.on_answer(ctx, token, responder, answer));
             }
             Owner::Client(op) => {
+                let outcome = match self.check_fetched(&tx, op, responder, outcome) {
+                    Some(o) => o,
+                    None => return, // asked again of another replica
+                };
+                self.refetched.remove(&op);
                 let outcome = outcome.map_err(|e| OpError {
                     code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
                     info: String::from_utf8_lossy(&e.info).into_owned(),

@@ -11,7 +11,9 @@ pub use access::{check_policy, node_multiple_resource};
 pub use kinds::{Kind, KindRegistry, KIND_NODE_MULTIPLE, KIND_NODE_VALUE, KIND_SIP_REGISTRATION};
 pub use kinds::{KIND_USER_ARRAY, KIND_USER_VALUE};
 pub use memory::MemoryStore;
-pub use rules::{apply_store, fetch, find_closest, is_expired, stat, StoreMode, VerifyMode};
+pub use rules::{
+    apply_store, check_signed, fetch, find_closest, is_expired, stat, StoreMode, VerifyMode,
+};
 
 use crate::id::Id;
 use p2psip_proto::pb;

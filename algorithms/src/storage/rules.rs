@@ -55,6 +55,40 @@ fn slot_of(kind: &Kind, v: &pb::StoredDataValue) -> Result<SlotKey, (ErrorCode, 
     }
 }
 
+/// Checks that a value is signed, that the signature verifies over (resource, kind,
+/// storage time, value), and that the signer may write it under the kind's access policy.
+/// Storing peers check this on every store (replication and handover included); fetchers
+/// check it on every value they receive.
+pub fn check_signed(
+    kind: &Kind,
+    resource: Id,
+    sd: &pb::StoredData,
+    verify_mode: VerifyMode,
+) -> Result<(), (ErrorCode, String)> {
+    let Some(value) = sd.value.as_ref() else {
+        return Err((
+            ErrorCode::InvalidMessage,
+            "stored data without a value".into(),
+        ));
+    };
+    let Some(sig) = sd.signature.as_ref() else {
+        return Err((ErrorCode::Forbidden, "value is not signed".into()));
+    };
+    let signer = match verify_mode {
+        VerifyMode::Skip => sig
+            .signer
+            .as_ref()
+            .ok_or((ErrorCode::Forbidden, "no signer".to_string()))?,
+        m => {
+            let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
+            verify(sig, &input, m == VerifyMode::SelfSigned)
+                .map_err(|e| (ErrorCode::Forbidden, format!("value signature: {e}")))?
+        }
+    };
+    check_policy(kind.policy, resource, signer, value, kind.max_node_multiple)
+        .map_err(|e| (ErrorCode::Forbidden, e))
+}
+
 /// Applies one kind's part of a Store to `data`. Nothing changes unless every value is
 /// accepted. Returns whether the data changed.
 #[allow(clippy::too_many_arguments)]
@@ -100,22 +134,7 @@ pub fn apply_store(
             ));
         }
         let mut slot = slot_of(kind, value)?;
-        let Some(sig) = sd.signature.as_ref() else {
-            return Err((ErrorCode::Forbidden, "value is not signed".into()));
-        };
-        let signer = match verify_mode {
-            VerifyMode::Skip => sig
-                .signer
-                .as_ref()
-                .ok_or((ErrorCode::Forbidden, "no signer".to_string()))?,
-            m => {
-                let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
-                verify(sig, &input, m == VerifyMode::SelfSigned)
-                    .map_err(|e| (ErrorCode::Forbidden, format!("value signature: {e}")))?
-            }
-        };
-        check_policy(kind.policy, resource, signer, value, kind.max_node_multiple)
-            .map_err(|e| (ErrorCode::Forbidden, e))?;
+        check_signed(kind, resource, sd, verify_mode)?;
         if slot == SlotKey::Index(u32::MAX) {
             // Append: the index after the last one.
             let last = next.values.keys().rev().find_map(|k| match k {
