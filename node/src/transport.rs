@@ -686,24 +686,33 @@ impl Transport {
         Ok((send, recv))
     }
 
-    /// An incoming application connection: each stream names its application in its first
-    /// four bytes and goes to that application's channel, or asks to be relayed.
-    fn serve_app_connection(self: &Arc<Self>, peer: NodeId, conn: Connection) {
+    /// Accepts bidirectional streams on `conn` (up to 64 at once), each served by `serve`
+    /// in its own task.
+    fn accept_streams<F, Fut>(self: &Arc<Self>, conn: Connection, serve: F)
+    where
+        F: Fn(Arc<Self>, SendStream, RecvStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(APP_STREAMS));
         let me = self.clone();
         tokio::spawn(async move {
-            while let Ok((send, mut recv)) = conn.accept_bi().await {
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let Some(app) = read_head::<4>(&mut recv).await.map(u32::from_be_bytes) else {
-                        return;
-                    };
-                    if app == APP_RELAY {
-                        me.relay(peer, send, recv).await;
-                    } else {
-                        me.dispatch(peer, app, send, recv).await;
-                    }
-                });
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(serve(me.clone(), send, recv));
+            }
+        });
+    }
+
+    /// An incoming application connection: each stream names its application in its first
+    /// four bytes and goes to that application's channel, or asks to be relayed.
+    fn serve_app_connection(self: &Arc<Self>, peer: NodeId, conn: Connection) {
+        self.accept_streams(conn, move |me, send, mut recv| async move {
+            let Some(app) = read_head::<4>(&mut recv).await.map(u32::from_be_bytes) else {
+                return;
+            };
+            if app == APP_RELAY {
+                me.relay(peer, send, recv).await;
+            } else {
+                me.dispatch(peer, app, send, recv).await;
             }
         });
     }
@@ -711,28 +720,21 @@ impl Transport {
     /// Streams a relay opens to us on an overlay link we dialled: the application number
     /// and the originator's Node-ID (which the relay proved), then the application's bytes.
     fn serve_relayed(self: &Arc<Self>, conn: Connection) {
-        conn.set_max_concurrent_bi_streams(VarInt::from_u32(APP_STREAMS));
-        let me = self.clone();
-        tokio::spawn(async move {
-            while let Ok((send, mut recv)) = conn.accept_bi().await {
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let Some(head) = read_head::<20>(&mut recv).await else {
-                        return;
-                    };
-                    let mut app = [0u8; 4];
-                    app.copy_from_slice(&head[..4]);
-                    let mut from = [0u8; 16];
-                    from.copy_from_slice(&head[4..]);
-                    me.dispatch(
-                        NodeId::from_bytes(from),
-                        u32::from_be_bytes(app),
-                        send,
-                        recv,
-                    )
-                    .await;
-                });
-            }
+        self.accept_streams(conn, |me, send, mut recv| async move {
+            let Some(head) = read_head::<20>(&mut recv).await else {
+                return;
+            };
+            let mut app = [0u8; 4];
+            app.copy_from_slice(&head[..4]);
+            let mut from = [0u8; 16];
+            from.copy_from_slice(&head[4..]);
+            me.dispatch(
+                NodeId::from_bytes(from),
+                u32::from_be_bytes(app),
+                send,
+                recv,
+            )
+            .await;
         });
     }
 
