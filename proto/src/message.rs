@@ -69,6 +69,9 @@ impl Message {
         let h = parse_header(msg)?;
         let c = split_contents(&h, msg)?;
         let body = Body::decode(c.code, c.body)?;
+        // A block that carries nothing (empty, or only fields this version does not know)
+        // is no block: it encodes to zero bytes, so a re-encoded message decodes the same
+        // (found by the `message` fuzz target, tests/fuzz-regressions).
         let security = if c.security.is_empty() {
             None
         } else {
@@ -76,6 +79,7 @@ impl Message {
                 pb::SecurityBlock::decode(c.security)
                     .map_err(|_| ParseError::BadSecurityBlock(c.security.len()))?,
             )
+            .filter(|b| *b != pb::SecurityBlock::default())
         };
         Ok(Message {
             header: h.to_owned(),
