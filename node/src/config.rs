@@ -145,6 +145,9 @@ pub struct Limits {
     pub origin_requests_per_s: u32,
     /// Requests accepted at once above that rate (the token bucket's depth).
     pub origin_burst: u32,
+    /// Requests each originator may have in flight through this peer (passed on, answer
+    /// not back yet); more are answered Error_Rate_Limited. 0: no limit.
+    pub origin_max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -275,6 +278,7 @@ impl Default for Limits {
             send_queue: 4096,
             origin_requests_per_s: 5000,
             origin_burst: 5000,
+            origin_max_in_flight: 1024,
         }
     }
 }
@@ -379,6 +383,7 @@ impl Config {
             expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
             origin_rate: self.limits.origin_requests_per_s,
             origin_burst: self.limits.origin_burst,
+            origin_max_in_flight: self.limits.origin_max_in_flight,
             successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
             ..CoreConfig::default()
         }

@@ -289,8 +289,11 @@ fn sipp_registers_and_calls_through_the_overlay() {
     let call_port = nodes[call_idx].1;
     let after = format!("127.0.0.1:{call_port}");
     let calls_after = |n: &str| call_alice(&work, &after, n, &[]);
+    // Until the overlay has noticed the crash (keep-alive timeout, then stabilisation), a
+    // fetch may still reach a peer that is not yet holding the record; wait until three
+    // calls in a row complete.
     let back = eventually(Duration::from_secs(30), || {
-        (calls_after("1").0 == 0).then_some(())
+        (calls_after("3").0 == 0).then_some(())
     });
     if back.is_none() {
         for (n, _) in &nodes {

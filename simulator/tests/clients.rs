@@ -142,3 +142,57 @@ fn a_request_out_of_ttl_is_answered_ttl_exceeded() {
     // The Error answer went back to a (which had no transaction for it).
     assert_eq!(sim.node(a).unwrap().stats().stray_answers, before + 1);
 }
+
+/// A client that sends 100 lookups at the same instant through a peer that lets each
+/// originator have 10 in flight: the peer passes 10 on and refuses the others with
+/// Rate_Limited (those it answers itself take no slot); the others' answers then free the
+/// slots again.
+#[test]
+fn an_admitting_peer_caps_the_requests_a_client_has_in_flight() {
+    let core = p2psip_algorithms::core::CoreConfig {
+        origin_max_in_flight: 10,
+        origin_rate: 0,
+        ..Default::default()
+    };
+    let mut sim = overlay_with(63, 30, chord(), NetConfig::default(), core);
+    let c = sim.add_node();
+    let peer = random_live(&mut sim);
+    let peer_id = sim.id(peer);
+    sim.start_client(c, peer_id);
+    sim.run_for(Duration::from_secs(1));
+    sim.drain_completions();
+    let targets: Vec<Id> = (0..100u128)
+        .map(|k| Id(k.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)))
+        .collect();
+    let local = targets
+        .iter()
+        .filter(|t| sim.responsible(**t) == Some(peer_id))
+        .count();
+    let ops: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let t = *t;
+            sim.start_op(c, move |n, now| n.lookup(now, t)).unwrap()
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for op in ops {
+        match sim.wait_op(c, op, Duration::from_secs(30)) {
+            Some(Event::Completed { outcome: Ok(_), .. }) => ok += 1,
+            Some(Event::Completed {
+                outcome: Err(e), ..
+            }) if e.code == pb::ErrorCode::RateLimited => limited += 1,
+            other => panic!("lookup: {other:?}"),
+        }
+    }
+    assert_eq!(ok + limited, 100);
+    assert_eq!(ok, 10 + local, "{local} answered by the peer itself");
+    assert_eq!(sim.node(peer).unwrap().stats().rate_limited, limited as u64);
+    // The slots are free again: the next lookup goes through.
+    let t = targets[0];
+    let op = sim.start_op(c, move |n, now| n.lookup(now, t)).unwrap();
+    assert!(matches!(
+        sim.wait_op(c, op, Duration::from_secs(30)),
+        Some(Event::Completed { outcome: Ok(_), .. })
+    ));
+}

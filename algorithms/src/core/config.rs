@@ -34,6 +34,9 @@ pub struct CoreConfig {
     pub origin_rate: u32,
     /// The bucket's depth: requests accepted in a burst above the rate.
     pub origin_burst: u32,
+    /// Requests each originating neighbour may have in flight through this node (passed
+    /// on, answer not back yet); more are answered Error_Rate_Limited. 0: no limit.
+    pub origin_max_in_flight: usize,
     /// Send the retransmissions of a routed request through the algorithm's other first
     /// hops in turn (`Topology::next_hop_alternatives`) instead of the same one.
     pub retry_other_first_hop: bool,
@@ -60,6 +63,7 @@ impl Default for CoreConfig {
             kinds: KindRegistry::default(),
             origin_rate: 5000,
             origin_burst: 5000,
+            origin_max_in_flight: 1024,
             retry_other_first_hop: true,
             successor_replicas: true,
             refetch_replicas: 2,

@@ -132,6 +132,9 @@ pub struct OverlayNode {
     links: HashSet<NodeId>,
     /// Client fetches asked again of another replica after badly signed answers: how often.
     refetched: HashMap<OpId, u32>,
+    /// Per originating neighbour: its requests passed on whose answers have not come back
+    /// (transaction id → when).
+    inflight: HashMap<NodeId, HashMap<u64, Time>>,
     /// Per originating neighbour: request tokens left and when they were counted.
     buckets: HashMap<NodeId, (f64, Time)>,
     /// Requests that left recently, for hop-by-hop recovery.
@@ -180,6 +183,7 @@ impl OverlayNode {
             app_candidates: HashMap::new(),
             links: HashSet::new(),
             buckets: HashMap::new(),
+            inflight: HashMap::new(),
             refetched: HashMap::new(),
             sent: VecDeque::new(),
             rtt_direct: recovery::RttEstimator::default(),
@@ -305,6 +309,7 @@ impl OverlayNode {
             LinkEvent::Up(n) => self.links.insert(n),
             LinkEvent::Failed(n) => {
                 self.buckets.remove(&n);
+                self.inflight.remove(&n);
                 self.links.remove(&n)
             }
         };

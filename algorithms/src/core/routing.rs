@@ -95,6 +95,23 @@ impl OverlayNode {
         }
     }
 
+    /// Whether `origin` may have request `tx` in flight through this node: a
+    /// retransmission always may; a new one only below `origin_max_in_flight`. Entries
+    /// older than the originator's whole retransmission schedule are forgotten.
+    fn room_in_flight(&mut self, origin: NodeId, tx: u64) -> bool {
+        let cap = self.cfg.origin_max_in_flight;
+        if cap == 0 {
+            return true;
+        }
+        let horizon = self.cfg.max_request_timeout * (2u32 << self.cfg.retransmissions.min(6));
+        let now = self.now;
+        let m = self.inflight.entry(origin).or_default();
+        if m.len() >= cap {
+            m.retain(|_, at| now.since(*at) < horizon);
+        }
+        m.contains_key(&tx) || m.len() < cap
+    }
+
     /// Decides where a request (or a popped answer) goes next and sends it there.
     fn pass_on(&mut self, from: NodeId, bytes: &[u8], h: &Header<'_>, req: bool, pop: bool) {
         let next = if pop {
@@ -160,6 +177,18 @@ impl OverlayNode {
                 return;
             }
         }
+        // A request its originator (our link's peer) has us pass on takes one of its
+        // in-flight slots until the answer comes back.
+        let originated_here = req && from != self.me && h.via_len() == 1;
+        if originated_here && !self.room_in_flight(from, h.transaction_id) {
+            self.stats.rate_limited += 1;
+            self.answer_error(
+                h,
+                ErrorCode::RateLimited,
+                "too many requests in flight from this node",
+            );
+            return;
+        }
         let me = Destination::Node(self.me);
         let rw = Rewrite {
             push_via: req.then_some(&me),
@@ -169,6 +198,16 @@ impl OverlayNode {
         match forward_parsed(bytes, h, rw, &mut out) {
             Ok(()) => {
                 self.stats.forwarded += 1;
+                if originated_here && self.cfg.origin_max_in_flight > 0 {
+                    self.inflight
+                        .entry(from)
+                        .or_default()
+                        .insert(h.transaction_id, self.now);
+                } else if !req {
+                    if let Some(m) = self.inflight.get_mut(&to) {
+                        m.remove(&h.transaction_id);
+                    }
+                }
                 self.transmit(to, out);
                 if req {
                     let bytes = bytes.to_vec();
