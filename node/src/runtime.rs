@@ -45,8 +45,6 @@ pub struct Status {
     pub reflexive: Option<SocketAddr>,
     /// Whether a NAT sits between this node and the peers (None: not known yet).
     pub behind_nat: Option<bool>,
-    /// Whether the node routes for others (a peer) or not (a client).
-    pub routes: bool,
 }
 
 type OpFn = Box<dyn FnOnce(&mut OverlayNode, Time) -> OpId + Send>;
@@ -423,12 +421,10 @@ pub fn reach_of(candidates: &[pb::Candidate]) -> Reach {
         let Some(a) = candidate_addr(c) else { continue };
         if is_relayed(c) {
             r.relay = r.relay.or(Some(a));
-        } else if c.r#type == pb::candidate::Type::ServerReflexive as i32 {
-            r.reflexive = true;
-            if !r.direct.contains(&a) {
-                r.direct.push(a);
-            }
-        } else if !r.direct.contains(&a) {
+            continue;
+        }
+        r.reflexive |= c.r#type == pb::candidate::Type::ServerReflexive as i32;
+        if !r.direct.contains(&a) {
             r.direct.push(a);
         }
     }
@@ -903,6 +899,10 @@ impl Runtime {
                     tracing::debug!(%addr, "connect failed: {reason}");
                 }
                 if let Some(n) = node {
+                    if self.moving_to == Some(n) {
+                        // The move failed: the next lookup of the responsible peer retries.
+                        self.moving_to = None;
+                    }
                     self.pending.remove(&n);
                     self.addrs.remove(&n);
                     self.core.handle_link(now(), LinkEvent::Failed(n));
@@ -935,7 +935,6 @@ impl Runtime {
                     fatal: self.fatal.clone(),
                     reflexive: self.reflexive,
                     behind_nat: self.behind_nat,
-                    routes: self.is_peer,
                 });
             }
             Command::Core(f) => f(&mut self.core),
