@@ -39,6 +39,13 @@ struct Lists {
 /// How many once-seen peers are remembered for self-lookups after they left the tables.
 const KNOWN_CAP: usize = 64;
 
+/// How long a node that failed or left stays out of our tables unless it talks to us
+/// itself. Neighbour lists are copied from neighbour to neighbour; without this a dead
+/// node that one of them still lists comes back with every copy (in a small ring, whose
+/// lists hold every node, it kept coming back) and requests for its range are sent to it
+/// until each copy has failed again.
+const QUARANTINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Join,
@@ -71,6 +78,8 @@ pub struct Chord {
     next_finger: usize,
     /// The first predecessor and when we last heard its lists.
     pred_heard: (Id, Time),
+    /// Nodes that failed or left, and when: kept out of the tables for [`QUARANTINE`].
+    gone: HashMap<Id, Time>,
 }
 
 impl Chord {
@@ -91,7 +100,21 @@ impl Chord {
             join_attempt: 0,
             next_finger: 0,
             pred_heard: (me, Time(0)),
+            gone: HashMap::new(),
         }
+    }
+
+    /// Whether `id` failed or left within the last [`QUARANTINE`].
+    fn is_gone(&self, id: Id, now: Time) -> bool {
+        self.gone
+            .get(&id)
+            .is_some_and(|t| now.since(*t) < QUARANTINE)
+    }
+
+    /// Notes that `id` failed or left (and forgets quarantines that ran out).
+    fn mark_gone(&mut self, id: Id, now: Time) {
+        self.gone.retain(|_, t| now.since(*t) < QUARANTINE);
+        self.gone.insert(id, now);
     }
 
     /// Successors, closest first.
@@ -146,6 +169,7 @@ impl Chord {
         if id == self.me {
             return;
         }
+        self.gone.remove(&id);
         self.remember(id);
         self.changing(ctx, |c| {
             let a = c.succs.insert(id);
@@ -157,6 +181,7 @@ impl Chord {
 
     /// A node that failed or left is removed from every table.
     fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        self.mark_gone(id, ctx.now);
         let was_neighbor = self.succs.contains(id) || self.preds.contains(id);
         let was_finger: Vec<usize> = (0..self.fingers.len())
             .filter(|i| self.fingers.get(*i) == Some(id))
@@ -187,7 +212,7 @@ impl Chord {
     /// direct Update before they do.
     fn learn(&mut self, ctx: &mut Ctx<'_>, ids: &[Id]) {
         for &c in ids {
-            if c == self.me || self.probing.contains(&c) {
+            if c == self.me || self.probing.contains(&c) || self.is_gone(c, ctx.now) {
                 continue;
             }
             if self.succs.would_enter(c) || self.preds.would_enter(c) {
@@ -361,14 +386,22 @@ impl Chord {
         if self.preds.first() == Some(from) {
             self.pred_heard = (from, ctx.now);
         }
+        let now = ctx.now;
+        let live = |c: &Self, l: &[Id]| -> Vec<Id> {
+            l.iter()
+                .copied()
+                .filter(|x| *x != c.me && !c.is_gone(*x, now))
+                .collect()
+        };
         if self.succs.first() == Some(from) {
             // Our successor's successor list is authoritative for ours (classic Chord): it
-            // drops entries that died even when we never sent to them.
-            let rest: Vec<Id> = succs.iter().copied().filter(|x| *x != self.me).collect();
+            // drops entries that died even when we never sent to them. Entries we saw fail
+            // are not taken back from it.
+            let rest = live(self, succs);
             self.changing(ctx, |c| c.succs.replace(from, &rest));
         }
         if self.preds.first() == Some(from) {
-            let rest: Vec<Id> = preds.iter().copied().filter(|x| *x != self.me).collect();
+            let rest = live(self, preds);
             self.changing(ctx, |c| c.preds.replace(from, &rest));
         }
         let mut cands = preds.to_vec();
@@ -747,6 +780,8 @@ impl Topology for Chord {
         if let LinkEvent::Failed(id) = event {
             if self.is_neighbor(id) {
                 self.drop_node(ctx, id);
+            } else {
+                self.mark_gone(id, ctx.now);
             }
         }
     }

@@ -26,6 +26,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // P2PSIP_KEEP_TEST_DIRS=1 keeps the nodes' configurations and logs for a post-mortem.
+        if std::env::var_os("P2PSIP_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
