@@ -46,7 +46,26 @@ pub struct Config {
     pub onehop: OneHopSection,
     pub sip: SipSection,
     pub nat: NatSection,
+    pub security: SecuritySection,
     pub log: LogSection,
+}
+
+/// The `[security]` table: which nodes an overlay admits (proto/SPEC.md section 5.2).
+/// Without `ca` the overlay is self-signed: any Ed25519 key may join, its Node-ID the hash
+/// of the key. With `ca` it is enrolled: only nodes holding a certificate of that CA
+/// (`p2psip ca issue`) are admitted, with the Node-ID and user name the CA chose.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// The overlay CA's certificate (PEM, `ca.pem` of `p2psip ca init`).
+    pub ca: Option<PathBuf>,
+    /// This node's certificate from the CA for its identity key (PEM).
+    pub certificate: Option<PathBuf>,
+    /// With a CA: admit self-signed nodes and accept their values as well.
+    pub allow_self_signed: bool,
+    /// Revoked certificates: a file of hex serial numbers, one per line
+    /// (`p2psip ca revoke` keeps one in the CA directory).
+    pub revoked: Option<PathBuf>,
 }
 
 /// The `[nat]` table: reachability, hole punching and relaying (proto/SPEC.md section 2.8).
@@ -249,6 +268,7 @@ impl Default for Config {
             onehop: OneHopSection::default(),
             sip: SipSection::default(),
             nat: NatSection::default(),
+            security: SecuritySection::default(),
             log: LogSection::default(),
         }
     }
@@ -354,6 +374,9 @@ impl Config {
                 "nat.mode: \"auto\", \"peer\" or \"client\", not {:?}",
                 self.nat.mode
             );
+        }
+        if self.security.ca.is_some() != self.security.certificate.is_some() {
+            bail!("security.ca and security.certificate go together (an enrolled node needs both)");
         }
         if self.nat.punch_timeout_ms == 0 {
             bail!("nat.punch_timeout_ms must be positive");

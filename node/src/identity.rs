@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
 
 /// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410): this prefix, then the 32 bytes.
-const PKCS8_ED25519_PREFIX: [u8; 16] = [
+pub(crate) const PKCS8_ED25519_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
@@ -71,6 +71,71 @@ pub fn tls_credentials(
         vec![cert.der().clone()],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
     ))
+}
+
+/// Everything a node proves itself with and checks others against.
+pub struct Credentials {
+    pub seed: [u8; 32],
+    /// The signing identity (in enrolled overlays the Node-ID and user of the certificate).
+    pub identity: Identity,
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub trust: std::sync::Arc<crate::enroll::Trust>,
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Credentials {
+            seed: self.seed,
+            identity: self.identity.clone(),
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+            trust: self.trust.clone(),
+        }
+    }
+}
+
+/// The credentials of key `seed` under `cfg.security`: self-signed, or enrolled with the
+/// certificate the overlay's CA issued for this key (checked here as peers will check it).
+pub fn credentials(cfg: &crate::config::Config, seed: [u8; 32]) -> anyhow::Result<Credentials> {
+    use crate::enroll::{read_cert, read_revoked, Trust};
+    let sec = &cfg.security;
+    let (Some(ca), Some(cert)) = (&sec.ca, &sec.certificate) else {
+        let (certs, key) = tls_credentials(&seed)?;
+        return Ok(Credentials {
+            seed,
+            identity: Identity::from_seed(seed, cfg.user.clone()),
+            certs,
+            key,
+            trust: std::sync::Arc::new(Trust::self_signed(&cfg.overlay)),
+        });
+    };
+    let revoked = match &sec.revoked {
+        Some(p) => read_revoked(p)?,
+        None => Default::default(),
+    };
+    let trust = Trust::enrolled(&cfg.overlay, read_cert(ca)?, revoked, sec.allow_self_signed)
+        .with_context(|| format!("security.ca {}", ca.display()))?;
+    let der = read_cert(cert)?;
+    let binding = trust
+        .check(&der)
+        .map_err(|e| anyhow::anyhow!("security.certificate {}: {e}", cert.display()))?;
+    let own = Identity::from_seed(seed, "");
+    if binding.key != *own.key.verifying_key().as_bytes() {
+        bail!(
+            "security.certificate {} was issued for another key than this node's identity",
+            cert.display()
+        );
+    }
+    let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
+    pkcs8.extend_from_slice(&seed);
+    Ok(Credentials {
+        seed,
+        identity: Identity::enrolled(seed, &binding, der.clone()),
+        certs: vec![CertificateDer::from(der)],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
+        trust: std::sync::Arc::new(trust),
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli_ops;
 pub mod config;
 pub mod echo;
+pub mod enroll;
 pub mod identity;
 pub mod metrics;
 pub mod runtime;

@@ -46,11 +46,19 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
-    /// Print the Node-ID of an identity file.
+    /// Print the Node-ID of an identity file (the self-signed one: enrolled nodes get theirs
+    /// from the CA) and, with --public-key, its public key for `p2psip ca issue`.
     Id {
         /// The key file.
         identity: PathBuf,
+        /// Print the Ed25519 public key (64 hex digits) instead.
+        #[arg(long)]
+        public_key: bool,
     },
+    /// The overlay certificate authority of an enrolled overlay: make it, issue node
+    /// certificates (user name + a Node-ID the CA picks at random), revoke them.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Health check for containers: exits 0 when the node's metrics endpoint answers and
     /// reports the node joined, 1 otherwise (with the reason on stderr).
     Health {
@@ -60,6 +68,66 @@ enum Cmd {
         /// Give up after this long.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a CA in DIR: ca.key (secret, mode 0600) and ca.pem (give ca.pem to every node
+    /// as security.ca). Refuses to overwrite an existing CA.
+    Init {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The overlay the CA enrolls nodes for.
+        #[arg(long)]
+        overlay: String,
+        /// Validity of the CA certificate, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a node certificate: binds USER and a random Node-ID to a node's public key.
+    /// Prints the Node-ID and the serial number (for revocation).
+    Issue {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The user name the certificate binds.
+        #[arg(long)]
+        user: String,
+        /// The node's identity key file (its public key is read from it) ...
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        identity: Option<PathBuf>,
+        /// ... or its public key, 64 hex digits (`p2psip id --public-key KEYFILE`).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Where to write the certificate (PEM); never overwritten.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Assign this Node-ID (32 hex digits) instead of a random one.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Start the validity this many days in the past (to make expired certificates for
+        /// tests of expiry).
+        #[arg(long, default_value_t = 0, hide = true)]
+        backdate_days: u32,
+    },
+    /// Revoke a certificate by serial number: adds it to DIR/revoked.txt, the file nodes
+    /// read as security.revoked.
+    Revoke {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The serial number `issue` printed (hex).
+        #[arg(long)]
+        serial: String,
     },
 }
 
@@ -106,6 +174,12 @@ struct NodeArgs {
     /// Serves the echo application (7) that `p2psip client app-echo` calls (nat.echo).
     #[arg(long)]
     echo: bool,
+    /// The overlay CA's certificate (security.ca): only enrolled nodes are admitted.
+    #[arg(long, env = "P2PSIP_CA", requires = "certificate")]
+    ca: Option<PathBuf>,
+    /// This node's certificate from the overlay CA (security.certificate).
+    #[arg(long, env = "P2PSIP_CERTIFICATE", requires = "ca")]
+    certificate: Option<PathBuf>,
     /// Reachability: "auto" (route only if peers see this node's own address; behind a
     /// NAT run as a client), "peer" or "client" (nat.mode).
     #[arg(long, env = "P2PSIP_NAT_MODE")]
@@ -126,6 +200,18 @@ struct ClientArgs {
     /// the same name always signs with the same key.
     #[arg(long, env = "P2PSIP_IDENTITY")]
     identity: Option<PathBuf>,
+    /// In an enrolled overlay: the overlay CA's certificate ...
+    #[arg(long, env = "P2PSIP_CA", requires = "certificate")]
+    ca: Option<PathBuf>,
+    /// ... and the certificate the CA issued for --identity (values are then signed as the
+    /// certificate's user).
+    #[arg(
+        long,
+        env = "P2PSIP_CERTIFICATE",
+        requires = "ca",
+        requires = "identity"
+    )]
+    certificate: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -301,12 +387,77 @@ fn main() -> anyhow::Result<()> {
             };
             std::process::exit(code);
         }
-        Cmd::Id { identity: path } => {
+        Cmd::Id {
+            identity: path,
+            public_key,
+        } => {
             let seed = identity::read_seed(&path)?;
-            println!("{:#}", Identity::from_seed(seed, "").node_id);
+            let id = Identity::from_seed(seed, "");
+            if public_key {
+                println!("{}", hex::encode(id.key.verifying_key().as_bytes()));
+            } else {
+                println!("{:#}", id.node_id);
+            }
             Ok(())
         }
+        Cmd::Ca(c) => ca(c),
     }
+}
+
+fn ca(c: CaCmd) -> anyhow::Result<()> {
+    use p2psip_node::enroll;
+    match c {
+        CaCmd::Init { dir, overlay, days } => {
+            let cert = enroll::ca_init(&dir, &overlay, days)?;
+            println!("CA for overlay {overlay:?}: {}", cert.display());
+        }
+        CaCmd::Issue {
+            dir,
+            user,
+            identity: key_file,
+            public_key,
+            out,
+            days,
+            node_id,
+            backdate_days,
+        } => {
+            if out.exists() {
+                bail!("{} exists; refusing to overwrite it", out.display());
+            }
+            let key: [u8; 32] = match (key_file, public_key) {
+                (Some(p), _) => *Identity::from_seed(identity::read_seed(&p)?, "")
+                    .key
+                    .verifying_key()
+                    .as_bytes(),
+                (None, Some(h)) => hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .ok_or_else(|| anyhow::anyhow!("--public-key: 64 hex digits"))?,
+                (None, None) => bail!("--identity or --public-key is required"),
+            };
+            let node_id = node_id
+                .map(|h| p2psip_node::cli_ops::parse_node_id(&h))
+                .transpose()?;
+            let issued = enroll::ca_issue(&dir, &user, &key, node_id, days, backdate_days)?;
+            std::fs::write(&out, &issued.pem)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "node_id {:#}\nserial {}\nuser {user}\nnot_after {}\ncertificate {}",
+                issued.node_id,
+                issued.serial,
+                issued.not_after,
+                out.display()
+            );
+        }
+        CaCmd::Revoke { dir, serial } => {
+            let list = enroll::ca_revoke(&dir, &serial)?;
+            println!(
+                "revoked {serial}: {} (nodes read it as security.revoked)",
+                list.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn node(a: NodeArgs) -> anyhow::Result<()> {
@@ -341,6 +492,12 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
     }
     if a.echo {
         cfg.nat.echo = true;
+    }
+    if let Some(v) = a.ca {
+        cfg.security.ca = Some(v);
+    }
+    if let Some(v) = a.certificate {
+        cfg.security.certificate = Some(v);
     }
     if let Some(v) = a.nat_mode {
         cfg.nat.mode = v;
@@ -578,9 +735,10 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
     let cfg = Config {
         overlay: a.overlay.clone(),
         user: name.clone(),
+        security: client_security(&a),
         ..Config::default()
     };
-    let writer = Identity::from_seed(seed, name.clone());
+    let writer = identity::credentials(&cfg, seed)?.identity;
     let started = Instant::now();
     let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
     if let Err(e) = h.wait_joined(a.timeout).await {
@@ -759,6 +917,7 @@ async fn app_echo(
     let cfg = Config {
         overlay: a.overlay.clone(),
         user: "echo".into(),
+        security: client_security(a),
         ..Config::default()
     };
     let seed = match &a.identity {
@@ -827,6 +986,15 @@ async fn op(
     tokio::time::timeout(limit, h.op(f))
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
+}
+
+/// The `[security]` of a client from its flags.
+fn client_security(a: &ClientArgs) -> p2psip_node::config::SecuritySection {
+    p2psip_node::config::SecuritySection {
+        ca: a.ca.clone(),
+        certificate: a.certificate.clone(),
+        ..Default::default()
+    }
 }
 
 async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {

@@ -163,6 +163,24 @@ pub fn nat(node: &str, st: NatState) {
     gauge!("p2psip_nat_located", "node" => node.to_string()).set(b(st.located));
 }
 
+/// A peer certificate the handshake refused, by reason: not_enrolled, expired, revoked,
+/// not_yet_valid, invalid (wrong CA, wrong overlay, malformed).
+pub fn cert_refused(node: &str, why: &str) {
+    let reason = if why.contains("not enrolled") {
+        "not_enrolled"
+    } else if why.contains("expired") {
+        "expired"
+    } else if why.contains("revoked") {
+        "revoked"
+    } else if why.contains("not valid before") {
+        "not_yet_valid"
+    } else {
+        "invalid"
+    };
+    counter!("p2psip_certificates_refused_total", "node" => node.to_string(), "reason" => reason)
+        .increment(1);
+}
+
 /// Join and leave events.
 pub fn overlay_event(node: &str, what: &'static str) {
     counter!("p2psip_overlay_events_total", "node" => node.to_string(), "event" => what)

@@ -8,11 +8,11 @@ use crate::store::DashStore;
 use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
 use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::client::ClientTopology;
+use p2psip_algorithms::storage::VerifyMode;
 use p2psip_algorithms::{
     Event, LinkEvent, NodeId, OpId, OverlayNode, RoutingSnapshot, Stats, Time,
 };
 use p2psip_proto::pb;
-use p2psip_proto::security::Identity;
 use p2psip_proto::Body;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -79,7 +79,7 @@ pub fn now() -> Time {
     Time(d.as_micros().min(u64::MAX as u128) as u64)
 }
 
-fn label(id: NodeId) -> String {
+pub(crate) fn label(id: NodeId) -> String {
     format!("{id}")
 }
 
@@ -226,9 +226,9 @@ impl NodeHandle {
 /// Starts a node. `seed` is its identity key.
 pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<NodeHandle> {
     cfg.validate()?;
-    let ident = Identity::from_seed(seed, cfg.user.clone());
+    let creds = identity::credentials(&cfg, seed)?;
+    let ident = creds.identity.clone();
     let id = ident.node_id;
-    let (certs, key) = identity::tls_credentials(&seed)?;
     let listen: SocketAddr = match &role {
         Role::Peer => resolve(&cfg.listen)
             .await
@@ -242,7 +242,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         }
     };
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let transport = Transport::bind(&cfg, listen, id, certs, key, ev_tx)?;
+    let transport = Transport::bind(&cfg, listen, &creds, ev_tx)?;
     let addr = transport.local_addr()?;
     let store = DashStore::new();
     let store_path = cfg.data_dir.as_ref().map(|d| d.join("store.pb"));
@@ -259,12 +259,16 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         (Role::Peer, _) if cfg.bootstrap.is_empty() => NatMode::Peer,
         (Role::Peer, _) => NatMode::Auto,
     };
+    let mut core_cfg = cfg.core();
+    if creds.trust.is_enrolled() {
+        core_cfg.verify = VerifyMode::Certificates(creds.trust.clone());
+    }
     let client_core: ClientCoreFn = {
-        let (core_cfg, user, store) = (cfg.core(), cfg.user.clone(), store.clone());
+        let (core_cfg, ident, store) = (core_cfg.clone(), ident.clone(), store.clone());
         Box::new(move || {
             OverlayNode::new(
                 core_cfg,
-                Identity::from_seed(seed, user),
+                ident,
                 Box::new(ClientTopology::new(id)),
                 Box::new(store),
                 rand::random(),
@@ -279,7 +283,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     };
     let node_seed: u64 = rand::random();
     let mut core = OverlayNode::new(
-        cfg.core(),
+        core_cfg,
         ident,
         topology,
         Box::new(store.clone()),

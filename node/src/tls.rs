@@ -1,9 +1,11 @@
-//! TLS 1.3 with mutual authentication for QUIC, in self-signed mode: a certificate is
-//! accepted when its handshake signature verifies, and the peer's Node-ID is the hash of the
-//! Ed25519 key it proves to hold. No CA is involved (enrolled overlays will add one).
+//! TLS 1.3 with mutual authentication for QUIC. A certificate is accepted when the overlay's
+//! trust rules accept it (`enroll::Trust`: in a self-signed overlay any Ed25519 key, the
+//! Node-ID the hash of the key; in an enrolled overlay a certificate of its CA, not expired
+//! nor revoked, the Node-ID the one the CA chose) and the handshake signature proves the
+//! peer holds its key.
 
+use crate::enroll::Trust;
 use p2psip_algorithms::NodeId;
-use p2psip_proto::security::node_id_of_key;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -16,34 +18,35 @@ pub const ALPN: &[u8] = b"p2psip/1";
 /// ALPN of application connections (AppAttach).
 pub const ALPN_APP: &[u8] = b"p2psip-app/1";
 
-/// The Node-ID a certificate binds: SHA-256 of its Ed25519 public key, first 128 bits.
+/// The Node-ID a certificate the handshake accepted binds: the one its CA chose, or for a
+/// self-signed certificate SHA-256 of its Ed25519 public key, first 128 bits.
 pub fn node_id_of_cert(cert: &CertificateDer<'_>) -> Result<NodeId, Error> {
-    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|_| Error::General("certificate does not parse".into()))?;
-    let spki = x509.public_key();
-    // id-Ed25519 = 1.3.101.112
-    if spki.algorithm.algorithm.to_id_string() != "1.3.101.112" {
-        return Err(Error::General("certificate key is not Ed25519".into()));
-    }
-    let key: [u8; 32] = spki
-        .subject_public_key
-        .data
-        .as_ref()
-        .try_into()
-        .map_err(|_| Error::General("bad Ed25519 key length".into()))?;
-    Ok(node_id_of_key(&key))
+    crate::enroll::node_id_of_cert(cert.as_ref()).map_err(Error::General)
 }
 
 #[derive(Debug)]
 struct NodeCertVerifier {
     algs: WebPkiSupportedAlgorithms,
+    trust: Arc<Trust>,
+    /// The node label of this node's metrics.
+    label: String,
 }
 
 impl NodeCertVerifier {
-    fn new() -> Self {
+    fn new(trust: Arc<Trust>, label: String) -> Self {
         NodeCertVerifier {
             algs: ring::default_provider().signature_verification_algorithms,
+            trust,
+            label,
         }
+    }
+
+    fn accept(&self, cert: &CertificateDer<'_>) -> Result<(), Error> {
+        self.trust.check(cert.as_ref()).map(|_| ()).map_err(|why| {
+            tracing::warn!("peer certificate refused: {why}");
+            crate::metrics::cert_refused(&self.label, &why);
+            Error::General(why)
+        })
     }
 
     /// The handshake signature, checked with the key of the certificate (both directions).
@@ -73,7 +76,7 @@ impl ServerCertVerifier for NodeCertVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        node_id_of_cert(end_entity)?;
+        self.accept(end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -111,7 +114,7 @@ impl ClientCertVerifier for NodeCertVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        node_id_of_cert(end_entity)?;
+        self.accept(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -142,9 +145,11 @@ impl ClientCertVerifier for NodeCertVerifier {
 pub fn configs(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    trust: Arc<Trust>,
+    label: String,
 ) -> anyhow::Result<(rustls::ServerConfig, rustls::ClientConfig)> {
     let provider = Arc::new(ring::default_provider());
-    let verifier = Arc::new(NodeCertVerifier::new());
+    let verifier = Arc::new(NodeCertVerifier::new(trust, label));
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier.clone())

@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use p2psip_algorithms::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -188,12 +188,16 @@ impl Transport {
     pub fn bind(
         cfg: &Config,
         listen: SocketAddr,
-        me: NodeId,
-        certs: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
+        creds: &crate::identity::Credentials,
         events: mpsc::UnboundedSender<NetEvent>,
     ) -> anyhow::Result<Arc<Transport>> {
-        let (server_tls, client_tls) = tls::configs(certs, key)?;
+        let me = creds.identity.node_id;
+        let (server_tls, client_tls) = tls::configs(
+            creds.certs.clone(),
+            creds.key.clone_key(),
+            creds.trust.clone(),
+            crate::runtime::label(me),
+        )?;
         let mut t = TransportConfig::default();
         t.max_concurrent_uni_streams(VarInt::from_u32(cfg.limits.max_streams_per_connection));
         t.max_concurrent_bidi_streams(VarInt::from_u32(0));

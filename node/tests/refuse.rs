@@ -22,7 +22,8 @@ async fn raw_connect(
     seed: [u8; 32],
 ) -> (quinn::Endpoint, quinn::Connection) {
     let (certs, key) = identity::tls_credentials(&seed).unwrap();
-    let (_, client) = tls::configs(certs, key).unwrap();
+    let trust = Arc::new(p2psip_node::enroll::Trust::self_signed(overlay));
+    let (_, client) = tls::configs(certs, key, trust, "test".into()).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
         QuicClientConfig::try_from(client).unwrap(),

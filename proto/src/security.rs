@@ -22,6 +22,27 @@ pub enum SignatureError {
     NodeIdMismatch,
     #[error("signature does not verify")]
     BadSignature,
+    #[error("signer certificate refused: {0}")]
+    Certificate(String),
+    #[error("signer Node-ID or user name is not the one its certificate binds")]
+    NotBound,
+}
+
+/// What an overlay CA's certificate binds: a Node-ID, a user name and an Ed25519 key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertBinding {
+    pub node_id: Id,
+    pub user: String,
+    pub key: [u8; 32],
+}
+
+/// Checks certificates of an enrolled overlay (issuer, validity, revocation) and reads
+/// what they bind. Implemented by the daemon, which holds the overlay's CA.
+pub trait CertificateCheck: Send + Sync + std::fmt::Debug {
+    /// The binding of a DER certificate, if the overlay accepts it now.
+    fn binding(&self, der: &[u8]) -> Result<CertBinding, String>;
+    /// Whether self-signed identities (Node-ID = hash of the key) are accepted as well.
+    fn allows_self_signed(&self) -> bool;
 }
 
 /// The Node-ID of a self-signed identity: the first 128 bits of SHA-256(public key).
@@ -29,12 +50,14 @@ pub fn node_id_of_key(public_key: &[u8; 32]) -> Id {
     Id::hash_of(public_key)
 }
 
-/// A signing identity: key, Node-ID and user name.
+/// A signing identity: key, Node-ID and user name, and in enrolled overlays the CA's
+/// certificate that binds them.
 #[derive(Clone)]
 pub struct Identity {
     pub key: SigningKey,
     pub node_id: Id,
     pub user: String,
+    pub certificate: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -55,6 +78,18 @@ impl Identity {
             key,
             node_id,
             user: user.into(),
+            certificate: None,
+        }
+    }
+
+    /// An enrolled identity: the Node-ID and user name the CA's certificate `der` binds to
+    /// the key of `seed` (the caller has checked that binding).
+    pub fn enrolled(seed: [u8; 32], binding: &CertBinding, der: Vec<u8>) -> Self {
+        Identity {
+            key: SigningKey::from_bytes(&seed),
+            node_id: binding.node_id,
+            user: binding.user.clone(),
+            certificate: Some(der),
         }
     }
 
@@ -63,9 +98,12 @@ impl Identity {
         pb::SignerIdentity {
             node_id: self.node_id.to_bytes().to_vec(),
             user: self.user.clone(),
-            key: Some(pb::signer_identity::Key::PublicKey(
-                self.key.verifying_key().as_bytes().to_vec(),
-            )),
+            key: Some(match &self.certificate {
+                Some(c) => pb::signer_identity::Key::Certificate(c.clone()),
+                None => pb::signer_identity::Key::PublicKey(
+                    self.key.verifying_key().as_bytes().to_vec(),
+                ),
+            }),
         }
     }
 
@@ -104,6 +142,18 @@ pub fn stored_data_signing_input(
     v
 }
 
+/// How a signer's Node-ID and user name are tied to its key.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// Self-signed: the Node-ID must be the hash of the public key the signer carries.
+    SelfSigned,
+    /// Enrolled: the signer carries a certificate the check accepts, and its Node-ID and
+    /// user name are the certificate's (self-signed signers only if the check allows them).
+    Certified(&'a dyn CertificateCheck),
+    /// Whatever the signer claims (tests, and tools that only read).
+    Claimed,
+}
+
 /// Verifies `sig` over `input`. With `self_signed`, the signer's Node-ID must also be the
 /// hash of the public key it carries. Returns the verified signer.
 pub fn verify<'s>(
@@ -111,20 +161,55 @@ pub fn verify<'s>(
     input: &[u8],
     self_signed: bool,
 ) -> Result<&'s pb::SignerIdentity, SignatureError> {
+    let how = if self_signed {
+        Binding::SelfSigned
+    } else {
+        Binding::Claimed
+    };
+    verify_bound(sig, input, how)
+}
+
+/// Verifies `sig` over `input` with the signer bound to its key as `how` says. Returns the
+/// verified signer.
+pub fn verify_bound<'s>(
+    sig: &'s pb::Signature,
+    input: &[u8],
+    how: Binding<'_>,
+) -> Result<&'s pb::SignerIdentity, SignatureError> {
     if sig.algorithm != pb::SignatureAlgorithm::Ed25519 as i32 {
         return Err(SignatureError::UnsupportedAlgorithm(sig.algorithm));
     }
     let signer = sig.signer.as_ref().ok_or(SignatureError::Missing)?;
-    let pk: [u8; 32] = match &signer.key {
-        Some(pb::signer_identity::Key::PublicKey(k)) => k
-            .as_slice()
-            .try_into()
-            .map_err(|_| SignatureError::NoPublicKey)?,
+    let pk: [u8; 32] = match (&signer.key, how) {
+        (Some(pb::signer_identity::Key::Certificate(der)), Binding::Certified(check)) => {
+            let b = check.binding(der).map_err(SignatureError::Certificate)?;
+            if Id::from_slice(&signer.node_id) != Some(b.node_id) || signer.user != b.user {
+                return Err(SignatureError::NotBound);
+            }
+            b.key
+        }
+        (Some(pb::signer_identity::Key::PublicKey(k)), how) => {
+            let pk: [u8; 32] = k
+                .as_slice()
+                .try_into()
+                .map_err(|_| SignatureError::NoPublicKey)?;
+            let self_signed = match how {
+                Binding::SelfSigned => true,
+                Binding::Certified(check) if check.allows_self_signed() => true,
+                Binding::Certified(_) => {
+                    return Err(SignatureError::Certificate(
+                        "this overlay accepts enrolled signers only".into(),
+                    ))
+                }
+                Binding::Claimed => false,
+            };
+            if self_signed && Id::from_slice(&signer.node_id) != Some(node_id_of_key(&pk)) {
+                return Err(SignatureError::NodeIdMismatch);
+            }
+            pk
+        }
         _ => return Err(SignatureError::NoPublicKey),
     };
-    if self_signed && Id::from_slice(&signer.node_id) != Some(node_id_of_key(&pk)) {
-        return Err(SignatureError::NodeIdMismatch);
-    }
     let vk = VerifyingKey::from_bytes(&pk).map_err(|_| SignatureError::NoPublicKey)?;
     let s: [u8; 64] = sig
         .value

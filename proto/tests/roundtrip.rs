@@ -76,6 +76,7 @@ fn signature() -> impl Strategy<Value = pb::Signature> {
         prop_oneof![
             bytes().prop_map(pb::signer_identity::Key::PublicKey),
             bytes().prop_map(pb::signer_identity::Key::CertificateHash),
+            bytes().prop_map(pb::signer_identity::Key::Certificate),
         ],
         bytes(),
     )

@@ -157,8 +157,15 @@ impl OverlayNode {
                 format!("kind {} is not defined", kd.kind),
             ))?;
             let mut data = self.store.get(resource, kd.kind).unwrap_or_default();
-            let changed =
-                apply_store(&mut data, kind, resource, kd, mode, self.cfg.verify, now_ms)?;
+            let changed = apply_store(
+                &mut data,
+                kind,
+                resource,
+                kd,
+                mode,
+                &self.cfg.verify,
+                now_ms,
+            )?;
             staged.push((kd.kind, data, changed));
         }
         let rs = self.topology.replica_set(resource);

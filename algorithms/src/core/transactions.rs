@@ -95,7 +95,7 @@ impl OverlayNode {
                 continue;
             };
             for sd in &kr.values {
-                if check_signed(kind, resource, sd, self.cfg.verify).is_err() {
+                if check_signed(kind, resource, sd, &self.cfg.verify).is_err() {
                     bad += 1;
                 }
             }

@@ -4,7 +4,7 @@
 use super::{check_policy, value_len, Kind, KindData, SlotKey};
 use crate::id::{distance, Id};
 use p2psip_proto::pb::{self, stored_data_value::Model, DataModel, ErrorCode};
-use p2psip_proto::security::{stored_data_signing_input, verify};
+use p2psip_proto::security::{stored_data_signing_input, verify_bound, Binding, CertificateCheck};
 use sha2::{Digest, Sha256};
 
 /// How a store is applied.
@@ -19,13 +19,14 @@ pub enum StoreMode {
 }
 
 /// How signatures on values are checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum VerifyMode {
     /// Verify each value's signature; in self-signed overlays the signer's Node-ID must be
     /// the hash of its key.
     SelfSigned,
-    /// Verify each value's signature, Node-IDs bound by certificates elsewhere.
-    Certificates,
+    /// Verify each value's signature; the signer carries a certificate of the overlay's CA
+    /// that binds its Node-ID and user name to the key (enrolled overlays).
+    Certificates(std::sync::Arc<dyn CertificateCheck>),
     /// Trust the signer identity without verifying (simulations that model CPU elsewhere).
     Skip,
 }
@@ -63,7 +64,7 @@ pub fn check_signed(
     kind: &Kind,
     resource: Id,
     sd: &pb::StoredData,
-    verify_mode: VerifyMode,
+    verify_mode: &VerifyMode,
 ) -> Result<(), (ErrorCode, String)> {
     let Some(value) = sd.value.as_ref() else {
         return Err((
@@ -80,8 +81,12 @@ pub fn check_signed(
             .as_ref()
             .ok_or((ErrorCode::Forbidden, "no signer".to_string()))?,
         m => {
+            let how = match m {
+                VerifyMode::Certificates(c) => Binding::Certified(c.as_ref()),
+                _ => Binding::SelfSigned,
+            };
             let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
-            verify(sig, &input, m == VerifyMode::SelfSigned)
+            verify_bound(sig, &input, how)
                 .map_err(|e| (ErrorCode::Forbidden, format!("value signature: {e}")))?
         }
     };
@@ -98,7 +103,7 @@ pub fn apply_store(
     resource: Id,
     req: &pb::StoreKindData,
     mode: StoreMode,
-    verify_mode: VerifyMode,
+    verify_mode: &VerifyMode,
     now_ms: u64,
 ) -> Result<bool, (ErrorCode, String)> {
     if mode == StoreMode::Primary

@@ -1,0 +1,397 @@
+//! Enrollment (proto/SPEC.md section 5.2): an overlay CA that issues certificates binding a
+//! user name and a Node-ID the CA chose at random to a node's Ed25519 key, and the trust
+//! rules a node applies to the certificates of its peers and of value signers.
+//!
+//! A certificate of the overlay CA names its Node-ID in a subjectAltName URI
+//! `p2psip://<32 hex digits>@<overlay>` (RELOAD's `reload://` URI, our scheme) and its user
+//! name in the subject's common name. A certificate without such a URI is a self-signed
+//! identity, whose Node-ID is the hash of its key.
+
+use anyhow::{anyhow, bail, Context};
+use p2psip_algorithms::NodeId;
+use p2psip_proto::security::{node_id_of_key, CertBinding, CertificateCheck};
+use rand::Rng;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use x509_parser::prelude::*;
+
+/// SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): this prefix, then the 32 bytes.
+const SPKI_ED25519_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// id-Ed25519.
+const OID_ED25519: &str = "1.3.101.112";
+/// The URI scheme of a Node-ID in a certificate.
+const SCHEME: &str = "p2psip://";
+
+/// The files of a CA directory.
+pub struct CaFiles {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub revoked: PathBuf,
+}
+
+impl CaFiles {
+    pub fn new(dir: &Path) -> CaFiles {
+        CaFiles {
+            key: dir.join("ca.key"),
+            cert: dir.join("ca.pem"),
+            revoked: dir.join("revoked.txt"),
+        }
+    }
+}
+
+fn days(d: u32) -> ::time::Duration {
+    ::time::Duration::days(i64::from(d))
+}
+
+/// The URI a certificate names a Node-ID with.
+pub fn node_uri(id: NodeId, overlay: &str) -> String {
+    format!("{SCHEME}{id:#}@{overlay}")
+}
+
+fn key_pair(seed: &[u8; 32]) -> anyhow::Result<rcgen::KeyPair> {
+    let mut pkcs8 = crate::identity::PKCS8_ED25519_PREFIX.to_vec();
+    pkcs8.extend_from_slice(seed);
+    rcgen::KeyPair::try_from(pkcs8.as_slice()).context("Ed25519 key")
+}
+
+/// Makes a new overlay CA in `dir`: `ca.key` (its secret key, mode 0600) and `ca.pem` (its
+/// certificate, valid `valid_days`). Refuses to overwrite an existing CA.
+pub fn ca_init(dir: &Path, overlay: &str, valid_days: u32) -> anyhow::Result<PathBuf> {
+    let f = CaFiles::new(dir);
+    if f.cert.exists() || f.key.exists() {
+        bail!(
+            "{} already holds a CA; refusing to overwrite it",
+            dir.display()
+        );
+    }
+    let seed = crate::identity::generate_seed();
+    let key = key_pair(&seed)?;
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("p2psip CA {overlay}"));
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = ::time::OffsetDateTime::now_utc();
+    p.not_before = now - ::time::Duration::hours(1);
+    p.not_after = now + days(valid_days);
+    p.serial_number = Some(random_serial());
+    let cert = p.self_signed(&key).context("CA certificate")?;
+    crate::identity::write_seed(&f.key, &seed)?;
+    std::fs::write(&f.cert, cert.pem()).with_context(|| format!("writing {}", f.cert.display()))?;
+    Ok(f.cert)
+}
+
+fn random_serial() -> rcgen::SerialNumber {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[0] &= 0x7f; // a positive DER integer
+    b[0] |= 0x01; // and no leading zero byte
+    rcgen::SerialNumber::from_slice(&b)
+}
+
+/// What [`ca_issue`] made.
+pub struct Issued {
+    pub pem: String,
+    pub node_id: NodeId,
+    pub serial: String,
+    pub not_after: String,
+}
+
+/// Issues a certificate binding `user` and a random Node-ID (or `node_id`, when the operator
+/// assigns one) to the Ed25519 public key `public_key`, valid `valid_days` from now (or, for
+/// tests of expiry, from `valid_from_days_ago` days in the past).
+pub fn ca_issue(
+    dir: &Path,
+    user: &str,
+    public_key: &[u8; 32],
+    node_id: Option<NodeId>,
+    valid_days: u32,
+    valid_from_days_ago: u32,
+) -> anyhow::Result<Issued> {
+    if user.is_empty() || user.chars().any(|c| c.is_control()) {
+        bail!("a user name is required (printable, not empty)");
+    }
+    let f = CaFiles::new(dir);
+    let ca_pem = std::fs::read_to_string(&f.cert)
+        .with_context(|| format!("reading {} (run `p2psip ca init` first)", f.cert.display()))?;
+    let ca_seed = crate::identity::read_seed(&f.key)?;
+    let ca_key = key_pair(&ca_seed)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("the CA certificate")?;
+    let overlay = overlay_of_ca(&ca_pem)?;
+    let id = node_id.unwrap_or_else(|| p2psip_algorithms::Id(rand::rng().random()));
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, user);
+    p.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(node_uri(id, &overlay))
+            .map_err(|e| anyhow!("node URI: {e}"))?,
+    )];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    let start = ::time::OffsetDateTime::now_utc() - days(valid_from_days_ago);
+    p.not_before = start - ::time::Duration::hours(1);
+    p.not_after = start + days(valid_days);
+    let serial = random_serial();
+    let serial_hex = hex::encode(serial.as_ref());
+    p.serial_number = Some(serial);
+    let mut spki = SPKI_ED25519_PREFIX.to_vec();
+    spki.extend_from_slice(public_key);
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki).context("public key")?;
+    let cert = p
+        .signed_by(&spki, &issuer)
+        .context("signing the certificate")?;
+    Ok(Issued {
+        pem: cert.pem(),
+        node_id: id,
+        serial: serial_hex,
+        not_after: format!(
+            "{} {:02}:{:02} UTC",
+            p.not_after.date(),
+            p.not_after.hour(),
+            p.not_after.minute()
+        ),
+    })
+}
+
+/// Adds a serial number to the CA's revocation list (`revoked.txt`).
+pub fn ca_revoke(dir: &Path, serial: &str) -> anyhow::Result<PathBuf> {
+    let serial = normalize_serial(serial)?;
+    let f = CaFiles::new(dir);
+    let mut list = read_revoked(&f.revoked)?;
+    if list.insert(serial.clone()) {
+        let mut v: Vec<_> = list.into_iter().collect();
+        v.sort();
+        std::fs::write(&f.revoked, v.join("\n") + "\n")
+            .with_context(|| format!("writing {}", f.revoked.display()))?;
+    }
+    Ok(f.revoked)
+}
+
+fn normalize_serial(s: &str) -> anyhow::Result<String> {
+    let t = s
+        .trim()
+        .trim_start_matches("0x")
+        .replace(':', "")
+        .to_lowercase();
+    if t.is_empty() || hex::decode(&t).is_err() {
+        bail!("{s:?} is not a serial number (hex digits)");
+    }
+    Ok(t)
+}
+
+/// Reads a revocation list: one hex serial number per line, `#` comments; a missing file is
+/// an empty list.
+pub fn read_revoked(path: &Path) -> anyhow::Result<HashSet<String>> {
+    if !path.exists() {
+        return Ok(HashSet::new());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(normalize_serial)
+        .collect()
+}
+
+/// The overlay a CA certificate was made for (from its common name).
+fn overlay_of_ca(ca_pem: &str) -> anyhow::Result<String> {
+    let der = pem_to_der(ca_pem.as_bytes())?;
+    let (_, x) = X509Certificate::from_der(&der).map_err(|e| anyhow!("CA certificate: {e}"))?;
+    let cn = common_name(&x).ok_or_else(|| anyhow!("CA certificate has no common name"))?;
+    cn.strip_prefix("p2psip CA ")
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("not a p2psip CA certificate (common name {cn:?})"))
+}
+
+/// The DER of the first certificate of a PEM file.
+pub fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| anyhow!("not PEM: {e}"))?;
+    if p.label != "CERTIFICATE" {
+        bail!("PEM block is a {}, not a CERTIFICATE", p.label);
+    }
+    Ok(p.contents)
+}
+
+/// Reads a PEM certificate file.
+pub fn read_cert(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    pem_to_der(&pem).with_context(|| format!("{}", path.display()))
+}
+
+fn common_name(x: &X509Certificate<'_>) -> Option<String> {
+    x.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_string)
+}
+
+fn ed25519_key(x: &X509Certificate<'_>) -> Result<[u8; 32], String> {
+    let spki = x.public_key();
+    if spki.algorithm.algorithm.to_id_string() != OID_ED25519 {
+        return Err("certificate key is not Ed25519".into());
+    }
+    spki.subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| "bad Ed25519 key length".to_string())
+}
+
+/// The Node-ID URI of a certificate, if it has one: (Node-ID, overlay).
+fn node_id_uri(x: &X509Certificate<'_>) -> Result<Option<(NodeId, String)>, String> {
+    let Ok(Some(san)) = x.subject_alternative_name() else {
+        return Ok(None);
+    };
+    for n in &san.value.general_names {
+        if let GeneralName::URI(u) = n {
+            if let Some(rest) = u.strip_prefix(SCHEME) {
+                let (id, overlay) = rest
+                    .split_once('@')
+                    .ok_or_else(|| format!("malformed node URI {u:?}"))?;
+                let id = u128::from_str_radix(id, 16)
+                    .ok()
+                    .filter(|_| id.len() == 32)
+                    .ok_or_else(|| format!("malformed Node-ID in {u:?}"))?;
+                return Ok(Some((
+                    p2psip_algorithms::Id(id),
+                    overlay.trim_end_matches('/').to_string(),
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The Node-ID a certificate binds, without checking who issued it: the one its node URI
+/// names, else the hash of its key. Only for certificates [`Trust`] accepted.
+pub fn node_id_of_cert(der: &[u8]) -> Result<NodeId, String> {
+    let (_, x) = X509Certificate::from_der(der).map_err(|_| "certificate does not parse")?;
+    match node_id_uri(&x)? {
+        Some((id, _)) => Ok(id),
+        None => Ok(node_id_of_key(&ed25519_key(&x)?)),
+    }
+}
+
+/// The overlay's CA as peers hold it.
+#[derive(Debug)]
+struct Ca {
+    der: Vec<u8>,
+    revoked: HashSet<String>,
+    allow_self_signed: bool,
+}
+
+/// Which certificates this node accepts from peers and value signers.
+#[derive(Debug)]
+pub struct Trust {
+    overlay: String,
+    ca: Option<Ca>,
+}
+
+impl Trust {
+    /// A self-signed overlay: any Ed25519 key, Node-ID = hash of the key.
+    pub fn self_signed(overlay: &str) -> Trust {
+        Trust {
+            overlay: overlay.into(),
+            ca: None,
+        }
+    }
+
+    /// An enrolled overlay: certificates of the CA `ca_der`, not expired, not revoked, for
+    /// this overlay; self-signed identities as well only if `allow_self_signed`.
+    pub fn enrolled(
+        overlay: &str,
+        ca_der: Vec<u8>,
+        revoked: HashSet<String>,
+        allow_self_signed: bool,
+    ) -> anyhow::Result<Trust> {
+        let (_, x) =
+            X509Certificate::from_der(&ca_der).map_err(|e| anyhow!("CA certificate: {e}"))?;
+        if !x.is_ca() {
+            bail!("the CA certificate is not a CA certificate");
+        }
+        ed25519_key(&x).map_err(|e| anyhow!("CA certificate: {e}"))?;
+        Ok(Trust {
+            overlay: overlay.into(),
+            ca: Some(Ca {
+                der: ca_der,
+                revoked,
+                allow_self_signed,
+            }),
+        })
+    }
+
+    /// Whether only CA certificates are accepted.
+    pub fn is_enrolled(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// Checks a certificate and returns what it binds, or why it is refused.
+    pub fn check(&self, der: &[u8]) -> Result<CertBinding, String> {
+        let (_, x) = X509Certificate::from_der(der).map_err(|_| "certificate does not parse")?;
+        let key = ed25519_key(&x)?;
+        let Some((node_id, overlay)) = node_id_uri(&x)? else {
+            return match &self.ca {
+                Some(ca) if !ca.allow_self_signed => {
+                    Err("not enrolled: this overlay accepts only certificates of its CA".into())
+                }
+                _ => Ok(CertBinding {
+                    node_id: node_id_of_key(&key),
+                    user: String::new(),
+                    key,
+                }),
+            };
+        };
+        let Some(ca) = &self.ca else {
+            return Err("certificate of an overlay CA, but this overlay is self-signed".into());
+        };
+        let (_, cax) = X509Certificate::from_der(&ca.der).map_err(|_| "CA does not parse")?;
+        if x.issuer().as_raw() != cax.subject().as_raw() {
+            return Err(format!(
+                "issued by {}, not by this overlay's CA",
+                x.issuer()
+            ));
+        }
+        x.verify_signature(Some(cax.public_key()))
+            .map_err(|_| "not signed by this overlay's CA".to_string())?;
+        let now = ASN1Time::now();
+        let v = x.validity();
+        if now > v.not_after {
+            return Err(format!("certificate expired on {}", v.not_after));
+        }
+        if now < v.not_before {
+            return Err(format!("certificate not valid before {}", v.not_before));
+        }
+        let serial = hex::encode(x.raw_serial());
+        if ca.revoked.contains(serial.trim_start_matches("00")) || ca.revoked.contains(&serial) {
+            return Err(format!("certificate {serial} is revoked"));
+        }
+        if overlay != self.overlay {
+            return Err(format!(
+                "certificate is for overlay {overlay:?}, not {:?}",
+                self.overlay
+            ));
+        }
+        Ok(CertBinding {
+            node_id,
+            user: common_name(&x).unwrap_or_default(),
+            key,
+        })
+    }
+}
+
+impl CertificateCheck for Trust {
+    fn binding(&self, der: &[u8]) -> Result<CertBinding, String> {
+        self.check(der)
+    }
+
+    fn allows_self_signed(&self) -> bool {
+        self.ca.as_ref().is_none_or(|c| c.allow_self_signed)
+    }
+}
