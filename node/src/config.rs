@@ -167,6 +167,9 @@ pub struct Limits {
     /// Requests each originator may have in flight through this peer (passed on, answer
     /// not back yet); more are answered Error_Rate_Limited. 0: no limit.
     pub origin_max_in_flight: usize,
+    /// Bytes of values one writer may have stored at this peer under one kind; a store
+    /// beyond it is answered Error_Data_Too_Large. 0: no limit.
+    pub writer_kind_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -299,6 +302,7 @@ impl Default for Limits {
             origin_requests_per_s: 5000,
             origin_burst: 5000,
             origin_max_in_flight: 1024,
+            writer_kind_bytes: CoreConfig::default().writer_kind_bytes,
         }
     }
 }
@@ -407,6 +411,7 @@ impl Config {
             origin_rate: self.limits.origin_requests_per_s,
             origin_burst: self.limits.origin_burst,
             origin_max_in_flight: self.limits.origin_max_in_flight,
+            writer_kind_bytes: self.limits.writer_kind_bytes,
             successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
             ..CoreConfig::default()
         }

@@ -99,6 +99,7 @@ pub fn export(
         .absolute(s.forged);
     counter!("p2psip_requests_rate_limited_total", "node" => n()).absolute(s.rate_limited);
     counter!("p2psip_fetch_bad_values_total", "node" => n()).absolute(s.bad_values);
+    counter!("p2psip_store_quota_refused_total", "node" => n()).absolute(s.quota_refused);
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "queue_full")
         .absolute(transport.stats.queue_full_drops.load(Ordering::Relaxed));
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "oversized")

@@ -250,3 +250,67 @@ fn a_tampered_copy_is_detected_and_the_next_replica_answers() {
     );
     assert_eq!(sim.node(fetcher).unwrap().stats().bad_values, before + 1);
 }
+
+/// The writer quota: a writer's stores beyond `writer_kind_bytes` of one kind at the
+/// responsible peer are refused; an overwrite that does not grow its data still goes
+/// through, other writers are not affected, and replicas hold every accepted value.
+#[test]
+fn a_writer_over_its_quota_is_refused_and_others_are_not() {
+    use p2psip_algorithms::core::{error_code, CoreConfig};
+    use p2psip_algorithms::storage::KIND_USER_ARRAY;
+    use p2psip_algorithms::{signed_value, Event, ValueModel};
+    use p2psip_proto::pb::ErrorCode;
+    let core = CoreConfig {
+        writer_kind_bytes: 2000,
+        ..CoreConfig::default()
+    };
+    let mut sim = overlay_with(12, 20, chord(), NetConfig::default(), core);
+    let store = |sim: &mut Sim, i: usize, index: u32, fill: u8| {
+        let (who, res) = user(i);
+        let now = sim.now();
+        let v = signed_value(
+            &who,
+            res,
+            KIND_USER_ARRAY,
+            now,
+            3600,
+            ValueModel::Array(index, vec![fill; 300]),
+        );
+        let via = random_live(sim);
+        match sim.op(via, |n, t| n.store(t, res, KIND_USER_ARRAY, vec![v], 0)) {
+            Some(Event::Completed { outcome, .. }) => outcome,
+            other => panic!("store did not complete: {other:?}"),
+        }
+    };
+    // 300-byte entries: six fit in 2000 bytes, the seventh does not.
+    for k in 0..6 {
+        assert!(store(&mut sim, 3, u32::MAX, k).is_ok(), "entry {k} fits");
+    }
+    let over = store(&mut sim, 3, u32::MAX, 6);
+    assert_eq!(error_code(&over), Some(ErrorCode::DataTooLarge), "{over:?}");
+    let msg = format!("{:?}", over.unwrap_err());
+    assert!(msg.contains("quota"), "{msg}");
+    // Replacing an entry with one of the same size does not grow the data: accepted.
+    assert!(store(&mut sim, 3, 0, 9).is_ok(), "an overwrite at quota");
+    // Another writer stores as before.
+    assert!(store(&mut sim, 4, u32::MAX, 1).is_ok(), "another writer");
+    // The responsible peer counted 1800 bytes for the writer and refused once.
+    let (who, res) = user(3);
+    let r = sim.index_of(sim.responsible(res).unwrap()).unwrap();
+    let node = sim.node(r).unwrap();
+    assert_eq!(node.writer_bytes(KIND_USER_ARRAY, who.node_id), 1800);
+    assert_eq!(node.stats().quota_refused, 1);
+    // The replicas hold the six entries too (copies are never refused; appended entries,
+    // signed with index 0xFFFFFFFF, verify under the index they were given).
+    sim.run_for(Duration::from_secs(10));
+    let replicas = sim.node(r).unwrap().topology().replica_set(res);
+    for rep in replicas.iter().skip(1) {
+        let k = sim.index_of(*rep).unwrap();
+        let n = sim.node(k).unwrap();
+        assert_eq!(
+            n.writer_bytes(KIND_USER_ARRAY, who.node_id),
+            1800,
+            "replica {rep}"
+        );
+    }
+}

@@ -47,6 +47,11 @@ pub struct CoreConfig {
     pub successor_replicas: bool,
     /// How many further replicas a fetch with badly signed values is asked of.
     pub refetch_replicas: u32,
+    /// Bytes of values one writer (a signer's Node-ID) may have stored at this peer under
+    /// one kind; a writer's store beyond it is refused (Error_Data_Too_Large). Copies from
+    /// other peers (replication, handover) are never refused: they were accepted once.
+    /// 0: no limit.
+    pub writer_kind_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -67,6 +72,7 @@ impl Default for CoreConfig {
             retry_other_first_hop: true,
             successor_replicas: true,
             refetch_replicas: 2,
+            writer_kind_bytes: 1 << 20,
         }
     }
 }

@@ -19,7 +19,7 @@ pub use stats::Stats;
 pub use transactions::OpId;
 
 use crate::id::{Id, NodeId};
-use crate::storage::Storage;
+use crate::storage::{KindData, Storage};
 use crate::time::Time;
 use crate::topology::{Ctx, LinkEvent, RoutingSnapshot, Target, Topology, TopologyAction};
 use crate::topology::{TimerId, TopologyEvent};
@@ -142,6 +142,8 @@ pub struct OverlayNode {
     /// Measured round trips of direct and of routed requests.
     rtt_direct: recovery::RttEstimator,
     rtt_routed: recovery::RttEstimator,
+    /// Bytes stored per (kind, writer), for the writer quota.
+    writer_bytes: HashMap<(u32, NodeId), u64>,
 }
 
 impl OverlayNode {
@@ -188,7 +190,52 @@ impl OverlayNode {
             sent: VecDeque::new(),
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
+            writer_bytes: HashMap::new(),
         }
+        .with_writer_bytes_counted()
+    }
+
+    /// Counts the bytes each writer has stored (for a store restored from disk).
+    fn with_writer_bytes_counted(mut self) -> Self {
+        for (r, k) in self.store.keys() {
+            if let Some(d) = self.store.get(r, k) {
+                for (w, b) in writers_of(&d) {
+                    *self.writer_bytes.entry((k, w)).or_default() += b;
+                }
+            }
+        }
+        self
+    }
+
+    /// Writes (or, when empty or None, removes) one kind's data at a resource, keeping the
+    /// per-writer byte counts of the quota in step. Every write of the core goes here.
+    fn write_data(&mut self, resource: Id, kind: u32, data: Option<KindData>) {
+        if let Some(old) = self.store.get(resource, kind) {
+            for (w, b) in writers_of(&old) {
+                if let Some(x) = self.writer_bytes.get_mut(&(kind, w)) {
+                    *x = x.saturating_sub(b);
+                    if *x == 0 {
+                        self.writer_bytes.remove(&(kind, w));
+                    }
+                }
+            }
+        }
+        match data {
+            Some(d) if !d.values.is_empty() => {
+                for (w, b) in writers_of(&d) {
+                    *self.writer_bytes.entry((kind, w)).or_default() += b;
+                }
+                self.store.put(resource, kind, d);
+            }
+            _ => {
+                self.store.remove(resource, kind);
+            }
+        }
+    }
+
+    /// Bytes `writer` has stored under `kind` at this peer.
+    pub fn writer_bytes(&self, kind: u32, writer: NodeId) -> u64 {
+        self.writer_bytes.get(&(kind, writer)).copied().unwrap_or(0)
     }
 
     pub fn id(&self) -> NodeId {
@@ -630,14 +677,27 @@ impl OverlayNode {
                 let before = d.values.len();
                 d.values
                     .retain(|_, v| !crate::storage::is_expired(v, now_ms));
-                if d.values.is_empty() {
-                    self.store.remove(r, k);
-                } else if d.values.len() != before {
-                    self.store.put(r, k, d);
+                if d.values.is_empty() || d.values.len() != before {
+                    self.write_data(r, k, Some(d));
                 }
             }
         }
     }
+}
+
+/// Payload bytes of each writer (signer Node-ID) in one kind's data.
+pub(super) fn writers_of(d: &KindData) -> HashMap<NodeId, u64> {
+    let mut m: HashMap<NodeId, u64> = HashMap::new();
+    for sd in d.values.values() {
+        let w = sd
+            .signature
+            .as_ref()
+            .and_then(|s| s.signer.as_ref())
+            .and_then(|s| Id::from_slice(&s.node_id))
+            .unwrap_or(Id(0));
+        *m.entry(w).or_default() += crate::storage::value_len(sd) as u64;
+    }
+    m
 }
 
 fn route(resource: Id) -> Target {

@@ -99,7 +99,7 @@ impl OverlayNode {
         if !self.topology.replica_set(resource).contains(&self.me) {
             for (r, k) in self.store.keys() {
                 if r == resource {
-                    self.store.remove(r, k);
+                    self.write_data(r, k, None);
                 }
             }
             self.synced.remove(&resource);

@@ -1,7 +1,7 @@
 //! Serving requests addressed to this node: topology methods go to the algorithm, data
 //! methods to the storage rules.
 
-use super::OverlayNode;
+use super::{writers_of, OverlayNode};
 use crate::id::{Id, NodeId};
 use crate::storage::{apply_store, fetch, find_closest, stat, KindData, StoreMode};
 use p2psip_proto::pb::{self, ErrorCode};
@@ -141,6 +141,38 @@ impl OverlayNode {
         }
     }
 
+    /// The writer quota: no writer may hold more than `writer_kind_bytes` under one kind
+    /// at this peer once `new` replaces `old`.
+    fn check_quota(
+        &mut self,
+        kind: u32,
+        kind_name: &str,
+        old: &KindData,
+        new: &KindData,
+    ) -> Result<(), (ErrorCode, String)> {
+        let limit = self.cfg.writer_kind_bytes;
+        if limit == 0 {
+            return Ok(());
+        }
+        let before = writers_of(old);
+        for (w, b) in writers_of(new) {
+            let was = before.get(&w).copied().unwrap_or(0);
+            let total = self.writer_bytes(kind, w).saturating_sub(was) + b;
+            if b > was && total > limit {
+                self.stats.quota_refused += 1;
+                return Err((
+                    ErrorCode::DataTooLarge,
+                    format!(
+                        "quota: writer {w} would hold {total} bytes of kind {} at this peer, \
+                         {limit} allowed",
+                        kind_name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A Store: every kind is checked first; nothing is written unless all are accepted.
     fn serve_store(&mut self, req: pb::StoreReq) -> Served {
         let resource = resource_of(&req.resource)?;
@@ -156,7 +188,8 @@ impl OverlayNode {
                 ErrorCode::UnknownKind,
                 format!("kind {} is not defined", kd.kind),
             ))?;
-            let mut data = self.store.get(resource, kd.kind).unwrap_or_default();
+            let old = self.store.get(resource, kd.kind).unwrap_or_default();
+            let mut data = old.clone();
             let changed = apply_store(
                 &mut data,
                 kind,
@@ -166,6 +199,10 @@ impl OverlayNode {
                 &self.cfg.verify,
                 now_ms,
             )?;
+            if mode == StoreMode::Primary {
+                let (id, name) = (kind.id, kind.name.to_string());
+                self.check_quota(id, &name, &old, &data)?;
+            }
             staged.push((kd.kind, data, changed));
         }
         let rs = self.topology.replica_set(resource);
@@ -177,11 +214,7 @@ impl OverlayNode {
                 generation_counter: data.generation,
                 replicas: rs.iter().skip(1).map(|n| n.to_bytes().to_vec()).collect(),
             });
-            if data.values.is_empty() {
-                self.store.remove(resource, kind);
-            } else {
-                self.store.put(resource, kind, data);
-            }
+            self.write_data(resource, kind, Some(data));
             if changed {
                 changed_kinds.push(kind);
             }

@@ -37,6 +37,8 @@ pub struct Stats {
     pub errors_sent: u64,
     /// Requests refused because their originator (the linked node) exceeded its rate.
     pub rate_limited: u64,
+    /// Stores refused because their writer's bytes under the kind would exceed the quota.
+    pub quota_refused: u64,
     /// Fetched values whose signature or access policy did not check out (the fetch was
     /// asked again of the next replica).
     pub bad_values: u64,

@@ -86,12 +86,37 @@ pub fn check_signed(
                 _ => Binding::SelfSigned,
             };
             let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
-            verify_bound(sig, &input, how)
-                .map_err(|e| (ErrorCode::Forbidden, format!("value signature: {e}")))?
+            match verify_bound(sig, &input, how) {
+                Ok(s) => s,
+                // An appended array entry was signed with index 0xFFFFFFFF and is stored
+                // under the index the responsible peer gave it (SPEC 6.2).
+                Err(e) => appended_form(value)
+                    .and_then(|v| {
+                        let input =
+                            stored_data_signing_input(resource, kind.id, sd.storage_time, &v);
+                        verify_bound(sig, &input, how).ok()
+                    })
+                    .ok_or_else(|| (ErrorCode::Forbidden, format!("value signature: {e}")))?,
+            }
         }
     };
     check_policy(kind.policy, resource, signer, value, kind.max_node_multiple)
         .map_err(|e| (ErrorCode::Forbidden, e))
+}
+
+/// An array entry as its writer signed it when appending (index 0xFFFFFFFF); None for
+/// other values and for entries already in that form.
+fn appended_form(v: &pb::StoredDataValue) -> Option<pb::StoredDataValue> {
+    match &v.model {
+        Some(Model::Array(e)) if e.index != u32::MAX => {
+            let mut a = v.clone();
+            if let Some(Model::Array(e)) = a.model.as_mut() {
+                e.index = u32::MAX;
+            }
+            Some(a)
+        }
+        _ => None,
+    }
 }
 
 /// Applies one kind's part of a Store to `data`. Nothing changes unless every value is
