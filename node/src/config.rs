@@ -66,6 +66,9 @@ pub struct SecuritySection {
     /// Revoked certificates: a file of hex serial numbers, one per line
     /// (`p2psip ca revoke` keeps one in the CA directory).
     pub revoked: Option<PathBuf>,
+    /// The overlay configuration document signed by the CA (`p2psip ca sign-config`):
+    /// checked at start; newer ones arrive from peers (ConfigUpdate).
+    pub overlay_config: Option<PathBuf>,
 }
 
 /// The `[nat]` table: reachability, hole punching and relaying (proto/SPEC.md section 2.8).

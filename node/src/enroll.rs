@@ -13,6 +13,8 @@ use p2psip_proto::security::{node_id_of_key, CertBinding, CertificateCheck};
 use rand::Rng;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 use x509_parser::prelude::*;
 
 /// SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): this prefix, then the 32 bytes.
@@ -172,6 +174,15 @@ pub fn ca_revoke(dir: &Path, serial: &str) -> anyhow::Result<PathBuf> {
     Ok(f.revoked)
 }
 
+/// A serial number as compared: lowercase hex without leading zero bytes.
+fn canonical_serial(s: &str) -> String {
+    let mut t = s.trim().to_lowercase();
+    while t.len() > 2 && t.starts_with("00") {
+        t = t[2..].to_string();
+    }
+    t
+}
+
 fn normalize_serial(s: &str) -> anyhow::Result<String> {
     let t = s
         .trim()
@@ -279,12 +290,14 @@ pub fn node_id_of_cert(der: &[u8]) -> Result<NodeId, String> {
     }
 }
 
-/// The overlay's CA as peers hold it.
+/// The overlay's CA as peers hold it. The revocation list and the self-signed rule may
+/// change while the node runs (a newer overlay configuration document).
 #[derive(Debug)]
 struct Ca {
     der: Vec<u8>,
-    revoked: HashSet<String>,
-    allow_self_signed: bool,
+    key: [u8; 32],
+    revoked: RwLock<HashSet<String>>,
+    allow_self_signed: AtomicBool,
 }
 
 /// Which certificates this node accepts from peers and value signers.
@@ -316,15 +329,38 @@ impl Trust {
         if !x.is_ca() {
             bail!("the CA certificate is not a CA certificate");
         }
-        ed25519_key(&x).map_err(|e| anyhow!("CA certificate: {e}"))?;
+        let key = ed25519_key(&x).map_err(|e| anyhow!("CA certificate: {e}"))?;
         Ok(Trust {
             overlay: overlay.into(),
             ca: Some(Ca {
                 der: ca_der,
-                revoked,
-                allow_self_signed,
+                key,
+                revoked: RwLock::new(revoked.iter().map(|s| canonical_serial(s)).collect()),
+                allow_self_signed: AtomicBool::new(allow_self_signed),
             }),
         })
+    }
+
+    /// The CA's public key (it signs the overlay configuration document).
+    pub fn ca_key(&self) -> Option<[u8; 32]> {
+        self.ca.as_ref().map(|c| c.key)
+    }
+
+    /// Adds serial numbers (hex) to the revocation list; returns how many were new.
+    pub fn revoke(&self, serials: &[String]) -> usize {
+        let Some(ca) = &self.ca else { return 0 };
+        let mut r = ca.revoked.write().unwrap_or_else(|e| e.into_inner());
+        serials
+            .iter()
+            .filter(|s| r.insert(canonical_serial(s)))
+            .count()
+    }
+
+    /// Sets whether self-signed identities are admitted besides the CA's.
+    pub fn set_allow_self_signed(&self, allow: bool) {
+        if let Some(ca) = &self.ca {
+            ca.allow_self_signed.store(allow, Ordering::Relaxed);
+        }
     }
 
     /// Whether only CA certificates are accepted.
@@ -338,7 +374,7 @@ impl Trust {
         let key = ed25519_key(&x)?;
         let Some((node_id, overlay)) = node_id_uri(&x)? else {
             return match &self.ca {
-                Some(ca) if !ca.allow_self_signed => {
+                Some(ca) if !ca.allow_self_signed.load(Ordering::Relaxed) => {
                     Err("not enrolled: this overlay accepts only certificates of its CA".into())
                 }
                 _ => Ok(CertBinding {
@@ -368,8 +404,13 @@ impl Trust {
         if now < v.not_before {
             return Err(format!("certificate not valid before {}", v.not_before));
         }
-        let serial = hex::encode(x.raw_serial());
-        if ca.revoked.contains(serial.trim_start_matches("00")) || ca.revoked.contains(&serial) {
+        let serial = canonical_serial(&hex::encode(x.raw_serial()));
+        if ca
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&serial)
+        {
             return Err(format!("certificate {serial} is revoked"));
         }
         if overlay != self.overlay {
@@ -392,6 +433,8 @@ impl CertificateCheck for Trust {
     }
 
     fn allows_self_signed(&self) -> bool {
-        self.ca.as_ref().is_none_or(|c| c.allow_self_signed)
+        self.ca
+            .as_ref()
+            .is_none_or(|c| c.allow_self_signed.load(Ordering::Relaxed))
     }
 }

@@ -11,6 +11,7 @@ pub mod echo;
 pub mod enroll;
 pub mod identity;
 pub mod metrics;
+pub mod overlay_config;
 pub mod runtime;
 pub mod sip;
 pub mod store;

@@ -119,6 +119,20 @@ enum CaCmd {
         #[arg(long, default_value_t = 0, hide = true)]
         backdate_days: u32,
     },
+    /// Sign an overlay configuration document (TOML: overlay, sequence, and any of
+    /// algorithm, bootstrap, ca, revoked, allow_self_signed, [limits]) with the CA key.
+    /// Nodes take it at start (security.overlay_config) or from `p2psip client config-push`.
+    SignConfig {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The document to sign.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write the signed document; never overwritten.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Revoke a certificate by serial number: adds it to DIR/revoked.txt, the file nodes
     /// read as security.revoked.
     Revoke {
@@ -180,6 +194,9 @@ struct NodeArgs {
     /// This node's certificate from the overlay CA (security.certificate).
     #[arg(long, env = "P2PSIP_CERTIFICATE", requires = "ca")]
     certificate: Option<PathBuf>,
+    /// The overlay configuration document signed by the CA (security.overlay_config).
+    #[arg(long, env = "P2PSIP_OVERLAY_CONFIG", requires = "ca")]
+    overlay_config: Option<PathBuf>,
     /// Reachability: "auto" (route only if peers see this node's own address; behind a
     /// NAT run as a client), "peer" or "client" (nat.mode).
     #[arg(long, env = "P2PSIP_NAT_MODE")]
@@ -268,6 +285,13 @@ enum ClientOp {
         message: String,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Hand a signed overlay configuration document (`p2psip ca sign-config`) to the
+    /// admitting peer, which checks it and, if newer than its own, spreads it to the
+    /// overlay (ConfigUpdate). Peers log and count a document they refuse.
+    ConfigPush {
+        /// The signed document.
+        file: PathBuf,
     },
     /// Store COUNT values, PREFIX0 .. PREFIX<COUNT-1>, each signed by its own name's key
     /// (a smoke test of a fleet). Exit status 5 unless every store succeeds.
@@ -449,6 +473,17 @@ fn ca(c: CaCmd) -> anyhow::Result<()> {
                 out.display()
             );
         }
+        CaCmd::SignConfig { dir, config, out } => {
+            if out.exists() {
+                bail!("{} exists; refusing to overwrite it", out.display());
+            }
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let signed = p2psip_node::overlay_config::sign(&dir, &text)
+                .with_context(|| format!("{}", config.display()))?;
+            std::fs::write(&out, signed).with_context(|| format!("writing {}", out.display()))?;
+            println!("signed {} -> {}", config.display(), out.display());
+        }
         CaCmd::Revoke { dir, serial } => {
             let list = enroll::ca_revoke(&dir, &serial)?;
             println!(
@@ -498,6 +533,9 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.certificate {
         cfg.security.certificate = Some(v);
+    }
+    if let Some(v) = a.overlay_config {
+        cfg.security.overlay_config = Some(v);
     }
     if let Some(v) = a.nat_mode {
         cfg.nat.mode = v;
@@ -726,6 +764,7 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         ClientOp::StoreMany { .. }
         | ClientOp::CheckMany { .. }
         | ClientOp::Bench { .. }
+        | ClientOp::ConfigPush { .. }
         | ClientOp::AppEcho { .. } => String::new(),
     };
     let seed = match &a.identity {
@@ -793,6 +832,30 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
         | ClientOp::CheckMany { .. }
         | ClientOp::Bench { .. }
         | ClientOp::AppEcho { .. } => bail!("handled above"),
+        ClientOp::ConfigPush { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let sequence = p2psip_node::overlay_config::sequence_of(&bytes)
+                .with_context(|| format!("{}", file.display()))?;
+            let to = h
+                .status()
+                .await?
+                .routing
+                .successors
+                .first()
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("no admitting peer"))?;
+            let update = p2psip_proto::pb::ConfigUpdateReq {
+                r#type: p2psip_proto::pb::config_update_req::Type::Config as i32,
+                sequence,
+                config_data: bytes,
+                kinds: Vec::new(),
+            };
+            (
+                op(&h, a.timeout, move |n, t| n.config_update(t, to, update)).await?,
+                "config-push",
+            )
+        }
         ClientOp::Ping { name } => {
             let target = match name {
                 Some(n) => Id::hash_of(n.as_bytes()),
@@ -891,6 +954,13 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
                 println!("{}", json!({"ok": true, "closest": closest}));
             } else {
                 println!("{}", closest.unwrap_or_else(|| "none".into()));
+            }
+        }
+        Body::ConfigUpdateAns(_) => {
+            if a.json {
+                println!("{}", json!({"ok": true}));
+            } else {
+                println!("configuration document handed to the admitting peer (its log and p2psip_overlay_config_sequence tell whether it took it)");
             }
         }
         Body::PingAns(_) => {

@@ -182,6 +182,16 @@ pub fn cert_refused(node: &str, why: &str) {
         .increment(1);
 }
 
+/// The sequence number of the overlay configuration document a node holds.
+pub fn config_sequence(node: &str, sequence: u32) {
+    gauge!("p2psip_overlay_config_sequence", "node" => node.to_string()).set(f64::from(sequence));
+}
+
+/// An overlay configuration document a peer sent that this node refused.
+pub fn config_refused(node: &str) {
+    counter!("p2psip_overlay_config_refused_total", "node" => node.to_string()).increment(1);
+}
+
 /// Join and leave events.
 pub fn overlay_event(node: &str, what: &'static str) {
     counter!("p2psip_overlay_events_total", "node" => node.to_string(), "event" => what)

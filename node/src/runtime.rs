@@ -227,6 +227,8 @@ impl NodeHandle {
 pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<NodeHandle> {
     cfg.validate()?;
     let creds = identity::credentials(&cfg, seed)?;
+    let mut cfg = cfg;
+    let docs = crate::overlay_config::DocState::startup(&mut cfg, creds.trust.clone())?;
     let ident = creds.identity.clone();
     let id = ident.node_id;
     let listen: SocketAddr = match &role {
@@ -382,6 +384,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         began: Instant::now(),
         fatal: None,
         form_at,
+        docs,
     };
     let task = tokio::spawn(rt.run(ev_rx, cmd_rx));
     Ok(NodeHandle {
@@ -592,6 +595,8 @@ struct Runtime {
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
     began: Instant,
     fatal: Option<String>,
+    /// The overlay configuration document (proto/SPEC.md 5.3).
+    docs: crate::overlay_config::DocState,
 }
 
 impl Runtime {
@@ -600,6 +605,7 @@ impl Runtime {
         mut net: mpsc::UnboundedReceiver<NetEvent>,
         mut cmds: mpsc::Receiver<Command>,
     ) {
+        metrics::config_sequence(&self.label, self.docs.sequence());
         if let Some(d) = &self.data_dir {
             if let Err(e) = std::fs::create_dir_all(d) {
                 tracing::warn!("data dir {}: {e}", d.display());
@@ -861,6 +867,7 @@ impl Runtime {
                     }
                 }
                 self.core.handle_link(now(), LinkEvent::Up(node));
+                self.send_config(node);
                 self.maybe_start();
                 if self.started
                     && !self.is_peer
@@ -952,6 +959,66 @@ impl Runtime {
         }
     }
 
+    /// Sends our overlay configuration document (if any) to a linked node: a new neighbour
+    /// with an older one takes ours, one with a newer one sends us its own.
+    fn send_config(&mut self, to: NodeId) {
+        if let Some((sequence, bytes)) = &self.docs.current {
+            let update = pb::ConfigUpdateReq {
+                r#type: pb::config_update_req::Type::Config as i32,
+                sequence: *sequence,
+                config_data: bytes.clone(),
+                kinds: Vec::new(),
+            };
+            self.core.config_update(now(), to, update);
+        }
+    }
+
+    /// A peer's ConfigUpdate: a newer document that verifies is applied, kept and passed on
+    /// to every other link; an older one is answered with ours.
+    fn on_config_update(&mut self, from: NodeId, update: pb::ConfigUpdateReq) {
+        use crate::overlay_config::Offer;
+        if update.r#type != pb::config_update_req::Type::Config as i32 {
+            return;
+        }
+        match self.docs.offer(update.sequence, &update.config_data) {
+            Offer::Taken(doc) => {
+                tracing::info!(sequence = doc.sequence, %from, "new overlay configuration document");
+                if let Some(l) = &doc.limits {
+                    let c = self.core.config();
+                    let mut limits = crate::config::Limits {
+                        origin_requests_per_s: c.origin_rate,
+                        origin_burst: c.origin_burst,
+                        origin_max_in_flight: c.origin_max_in_flight,
+                        writer_kind_bytes: c.writer_kind_bytes,
+                        ..Default::default()
+                    };
+                    crate::overlay_config::apply_limits(&mut limits, l);
+                    self.core.set_limits(
+                        limits.origin_requests_per_s,
+                        limits.origin_burst,
+                        limits.origin_max_in_flight,
+                        limits.writer_kind_bytes,
+                    );
+                }
+                metrics::config_sequence(&self.label, doc.sequence);
+                for n in self.transport.linked_nodes() {
+                    if n != from {
+                        self.send_config(n);
+                    }
+                }
+            }
+            Offer::Old => {
+                if update.sequence < self.docs.sequence() {
+                    self.send_config(from);
+                }
+            }
+            Offer::Refused(why) => {
+                tracing::warn!(%from, sequence = update.sequence, "overlay configuration document refused: {why}");
+                metrics::config_refused(&self.label);
+            }
+        }
+    }
+
     fn begin_shutdown(&mut self, tx: oneshot::Sender<()>) {
         tracing::info!(node = %self.core.id(), "leaving the overlay");
         self.core.leave(now());
@@ -1034,6 +1101,7 @@ impl Runtime {
                 metrics::overlay_event(&self.label, "join_failed");
             }
             Event::Left => tracing::info!(node = %self.core.id(), "left the overlay"),
+            Event::ConfigUpdate { from, update } => self.on_config_update(from, update),
             Event::PeerCandidates { node, candidates } => {
                 let reach = reach_of(&candidates);
                 if self.behind_nat == Some(true) {

@@ -274,6 +274,11 @@ impl Transport {
         self.links.iter().map(|l| *l.key()).find(|k| *k != except)
     }
 
+    /// Every node with a link.
+    pub fn linked_nodes(&self) -> Vec<NodeId> {
+        self.links.iter().map(|l| *l.key()).collect()
+    }
+
     pub fn is_linked(&self, node: NodeId) -> bool {
         self.links.contains_key(&node)
     }

@@ -292,6 +292,91 @@ fn only_enrolled_nodes_join_and_write() {
         assert!(seen.is_some(), "a claimed Node-ID must be dropped");
     });
 
+    // A signed overlay configuration document, handed to `b` by a client, reaches every
+    // peer (ConfigUpdate); its revocation list takes effect at once. One signed by another
+    // CA is refused by the first peer and goes no further.
+    let dl = root.0.join("late");
+    let late = enroll(&ca, &dl, "late", &[]);
+    let doc = root.0.join("overlay.toml");
+    std::fs::write(
+        &doc,
+        format!(
+            "overlay = \"{OVERLAY}\"\nsequence = 1\nalgorithm = \"chord\"\n\
+             revoked = [\"{}\"]\n[limits]\nwriter_kind_bytes = 65536\n",
+            field(&late, "serial")
+        ),
+    )
+    .unwrap();
+    let signed = root.0.join("overlay.signed");
+    p2psip(
+        &[
+            "ca",
+            "sign-config",
+            "--dir",
+            ca_s,
+            "--config",
+            doc.to_str().unwrap(),
+            "-o",
+        ]
+        .into_iter()
+        .chain([signed.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    let gauge = |n: &NodeProc, name: &str| {
+        metric_sum(
+            &parse_prometheus(&scrape(n.metrics).unwrap_or_default()),
+            name,
+            &[],
+        )
+    };
+    assert!(
+        rt.block_on(raw_connect(&ca, c.addr, creds(&dl, true)))
+            .is_ok(),
+        "late is valid"
+    );
+    let (code, out, err) = as_user(&dal, &["config-push", signed.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out} {err}");
+    let spread = eventually(Duration::from_secs(10), || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| gauge(n, "p2psip_overlay_config_sequence") == 1.0)
+            .then_some(())
+    });
+    assert!(spread.is_some(), "every peer holds document 1");
+    let before = refused(&c, "revoked");
+    assert!(
+        rt.block_on(raw_connect(&ca, c.addr, creds(&dl, true)))
+            .is_err(),
+        "revoked by the document"
+    );
+    assert!(refused(&c, "revoked") > before);
+    let forged_doc = root.0.join("forged.signed");
+    let other_s = other_ca.to_str().unwrap();
+    std::fs::write(&doc, format!("overlay = \"{OVERLAY}\"\nsequence = 7\n")).unwrap();
+    p2psip(
+        &[
+            "ca",
+            "sign-config",
+            "--dir",
+            other_s,
+            "--config",
+            doc.to_str().unwrap(),
+            "-o",
+        ]
+        .into_iter()
+        .chain([forged_doc.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    let (code, out, err) = as_user(&dal, &["config-push", forged_doc.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out} {err}");
+    let counted = eventually(Duration::from_secs(5), || {
+        (gauge(&b, "p2psip_overlay_config_refused_total") >= 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "b refuses the forged document");
+    for n in [&a, &b, &c] {
+        assert_eq!(gauge(n, "p2psip_overlay_config_sequence"), 1.0);
+    }
+
     // A node whose own certificate expired does not start, and says why.
     let out = Command::new(BIN)
         .args(["node", "--overlay", OVERLAY, "--listen", "127.0.0.1:0"])
@@ -309,6 +394,42 @@ fn only_enrolled_nodes_join_and_write() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A node refuses to start against a document for another algorithm.
+    std::fs::write(
+        &doc,
+        format!("overlay = \"{OVERLAY}\"\nsequence = 2\nalgorithm = \"kademlia\"\n"),
+    )
+    .unwrap();
+    let kad = root.0.join("kad.signed");
+    p2psip(
+        &[
+            "ca",
+            "sign-config",
+            "--dir",
+            ca_s,
+            "--config",
+            doc.to_str().unwrap(),
+            "-o",
+        ]
+        .into_iter()
+        .chain([kad.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    let out = Command::new(BIN)
+        .args(["node", "--overlay", OVERLAY, "--listen", "127.0.0.1:0"])
+        .arg("--identity")
+        .arg(dv.join("node.key"))
+        .arg("--ca")
+        .arg(ca.join("ca.pem"))
+        .arg("--certificate")
+        .arg(dv.join("node.pem"))
+        .env("P2PSIP_OVERLAY_CONFIG", &kad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("algorithm \"kademlia\""), "{err}");
+
     // The enrolled peers are still up.
     let (code, out, err) = as_user(&dal, &["fetch", "alice"]);
     assert_eq!(code, 0, "{out} {err}");

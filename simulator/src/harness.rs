@@ -551,7 +551,9 @@ impl Sim {
                     }
                 }
                 Event::Left => left = true,
-                Event::JoinFailed(_) | Event::PeerCandidates { .. } => {}
+                Event::JoinFailed(_)
+                | Event::PeerCandidates { .. }
+                | Event::ConfigUpdate { .. } => {}
             }
         }
         if left {

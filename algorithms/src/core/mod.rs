@@ -77,6 +77,13 @@ pub enum Event {
         node: NodeId,
         candidates: Vec<pb::Candidate>,
     },
+    /// A node sent this one an overlay configuration document (ConfigUpdate, proto/SPEC.md
+    /// 5.3). The core only passes it on: checking its signature and sequence number and
+    /// applying it is the driver's part.
+    ConfigUpdate {
+        from: NodeId,
+        update: pb::ConfigUpdateReq,
+    },
 }
 
 /// Life cycle of the node.
@@ -256,6 +263,22 @@ impl OverlayNode {
 
     pub fn algorithm(&self) -> &'static str {
         self.topology.name()
+    }
+
+    /// Changes the abuse limits (a newer overlay configuration document): requests per
+    /// second and burst per originator, requests in flight per originator, bytes per writer
+    /// and kind. Takes effect with the next request.
+    pub fn set_limits(
+        &mut self,
+        origin_rate: u32,
+        origin_burst: u32,
+        origin_max_in_flight: usize,
+        writer_kind_bytes: u64,
+    ) {
+        self.cfg.origin_rate = origin_rate;
+        self.cfg.origin_burst = origin_burst;
+        self.cfg.origin_max_in_flight = origin_max_in_flight;
+        self.cfg.writer_kind_bytes = writer_kind_bytes;
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -573,6 +596,12 @@ impl OverlayNode {
             Target::Route(vec![Destination::Node(node)]),
             body.into(),
         )
+    }
+
+    /// Sends an overlay configuration document straight to the linked node `to`
+    /// (ConfigUpdate, proto/SPEC.md 5.3).
+    pub fn config_update(&mut self, now: Time, to: NodeId, update: pb::ConfigUpdateReq) -> OpId {
+        self.client_request(now, Target::Direct(to), update.into())
     }
 
     fn client_request(&mut self, now: Time, target: Target, body: Body) -> OpId {

@@ -22,7 +22,10 @@ impl OverlayNode {
         if !self.topology.is_peer()
             && !matches!(
                 body,
-                Body::PingReq(_) | Body::AttachReq(_) | Body::AppAttachReq(_)
+                Body::PingReq(_)
+                    | Body::AttachReq(_)
+                    | Body::AppAttachReq(_)
+                    | Body::ConfigUpdateReq(_)
             )
         {
             return Err((
@@ -79,6 +82,13 @@ impl OverlayNode {
                     });
                 }
                 Ok(Body::FindAns(pb::FindAns { results }))
+            }
+            Body::ConfigUpdateReq(update) => {
+                self.events.push_back(super::Event::ConfigUpdate {
+                    from: origin,
+                    update,
+                });
+                Ok(Body::ConfigUpdateAns(pb::ConfigUpdateAns {}))
             }
             Body::AppAttachReq(a) => {
                 let Some(c) = self.app_candidates.get(&a.application).cloned() else {

@@ -1,0 +1,313 @@
+//! The signed overlay configuration document (proto/SPEC.md 5.3): what every peer of an
+//! enrolled overlay must agree on (algorithm, limits, bootstrap peers, the CA, revoked
+//! certificates), signed by the overlay CA, numbered by `sequence`, and spread peer to peer
+//! with ConfigUpdate. A peer applies a document only when the CA's signature verifies and
+//! its sequence number is higher than the one it holds.
+//!
+//! The signed form is the TOML document followed by one line
+//! `# p2psip-signature ed25519 <128 hex digits>`: the Ed25519 signature of the CA key over
+//! every byte before that line. It stays readable (and diffable) as a text file.
+
+use anyhow::{anyhow, bail, Context};
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::Deserialize;
+use std::path::Path;
+
+const MARK: &str = "# p2psip-signature ed25519 ";
+
+/// The document's fields. Only `overlay` and `sequence` are required; a field left out
+/// leaves the node's own setting as it is.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayDoc {
+    /// The overlay it configures; a node of another overlay refuses it.
+    pub overlay: String,
+    /// Higher numbers replace lower ones; a document is never replaced by an older one.
+    pub sequence: u32,
+    /// The overlay's algorithm: a node running another one refuses the document (and will
+    /// not start with it).
+    pub algorithm: Option<String>,
+    /// Peers a starting node joins through when it names none itself.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// The CA certificate (PEM) the document is signed by; must be the node's CA.
+    pub ca: Option<String>,
+    /// Serial numbers (hex) of revoked certificates, added to the node's list.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// Whether self-signed identities are admitted besides the CA's.
+    pub allow_self_signed: Option<bool>,
+    /// Abuse limits (the `[limits]` fields of the node's configuration).
+    pub limits: Option<DocLimits>,
+}
+
+/// The limits a document may set.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DocLimits {
+    pub origin_requests_per_s: Option<u32>,
+    pub origin_burst: Option<u32>,
+    pub origin_max_in_flight: Option<usize>,
+    pub writer_kind_bytes: Option<u64>,
+}
+
+/// Parses an unsigned document and checks its required fields.
+pub fn parse(text: &str) -> anyhow::Result<OverlayDoc> {
+    let doc: OverlayDoc = toml::from_str(text).context("overlay configuration document")?;
+    if doc.overlay.is_empty() {
+        bail!("overlay configuration document: `overlay` must not be empty");
+    }
+    if doc.sequence == 0 {
+        bail!("overlay configuration document: `sequence` starts at 1");
+    }
+    Ok(doc)
+}
+
+/// Signs the document `text` with the CA key of `ca_dir`; returns the signed form.
+pub fn sign(ca_dir: &Path, text: &str) -> anyhow::Result<String> {
+    parse(text)?;
+    let files = crate::enroll::CaFiles::new(ca_dir);
+    let key = SigningKey::from_bytes(&crate::identity::read_seed(&files.key)?);
+    let mut body = text.trim_end().to_string();
+    body.push('\n');
+    let sig = key.sign(body.as_bytes());
+    Ok(format!("{body}{MARK}{}\n", hex::encode(sig.to_bytes())))
+}
+
+/// Checks the signed form `signed` against the CA key `ca_key`; returns the document.
+pub fn verify(signed: &[u8], ca_key: &[u8; 32]) -> anyhow::Result<OverlayDoc> {
+    let text = std::str::from_utf8(signed).map_err(|_| anyhow!("document is not UTF-8"))?;
+    let at = text
+        .rfind(MARK)
+        .ok_or_else(|| anyhow!("document is not signed (no `{}` line)", MARK.trim()))?;
+    let (body, line) = text.split_at(at);
+    let sig: [u8; 64] = hex::decode(line[MARK.len()..].trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow!("malformed signature line"))?;
+    let vk = VerifyingKey::from_bytes(ca_key).map_err(|_| anyhow!("bad CA key"))?;
+    vk.verify(body.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| anyhow!("signature does not verify with the overlay CA's key"))?;
+    parse(body)
+}
+
+/// The sequence number of a signed document, read without checking the signature (the
+/// peers check it).
+pub fn sequence_of(signed: &[u8]) -> anyhow::Result<u32> {
+    let text = std::str::from_utf8(signed).map_err(|_| anyhow!("document is not UTF-8"))?;
+    let at = text
+        .rfind(MARK)
+        .ok_or_else(|| anyhow!("document is not signed (`p2psip ca sign-config`)"))?;
+    Ok(parse(&text[..at])?.sequence)
+}
+
+/// Reads and checks a signed document file.
+pub fn load(path: &Path, ca_key: &[u8; 32]) -> anyhow::Result<(OverlayDoc, Vec<u8>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc = verify(&bytes, ca_key).with_context(|| format!("{}", path.display()))?;
+    Ok((doc, bytes))
+}
+
+/// Why a node cannot take `doc` at all (another overlay, algorithm or CA).
+pub fn incompatible(
+    doc: &OverlayDoc,
+    overlay: &str,
+    algorithm: &str,
+    ca_der: &[u8],
+) -> Option<String> {
+    if doc.overlay != overlay {
+        return Some(format!(
+            "document for overlay {:?}, this is {overlay:?}",
+            doc.overlay
+        ));
+    }
+    if let Some(a) = doc.algorithm.as_deref().filter(|a| *a != algorithm) {
+        return Some(format!(
+            "document sets algorithm {a:?}, this node runs {algorithm:?}"
+        ));
+    }
+    if let Some(pem) = &doc.ca {
+        match crate::enroll::pem_to_der(pem.as_bytes()) {
+            Ok(d) if d == ca_der => {}
+            Ok(_) => return Some("document names another CA than this node's".into()),
+            Err(e) => return Some(format!("document's CA: {e}")),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_documents_verify_and_tampered_ones_do_not() {
+        let dir = std::env::temp_dir().join(format!("p2psip-doc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::enroll::ca_init(&dir, "doc.test", 30).unwrap();
+        let text = "overlay = \"doc.test\"\nsequence = 2\nrevoked = [\"0a0b\"]\n\
+                    [limits]\nwriter_kind_bytes = 4096\n";
+        let signed = sign(&dir, text).unwrap();
+        let seed = crate::identity::read_seed(&dir.join("ca.key")).unwrap();
+        let key = *SigningKey::from_bytes(&seed).verifying_key().as_bytes();
+        let doc = verify(signed.as_bytes(), &key).unwrap();
+        assert_eq!(doc.sequence, 2);
+        assert_eq!(doc.revoked, vec!["0a0b".to_string()]);
+        assert_eq!(doc.limits.unwrap().writer_kind_bytes, Some(4096));
+        let tampered = signed.replace("sequence = 2", "sequence = 9");
+        assert!(verify(tampered.as_bytes(), &key).is_err());
+        assert!(verify(text.as_bytes(), &key).is_err(), "unsigned");
+        assert!(verify(signed.as_bytes(), &[7; 32]).is_err(), "another key");
+        assert!(sign(&dir, "overlay = \"x\"\nsequence = 0\n").is_err());
+        assert!(sign(&dir, "overlay = \"x\"\nsequence = 1\ntypo = 1\n").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// What became of a document offered by a peer.
+#[derive(Debug)]
+pub enum Offer {
+    /// Newer than ours, verified and taken: apply its limits, pass it on.
+    Taken(OverlayDoc),
+    /// Not newer than ours: nothing to do.
+    Old,
+    /// Refused (bad signature, another overlay, ...): counted and logged.
+    Refused(String),
+}
+
+/// The document a node holds and the rules to replace it.
+pub struct DocState {
+    trust: std::sync::Arc<crate::enroll::Trust>,
+    overlay: String,
+    algorithm: String,
+    ca_der: Vec<u8>,
+    /// The signed form of the current document and its sequence number.
+    pub current: Option<(u32, Vec<u8>)>,
+    /// Where a taken document is kept (so a restart does not fall back to an older one).
+    persist: Option<std::path::PathBuf>,
+}
+
+impl DocState {
+    /// Loads the document of `cfg.security.overlay_config` and the one kept in the data
+    /// directory, takes the newer, and applies it to `cfg` (bootstrap peers when `cfg` has
+    /// none, limits) and to the trust rules. Fails when a document is bad or incompatible:
+    /// a node must not start against its overlay's configuration.
+    pub fn startup(
+        cfg: &mut crate::config::Config,
+        trust: std::sync::Arc<crate::enroll::Trust>,
+    ) -> anyhow::Result<DocState> {
+        let persist = cfg
+            .data_dir
+            .as_ref()
+            .map(|d| d.join("overlay-config.signed"));
+        let ca_der = match &cfg.security.ca {
+            Some(p) => crate::enroll::read_cert(p)?,
+            None => Vec::new(),
+        };
+        let mut st = DocState {
+            trust: trust.clone(),
+            overlay: cfg.overlay.clone(),
+            algorithm: cfg.algorithm.clone(),
+            ca_der,
+            current: None,
+            persist: persist.clone(),
+        };
+        let candidates: Vec<_> = cfg
+            .security
+            .overlay_config
+            .iter()
+            .cloned()
+            .chain(persist.filter(|p| p.exists()))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(st);
+        }
+        let Some(key) = trust.ca_key() else {
+            bail!("security.overlay_config needs security.ca: the CA signs the document");
+        };
+        let mut best: Option<(OverlayDoc, Vec<u8>)> = None;
+        for p in candidates {
+            let (doc, bytes) = load(&p, &key)?;
+            if let Some(why) = incompatible(&doc, &cfg.overlay, &cfg.algorithm, &st.ca_der) {
+                bail!("{}: {why}", p.display());
+            }
+            if best.as_ref().is_none_or(|(b, _)| doc.sequence > b.sequence) {
+                best = Some((doc, bytes));
+            }
+        }
+        if let Some((doc, bytes)) = best {
+            if cfg.bootstrap.is_empty() {
+                cfg.bootstrap = doc.bootstrap.clone();
+            }
+            if let Some(l) = &doc.limits {
+                apply_limits(&mut cfg.limits, l);
+            }
+            st.apply_trust(&doc);
+            tracing::info!(sequence = doc.sequence, "overlay configuration document");
+            st.current = Some((doc.sequence, bytes));
+        }
+        Ok(st)
+    }
+
+    fn apply_trust(&self, doc: &OverlayDoc) {
+        self.trust.revoke(&doc.revoked);
+        if let Some(a) = doc.allow_self_signed {
+            self.trust.set_allow_self_signed(a);
+        }
+    }
+
+    /// The sequence number of the current document (0: none).
+    pub fn sequence(&self) -> u32 {
+        self.current.as_ref().map_or(0, |c| c.0)
+    }
+
+    /// A document a peer sent with ConfigUpdate.
+    pub fn offer(&mut self, sequence: u32, signed: &[u8]) -> Offer {
+        if sequence <= self.sequence() {
+            return Offer::Old;
+        }
+        let Some(key) = self.trust.ca_key() else {
+            return Offer::Refused("this overlay is self-signed: no CA to check it".into());
+        };
+        let doc = match verify(signed, &key) {
+            Ok(d) => d,
+            Err(e) => return Offer::Refused(format!("{e:#}")),
+        };
+        if doc.sequence != sequence {
+            return Offer::Refused(format!(
+                "ConfigUpdate says sequence {sequence}, the document {}",
+                doc.sequence
+            ));
+        }
+        if let Some(why) = incompatible(&doc, &self.overlay, &self.algorithm, &self.ca_der) {
+            return Offer::Refused(why);
+        }
+        self.apply_trust(&doc);
+        if let Some(p) = &self.persist {
+            if let Err(e) = std::fs::write(p, signed) {
+                tracing::warn!(
+                    "could not keep the overlay configuration in {}: {e}",
+                    p.display()
+                );
+            }
+        }
+        self.current = Some((sequence, signed.to_vec()));
+        Offer::Taken(doc)
+    }
+}
+
+/// Overrides the limits a document sets.
+pub fn apply_limits(limits: &mut crate::config::Limits, l: &DocLimits) {
+    if let Some(v) = l.origin_requests_per_s {
+        limits.origin_requests_per_s = v;
+    }
+    if let Some(v) = l.origin_burst {
+        limits.origin_burst = v;
+    }
+    if let Some(v) = l.origin_max_in_flight {
+        limits.origin_max_in_flight = v;
+    }
+    if let Some(v) = l.writer_kind_bytes {
+        limits.writer_kind_bytes = v;
+    }
+}
