@@ -39,6 +39,64 @@ pub struct OverlayDoc {
     pub allow_self_signed: Option<bool>,
     /// Abuse limits (the `[limits]` fields of the node's configuration).
     pub limits: Option<DocLimits>,
+    /// Kinds the overlay defines or redefines (`[[kinds]]`); kinds not listed keep their
+    /// built-in definition.
+    #[serde(default)]
+    pub kinds: Vec<DocKind>,
+}
+
+/// A kind and its policy as a document defines it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DocKind {
+    pub id: u32,
+    pub name: String,
+    /// "single", "array" or "dictionary".
+    pub model: String,
+    /// "user-match", "node-match", "user-node-match" or "node-multiple".
+    pub policy: String,
+    /// Most values per resource.
+    pub max_count: u32,
+    /// Largest value, bytes.
+    pub max_size: u32,
+    /// For node-multiple: how many resources one node may write.
+    #[serde(default)]
+    pub max_node_multiple: u32,
+}
+
+impl DocKind {
+    /// The kind the core enforces.
+    pub fn to_kind(&self) -> anyhow::Result<p2psip_algorithms::storage::Kind> {
+        use p2psip_proto::pb::{AccessPolicy, DataModel};
+        let model = match self.model.as_str() {
+            "single" => DataModel::Single,
+            "array" => DataModel::Array,
+            "dictionary" => DataModel::Dictionary,
+            m => bail!(
+                "kind {}: model {m:?} (single, array or dictionary)",
+                self.id
+            ),
+        };
+        let policy = match self.policy.as_str() {
+            "user-match" => AccessPolicy::UserMatch,
+            "node-match" => AccessPolicy::NodeMatch,
+            "user-node-match" => AccessPolicy::UserNodeMatch,
+            "node-multiple" => AccessPolicy::NodeMultiple,
+            p => bail!(
+                "kind {}: policy {p:?} (user-match, node-match, user-node-match, node-multiple)",
+                self.id
+            ),
+        };
+        Ok(p2psip_algorithms::storage::Kind {
+            id: self.id,
+            name: self.name.clone(),
+            model,
+            policy,
+            max_count: self.max_count,
+            max_size: self.max_size,
+            max_node_multiple: self.max_node_multiple,
+        })
+    }
 }
 
 /// The limits a document may set.
@@ -59,6 +117,9 @@ pub fn parse(text: &str) -> anyhow::Result<OverlayDoc> {
     }
     if doc.sequence == 0 {
         bail!("overlay configuration document: `sequence` starts at 1");
+    }
+    for k in &doc.kinds {
+        k.to_kind()?;
     }
     Ok(doc)
 }
@@ -146,7 +207,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         crate::enroll::ca_init(&dir, "doc.test", 30).unwrap();
         let text = "overlay = \"doc.test\"\nsequence = 2\nrevoked = [\"0a0b\"]\n\
-                    [limits]\nwriter_kind_bytes = 4096\n";
+                    [limits]\nwriter_kind_bytes = 4096\n\
+                    [[kinds]]\nid = 40\nname = \"PRESENCE\"\nmodel = \"dictionary\"\n\
+                    policy = \"user-node-match\"\nmax_count = 8\nmax_size = 512\n";
         let signed = sign(&dir, text).unwrap();
         let seed = crate::identity::read_seed(&dir.join("ca.key")).unwrap();
         let key = *SigningKey::from_bytes(&seed).verifying_key().as_bytes();
@@ -154,6 +217,10 @@ mod tests {
         assert_eq!(doc.sequence, 2);
         assert_eq!(doc.revoked, vec!["0a0b".to_string()]);
         assert_eq!(doc.limits.unwrap().writer_kind_bytes, Some(4096));
+        let k = doc.kinds[0].to_kind().unwrap();
+        assert_eq!((k.id, k.max_size, k.max_count), (40, 512, 8));
+        let bad = text.replace("dictionary", "tree");
+        assert!(sign(&dir, &bad).is_err(), "an unknown data model");
         let tampered = signed.replace("sequence = 2", "sequence = 9");
         assert!(verify(tampered.as_bytes(), &key).is_err());
         assert!(verify(text.as_bytes(), &key).is_err(), "unsigned");
@@ -185,6 +252,8 @@ pub struct DocState {
     pub current: Option<(u32, Vec<u8>)>,
     /// Where a taken document is kept (so a restart does not fall back to an older one).
     persist: Option<std::path::PathBuf>,
+    /// The kinds of the document taken at start (the core is built with them).
+    pub kinds: Vec<p2psip_algorithms::storage::Kind>,
 }
 
 impl DocState {
@@ -211,6 +280,7 @@ impl DocState {
             ca_der,
             current: None,
             persist: persist.clone(),
+            kinds: Vec::new(),
         };
         let candidates: Vec<_> = cfg
             .security
@@ -243,6 +313,7 @@ impl DocState {
                 apply_limits(&mut cfg.limits, l);
             }
             st.apply_trust(&doc);
+            st.kinds = doc.kinds.iter().filter_map(|k| k.to_kind().ok()).collect();
             tracing::info!(sequence = doc.sequence, "overlay configuration document");
             st.current = Some((doc.sequence, bytes));
         }

@@ -262,6 +262,9 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         (Role::Peer, _) => NatMode::Auto,
     };
     let mut core_cfg = cfg.core();
+    for k in &docs.kinds {
+        core_cfg.kinds.add(k.clone());
+    }
     if creds.trust.is_enrolled() {
         core_cfg.verify = VerifyMode::Certificates(creds.trust.clone());
     }
@@ -999,6 +1002,11 @@ impl Runtime {
                         limits.origin_max_in_flight,
                         limits.writer_kind_bytes,
                     );
+                }
+                for k in &doc.kinds {
+                    if let Ok(k) = k.to_kind() {
+                        self.core.define_kind(k);
+                    }
                 }
                 metrics::config_sequence(&self.label, doc.sequence);
                 for n in self.transport.linked_nodes() {

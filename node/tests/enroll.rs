@@ -302,7 +302,9 @@ fn only_enrolled_nodes_join_and_write() {
         &doc,
         format!(
             "overlay = \"{OVERLAY}\"\nsequence = 1\nalgorithm = \"chord\"\n\
-             revoked = [\"{}\"]\n[limits]\nwriter_kind_bytes = 65536\n",
+             revoked = [\"{}\"]\n[limits]\nwriter_kind_bytes = 65536\n\
+             [[kinds]]\nid = 40\nname = \"STATUS\"\nmodel = \"single\"\n\
+             policy = \"user-match\"\nmax_count = 1\nmax_size = 64\n",
             field(&late, "serial")
         ),
     )
@@ -334,6 +336,10 @@ fn only_enrolled_nodes_join_and_write() {
             .is_ok(),
         "late is valid"
     );
+    // Kind 40 is not defined before the document.
+    let (code, _, err) = as_user(&dal, &["store", "alice", "available", "--kind", "40"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("UNKNOWN_KIND"), "{err}");
     let (code, out, err) = as_user(&dal, &["config-push", signed.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
     let spread = eventually(Duration::from_secs(10), || {
@@ -343,6 +349,13 @@ fn only_enrolled_nodes_join_and_write() {
             .then_some(())
     });
     assert!(spread.is_some(), "every peer holds document 1");
+    // The document's kind, with its policy and size limit, is enforced everywhere.
+    let (code, out, err) = as_user(&dal, &["store", "alice", "available", "--kind", "40"]);
+    assert_eq!(code, 0, "kind 40 defined by the document: {out} {err}");
+    let long = "x".repeat(100);
+    let (code, _, err) = as_user(&dal, &["store", "alice", &long, "--kind", "40"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("DATA_TOO_LARGE"), "{err}");
     let before = refused(&c, "revoked");
     assert!(
         rt.block_on(raw_connect(&ca, c.addr, creds(&dl, true)))

@@ -281,6 +281,11 @@ impl OverlayNode {
         self.cfg.writer_kind_bytes = writer_kind_bytes;
     }
 
+    /// Defines or redefines a kind (a newer overlay configuration document).
+    pub fn define_kind(&mut self, kind: crate::storage::Kind) {
+        self.cfg.kinds.add(kind);
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }
