@@ -9,6 +9,7 @@ pub mod cli_ops;
 pub mod config;
 pub mod echo;
 pub mod enroll;
+pub mod enroll_http;
 pub mod identity;
 pub mod metrics;
 pub mod overlay_config;

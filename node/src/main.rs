@@ -56,9 +56,33 @@ enum Cmd {
         public_key: bool,
     },
     /// The overlay certificate authority of an enrolled overlay: make it, issue node
-    /// certificates (user name + a Node-ID the CA picks at random), revoke them.
+    /// certificates (user name + a Node-ID the CA picks at random), revoke them, serve
+    /// enrollment over HTTPS.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Get a certificate for an identity from an overlay's enrollment endpoint (`p2psip ca
+    /// serve`), as a user with a password. Prints the Node-ID the CA chose.
+    Enroll {
+        /// The endpoint, https://host:port.
+        #[arg(long)]
+        url: String,
+        /// The overlay CA's certificate: the endpoint must prove it belongs to that CA.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// A file holding the password (first line); or set P2PSIP_PASSWORD.
+        #[arg(long, required_unless_present = "password_env")]
+        password_file: Option<PathBuf>,
+        #[arg(long, env = "P2PSIP_PASSWORD", hide_env_values = true, hide = true)]
+        password_env: Option<String>,
+        /// The identity key file to certify (created if missing).
+        #[arg(long)]
+        identity: PathBuf,
+        /// Where to write the certificate (PEM); never overwritten.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Health check for containers: exits 0 when the node's metrics endpoint answers and
     /// reports the node joined, 1 otherwise (with the reason on stderr).
     Health {
@@ -132,6 +156,39 @@ enum CaCmd {
         /// Where to write the signed document; never overwritten.
         #[arg(long, short)]
         out: PathBuf,
+    },
+    /// Allow a user to enroll through `ca serve` with a password (kept salted and hashed
+    /// in DIR/users.txt; an existing user's password is replaced).
+    AddUser {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// A file holding the password (first line); or set P2PSIP_PASSWORD.
+        #[arg(long, required_unless_present = "password_env")]
+        password_file: Option<PathBuf>,
+        #[arg(long, env = "P2PSIP_PASSWORD", hide_env_values = true, hide = true)]
+        password_env: Option<String>,
+    },
+    /// Serve enrollment over HTTPS: POST /enroll with a user, its password and a public
+    /// key returns a certificate (see docs/security.md). Runs until Ctrl-C.
+    Serve {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// TCP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: SocketAddr,
+        /// The name (DNS name or IP address) clients reach the endpoint by: its TLS
+        /// certificate, issued by the CA at start, is for that name.
+        #[arg(long)]
+        name: String,
+        /// Validity of the certificates it issues, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Revoke a certificate by serial number: adds it to DIR/revoked.txt, the file nodes
     /// read as security.revoked.
@@ -424,7 +481,67 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Ca(CaCmd::Serve {
+            dir,
+            listen,
+            name,
+            days,
+            log,
+        }) => {
+            init_logs(
+                log.log_format.as_deref().unwrap_or("human"),
+                log.log_level.as_deref().unwrap_or("info"),
+            );
+            rt.block_on(async move {
+                tokio::select! {
+                    r = p2psip_node::enroll_http::serve(dir, listen, &name, days, None) => r,
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            })
+        }
         Cmd::Ca(c) => ca(c),
+        Cmd::Enroll {
+            url,
+            ca,
+            user,
+            password_file,
+            password_env,
+            identity: key_path,
+            out,
+        } => {
+            if out.exists() {
+                bail!("{} exists; refusing to overwrite it", out.display());
+            }
+            let password = password(password_file, password_env)?;
+            let id = identity::load_or_create(&key_path, &user, true)?;
+            let key = *id.key.verifying_key().as_bytes();
+            let e = rt.block_on(p2psip_node::enroll_http::enroll(
+                &url, &ca, &user, &password, &key,
+            ))?;
+            std::fs::write(&out, &e.certificate)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "node_id {}\nserial {}\nuser {user}\ncertificate {}",
+                e.node_id,
+                e.serial,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A password from a file (first line) or from P2PSIP_PASSWORD.
+fn password(file: Option<PathBuf>, env: Option<String>) -> anyhow::Result<String> {
+    match (file, env) {
+        (Some(f), _) => Ok(std::fs::read_to_string(&f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+        (None, Some(p)) => Ok(p),
+        (None, None) => bail!("--password-file or P2PSIP_PASSWORD is required"),
     }
 }
 
@@ -484,6 +601,17 @@ fn ca(c: CaCmd) -> anyhow::Result<()> {
             std::fs::write(&out, signed).with_context(|| format!("writing {}", out.display()))?;
             println!("signed {} -> {}", config.display(), out.display());
         }
+        CaCmd::AddUser {
+            dir,
+            user,
+            password_file,
+            password_env,
+        } => {
+            let pw = password(password_file, password_env)?;
+            let f = p2psip_node::enroll_http::add_user(&dir, &user, &pw)?;
+            println!("user {user} may enroll ({})", f.display());
+        }
+        CaCmd::Serve { .. } => bail!("handled in main"),
         CaCmd::Revoke { dir, serial } => {
             let list = enroll::ca_revoke(&dir, &serial)?;
             println!(

@@ -175,6 +175,62 @@ fn only_enrolled_nodes_join_and_write() {
         "the CA's Node-ID, not the hash of the key"
     );
 
+    // Enrollment over HTTPS (`p2psip ca serve`): a user with a password gets a certificate
+    // for its key, and the node joins with it; a wrong password gets none.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pw = root.0.join("pw");
+    std::fs::write(&pw, "correct horse battery\n").unwrap();
+    p2psip(
+        &["ca", "add-user", "--dir", ca_s, "--user", "node-h"]
+            .into_iter()
+            .chain(["--password-file", pw.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let endpoint = rt.spawn(p2psip_node::enroll_http::serve(
+        ca.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1",
+        30,
+        Some(tx),
+    ));
+    let url = format!("https://{}", rt.block_on(rx).unwrap());
+    let dh = root.0.join("h");
+    std::fs::create_dir_all(&dh).unwrap();
+    let key = dh.join("node.key");
+    let enroll_h = |password_file: &Path, out: &Path| {
+        Command::new(BIN)
+            .args(["enroll", "--url", &url, "--user", "node-h", "--ca"])
+            .arg(ca.join("ca.pem"))
+            .arg("--password-file")
+            .arg(password_file)
+            .arg("--identity")
+            .arg(&key)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let wrong = root.0.join("wrong");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    let out = enroll_h(&wrong, &dh.join("x.pem"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let out = enroll_h(&pw, &dh.join("node.pem"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ih = String::from_utf8_lossy(&out.stdout).into_owned();
+    let h = start_enrolled(&ca, &dh, &[a.addr]);
+    assert!(
+        eventually(Duration::from_secs(20), || joined(&h).then_some(())).is_some(),
+        "a node enrolled over HTTPS joins"
+    );
+    assert!(field(&ih, "node_id").starts_with(&h.id), "{ih} / {}", h.id);
+    endpoint.abort();
+
     // Users: alice writes her resource with her certificate; mallory, enrolled too, cannot
     // write alice's (USER-MATCH checks the user her certificate binds).
     let (dal, dm) = (root.0.join("alice"), root.0.join("mallory"));
@@ -254,7 +310,6 @@ fn only_enrolled_nodes_join_and_write() {
         eventually(Duration::from_secs(20), || joined(&c).then_some(())).is_some(),
         "c joins"
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for (what, dir, enrolled, reason) in [
             ("a self-signed certificate", &dv, false, "not_enrolled"),
