@@ -71,11 +71,8 @@ enum Cmd {
         ca: PathBuf,
         #[arg(long)]
         user: String,
-        /// A file holding the password (first line); or set P2PSIP_PASSWORD.
-        #[arg(long, required_unless_present = "password_env")]
-        password_file: Option<PathBuf>,
-        #[arg(long, env = "P2PSIP_PASSWORD", hide_env_values = true, hide = true)]
-        password_env: Option<String>,
+        #[command(flatten)]
+        password: PasswordArgs,
         /// The identity key file to certify (created if missing).
         #[arg(long)]
         identity: PathBuf,
@@ -93,6 +90,31 @@ enum Cmd {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
     },
+}
+
+/// Where a password comes from.
+#[derive(Args)]
+struct PasswordArgs {
+    /// A file holding the password (first line); or set P2PSIP_PASSWORD.
+    #[arg(long, required_unless_present = "password_env")]
+    password_file: Option<PathBuf>,
+    #[arg(long, env = "P2PSIP_PASSWORD", hide_env_values = true, hide = true)]
+    password_env: Option<String>,
+}
+
+impl PasswordArgs {
+    fn get(self) -> anyhow::Result<String> {
+        match (self.password_file, self.password_env) {
+            (Some(f), _) => Ok(std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()),
+            (None, Some(p)) => Ok(p),
+            (None, None) => bail!("--password-file or P2PSIP_PASSWORD is required"),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -165,11 +187,8 @@ enum CaCmd {
         dir: PathBuf,
         #[arg(long)]
         user: String,
-        /// A file holding the password (first line); or set P2PSIP_PASSWORD.
-        #[arg(long, required_unless_present = "password_env")]
-        password_file: Option<PathBuf>,
-        #[arg(long, env = "P2PSIP_PASSWORD", hide_env_values = true, hide = true)]
-        password_env: Option<String>,
+        #[command(flatten)]
+        password: PasswordArgs,
     },
     /// Serve enrollment over HTTPS: POST /enroll with a user, its password and a public
     /// key returns a certificate (see docs/security.md). Runs until Ctrl-C.
@@ -504,15 +523,14 @@ fn main() -> anyhow::Result<()> {
             url,
             ca,
             user,
-            password_file,
-            password_env,
+            password,
             identity: key_path,
             out,
         } => {
             if out.exists() {
                 bail!("{} exists; refusing to overwrite it", out.display());
             }
-            let password = password(password_file, password_env)?;
+            let password = password.get()?;
             let id = identity::load_or_create(&key_path, &user, true)?;
             let key = *id.key.verifying_key().as_bytes();
             let e = rt.block_on(p2psip_node::enroll_http::enroll(
@@ -528,20 +546,6 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-/// A password from a file (first line) or from P2PSIP_PASSWORD.
-fn password(file: Option<PathBuf>, env: Option<String>) -> anyhow::Result<String> {
-    match (file, env) {
-        (Some(f), _) => Ok(std::fs::read_to_string(&f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()),
-        (None, Some(p)) => Ok(p),
-        (None, None) => bail!("--password-file or P2PSIP_PASSWORD is required"),
     }
 }
 
@@ -604,10 +608,9 @@ fn ca(c: CaCmd) -> anyhow::Result<()> {
         CaCmd::AddUser {
             dir,
             user,
-            password_file,
-            password_env,
+            password,
         } => {
-            let pw = password(password_file, password_env)?;
+            let pw = password.get()?;
             let f = p2psip_node::enroll_http::add_user(&dir, &user, &pw)?;
             println!("user {user} may enroll ({})", f.display());
         }

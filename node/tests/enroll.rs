@@ -59,6 +59,29 @@ fn enroll(ca: &Path, dir: &Path, user: &str, extra: &[&str]) -> String {
     p2psip(&args)
 }
 
+/// Writes `text` as an overlay configuration document and signs it with the CA in `ca`;
+/// returns the signed file `<out>`.
+fn sign_doc(ca: &Path, text: &str, out: &Path) -> std::path::PathBuf {
+    let doc = out.with_extension("toml");
+    std::fs::write(&doc, text).unwrap();
+    let (ca, doc_s, out_s) = (
+        ca.to_str().unwrap(),
+        doc.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    p2psip(&[
+        "ca",
+        "sign-config",
+        "--dir",
+        ca,
+        "--config",
+        doc_s,
+        "-o",
+        out_s,
+    ]);
+    out.to_path_buf()
+}
+
 /// Starts a node in `dir` enrolled with `dir/node.pem` (and the CA's revocation list).
 fn start_enrolled(ca: &Path, dir: &Path, boot: &[SocketAddr]) -> NodeProc {
     let config = write_config(dir, OVERLAY, boot, "127.0.0.1:0");
@@ -352,32 +375,16 @@ fn only_enrolled_nodes_join_and_write() {
     // CA is refused by the first peer and goes no further.
     let dl = root.0.join("late");
     let late = enroll(&ca, &dl, "late", &[]);
-    let doc = root.0.join("overlay.toml");
-    std::fs::write(
-        &doc,
-        format!(
+    let signed = sign_doc(
+        &ca,
+        &format!(
             "overlay = \"{OVERLAY}\"\nsequence = 1\nalgorithm = \"chord\"\n\
              revoked = [\"{}\"]\n[limits]\nwriter_kind_bytes = 65536\n\
              [[kinds]]\nid = 40\nname = \"STATUS\"\nmodel = \"single\"\n\
              policy = \"user-match\"\nmax_count = 1\nmax_size = 64\n",
             field(&late, "serial")
         ),
-    )
-    .unwrap();
-    let signed = root.0.join("overlay.signed");
-    p2psip(
-        &[
-            "ca",
-            "sign-config",
-            "--dir",
-            ca_s,
-            "--config",
-            doc.to_str().unwrap(),
-            "-o",
-        ]
-        .into_iter()
-        .chain([signed.to_str().unwrap()])
-        .collect::<Vec<_>>(),
+        &root.0.join("overlay.signed"),
     );
     let gauge = |n: &NodeProc, name: &str| {
         metric_sum(
@@ -419,21 +426,10 @@ fn only_enrolled_nodes_join_and_write() {
     );
     assert!(refused(&c, "revoked") > before);
     let forged_doc = root.0.join("forged.signed");
-    let other_s = other_ca.to_str().unwrap();
-    std::fs::write(&doc, format!("overlay = \"{OVERLAY}\"\nsequence = 7\n")).unwrap();
-    p2psip(
-        &[
-            "ca",
-            "sign-config",
-            "--dir",
-            other_s,
-            "--config",
-            doc.to_str().unwrap(),
-            "-o",
-        ]
-        .into_iter()
-        .chain([forged_doc.to_str().unwrap()])
-        .collect::<Vec<_>>(),
+    sign_doc(
+        &other_ca,
+        &format!("overlay = \"{OVERLAY}\"\nsequence = 7\n"),
+        &forged_doc,
     );
     let (code, out, err) = as_user(&dal, &["config-push", forged_doc.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
@@ -446,57 +442,34 @@ fn only_enrolled_nodes_join_and_write() {
     }
 
     // A node whose own certificate expired does not start, and says why.
-    let out = Command::new(BIN)
-        .args(["node", "--overlay", OVERLAY, "--listen", "127.0.0.1:0"])
-        .arg("--identity")
-        .arg(dx.join("node.key"))
-        .arg("--ca")
-        .arg(ca.join("ca.pem"))
-        .arg("--certificate")
-        .arg(dx.join("node.pem"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("expired"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // (`env`: extra environment of the node.)
+    let refuses_to_start = |dir: &Path, env: &[(&str, &Path)], why: &str| {
+        let out = Command::new(BIN)
+            .args(["node", "--overlay", OVERLAY, "--listen", "127.0.0.1:0"])
+            .arg("--identity")
+            .arg(dir.join("node.key"))
+            .arg("--ca")
+            .arg(ca.join("ca.pem"))
+            .arg("--certificate")
+            .arg(dir.join("node.pem"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{err}");
+    };
+    refuses_to_start(&dx, &[], "expired");
     // A node refuses to start against a document for another algorithm.
-    std::fs::write(
-        &doc,
-        format!("overlay = \"{OVERLAY}\"\nsequence = 2\nalgorithm = \"kademlia\"\n"),
-    )
-    .unwrap();
-    let kad = root.0.join("kad.signed");
-    p2psip(
-        &[
-            "ca",
-            "sign-config",
-            "--dir",
-            ca_s,
-            "--config",
-            doc.to_str().unwrap(),
-            "-o",
-        ]
-        .into_iter()
-        .chain([kad.to_str().unwrap()])
-        .collect::<Vec<_>>(),
+    let kad = sign_doc(
+        &ca,
+        &format!("overlay = \"{OVERLAY}\"\nsequence = 2\nalgorithm = \"kademlia\"\n"),
+        &root.0.join("kad.signed"),
     );
-    let out = Command::new(BIN)
-        .args(["node", "--overlay", OVERLAY, "--listen", "127.0.0.1:0"])
-        .arg("--identity")
-        .arg(dv.join("node.key"))
-        .arg("--ca")
-        .arg(ca.join("ca.pem"))
-        .arg("--certificate")
-        .arg(dv.join("node.pem"))
-        .env("P2PSIP_OVERLAY_CONFIG", &kad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("algorithm \"kademlia\""), "{err}");
+    refuses_to_start(
+        &dv,
+        &[("P2PSIP_OVERLAY_CONFIG", kad.as_path())],
+        "algorithm \"kademlia\"",
+    );
 
     // The enrolled peers are still up.
     let (code, out, err) = as_user(&dal, &["fetch", "alice"]);
