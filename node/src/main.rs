@@ -166,7 +166,8 @@ enum CaCmd {
         backdate_days: u32,
     },
     /// Sign an overlay configuration document (TOML: overlay, sequence, and any of
-    /// algorithm, bootstrap, ca, revoked, allow_self_signed, [limits]) with the CA key.
+    /// algorithm, bootstrap, ca, revoked, allow_self_signed, [limits], [[kinds]]; proto/SPEC.md
+    /// 5.3) with the CA key.
     /// Nodes take it at start (security.overlay_config) or from `p2psip client config-push`.
     SignConfig {
         /// Directory of the CA's files.
@@ -210,7 +211,8 @@ enum CaCmd {
         log: LogArgs,
     },
     /// Revoke a certificate by serial number: adds it to DIR/revoked.txt, the file nodes
-    /// read as security.revoked.
+    /// read at start as security.revoked (running nodes learn revocations from a signed
+    /// overlay document's `revoked` list: `ca sign-config`, `client config-push`).
     Revoke {
         /// Directory of the CA's files.
         #[arg(long)]
