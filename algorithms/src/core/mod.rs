@@ -217,13 +217,17 @@ impl OverlayNode {
     /// Writes (or, when empty or None, removes) one kind's data at a resource, keeping the
     /// per-writer byte counts of the quota in step. Every write of the core goes here.
     fn write_data(&mut self, resource: Id, kind: u32, data: Option<KindData>) {
-        if let Some(old) = self.store.get(resource, kind) {
-            for (w, b) in writers_of(&old) {
-                if let Some(x) = self.writer_bytes.get_mut(&(kind, w)) {
-                    *x = x.saturating_sub(b);
-                    if *x == 0 {
-                        self.writer_bytes.remove(&(kind, w));
-                    }
+        let old = self.store.get(resource, kind).unwrap_or_default();
+        self.write_data_over(resource, kind, &old, data);
+    }
+
+    /// [`Self::write_data`] for a caller that already read what is stored (`old`).
+    fn write_data_over(&mut self, resource: Id, kind: u32, old: &KindData, data: Option<KindData>) {
+        for (w, b) in writers_of(old) {
+            if let Some(x) = self.writer_bytes.get_mut(&(kind, w)) {
+                *x = x.saturating_sub(b);
+                if *x == 0 {
+                    self.writer_bytes.remove(&(kind, w));
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use super::{writers_of, OverlayNode};
 use crate::id::{Id, NodeId};
-use crate::storage::{apply_store, fetch, find_closest, stat, KindData, StoreMode};
+use crate::storage::{apply_store, fetch, find_closest, stat, Kind, KindData, StoreMode};
 use p2psip_proto::pb::{self, ErrorCode};
 use p2psip_proto::Body;
 use rand::Rng;
@@ -151,36 +151,25 @@ impl OverlayNode {
         }
     }
 
-    /// The writer quota: no writer may hold more than `writer_kind_bytes` under one kind
-    /// at this peer once `new` replaces `old`.
-    fn check_quota(
-        &mut self,
-        kind: u32,
-        kind_name: &str,
-        old: &KindData,
-        new: &KindData,
-    ) -> Result<(), (ErrorCode, String)> {
+    /// The writer quota: why `new` replacing `old` would leave a writer holding more than
+    /// `writer_kind_bytes` of `kind` at this peer (None: within it).
+    fn quota_excess(&self, kind: &Kind, old: &KindData, new: &KindData) -> Option<String> {
         let limit = self.cfg.writer_kind_bytes;
         if limit == 0 {
-            return Ok(());
+            return None;
         }
         let before = writers_of(old);
-        for (w, b) in writers_of(new) {
+        writers_of(new).into_iter().find_map(|(w, b)| {
             let was = before.get(&w).copied().unwrap_or(0);
-            let total = self.writer_bytes(kind, w).saturating_sub(was) + b;
-            if b > was && total > limit {
-                self.stats.quota_refused += 1;
-                return Err((
-                    ErrorCode::DataTooLarge,
-                    format!(
-                        "quota: writer {w} would hold {total} bytes of kind {} at this peer, \
-                         {limit} allowed",
-                        kind_name
-                    ),
-                ));
-            }
-        }
-        Ok(())
+            let total = self.writer_bytes(kind.id, w).saturating_sub(was) + b;
+            (b > was && total > limit).then(|| {
+                format!(
+                    "quota: writer {w} would hold {total} bytes of kind {} at this peer, \
+                     {limit} allowed",
+                    kind.name
+                )
+            })
+        })
     }
 
     /// A Store: every kind is checked first; nothing is written unless all are accepted.
@@ -210,21 +199,23 @@ impl OverlayNode {
                 now_ms,
             )?;
             if mode == StoreMode::Primary {
-                let (id, name) = (kind.id, kind.name.to_string());
-                self.check_quota(id, &name, &old, &data)?;
+                if let Some(why) = self.quota_excess(kind, &old, &data) {
+                    self.stats.quota_refused += 1;
+                    return Err((ErrorCode::DataTooLarge, why));
+                }
             }
-            staged.push((kd.kind, data, changed));
+            staged.push((kd.kind, old, data, changed));
         }
         let rs = self.topology.replica_set(resource);
         let mut kind_responses = Vec::with_capacity(staged.len());
         let mut changed_kinds = Vec::new();
-        for (kind, data, changed) in staged {
+        for (kind, old, data, changed) in staged {
             kind_responses.push(pb::StoreKindResponse {
                 kind,
                 generation_counter: data.generation,
                 replicas: rs.iter().skip(1).map(|n| n.to_bytes().to_vec()).collect(),
             });
-            self.write_data(resource, kind, Some(data));
+            self.write_data_over(resource, kind, &old, Some(data));
             if changed {
                 changed_kinds.push(kind);
             }
