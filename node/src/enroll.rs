@@ -7,6 +7,7 @@
 //! name in the subject's common name. A certificate without such a URI is a self-signed
 //! identity, whose Node-ID is the hash of its key.
 
+use crate::identity::key_pair;
 use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::NodeId;
 use p2psip_proto::security::{node_id_of_key, CertBinding, CertificateCheck};
@@ -25,6 +26,13 @@ const SPKI_ED25519_PREFIX: [u8; 12] = [
 const OID_ED25519: &str = "1.3.101.112";
 /// The URI scheme of a Node-ID in a certificate.
 const SCHEME: &str = "p2psip://";
+
+/// An Ed25519 public key written as 64 hex digits.
+pub fn parse_public_key(hex_key: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+}
 
 /// The files of a CA directory.
 pub struct CaFiles {
@@ -52,10 +60,16 @@ pub fn node_uri(id: NodeId, overlay: &str) -> String {
     format!("{SCHEME}{id:#}@{overlay}")
 }
 
-fn key_pair(seed: &[u8; 32]) -> anyhow::Result<rcgen::KeyPair> {
-    let mut pkcs8 = crate::identity::PKCS8_ED25519_PREFIX.to_vec();
-    pkcs8.extend_from_slice(seed);
-    rcgen::KeyPair::try_from(pkcs8.as_slice()).context("Ed25519 key")
+/// The CA of `dir` as an rcgen issuer, and its certificate (PEM).
+pub(crate) fn ca_issuer(
+    dir: &Path,
+) -> anyhow::Result<(rcgen::Issuer<'static, rcgen::KeyPair>, String)> {
+    let f = CaFiles::new(dir);
+    let ca_pem = std::fs::read_to_string(&f.cert)
+        .with_context(|| format!("reading {} (run `p2psip ca init` first)", f.cert.display()))?;
+    let ca_key = key_pair(&crate::identity::read_seed(&f.key)?)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("the CA certificate")?;
+    Ok((issuer, ca_pem))
 }
 
 /// Makes a new overlay CA in `dir`: `ca.key` (its secret key, mode 0600) and `ca.pem` (its
@@ -118,12 +132,7 @@ pub fn ca_issue(
     if user.is_empty() || user.chars().any(|c| c.is_control()) {
         bail!("a user name is required (printable, not empty)");
     }
-    let f = CaFiles::new(dir);
-    let ca_pem = std::fs::read_to_string(&f.cert)
-        .with_context(|| format!("reading {} (run `p2psip ca init` first)", f.cert.display()))?;
-    let ca_seed = crate::identity::read_seed(&f.key)?;
-    let ca_key = key_pair(&ca_seed)?;
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("the CA certificate")?;
+    let (issuer, ca_pem) = ca_issuer(dir)?;
     let overlay = overlay_of_ca(&ca_pem)?;
     let id = node_id.unwrap_or_else(|| p2psip_algorithms::Id(rand::rng().random()));
     let mut p = rcgen::CertificateParams::default();
@@ -339,6 +348,11 @@ impl Trust {
                 allow_self_signed: AtomicBool::new(allow_self_signed),
             }),
         })
+    }
+
+    /// The CA's certificate (DER; empty in a self-signed overlay).
+    pub fn ca_der(&self) -> &[u8] {
+        self.ca.as_ref().map_or(&[], |c| c.der.as_slice())
     }
 
     /// The CA's public key (it signs the overlay configuration document).

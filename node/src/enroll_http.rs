@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -104,17 +104,9 @@ fn server_credentials(
     dir: &Path,
     name: &str,
 ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let files = crate::enroll::CaFiles::new(dir);
-    let ca_pem = std::fs::read_to_string(&files.cert)
-        .with_context(|| format!("reading {}", files.cert.display()))?;
-    let mut pkcs8 = crate::identity::PKCS8_ED25519_PREFIX.to_vec();
-    pkcs8.extend_from_slice(&crate::identity::read_seed(&files.key)?);
-    let ca_key = rcgen::KeyPair::try_from(pkcs8.as_slice()).context("CA key")?;
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("CA certificate")?;
+    let (issuer, _) = crate::enroll::ca_issuer(dir)?;
     let seed = crate::identity::generate_seed();
-    let mut key_der = crate::identity::PKCS8_ED25519_PREFIX.to_vec();
-    key_der.extend_from_slice(&seed);
-    let key = rcgen::KeyPair::try_from(key_der.as_slice()).context("server key")?;
+    let key = crate::identity::key_pair(&seed).context("server key")?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.subject_alt_names = vec![match name.parse::<std::net::IpAddr>() {
         Ok(ip) => rcgen::SanType::IpAddress(ip),
@@ -128,10 +120,7 @@ fn server_credentials(
     p.not_before = now - ::time::Duration::hours(1);
     p.not_after = now + ::time::Duration::days(30);
     let cert = p.signed_by(&key, &issuer).context("server certificate")?;
-    Ok((
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)),
-    ))
+    Ok((vec![cert.der().clone()], crate::identity::key_der(&seed)))
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -177,10 +166,7 @@ async fn handle(
             .to_string()
     };
     let (user, password, pk) = (field("user"), field("password"), field("public_key"));
-    let Some(key) = hex::decode(pk.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-    else {
+    let Some(key) = crate::enroll::parse_public_key(&pk) else {
         return bad(
             StatusCode::BAD_REQUEST,
             "public_key: 64 hex digits (an Ed25519 key)",

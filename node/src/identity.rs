@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
 
 /// PKCS#8 v1 wrapping of a raw Ed25519 seed (RFC 8410): this prefix, then the 32 bytes.
-pub(crate) const PKCS8_ED25519_PREFIX: [u8; 16] = [
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
@@ -55,22 +55,34 @@ pub fn load_or_create(path: &Path, user: &str, create: bool) -> anyhow::Result<I
     Ok(Identity::from_seed(read_seed(path)?, user))
 }
 
+/// The PKCS#8 form of an Ed25519 seed, as TLS and certificate tools take keys.
+pub fn pkcs8_of(seed: &[u8; 32]) -> Vec<u8> {
+    let mut v = PKCS8_ED25519_PREFIX.to_vec();
+    v.extend_from_slice(seed);
+    v
+}
+
+/// The TLS private key of a seed.
+pub(crate) fn key_der(seed: &[u8; 32]) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_of(seed)))
+}
+
+/// The rcgen key pair of a seed (to sign or be named in certificates).
+pub(crate) fn key_pair(seed: &[u8; 32]) -> anyhow::Result<rcgen::KeyPair> {
+    rcgen::KeyPair::try_from(pkcs8_of(seed).as_slice()).context("Ed25519 key")
+}
+
 /// The TLS certificate and key of an identity: a self-signed X.509 certificate over the
 /// identity's own Ed25519 key, so the peer derives the Node-ID from the key it verifies.
 pub fn tls_credentials(
     seed: &[u8; 32],
 ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
-    pkcs8.extend_from_slice(seed);
-    let key = rcgen::KeyPair::try_from(pkcs8.as_slice()).context("Ed25519 key for TLS")?;
+    let key = key_pair(seed).context("key for TLS")?;
     let params = rcgen::CertificateParams::new(vec!["p2psip".to_string()])?;
     let cert = params
         .self_signed(&key)
         .context("self-signed certificate")?;
-    Ok((
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
-    ))
+    Ok((vec![cert.der().clone()], key_der(seed)))
 }
 
 /// Everything a node proves itself with and checks others against.
@@ -127,13 +139,11 @@ pub fn credentials(cfg: &crate::config::Config, seed: [u8; 32]) -> anyhow::Resul
             cert.display()
         );
     }
-    let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();
-    pkcs8.extend_from_slice(&seed);
     Ok(Credentials {
         seed,
         identity: Identity::enrolled(seed, &binding, der.clone()),
         certs: vec![CertificateDer::from(der)],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
+        key: key_der(&seed),
         trust: std::sync::Arc::new(trust),
     })
 }

@@ -576,9 +576,7 @@ fn ca(c: CaCmd) -> anyhow::Result<()> {
                     .key
                     .verifying_key()
                     .as_bytes(),
-                (None, Some(h)) => hex::decode(h.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                (None, Some(h)) => enroll::parse_public_key(&h)
                     .ok_or_else(|| anyhow::anyhow!("--public-key: 64 hex digits"))?,
                 (None, None) => bail!("--identity or --public-key is required"),
             };
@@ -978,12 +976,7 @@ async fn client(a: ClientArgs) -> anyhow::Result<i32> {
                 .first()
                 .copied()
                 .ok_or_else(|| anyhow::anyhow!("no admitting peer"))?;
-            let update = p2psip_proto::pb::ConfigUpdateReq {
-                r#type: p2psip_proto::pb::config_update_req::Type::Config as i32,
-                sequence,
-                config_data: bytes,
-                kinds: Vec::new(),
-            };
+            let update = p2psip_node::overlay_config::update_req(sequence, bytes);
             (
                 op(&h, a.timeout, move |n, t| n.config_update(t, to, update)).await?,
                 "config-push",

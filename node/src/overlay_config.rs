@@ -162,6 +162,17 @@ pub fn sequence_of(signed: &[u8]) -> anyhow::Result<u32> {
     Ok(parse(&text[..at])?.sequence)
 }
 
+/// The ConfigUpdate request that carries a signed document.
+pub fn update_req(sequence: u32, signed: Vec<u8>) -> p2psip_proto::pb::ConfigUpdateReq {
+    use p2psip_proto::pb::{config_update_req::Type, ConfigUpdateReq};
+    ConfigUpdateReq {
+        r#type: Type::Config as i32,
+        sequence,
+        config_data: signed,
+        kinds: Vec::new(),
+    }
+}
+
 /// Reads and checks a signed document file.
 pub fn load(path: &Path, ca_key: &[u8; 32]) -> anyhow::Result<(OverlayDoc, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -247,7 +258,6 @@ pub struct DocState {
     trust: std::sync::Arc<crate::enroll::Trust>,
     overlay: String,
     algorithm: String,
-    ca_der: Vec<u8>,
     /// The signed form of the current document and its sequence number.
     pub current: Option<(u32, Vec<u8>)>,
     /// Where a taken document is kept (so a restart does not fall back to an older one).
@@ -269,15 +279,10 @@ impl DocState {
             .data_dir
             .as_ref()
             .map(|d| d.join("overlay-config.signed"));
-        let ca_der = match &cfg.security.ca {
-            Some(p) => crate::enroll::read_cert(p)?,
-            None => Vec::new(),
-        };
         let mut st = DocState {
             trust: trust.clone(),
             overlay: cfg.overlay.clone(),
             algorithm: cfg.algorithm.clone(),
-            ca_der,
             current: None,
             persist: persist.clone(),
             kinds: Vec::new(),
@@ -298,7 +303,7 @@ impl DocState {
         let mut best: Option<(OverlayDoc, Vec<u8>)> = None;
         for p in candidates {
             let (doc, bytes) = load(&p, &key)?;
-            if let Some(why) = incompatible(&doc, &cfg.overlay, &cfg.algorithm, &st.ca_der) {
+            if let Some(why) = incompatible(&doc, &cfg.overlay, &cfg.algorithm, trust.ca_der()) {
                 bail!("{}: {why}", p.display());
             }
             if best.as_ref().is_none_or(|(b, _)| doc.sequence > b.sequence) {
@@ -350,7 +355,7 @@ impl DocState {
                 doc.sequence
             ));
         }
-        if let Some(why) = incompatible(&doc, &self.overlay, &self.algorithm, &self.ca_der) {
+        if let Some(why) = incompatible(&doc, &self.overlay, &self.algorithm, self.trust.ca_der()) {
             return Offer::Refused(why);
         }
         self.apply_trust(&doc);

@@ -966,12 +966,7 @@ impl Runtime {
     /// with an older one takes ours, one with a newer one sends us its own.
     fn send_config(&mut self, to: NodeId) {
         if let Some((sequence, bytes)) = &self.docs.current {
-            let update = pb::ConfigUpdateReq {
-                r#type: pb::config_update_req::Type::Config as i32,
-                sequence: *sequence,
-                config_data: bytes.clone(),
-                kinds: Vec::new(),
-            };
+            let update = crate::overlay_config::update_req(*sequence, bytes.clone());
             self.core.config_update(now(), to, update);
         }
     }

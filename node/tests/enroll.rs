@@ -117,14 +117,9 @@ fn creds(dir: &Path, enrolled: bool) -> (Vec<CertificateDer<'static>>, PrivateKe
         return identity::tls_credentials(&seed).unwrap();
     }
     let der = p2psip_node::enroll::read_cert(&dir.join("node.pem")).unwrap();
-    let mut pkcs8 = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    pkcs8.extend_from_slice(&seed);
     (
         vec![CertificateDer::from(der)],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity::pkcs8_of(&seed))),
     )
 }
 
