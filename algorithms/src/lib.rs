@@ -116,6 +116,20 @@ impl AlgorithmParams {
         }
     }
 
+    /// Whether every node keeps the whole membership (a simulator holding many such nodes
+    /// gives them a shared [`idset::Universe`] of the ids they will meet).
+    pub fn keeps_whole_membership(&self) -> bool {
+        matches!(self, AlgorithmParams::OneHop(_))
+    }
+
+    /// Lets the membership tables of the nodes built from these parameters share `ids`
+    /// (see [`idset::Universe`]); algorithms without whole-membership tables ignore it.
+    pub fn share_ids(&mut self, ids: Vec<Id>) {
+        if let AlgorithmParams::OneHop(c) = self {
+            c.universe = idset::Universe::new(ids);
+        }
+    }
+
     /// How many copies beyond the responsible one the algorithm keeps.
     pub fn replicas(&self) -> usize {
         match self {

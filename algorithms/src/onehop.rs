@@ -22,7 +22,7 @@
 
 use crate::common::{self, ids_from_wire, wire_ids};
 use crate::id::{distance, Id, NodeId};
-use crate::idset::IdSet;
+use crate::idset::{IdSet, Universe};
 use crate::time::Time;
 use crate::topology::*;
 use p2psip_proto::pb::{self, ErrorCode};
@@ -44,8 +44,6 @@ const T_JOIN_RETRY: TimerId = TimerId(4);
 pub const PAGE: usize = 8192;
 /// Events per message; the rest wait for the next interval.
 const MAX_EVENTS: usize = 4096;
-/// How long a node's newest event stamp is kept to order later events about it.
-const STAMP_MEMORY: Duration = Duration::from_secs(600);
 /// Peers remembered after they left, for self-lookups.
 const DEPARTED_CAP: usize = 64;
 /// Levels are capped (2^40 members is beyond any fleet).
@@ -65,6 +63,10 @@ pub struct OneHopConfig {
     pub self_lookup_interval: Duration,
     /// Delay before a failed join is retried with the next bootstrap peer.
     pub join_retry: Duration,
+    /// Ids the membership tables of many nodes in one process may share (a simulator's
+    /// peers): each table keeps one bit per universe id instead of the id. Empty in a
+    /// daemon; what a table contains is the same either way.
+    pub universe: Universe,
 }
 
 impl Default for OneHopConfig {
@@ -75,6 +77,7 @@ impl Default for OneHopConfig {
             stabilize_interval: Some(Duration::from_secs(10)),
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
+            universe: Universe::default(),
         }
     }
 }
@@ -138,7 +141,7 @@ pub struct OneHop {
     started: Time,
     /// Every live member, this node included.
     members: IdSet,
-    /// Newest event per node (recent events only).
+    /// Newest event per node (recent events only: `recent_window`).
     known: HashMap<Id, Known>,
     /// `outgoing[l]`: events for the next message M(l).
     outgoing: Vec<Vec<Ev>>,
@@ -156,7 +159,7 @@ pub struct OneHop {
 
 impl OneHop {
     pub fn new(me: NodeId, cfg: OneHopConfig) -> Self {
-        let mut members = IdSet::new();
+        let mut members = IdSet::with_universe(cfg.universe.clone());
         members.insert(me);
         OneHop {
             me,
@@ -382,9 +385,10 @@ impl OneHop {
 
     /// One EDRA interval: message M(l) to the 2^l-th successor for every level with events.
     fn gossip(&mut self, ctx: &mut Ctx<'_>) {
-        self.known
-            .retain(|_, k| ctx.now.since(k.seen) < STAMP_MEMORY);
+        // A node's newest event orders later copies of events about it; every copy arrives
+        // within a spread, so it is kept as long as recent events are (three spreads).
         let keep = self.recent_window();
+        self.known.retain(|_, k| ctx.now.since(k.seen) < keep);
         while let Some((t, _)) = self.recent.front() {
             if ctx.now.since(*t) < keep {
                 break;

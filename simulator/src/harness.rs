@@ -10,7 +10,7 @@ use p2psip_proto::security::Identity;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 /// Virtual time starts here (2025-01-01T00:00:00Z), so stored data has realistic times.
@@ -113,6 +113,8 @@ pub struct Sim {
     /// Bytes sent per traffic class.
     pub traffic: Traffic,
     dropped_by_adversaries: u64,
+    /// Identities made ahead by `preload`, taken by the next `add_node`s.
+    preloaded: VecDeque<Identity>,
 }
 
 /// Bytes and messages handed to the network, by class.
@@ -190,6 +192,7 @@ impl Sim {
             joined: BTreeSet::new(),
             traffic: Traffic::default(),
             dropped_by_adversaries: 0,
+            preloaded: VecDeque::new(),
         }
     }
 
@@ -267,11 +270,27 @@ impl Sim {
         self.rng.random_range(0..n)
     }
 
+    /// Makes the identities of the next `n` nodes now, from a stream of their own (seeded
+    /// by the run's seed), so that their ids are known before the nodes exist; returns the
+    /// ids. Nodes added after these get identities as usual.
+    pub fn preload(&mut self, n: usize) -> Vec<NodeId> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6964_656e_7469_7479);
+        let first = self.slots.len() + self.preloaded.len();
+        let made: Vec<Identity> = (0..n)
+            .map(|k| Identity::from_seed(rng.random(), format!("node{}", first + k)))
+            .collect();
+        let ids = made.iter().map(|x| x.node_id).collect();
+        self.preloaded.extend(made);
+        ids
+    }
+
     /// Adds a node with a fresh self-signed identity (not started).
     pub fn add_node(&mut self) -> usize {
-        let seed: [u8; 32] = self.rng.random();
         let i = self.slots.len();
-        let identity = Identity::from_seed(seed, format!("node{i}"));
+        let identity = match self.preloaded.pop_front() {
+            Some(x) => x,
+            None => Identity::from_seed(self.rng.random(), format!("node{i}")),
+        };
         let id = identity.node_id;
         self.index.insert(id, i);
         self.slots.push(Slot {

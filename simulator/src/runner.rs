@@ -93,6 +93,18 @@ impl Runner {
             .median_session
             .and_then(|m| Sessions::new(&sc.churn.model, m, sc.churn.shape));
         let arrival_mean_gap = sessions.map_or(0.0, |s| s.mean() / sc.nodes as f64);
+        if sim.algorithm.keeps_whole_membership() {
+            // Every peer holds the whole membership: the tables share the ids of every peer
+            // the run will make (the initial ones and the expected arrivals, with a margin;
+            // later ones still work, at 16 bytes per id and table).
+            let arrivals = if arrival_mean_gap > 0.0 {
+                r.duration.as_secs_f64() / arrival_mean_gap
+            } else {
+                0.0
+            };
+            let ids = sim.preload(sc.nodes + (arrivals * 1.25) as usize + 64);
+            sim.algorithm.share_ids(ids);
+        }
         let users = (0..sc.workload.users)
             .map(|u| {
                 let mut seed = [0x51u8; 32];
