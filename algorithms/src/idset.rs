@@ -21,36 +21,65 @@ const BLOCK_WORDS: usize = 8;
 
 /// The ids sets may share (see the module documentation): sorted, without duplicates.
 #[derive(Clone, Default)]
-pub struct Universe(Arc<[Id]>);
+pub struct Universe(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    ids: Vec<Id>,
+    /// `starts[b]`: the first position whose id's top `bits` bits are `b` or more (ids
+    /// are uniform hashes, so a position is found in a bucket of about one id).
+    starts: Vec<u32>,
+    bits: u32,
+}
 
 impl Universe {
     pub fn new(mut ids: Vec<Id>) -> Self {
         ids.sort_unstable();
         ids.dedup();
-        Universe(ids.into())
+        let bits = ids.len().max(2).ilog2().clamp(4, 20);
+        let mut starts = Vec::with_capacity((1 << bits) + 1);
+        for (p, id) in ids.iter().enumerate() {
+            let b = (id.0 >> (128 - bits)) as usize;
+            while starts.len() <= b {
+                starts.push(p as u32);
+            }
+        }
+        starts.resize((1 << bits) + 1, ids.len() as u32);
+        Universe(Arc::new(Shared { ids, starts, bits }))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.ids.is_empty()
     }
 
-    fn index_of(&self, id: &Id) -> Option<usize> {
-        self.0.binary_search(id).ok()
+    fn ids(&self) -> &[Id] {
+        &self.0.ids
     }
 
     /// How many universe ids are smaller than `id`.
     fn lower(&self, id: Id) -> usize {
-        self.0.partition_point(|x| *x < id)
+        let u = &self.0;
+        if u.ids.is_empty() {
+            return 0;
+        }
+        let b = (id.0 >> (128 - u.bits)) as usize;
+        let (lo, hi) = (u.starts[b] as usize, u.starts[b + 1] as usize);
+        lo + u.ids[lo..hi].partition_point(|x| *x < id)
+    }
+
+    fn index_of(&self, id: &Id) -> Option<usize> {
+        let p = self.lower(*id);
+        (self.0.ids.get(p) == Some(id)).then_some(p)
     }
 }
 
 impl std::fmt::Debug for Universe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Universe({} ids)", self.0.len())
+        write!(f, "Universe({} ids)", self.len())
     }
 }
 
@@ -184,7 +213,7 @@ impl Bits {
     }
 
     fn get(&self, k: usize) -> Option<Id> {
-        self.select(k).map(|p| self.universe.0[p])
+        self.select(k).map(|p| self.universe.ids()[p])
     }
 
     /// Members in order from universe position `p`.
@@ -195,7 +224,7 @@ impl Bits {
             if cur != 0 {
                 let b = cur.trailing_zeros() as usize;
                 cur &= cur - 1;
-                return Some(self.universe.0[w * 64 + b]);
+                return Some(self.universe.ids()[w * 64 + b]);
             }
             w += 1;
             cur = *self.words.get(w)?;
@@ -369,12 +398,13 @@ impl Extend<Id> for IdSet {
             add.sort_unstable();
         }
         let u = b.universe.clone();
+        let ids = u.ids();
         let (mut p, mut rest) = (0, Vec::new());
         for id in add {
-            while p < u.0.len() && u.0[p] < id {
+            while p < ids.len() && ids[p] < id {
                 p += 1;
             }
-            if p < u.0.len() && u.0[p] == id {
+            if p < ids.len() && ids[p] == id {
                 b.words[p / 64] |= 1 << (p % 64);
             } else {
                 rest.push(id);

@@ -198,13 +198,6 @@ impl OneHop {
         self.members.before(id, n)
     }
 
-    fn window(&self) -> (Vec<Id>, Vec<Id>) {
-        (
-            self.before(self.me, self.cfg.replicas + 1),
-            self.after(self.me, self.cfg.replicas),
-        )
-    }
-
     /// L = ceil(log2 N): the levels of EDRA for the current membership.
     fn levels(&self) -> usize {
         let n = self.members.len().max(2);
@@ -229,27 +222,35 @@ impl OneHop {
 
     /// Applies a membership change; reports a change of our neighbourhood to the core.
     fn change(&mut self, ctx: &mut Ctx<'_>, node: Id, alive: bool) {
-        let changed = if alive {
-            !self.members.contains(&node)
+        let near = if alive {
+            if !self.members.insert(node) {
+                return;
+            }
+            self.in_window(node)
         } else {
-            self.members.contains(&node)
-        };
-        if !changed {
-            return;
-        }
-        let before = self.window();
-        if alive {
-            self.members.insert(node);
-        } else {
+            if !self.members.contains(&node) {
+                return;
+            }
+            let near = self.in_window(node);
             self.members.remove(&node);
             if self.departed.len() == DEPARTED_CAP {
                 self.departed.pop_front();
             }
             self.departed.push_back(node);
-        }
-        if self.joined && self.window() != before {
+            near
+        };
+        if self.joined && near {
             ctx.event(TopologyEvent::ResponsibilityChanged);
         }
+    }
+
+    /// Whether member `node` is in our neighbourhood: among the `replicas` members after
+    /// us or the `replicas + 1` before us (two ranks, instead of listing the neighbourhood
+    /// before and after every change).
+    fn in_window(&self, node: Id) -> bool {
+        let n = self.members.len();
+        let d = (self.members.rank(node) + n - self.members.rank(self.me)) % n.max(1);
+        d <= self.cfg.replicas || d + self.cfg.replicas + 1 >= n
     }
 
     /// Queues an event for the part of the ring after us that we cover: `cover` ring

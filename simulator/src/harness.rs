@@ -2,6 +2,7 @@
 //! event queue, a modelled network. Every run is reproducible from its seed.
 
 use crate::net::NetConfig;
+use indexmap::IndexSet;
 use p2psip_algorithms::core::CoreConfig;
 use p2psip_algorithms::id::in_open_closed;
 use p2psip_algorithms::storage::MemoryStore;
@@ -79,8 +80,8 @@ struct Slot {
     group: u8,
     /// Nodes this node has exchanged messages with: its open QUIC connections, which
     /// notice (by keep-alive) when the other end crashes.
-    /// A short list (a peer talks to a few dozen others), searched linearly.
-    links: Vec<u32>,
+    /// In the order they opened (a one-hop peer talks to hundreds: a set, not a list).
+    links: IndexSet<u32>,
     /// An adversary: drops every request and answer it should pass on for others (it
     /// keeps up its own maintenance, so it stays in everyone's routing tables).
     drops_forwarded: bool,
@@ -300,7 +301,7 @@ impl Sim {
             disk: None,
             wake_at: None,
             group: 0,
-            links: Vec::new(),
+            links: IndexSet::new(),
             drops_forwarded: false,
         });
         i
@@ -433,7 +434,7 @@ impl Sim {
         if let Some(d) = self.net.link_failure_after {
             for j in std::mem::take(&mut self.slots[i].links) {
                 let j = j as usize;
-                self.slots[j].links.retain(|x| *x != i as u32);
+                self.slots[j].links.shift_remove(&(i as u32));
                 if self.slots[j].node.is_some() {
                     self.push(self.now + d, Ev::LinkFailed { at: j, peer: id });
                 }
@@ -478,7 +479,7 @@ impl Sim {
         for i in 0..self.slots.len() {
             let g = self.slots[i].group;
             let links = std::mem::take(&mut self.slots[i].links);
-            let (kept, cut): (Vec<u32>, Vec<u32>) = links
+            let (kept, cut): (IndexSet<u32>, IndexSet<u32>) = links
                 .into_iter()
                 .partition(|&j| self.slots[j as usize].group == g);
             self.slots[i].links = kept;
@@ -614,12 +615,8 @@ impl Sim {
                 if let Some(n) = self.slots[to].node.as_mut() {
                     n.handle_message(t, from, &bytes);
                     if let Some(f) = self.index.get(&from).copied() {
-                        if !self.slots[to].links.contains(&(f as u32)) {
-                            self.slots[to].links.push(f as u32);
-                        }
-                        if !self.slots[f].links.contains(&(to as u32)) {
-                            self.slots[f].links.push(to as u32);
-                        }
+                        self.slots[to].links.insert(f as u32);
+                        self.slots[f].links.insert(to as u32);
                     }
                     self.after(to);
                 }
