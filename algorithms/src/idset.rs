@@ -174,7 +174,7 @@ impl Bits {
             .iter()
             .map(|x| x.count_ones() as usize)
             .sum::<usize>();
-        if p % 64 != 0 {
+        if !p.is_multiple_of(64) {
             r += (self.words[w] & ((1u64 << (p % 64)) - 1)).count_ones() as usize;
         }
         r

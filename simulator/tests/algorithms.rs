@@ -15,6 +15,32 @@ fn params(name: &str) -> AlgorithmParams {
     AlgorithmParams::default_for(name).unwrap()
 }
 
+/// Every algorithm as a daemon runs it, and one-hop once more with the membership tables
+/// the simulator gives it at scale (a shared universe of ids, here holding half the peers).
+fn setups() -> Vec<(String, AlgorithmParams, bool)> {
+    let mut v: Vec<(String, AlgorithmParams, bool)> = ALGORITHMS
+        .iter()
+        .map(|n| (n.to_string(), params(n), false))
+        .collect();
+    v.extend(
+        ALGORITHMS
+            .iter()
+            .map(|n| params(n))
+            .filter(AlgorithmParams::keeps_whole_membership)
+            .map(|p| (format!("{} (shared tables)", p.name()), p, true)),
+    );
+    v
+}
+
+/// The overlay of `n` peers for a setup.
+fn build(seed: u64, n: usize, algo: AlgorithmParams, shared: bool) -> Sim {
+    if shared {
+        overlay_sharing(seed, n, algo, NetConfig::default(), n / 2)
+    } else {
+        overlay(seed, n, algo, NetConfig::default())
+    }
+}
+
 /// Runs until every peer's replica set is right (at most `limit`); panics otherwise.
 fn settle(sim: &mut Sim, name: &str, limit: Duration, what: &str) -> Duration {
     let start = sim.elapsed();
@@ -59,10 +85,10 @@ fn lookups(sim: &mut Sim, count: usize) -> (usize, f64) {
 
 #[test]
 fn every_algorithm_converges_and_routes_to_the_responsible_peer() {
-    for name in ALGORITHMS {
-        let mut sim = overlay(21, 150, params(name), NetConfig::default());
+    for (name, algo, shared) in setups() {
+        let mut sim = build(21, 150, algo, shared);
         assert_eq!(sim.joined_set().len(), 150, "{name}: every peer joined");
-        let t = settle(&mut sim, name, Duration::from_secs(600), "after the joins");
+        let t = settle(&mut sim, &name, Duration::from_secs(600), "after the joins");
         let (correct, hops) = lookups(&mut sim, 300);
         eprintln!("{name}: converged {t:?} after the last join; 300 lookups, {correct} correct, mean hops {hops:.2}");
         assert_eq!(
@@ -75,9 +101,9 @@ fn every_algorithm_converges_and_routes_to_the_responsible_peer() {
 #[test]
 fn every_algorithm_keeps_all_data_through_crashes_and_leaves() {
     const VALUES: usize = 150;
-    for name in ALGORITHMS {
-        let mut sim = overlay(23, 100, params(name), NetConfig::default());
-        settle(&mut sim, name, Duration::from_secs(600), "after the joins");
+    for (name, algo, shared) in setups() {
+        let mut sim = build(23, 100, algo, shared);
+        settle(&mut sim, &name, Duration::from_secs(600), "after the joins");
         for i in 0..VALUES {
             let via = random_live(&mut sim);
             store_user_value(&mut sim, via, i, 7200);
@@ -94,7 +120,7 @@ fn every_algorithm_keeps_all_data_through_crashes_and_leaves() {
         }
         settle(
             &mut sim,
-            name,
+            &name,
             Duration::from_secs(600),
             "after the departures",
         );
@@ -113,10 +139,10 @@ fn every_algorithm_keeps_all_data_through_crashes_and_leaves() {
 
 #[test]
 fn every_algorithm_heals_a_partition() {
-    for name in ALGORITHMS {
+    for (name, algo, shared) in setups() {
         let n = 120;
-        let mut sim = overlay(29, n, params(name), NetConfig::default());
-        settle(&mut sim, name, Duration::from_secs(600), "after the joins");
+        let mut sim = build(29, n, algo, shared);
+        settle(&mut sim, &name, Duration::from_secs(600), "after the joins");
         for i in 0..n {
             let g = u8::from(sim.random::<bool>());
             sim.set_group(i, g);
@@ -125,7 +151,7 @@ fn every_algorithm_heals_a_partition() {
         sim.heal();
         let t = settle(
             &mut sim,
-            name,
+            &name,
             Duration::from_secs(1800),
             "after the partition healed",
         );

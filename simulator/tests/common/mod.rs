@@ -28,7 +28,26 @@ pub fn overlay_with(
     net: NetConfig,
     core: CoreConfig,
 ) -> Sim {
-    let mut sim = Sim::new(seed, core, algo, net);
+    populate(Sim::new(seed, core, algo, net), n)
+}
+
+/// [`overlay`] whose whole-membership tables share a universe holding the ids of the first
+/// `shared` peers only (as the simulator's runner does, with a margin): the tables keep
+/// those as bits and the rest as ids, both paths at once.
+pub fn overlay_sharing(
+    seed: u64,
+    n: usize,
+    algo: AlgorithmParams,
+    net: NetConfig,
+    shared: usize,
+) -> Sim {
+    let mut sim = Sim::new(seed, CoreConfig::default(), algo, net);
+    let ids = sim.preload(shared);
+    sim.algorithm.share_ids(ids);
+    populate(sim, n)
+}
+
+fn populate(mut sim: Sim, n: usize) -> Sim {
     for i in 0..n {
         sim.add_node();
         if i == 0 {
