@@ -588,7 +588,7 @@ mod tests {
             t.extend(bulk);
             // Ids between the universe's (never in it), so that chunks hold some.
             for i in 0..40u128 {
-                let odd = Id((i * 97 << 110) + 1);
+                let odd = Id(((i * 97) << 110) + 1);
                 assert_eq!(s.insert(odd), t.insert(odd));
             }
             assert_eq!(s.len(), t.len(), "{name}");
