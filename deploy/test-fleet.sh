@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compose fleet, tested for real: build the images, start 10 peers and Prometheus,
-# store 500 values through one peer, fetch them through others, kill 3 peers, fetch all 500
+# store 500 values through one peer, fetch them through others, kill 2 peers, fetch all 500
 # again, check Prometheus sees the live peers up with non-zero p2psip counters, tear down.
 # Prints the image size and the fleet's start-up time (all peers joined).
 # Skips (exit 0, with a message) when no Docker engine answers.
@@ -68,20 +68,23 @@ client "$seed" store-many --count 500 --prefix fleet-
 client "${all[0]}" check-many --count 500 --prefix fleet-
 client "${all[1]}" check-many --count 500 --prefix fleet-
 
-echo "== docker kill 3 peers"
-docker kill "${all[2]}" "${all[3]}" "${all[4]}" >/dev/null
+# Every value has 3 copies (replicas = 2) on consecutive ring positions, so any 2 peers
+# killed at once leave a copy of each. (3 at once lose the values of an arc whenever the 3
+# happen to be ring neighbours: 7 of the 84 choices here.)
+echo "== docker kill 2 peers"
+docker kill "${all[2]}" "${all[3]}" >/dev/null
 # Bounded wait for the overlay to repair, then every value must still be there.
 ok=0
 for _ in $(seq 1 20); do
     if client "${all[5]}" check-many --count 500 --prefix fleet-; then ok=1; break; fi
     sleep 2
 done
-[[ $ok -eq 1 ]] || { echo "values lost after killing 3 peers"; exit 1; }
+[[ $ok -eq 1 ]] || { echo "values lost after killing 2 peers"; exit 1; }
 client "$seed" check-many --count 500 --prefix fleet-
 
 echo "== Prometheus"
 q() { curl -fsS "http://127.0.0.1:$port/api/v1/query" --data-urlencode "query=$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'; }
-live=$((peers - 3))
+live=$((peers - 2))
 up=none
 for _ in $(seq 1 60); do
     up="$(q 'count(up{job="p2psip"} == 1)' || echo none)"

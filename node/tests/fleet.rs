@@ -1,5 +1,5 @@
 //! The container fleet, for real (deploy/test-fleet.sh): the static image, 10 peers and
-//! Prometheus under compose, 500 values stored and fetched, 3 peers killed with
+//! Prometheus under compose, 500 values stored and fetched, 2 peers killed with
 //! `docker kill`, every value still there, Prometheus reporting the live peers up. Skipped,
 //! with a message, when no Docker engine answers.
 #![allow(clippy::unwrap_used)]
