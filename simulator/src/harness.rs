@@ -114,8 +114,10 @@ pub struct Sim {
     /// Bytes sent per traffic class.
     pub traffic: Traffic,
     dropped_by_adversaries: u64,
-    /// Identities made ahead by `preload`, taken by the next `add_node`s.
+    /// Identities made ahead by `preload`, taken by the next `add_node`s, and the stream
+    /// their seeds come from (one per run, so successive preloads never repeat).
     preloaded: VecDeque<Identity>,
+    preload_rng: ChaCha8Rng,
 }
 
 /// Bytes and messages handed to the network, by class.
@@ -194,6 +196,7 @@ impl Sim {
             traffic: Traffic::default(),
             dropped_by_adversaries: 0,
             preloaded: VecDeque::new(),
+            preload_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6964_656e_7469_7479),
         }
     }
 
@@ -275,10 +278,12 @@ impl Sim {
     /// by the run's seed), so that their ids are known before the nodes exist; returns the
     /// ids. Nodes added after these get identities as usual.
     pub fn preload(&mut self, n: usize) -> Vec<NodeId> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6964_656e_7469_7479);
         let first = self.slots.len() + self.preloaded.len();
         let made: Vec<Identity> = (0..n)
-            .map(|k| Identity::from_seed(rng.random(), format!("node{}", first + k)))
+            .map(|k| {
+                let seed = self.preload_rng.random();
+                Identity::from_seed(seed, format!("node{}", first + k))
+            })
             .collect();
         let ids = made.iter().map(|x| x.node_id).collect();
         self.preloaded.extend(made);
