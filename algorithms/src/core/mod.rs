@@ -116,6 +116,8 @@ pub struct OverlayNode {
     now: Time,
     state: NodeState,
     txs: HashMap<u64, Tx>,
+    /// Per node, the transactions sent straight to it (ended at once if its link fails).
+    direct_txs: HashMap<NodeId, Vec<u64>>,
     timers: BTreeMap<(Time, u64), TimerKind>,
     timer_seq: u64,
     next_token: u64,
@@ -175,6 +177,7 @@ impl OverlayNode {
             now: Time(0),
             state: NodeState::Idle,
             txs: HashMap::new(),
+            direct_txs: HashMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
             next_token: 0,

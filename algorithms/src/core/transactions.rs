@@ -65,6 +65,9 @@ impl OverlayNode {
             attempt: 0,
             started: self.now,
         };
+        if let Some(n) = direct {
+            self.direct_txs.entry(n).or_default().push(id);
+        }
         self.txs.insert(id, tx);
         self.send_attempt(id);
     }
@@ -206,7 +209,7 @@ impl OverlayNode {
                 true
             }
             Err(e) => {
-                if let Some(tx) = self.txs.remove(&id) {
+                if let Some(tx) = self.take_tx(id) {
                     let err = pb::ErrorAns {
                         code: e.error_code() as i32,
                         info: e.to_string().into_bytes(),
@@ -232,7 +235,7 @@ impl OverlayNode {
             return;
         }
         self.stats.timeouts += 1;
-        if let Some(tx) = self.txs.remove(&id) {
+        if let Some(tx) = self.take_tx(id) {
             let direct = tx.direct;
             let err = pb::ErrorAns {
                 code: ErrorCode::RequestTimeout as i32,
@@ -245,15 +248,24 @@ impl OverlayNode {
         }
     }
 
+    /// Removes transaction `id`, and its entry in the index of direct requests.
+    fn take_tx(&mut self, id: u64) -> Option<Tx> {
+        let tx = self.txs.remove(&id)?;
+        if let Some(n) = tx.direct {
+            if let Some(ids) = self.direct_txs.get_mut(&n) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.direct_txs.remove(&n);
+                }
+            }
+        }
+        Some(tx)
+    }
+
     /// The link to `n` failed: requests sent straight to it cannot be answered, and end
     /// now instead of after their retransmissions.
     pub(super) fn fail_direct_requests(&mut self, n: NodeId) {
-        let ids: Vec<u64> = self
-            .txs
-            .iter()
-            .filter(|(_, tx)| tx.direct == Some(n))
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = self.direct_txs.remove(&n).unwrap_or_default();
         for id in ids {
             if let Some(tx) = self.txs.remove(&id) {
                 self.stats.timeouts += 1;
@@ -274,7 +286,7 @@ impl OverlayNode {
         hops: u32,
         outcome: Result<Body, pb::ErrorAns>,
     ) {
-        match self.txs.remove(&id) {
+        match self.take_tx(id) {
             Some(tx) => {
                 if tx.attempt == 0 {
                     // Karn's rule: only an unambiguous round trip is a sample.
@@ -344,5 +356,129 @@ impl OverlayNode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::{CoreConfig, OverlayNode};
+    use crate::id::{Id, NodeId};
+    use crate::storage::MemoryStore;
+    use crate::time::Time;
+    use crate::topology::{
+        Answer, Ctx, LinkEvent, NextHop, RoutingSnapshot, Target, TimerId, Topology,
+    };
+    use p2psip_proto::pb::{self, ErrorCode};
+    use p2psip_proto::security::Identity;
+    use p2psip_proto::Body;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Answers seen: (token, answered with an error, when).
+    type Seen = Arc<Mutex<Vec<(u64, bool, Time)>>>;
+
+    /// An algorithm that, once started, sends one direct request to each node of `sends`
+    /// (in that order) and records the answers.
+    struct Prober {
+        me: NodeId,
+        sends: Vec<NodeId>,
+        seen: Seen,
+    }
+
+    impl Topology for Prober {
+        fn name(&self) -> &'static str {
+            "prober"
+        }
+        fn local_id(&self) -> NodeId {
+            self.me
+        }
+        fn is_joined(&self) -> bool {
+            true
+        }
+        fn next_hop(&self, _target: Id) -> NextHop {
+            NextHop::Local
+        }
+        fn is_neighbor(&self, _node: NodeId) -> bool {
+            false
+        }
+        fn replica_set(&self, _resource: Id) -> Vec<NodeId> {
+            vec![self.me]
+        }
+        fn start(&mut self, ctx: &mut Ctx<'_>, _bootstrap: &[NodeId]) {
+            for n in &self.sends {
+                let req = pb::UpdateReq {
+                    algorithm: "prober".into(),
+                    overlay_specific: Vec::new(),
+                };
+                ctx.request(Target::Direct(*n), req);
+            }
+        }
+        fn on_request(
+            &mut self,
+            _ctx: &mut Ctx<'_>,
+            _from: NodeId,
+            _body: &Body,
+        ) -> Result<Body, (ErrorCode, String)> {
+            Err((ErrorCode::Unspecified, "not here".into()))
+        }
+        fn on_answer(
+            &mut self,
+            ctx: &mut Ctx<'_>,
+            token: u64,
+            _responder: Option<NodeId>,
+            answer: Answer<'_>,
+        ) {
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.push((token, answer.is_err(), ctx.now));
+            }
+        }
+        fn on_link(&mut self, _ctx: &mut Ctx<'_>, _event: LinkEvent) {}
+        fn on_timer(&mut self, _ctx: &mut Ctx<'_>, _timer: TimerId) {}
+        fn leave(&mut self, _ctx: &mut Ctx<'_>) {}
+        fn routing_table(&self) -> RoutingSnapshot {
+            RoutingSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_link_ends_the_requests_sent_straight_to_it_in_order() {
+        let (me, a, b) = (Id(1), Id(100), Id(200));
+        let seen = Seen::default();
+        let prober = Prober {
+            me,
+            sends: vec![a, b, a, b, a],
+            seen: seen.clone(),
+        };
+        let mut node = OverlayNode::new(
+            CoreConfig::default(),
+            Identity::from_seed([7; 32], "prober"),
+            Box::new(prober),
+            Box::new(MemoryStore::new()),
+            1,
+        );
+        node.start(Time(0), &[]);
+        assert_eq!(node.pending_transactions(), 5);
+
+        // Long before any retransmission timer: A's link fails.
+        let t = Time(0) + Duration::from_millis(10);
+        node.handle_link(t, LinkEvent::Failed(a));
+        let got = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        // Tokens are handed out in sending order: A's requests were 1, 3 and 5.
+        assert_eq!(
+            got,
+            vec![(1, true, t), (3, true, t), (5, true, t)],
+            "A's three requests end at once, in the order they were sent"
+        );
+        assert_eq!(node.pending_transactions(), 2, "B's requests still wait");
+        assert_eq!(node.stats().timeouts, 3);
+
+        // A second failure of the same link finds nothing left to end.
+        node.handle_link(t, LinkEvent::Failed(a));
+        assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 3);
+
+        node.handle_link(t, LinkEvent::Failed(b));
+        assert_eq!(node.pending_transactions(), 0);
+        let got = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(&got[3..], &[(2, true, t), (4, true, t)]);
     }
 }
