@@ -143,6 +143,10 @@ pub struct OneHop {
     members: IdSet,
     /// Newest event per node (recent events only: `recent_window`).
     known: HashMap<Id, Known>,
+    /// Members a neighbour listed and we did not know, contacted at most once per
+    /// `recent_window` (when: now): without it every check that lists a dead node, and every
+    /// answer to those checks, sends it another request while the first still waits.
+    hinted: HashMap<Id, Time>,
     /// `outgoing[l]`: events for the next message M(l).
     outgoing: Vec<Vec<Ev>>,
     /// Events sent and not yet answered, by token.
@@ -168,6 +172,7 @@ impl OneHop {
             started: Time(0),
             members,
             known: HashMap::new(),
+            hinted: HashMap::new(),
             outgoing: Vec::new(),
             in_flight: HashMap::new(),
             recent: VecDeque::new(),
@@ -390,6 +395,7 @@ impl OneHop {
         // within a spread, so it is kept as long as recent events are (three spreads).
         let keep = self.recent_window();
         self.known.retain(|_, k| ctx.now.since(k.seen) < keep);
+        self.hinted.retain(|_, t| ctx.now.since(*t) < keep);
         while let Some((t, _)) = self.recent.front() {
             if ctx.now.since(*t) < keep {
                 break;
@@ -445,9 +451,16 @@ impl OneHop {
     fn hints(&mut self, ctx: &mut Ctx<'_>, ids: &[Vec<u8>]) {
         for id in ids_from_wire(ids) {
             let known_gone = self.known.get(&id).is_some_and(|k| !k.alive);
-            if id != self.me && !self.members.contains(&id) && !known_gone {
-                self.stabilize(ctx, id, false);
+            if id == self.me || self.members.contains(&id) || known_gone {
+                continue;
             }
+            let keep = self.recent_window();
+            let now = ctx.now;
+            if self.hinted.get(&id).is_some_and(|t| now.since(*t) < keep) {
+                continue;
+            }
+            self.hinted.insert(id, now);
+            self.stabilize(ctx, id, false);
         }
     }
 
@@ -1060,5 +1073,38 @@ mod tests {
         assert!(nodes[0].outgoing[0]
             .iter()
             .any(|e| e.node == dead && !e.alive));
+    }
+
+    #[test]
+    fn a_member_neighbours_list_and_we_lack_is_contacted_once_per_window() {
+        let mut nodes = fleet(8);
+        let node = &mut nodes[0];
+        let stranger = Id(7); // listed by neighbours, unknown here (dead, say)
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut actions, mut tok) = (Vec::new(), 1_000_000);
+        let contacts = |node: &OneHop| {
+            node.pending
+                .values()
+                .filter(|p| **p == Pending::Stabilize(stranger))
+                .count()
+        };
+        let listed = wire_ids(&[stranger, node.me]);
+        for ms in [1_000, 2_000, 30_000] {
+            let mut ctx = Ctx::new(Time::from_millis(ms), &mut rng, &mut actions, &mut tok);
+            node.hints(&mut ctx, &listed);
+        }
+        assert_eq!(contacts(node), 1, "one request while the window lasts");
+        let later = Time::from_millis(1_000) + node.recent_window();
+        let mut ctx = Ctx::new(later, &mut rng, &mut actions, &mut tok);
+        node.hints(&mut ctx, &listed);
+        assert_eq!(contacts(node), 2, "contacted again once the window is over");
+        // A member we know, or one known gone, is never contacted.
+        let member = nodes[0].after(nodes[0].me, 1)[0];
+        let mut ctx = Ctx::new(later, &mut rng, &mut actions, &mut tok);
+        nodes[0].hints(&mut ctx, &wire_ids(&[member]));
+        assert!(!nodes[0]
+            .pending
+            .values()
+            .any(|p| *p == Pending::Stabilize(member)));
     }
 }
