@@ -449,13 +449,12 @@ impl OneHop {
     }
 
     fn hints(&mut self, ctx: &mut Ctx<'_>, ids: &[Vec<u8>]) {
+        let (keep, now) = (self.recent_window(), ctx.now);
         for id in ids_from_wire(ids) {
             let known_gone = self.known.get(&id).is_some_and(|k| !k.alive);
             if id == self.me || self.members.contains(&id) || known_gone {
                 continue;
             }
-            let keep = self.recent_window();
-            let now = ctx.now;
             if self.hinted.get(&id).is_some_and(|t| now.since(*t) < keep) {
                 continue;
             }
