@@ -1,5 +1,6 @@
 //! Store+fetch throughput and latency from one client through a 5-peer loopback overlay of
-//! real `p2psip node` processes, and resident memory per idle peer.
+//! real `p2psip node` processes, resident memory per idle peer, and one node's store
+//! throughput and commit time for each `storage.sync` mode.
 //!
 //! `cargo bench -p p2psip-node --bench loopback` (P2PSIP_BENCH_SECS sets the length of each
 //! phase, default 10).
@@ -31,6 +32,10 @@ impl Drop for Proc {
 }
 
 fn start(dir: &std::path::Path, boot: Option<SocketAddr>) -> Proc {
+    start_with(dir, boot, &[])
+}
+
+fn start_with(dir: &std::path::Path, boot: Option<SocketAddr>, extra: &[&str]) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -42,6 +47,7 @@ fn start(dir: &std::path::Path, boot: Option<SocketAddr>) -> Proc {
         "--log-level",
         "warn",
     ])
+    .args(extra)
     .arg("--data-dir")
     .arg(dir)
     .stdout(Stdio::piped())
@@ -144,6 +150,179 @@ async fn load(
     (all.len(), elapsed, all, failures.load(Ordering::Relaxed))
 }
 
+/// The `q` quantile of a Prometheus histogram (cumulative buckets `le` -> count), by linear
+/// interpolation inside the bucket it falls in.
+fn hist_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return 0.0;
+    };
+    let want = total * q;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in buckets {
+        if c >= want {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let span = (c - prev.1).max(1.0);
+            return prev.0 + (le - prev.0) * (want - prev.1) / span;
+        }
+        prev = (le, c);
+    }
+    prev.0
+}
+
+/// The commit-time histogram of a node's /metrics: (le, cumulative count) pairs.
+fn commit_buckets(metrics: SocketAddr) -> Vec<(f64, f64)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with("p2psip_storage_commit_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// One lone node per `storage.sync` mode, stores only (64 in flight, each a new value),
+/// for `secs`: store throughput, store latency at the client, commit time at the node.
+async fn storage_modes(dir: &std::path::Path, secs: f64) {
+    println!("storage: one lone node per storage.sync mode, stores only, 64 in flight, 200-byte values, {secs} s each");
+    let mut base = None;
+    for (i, mode) in ["always", "batch", "none"].iter().enumerate() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let metrics = port.to_string();
+        let node = start_with(
+            &dir.join(format!("sync-{mode}")),
+            None,
+            &["--storage-sync", mode, "--metrics", &metrics],
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cfg = Config {
+            overlay: OVERLAY.into(),
+            ..Config::default()
+        };
+        let client = Arc::new(
+            runtime::spawn(
+                cfg,
+                Role::Client { admitting: node.1 },
+                [0x50 + i as u8; 32],
+            )
+            .await
+            .unwrap(),
+        );
+        client.wait_joined(Duration::from_secs(10)).await.unwrap();
+        let values = Arc::new(signed_values((secs * 40_000.0) as usize));
+        let (ops, el, mut lat, fail) = stores(client.clone(), values, 64, secs).await;
+        let rate = ops as f64 / el;
+        let b = commit_buckets(port);
+        let ratio = base.map_or(String::new(), |b: f64| {
+            format!(" ({:.2}x always)", rate / b)
+        });
+        base.get_or_insert(rate);
+        println!(
+            "  sync = {mode:6}: {rate:.0} stores/s{ratio}, store median {:.2} ms, p99 {:.2} ms; commit p50 {:.2} ms, p99 {:.2} ms ({} commits); {fail} failed",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            hist_quantile(&b, 0.5) * 1000.0,
+            hist_quantile(&b, 0.99) * 1000.0,
+            b.last().map_or(0.0, |x| x.1),
+        );
+        if let Ok(c) = Arc::try_unwrap(client) {
+            c.shutdown().await;
+        }
+        drop(node);
+    }
+}
+
+/// `count` values of `USERS` users, each newer than the user's previous one.
+fn signed_values(count: usize) -> Vec<(Id, p2psip_proto::pb::StoredData)> {
+    let now = runtime::now();
+    let users: Vec<(Identity, String)> = (0..USERS)
+        .map(|i| {
+            let name = format!("bench-user-{i}");
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            (Identity::from_seed(seed, name.clone()), name)
+        })
+        .collect();
+    (0..count)
+        .map(|i| {
+            let (who, name) = &users[i % USERS];
+            let t = p2psip_algorithms::Time(now.0 + (i / USERS) as u64 * 1000);
+            build_value(who, name, KIND_USER_VALUE, &[b'x'; 200], t, 3600)
+        })
+        .collect()
+}
+
+/// Stores only, from `workers` tasks, for `secs`: (ops, seconds, latencies ms, failures).
+async fn stores(
+    client: Arc<NodeHandle>,
+    values: Arc<Vec<(Id, p2psip_proto::pb::StoredData)>>,
+    workers: usize,
+    secs: f64,
+) -> (usize, f64, Vec<f64>, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, values, next, failures) = (
+            client.clone(),
+            values.clone(),
+            next.clone(),
+            failures.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some((res, v)) = values.get(n).cloned() else {
+                    break;
+                };
+                let t = Instant::now();
+                match client
+                    .op(move |c, now| c.store(now, res, KIND_USER_VALUE, vec![v], 0))
+                    .await
+                {
+                    Ok(Event::Completed { outcome: Ok(_), .. }) => {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0)
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (
+        all.len(),
+        start.elapsed().as_secs_f64(),
+        all,
+        failures.load(Ordering::Relaxed),
+    )
+}
+
 fn main() {
     let secs: f64 = std::env::var("P2PSIP_BENCH_SECS")
         .ok()
@@ -167,26 +346,8 @@ fn main() {
         // Pre-signed values, so the timed loop measures the overlay and not the client's
         // signing: 4000 users, each storing ever newer values, so that every store is a
         // real change (verified by the responsible peer and both replicas, and replicated).
-        let now = runtime::now();
-        let users: Vec<(Identity, String)> = (0..USERS)
-            .map(|i| {
-                let name = format!("bench-user-{i}");
-                let mut seed = [0u8; 32];
-                seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                (Identity::from_seed(seed, name.clone()), name)
-            })
-            .collect();
-        let count = (secs * 20_000.0) as usize;
-        let values: Arc<Vec<_>> = Arc::new(
-            (0..count)
-                .map(|i| {
-                    let (who, name) = &users[i % USERS];
-                    let t = p2psip_algorithms::Time(now.0 + (i / USERS) as u64 * 1000);
-                    build_value(who, name, KIND_USER_VALUE, &[b'x'; 200], t, 3600)
-                })
-                .collect(),
-        );
-        println!("p2psip loopback benchmark: 5 peer processes, 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase");
+        let values: Arc<Vec<_>> = Arc::new(signed_values((secs * 20_000.0) as usize));
+        println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"batch\", the default), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase");
         let (ops, el, mut lat, fail) = load(client.clone(), values.clone(), 64, secs, None, 0).await;
         let max_rate = ops as f64 / el;
         println!(
@@ -215,5 +376,6 @@ fn main() {
         rss
     );
     drop(peers);
+    rt.block_on(storage_modes(&dir, secs));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -47,7 +47,34 @@ pub struct Config {
     pub sip: SipSection,
     pub nat: NatSection,
     pub security: SecuritySection,
+    pub storage: StorageSection,
     pub log: LogSection,
+}
+
+/// The `[storage]` table: how the data in `data_dir` (`store.redb`) is kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// When a store is on disk. "always": each store its own durable commit, answered
+    /// after it. "batch" (default): stores that arrive together share one durable commit
+    /// and each is answered after it (as durable as "always", faster under load). "none":
+    /// commits reach the disk once a second; a crash loses up to a second of acknowledged
+    /// stores.
+    pub sync: String,
+    /// A database that fails its integrity check at start: "refuse" (default) stops the
+    /// node naming the file and the damage; "quarantine" moves it aside
+    /// (`store.redb.corrupt-<unix time>`), starts empty (replicas refill it), logs an ERROR
+    /// and counts `p2psip_storage_corruption_events_total`.
+    pub on_corruption: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            sync: "batch".into(),
+            on_corruption: "refuse".into(),
+        }
+    }
 }
 
 /// The `[security]` table: which nodes an overlay admits (proto/SPEC.md section 5.2).
@@ -275,6 +302,7 @@ impl Default for Config {
             sip: SipSection::default(),
             nat: NatSection::default(),
             security: SecuritySection::default(),
+            storage: StorageSection::default(),
             log: LogSection::default(),
         }
     }
@@ -384,6 +412,18 @@ impl Config {
         }
         if self.security.ca.is_some() != self.security.certificate.is_some() {
             bail!("security.ca and security.certificate go together (an enrolled node needs both)");
+        }
+        if crate::storage::SyncMode::parse(&self.storage.sync).is_none() {
+            bail!(
+                "storage.sync: \"always\", \"batch\" or \"none\", not {:?}",
+                self.storage.sync
+            );
+        }
+        if crate::storage::OnCorruption::parse(&self.storage.on_corruption).is_none() {
+            bail!(
+                "storage.on_corruption: \"refuse\" or \"quarantine\", not {:?}",
+                self.storage.on_corruption
+            );
         }
         if self.nat.punch_timeout_ms == 0 {
             bail!("nat.punch_timeout_ms must be positive");

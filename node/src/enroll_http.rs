@@ -59,13 +59,7 @@ pub fn add_user(dir: &Path, user: &str, password: &str) -> anyhow::Result<PathBu
         hex::encode(salt),
         hash(&salt, password)
     ));
-    std::fs::write(&path, lines.join("\n") + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    crate::security::private_files::replace(&path, (lines.join("\n") + "\n").as_bytes())?;
     Ok(path)
 }
 

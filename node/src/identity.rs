@@ -17,25 +17,20 @@ pub fn generate_seed() -> [u8; 32] {
     rand::rng().random()
 }
 
-/// Writes a seed as 64 hex digits (mode 0600 on Unix). Refuses to overwrite.
+/// Writes a seed as 64 hex digits in a new file of mode 0600 (never a window with the
+/// umask's mode, never through a symlink). Refuses to overwrite.
 pub fn write_seed(path: &Path, seed: &[u8; 32]) -> anyhow::Result<()> {
-    if path.exists() {
-        bail!(
+    use crate::security::private_files;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private_files::create_dir(dir)?;
+    }
+    match private_files::write_new(path, format!("{}\n", hex::encode(seed)).as_bytes()) {
+        Err(private_files::PrivateFileError::Exists(_)) => bail!(
             "{} exists; refusing to overwrite an identity",
             path.display()
-        );
+        ),
+        r => Ok(r?),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, format!("{}\n", hex::encode(seed)))
-        .with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }
 
 /// Reads a seed written by [`write_seed`].

@@ -2,7 +2,7 @@
 //!
 //! Drives the sans-IO overlay core of `p2psip-algorithms` with tokio: QUIC transport
 //! (quinn + rustls, mutual TLS 1.3, Node-ID bound to the certificate key), a dashmap
-//! storage backend with snapshots, configuration, metrics and the CLI in `main.rs`.
+//! read cache over a redb database for storage, configuration, metrics and the CLI in `main.rs`.
 
 pub mod bench;
 pub mod cli_ops;
@@ -14,7 +14,8 @@ pub mod identity;
 pub mod metrics;
 pub mod overlay_config;
 pub mod runtime;
+pub mod security;
 pub mod sip;
-pub mod store;
+pub mod storage;
 pub mod tls;
 pub mod transport;

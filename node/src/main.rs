@@ -279,6 +279,9 @@ struct NodeArgs {
     /// NAT run as a client), "peer" or "client" (nat.mode).
     #[arg(long, env = "P2PSIP_NAT_MODE")]
     nat_mode: Option<String>,
+    /// When a store is on disk: always, batch (default) or none (storage.sync).
+    #[arg(long, env = "P2PSIP_STORAGE_SYNC")]
+    storage_sync: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -441,6 +444,25 @@ struct DevnetArgs {
     log: LogArgs,
 }
 
+/// Standard error for the logs, where a failed write (a full disk under a log file) drops
+/// the line and counts it (`p2psip_log_write_failures_total`) instead of failing: the
+/// subscriber would report it with `eprintln!`, which panics when standard error fails.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            p2psip_node::metrics::log_write_failed();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logs(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -448,7 +470,7 @@ fn init_logs(format: &str, level: &str) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| LossyStderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -670,6 +692,9 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.nat_mode {
         cfg.nat.mode = v;
+    }
+    if let Some(v) = a.storage_sync {
+        cfg.storage.sync = v;
     }
     if let Some(v) = a.log.log_format {
         cfg.log.format = v;

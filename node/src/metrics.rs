@@ -2,7 +2,7 @@
 //! Names follow `p2psip_<subsystem>_<what>_<unit>`; every series carries a `node` label
 //! (the first 8 hex digits of the Node-ID) so several nodes can share one process.
 
-use crate::store::DashStore;
+use crate::storage::DashStore;
 use crate::transport::Transport;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -15,6 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Set once an exporter is installed: without one, nothing is computed for metrics (no
 /// header parsing per message, no periodic walk of the store).
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Log lines that could not be written (standard error failed, e.g. a full disk).
+static LOG_WRITE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a log line that could not be written.
+pub fn log_write_failed() {
+    LOG_WRITE_FAILURES.fetch_add(1, Ordering::Relaxed);
+}
 
 fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
@@ -100,6 +108,13 @@ pub fn export(
     counter!("p2psip_requests_rate_limited_total", "node" => n()).absolute(s.rate_limited);
     counter!("p2psip_fetch_bad_values_total", "node" => n()).absolute(s.bad_values);
     counter!("p2psip_store_quota_refused_total", "node" => n()).absolute(s.quota_refused);
+    counter!("p2psip_storage_commit_failures_total", "node" => n())
+        .absolute(store.commit_failures());
+    counter!("p2psip_storage_corruption_events_total", "node" => n())
+        .absolute(store.corruption_events());
+    gauge!("p2psip_storage_disk_bytes", "node" => n()).set(store.disk_bytes() as f64);
+    counter!("p2psip_log_write_failures_total")
+        .absolute(LOG_WRITE_FAILURES.load(Ordering::Relaxed));
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "queue_full")
         .absolute(transport.stats.queue_full_drops.load(Ordering::Relaxed));
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "oversized")

@@ -253,6 +253,9 @@ pub enum Offer {
     Refused(String),
 }
 
+/// The key of the taken document in the database's `meta` table.
+const META_KEY: &str = "overlay-config";
+
 /// The document a node holds and the rules to replace it.
 pub struct DocState {
     trust: std::sync::Arc<crate::enroll::Trust>,
@@ -260,8 +263,9 @@ pub struct DocState {
     algorithm: String,
     /// The signed form of the current document and its sequence number.
     pub current: Option<(u32, Vec<u8>)>,
-    /// Where a taken document is kept (so a restart does not fall back to an older one).
-    persist: Option<std::path::PathBuf>,
+    /// Where a taken document is kept (the database's `meta` table, so a restart does
+    /// not fall back to an older one).
+    persist: Option<crate::storage::DashStore>,
     /// The kinds of the document taken at start (the core is built with them).
     pub kinds: Vec<p2psip_algorithms::storage::Kind>,
 }
@@ -274,26 +278,39 @@ impl DocState {
     pub fn startup(
         cfg: &mut crate::config::Config,
         trust: std::sync::Arc<crate::enroll::Trust>,
+        store: &crate::storage::DashStore,
     ) -> anyhow::Result<DocState> {
-        let persist = cfg
-            .data_dir
-            .as_ref()
-            .map(|d| d.join("overlay-config.signed"));
+        let persist = cfg.data_dir.as_ref().map(|_| store.clone());
         let mut st = DocState {
             trust: trust.clone(),
             overlay: cfg.overlay.clone(),
             algorithm: cfg.algorithm.clone(),
             current: None,
-            persist: persist.clone(),
+            persist,
             kinds: Vec::new(),
         };
-        let candidates: Vec<_> = cfg
-            .security
-            .overlay_config
-            .iter()
-            .cloned()
-            .chain(persist.filter(|p| p.exists()))
-            .collect();
+        // (where it came from, its signed bytes)
+        let mut candidates: Vec<(String, Vec<u8>)> = Vec::new();
+        if let Some(p) = &cfg.security.overlay_config {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            candidates.push((p.display().to_string(), bytes));
+        }
+        if let Some(b) = store.meta(META_KEY) {
+            candidates.push((
+                format!("the document kept in {}", crate::storage::DB_FILE),
+                b,
+            ));
+        }
+        // Data directories of earlier versions kept it in a file of its own.
+        if let Some(p) = cfg
+            .data_dir
+            .as_ref()
+            .map(|d| d.join("overlay-config.signed"))
+            .filter(|p| p.exists())
+        {
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            candidates.push((p.display().to_string(), bytes));
+        }
         if candidates.is_empty() {
             return Ok(st);
         }
@@ -301,10 +318,10 @@ impl DocState {
             bail!("security.overlay_config needs security.ca: the CA signs the document");
         };
         let mut best: Option<(OverlayDoc, Vec<u8>)> = None;
-        for p in candidates {
-            let (doc, bytes) = load(&p, &key)?;
+        for (from, bytes) in candidates {
+            let doc = verify(&bytes, &key).with_context(|| from.clone())?;
             if let Some(why) = incompatible(&doc, &cfg.overlay, &cfg.algorithm, trust.ca_der()) {
-                bail!("{}: {why}", p.display());
+                bail!("{from}: {why}");
             }
             if best.as_ref().is_none_or(|(b, _)| doc.sequence > b.sequence) {
                 best = Some((doc, bytes));
@@ -320,6 +337,13 @@ impl DocState {
             st.apply_trust(&doc);
             st.kinds = doc.kinds.iter().filter_map(|k| k.to_kind().ok()).collect();
             tracing::info!(sequence = doc.sequence, "overlay configuration document");
+            if let Some(store) = &st.persist {
+                if store.meta(META_KEY).as_deref() != Some(bytes.as_slice()) {
+                    store
+                        .set_meta(META_KEY, &bytes)
+                        .context("keeping the overlay configuration in the database")?;
+                }
+            }
             st.current = Some((doc.sequence, bytes));
         }
         Ok(st)
@@ -359,12 +383,9 @@ impl DocState {
             return Offer::Refused(why);
         }
         self.apply_trust(&doc);
-        if let Some(p) = &self.persist {
-            if let Err(e) = std::fs::write(p, signed) {
-                tracing::warn!(
-                    "could not keep the overlay configuration in {}: {e}",
-                    p.display()
-                );
+        if let Some(store) = &self.persist {
+            if let Err(e) = store.set_meta(META_KEY, signed) {
+                tracing::warn!("could not keep the overlay configuration in the database: {e}");
             }
         }
         self.current = Some((sequence, signed.to_vec()));

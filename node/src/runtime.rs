@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::identity;
 use crate::metrics;
-use crate::store::DashStore;
+use crate::storage::{DashStore, OnCorruption, SyncMode};
 use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
 use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::client::ClientTopology;
@@ -14,9 +14,8 @@ use p2psip_algorithms::{
 };
 use p2psip_proto::pb;
 use p2psip_proto::Body;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -228,9 +227,19 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     cfg.validate()?;
     let creds = identity::credentials(&cfg, seed)?;
     let mut cfg = cfg;
-    let docs = crate::overlay_config::DocState::startup(&mut cfg, creds.trust.clone())?;
     let ident = creds.identity.clone();
     let id = ident.node_id;
+    let sync = SyncMode::parse(&cfg.storage.sync).unwrap_or(SyncMode::Batch);
+    let store = match &cfg.data_dir {
+        Some(dir) => DashStore::open(
+            dir,
+            sync,
+            OnCorruption::parse(&cfg.storage.on_corruption).unwrap_or(OnCorruption::Refuse),
+            &label(id),
+        )?,
+        None => DashStore::new(),
+    };
+    let docs = crate::overlay_config::DocState::startup(&mut cfg, creds.trust.clone(), &store)?;
     let listen: SocketAddr = match &role {
         Role::Peer => resolve(&cfg.listen)
             .await
@@ -246,14 +255,6 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let transport = Transport::bind(&cfg, listen, &creds, ev_tx)?;
     let addr = transport.local_addr()?;
-    let store = DashStore::new();
-    let store_path = cfg.data_dir.as_ref().map(|d| d.join("store.pb"));
-    if let Some(p) = store_path.as_ref().filter(|p| p.exists()) {
-        match store.load(p) {
-            Ok(n) => tracing::info!(values = n, path = %p.display(), "restored stored data"),
-            Err(e) => tracing::warn!("could not restore stored data: {e:#}"),
-        }
-    }
     let nat_mode = match (&role, cfg.nat.mode.as_str()) {
         (Role::Client { .. }, _) => NatMode::Client,
         (Role::Peer, "client") => NatMode::Client,
@@ -319,9 +320,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             if !cfg.bootstrap.is_empty() {
-                if let Some(dir) = &cfg.data_dir {
-                    boot.extend(read_peer_cache(&dir.join("peers")));
-                }
+                boot.extend(read_peer_cache(&store, cfg.data_dir.as_deref()));
             }
         }
         Role::Client { admitting } => boot.push(*admitting),
@@ -357,9 +356,8 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         core,
         transport: transport.clone(),
         store,
-        store_path,
-        cache_path: cfg.data_dir.as_ref().map(|d| d.join("peers")),
-        data_dir: cfg.data_dir.clone(),
+        sync,
+        saved_peers: Vec::new(),
         is_peer: routes,
         daemon: matches!(role, Role::Peer),
         nat_mode,
@@ -520,11 +518,25 @@ fn advertised(cfg: &Config, bound: SocketAddr, boot: &[SocketAddr]) -> Option<So
     local_ip_towards(towards).map(|ip| SocketAddr::new(ip, bound.port()))
 }
 
-fn read_peer_cache(path: &std::path::Path) -> Vec<SocketAddr> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+/// The bootstrap cache: peers known at the last run (the database's `meta` table; data
+/// directories of earlier versions kept it in a file `peers`).
+fn read_peer_cache(store: &DashStore, dir: Option<&std::path::Path>) -> Vec<SocketAddr> {
+    let text = store
+        .meta(PEER_CACHE_KEY)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .or_else(|| dir.and_then(|d| std::fs::read_to_string(d.join("peers")).ok()))
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .take(PEER_CACHE_MAX)
+        .collect()
 }
+
+/// The key of the bootstrap cache in the database's `meta` table, and its size.
+const PEER_CACHE_KEY: &str = "peers";
+const PEER_CACHE_MAX: usize = 64;
+/// Messages handled before one flush (and so one storage commit) at most.
+const GROUP_COMMIT_MAX: usize = 64;
 
 /// Messages held back for a node while a link to it is being set up.
 const PENDING_CAP: usize = 256;
@@ -550,9 +562,9 @@ struct Runtime {
     core: OverlayNode,
     transport: std::sync::Arc<Transport>,
     store: DashStore,
-    store_path: Option<PathBuf>,
-    cache_path: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
+    sync: SyncMode,
+    /// The bootstrap cache as last written to the database.
+    saved_peers: Vec<SocketAddr>,
     /// Whether this node routes for others (a peer) or not (a client).
     is_peer: bool,
     /// A long-running node (not a CLI client): behind a NAT it moves to the peer
@@ -609,11 +621,6 @@ impl Runtime {
         mut cmds: mpsc::Receiver<Command>,
     ) {
         metrics::config_sequence(&self.label, self.docs.sequence());
-        if let Some(d) = &self.data_dir {
-            if let Err(e) = std::fs::create_dir_all(d) {
-                tracing::warn!("data dir {}: {e}", d.display());
-            }
-        }
         if self.boot.is_empty() {
             self.start_core();
         } else {
@@ -625,7 +632,6 @@ impl Runtime {
             Duration::from_secs(3),
         );
         let mut ticks: u64 = 0;
-        let mut saved_version = self.store.version();
         loop {
             let deadline = self.core.poll_timeout().map(|t| {
                 let n = now();
@@ -633,7 +639,19 @@ impl Runtime {
             });
             tokio::select! {
                 ev = net.recv() => match ev {
-                    Some(ev) => self.on_net(ev),
+                    Some(ev) => {
+                        self.on_net(ev);
+                        // Group commit: what has already arrived is handled before the
+                        // flush, so the stores among it share one commit.
+                        if self.sync != SyncMode::Always {
+                            for _ in 1..GROUP_COMMIT_MAX {
+                                match net.try_recv() {
+                                    Ok(ev) => self.on_net(ev),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
                     None => break,
                 },
                 cmd = cmds.recv() => match cmd {
@@ -652,11 +670,10 @@ impl Runtime {
                     self.maybe_start();
                     self.locate_responsible();
                     metrics::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
-                    // Snapshot within a second of any change (and the peer cache every 10 s).
-                    let v = self.store.version();
-                    if v != saved_version || ticks.is_multiple_of(10) {
-                        saved_version = v;
-                        self.persist();
+                    // sync = "none": the second's commits reach the disk.
+                    self.store.sync_now();
+                    if ticks.is_multiple_of(10) {
+                        self.save_peers();
                     }
                 }
                 _ = boot_retry.tick(), if self.is_peer && !self.started && !self.boot.is_empty() => {
@@ -678,7 +695,9 @@ impl Runtime {
                 }
             }
         }
-        self.persist();
+        self.flush();
+        self.store.sync_now();
+        self.save_peers();
         self.transport.shutdown().await;
         metrics::overlay_event(&self.label, "stopped");
         if let Some((tx, _)) = self.shutdown.take() {
@@ -1174,23 +1193,24 @@ impl Runtime {
         }
     }
 
-    fn persist(&self) {
-        if let Some(p) = &self.store_path {
-            if let Err(e) = self.store.save(p) {
-                tracing::warn!("saving stored data: {e:#}");
-            }
+    /// Keeps the addresses of known peers in the database (the bootstrap cache dialled at
+    /// the next start), when they changed; at most `PEER_CACHE_MAX`.
+    fn save_peers(&mut self) {
+        let mut peers: Vec<SocketAddr> = self.addrs.values().copied().collect();
+        peers.sort();
+        peers.dedup();
+        peers.truncate(PEER_CACHE_MAX);
+        if peers.is_empty() || peers == self.saved_peers {
+            return;
         }
-        if let Some(p) = &self.cache_path {
-            let mut seen = HashSet::new();
-            let lines: Vec<String> = self
-                .addrs
-                .values()
-                .filter(|a| seen.insert(**a))
-                .map(|a| a.to_string())
-                .collect();
-            if !lines.is_empty() {
-                let _ = std::fs::write(p, lines.join("\n") + "\n");
-            }
+        let text = peers
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        match self.store.set_meta(PEER_CACHE_KEY, text.as_bytes()) {
+            Ok(()) => self.saved_peers = peers,
+            Err(e) => tracing::warn!("keeping the bootstrap cache: {e}"),
         }
     }
 }

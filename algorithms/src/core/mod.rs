@@ -153,6 +153,11 @@ pub struct OverlayNode {
     rtt_routed: recovery::RttEstimator,
     /// Bytes stored per (kind, writer), for the writer quota.
     writer_bytes: HashMap<(u32, NodeId), u64>,
+    /// Answers to stores whose writes wait for the storage's commit (sent by
+    /// [`OverlayNode::poll_transmit`] once it succeeds).
+    held: Vec<(routing::Reply, Body)>,
+    /// Replica pushes of those stores: (resource, kinds, replica set).
+    held_replication: Vec<(Id, Vec<u32>, Vec<NodeId>)>,
 }
 
 impl OverlayNode {
@@ -201,12 +206,20 @@ impl OverlayNode {
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
             writer_bytes: HashMap::new(),
+            held: Vec::new(),
+            held_replication: Vec::new(),
         }
         .with_writer_bytes_counted()
     }
 
     /// Counts the bytes each writer has stored (for a store restored from disk).
     fn with_writer_bytes_counted(mut self) -> Self {
+        self.count_writer_bytes();
+        self
+    }
+
+    fn count_writer_bytes(&mut self) {
+        self.writer_bytes.clear();
         for (r, k) in self.store.keys() {
             if let Some(d) = self.store.get(r, k) {
                 for (w, b) in writers_of(&d) {
@@ -214,7 +227,6 @@ impl OverlayNode {
                 }
             }
         }
-        self
     }
 
     /// Writes (or, when empty or None, removes) one kind's data at a resource, keeping the
@@ -447,9 +459,41 @@ impl OverlayNode {
         }
     }
 
-    /// The next message to send.
+    /// The next message to send. Writes waiting for the storage's commit are committed
+    /// first, so an answer to a store leaves only once what it acknowledges is durable.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.held.is_empty() || self.store.uncommitted() {
+            self.settle();
+        }
         self.transmits.pop_front()
+    }
+
+    /// Commits the storage; sends the answers (and replica pushes) that waited for it, or,
+    /// when it fails, answers those stores with Error_Out_Of_Space (the backend has undone
+    /// their writes, and the quota counts are taken again from what is stored).
+    fn settle(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let replication = std::mem::take(&mut self.held_replication);
+        match self.store.commit() {
+            Ok(()) => {
+                for (resource, kinds, rs) in replication {
+                    self.push_to_replicas(resource, &kinds, &rs);
+                }
+                for (reply, body) in held {
+                    self.send_reply(reply, &body);
+                }
+            }
+            Err(e) => {
+                self.stats.commit_failures += 1;
+                self.count_writer_bytes();
+                let info = e.to_string();
+                for (reply, _) in held {
+                    self.stats.errors_sent += 1;
+                    self.send_reply(reply, &Body::error(ErrorCode::OutOfSpace, &info));
+                }
+            }
+        }
+        self.drain();
     }
 
     /// The next event for the driver.

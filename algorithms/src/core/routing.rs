@@ -12,6 +12,14 @@ use p2psip_proto::{
     Destination, Header, OwnedHeader, ParseError, Rewrite,
 };
 
+/// The addressing of an answer: its first hop and header (the request's reversed via
+/// list), and the size the requester accepts (0: any).
+pub(super) struct Reply {
+    first: NodeId,
+    header: OwnedHeader,
+    max_len: u32,
+}
+
 impl OverlayNode {
     /// Routes one received message.
     pub(super) fn process(&mut self, from: NodeId, bytes: &[u8]) {
@@ -235,6 +243,12 @@ impl OverlayNode {
                 Err(e) => Err((ErrorCode::InvalidMessage, e.to_string())),
             };
             match answer {
+                Ok(b) if matches!(b, Body::StoreAns(_)) && self.store.uncommitted() => {
+                    // Answered once the storage has committed what this store wrote.
+                    if let Some(r) = self.reply_to(h) {
+                        self.held.push((r, b));
+                    }
+                }
                 Ok(b) => self.answer(h, &b),
                 Err((code, info)) => self.answer_error(h, code, &info),
             }
@@ -259,10 +273,17 @@ impl OverlayNode {
 
     /// Answers a request along its reversed via list.
     fn answer(&mut self, req: &Header<'_>, body: &Body) {
+        if let Some(r) = self.reply_to(req) {
+            self.send_reply(r, body);
+        }
+    }
+
+    /// Where and how an answer to `req` goes (None: the via list names no node).
+    pub(super) fn reply_to(&self, req: &Header<'_>) -> Option<Reply> {
         let mut dest: Vec<Destination> = req.via().map(|d| d.to_owned()).collect();
         dest.reverse();
         let Some(Destination::Node(first)) = dest.first().cloned() else {
-            return;
+            return None;
         };
         let header = OwnedHeader {
             via: vec![Destination::Node(self.me)],
@@ -274,20 +295,29 @@ impl OverlayNode {
                 Destination::Node(first),
             )
         };
+        Some(Reply {
+            first,
+            header,
+            max_len: req.max_response_len,
+        })
+    }
+
+    pub(super) fn send_reply(&mut self, r: Reply, body: &Body) {
         let encoded = body.encode_to_vec();
-        if req.max_response_len != 0
+        if r.max_len != 0
             && !matches!(body, Body::ErrorAns(_))
-            && encoded.len() > req.max_response_len as usize
+            && encoded.len() > r.max_len as usize
         {
-            self.answer_error(
-                req,
+            self.stats.errors_sent += 1;
+            let e = Body::error(
                 ErrorCode::ResponseTooLarge,
                 "answer exceeds max_response_len",
             );
+            self.send_reply(Reply { max_len: 0, ..r }, &e);
             return;
         }
-        if let Ok(bytes) = encode_parts(&header, body.code(), &encoded, &[]) {
-            self.transmit(first, bytes);
+        if let Ok(bytes) = encode_parts(&r.header, body.code(), &encoded, &[]) {
+            self.transmit(r.first, bytes);
         }
     }
 

@@ -221,7 +221,12 @@ impl OverlayNode {
             }
         }
         if !changed_kinds.is_empty() && rs.first() == Some(&self.me) {
-            self.push_to_replicas(resource, &changed_kinds, &rs);
+            if self.store.uncommitted() {
+                // Copies leave once the primary's own copy is committed (poll_transmit).
+                self.held_replication.push((resource, changed_kinds, rs));
+            } else {
+                self.push_to_replicas(resource, &changed_kinds, &rs);
+            }
         }
         Ok(Body::StoreAns(pb::StoreAns { kind_responses }))
     }

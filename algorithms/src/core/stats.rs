@@ -42,4 +42,7 @@ pub struct Stats {
     /// Fetched values whose signature or access policy did not check out (the fetch was
     /// asked again of the next replica).
     pub bad_values: u64,
+    /// Commits of the storage that failed (disk full, I/O error); the stores waiting on
+    /// them were answered Error_Out_Of_Space.
+    pub commit_failures: u64,
 }

@@ -53,8 +53,23 @@ pub fn value_len(d: &pb::StoredData) -> usize {
     }
 }
 
+/// Why writes could not be made durable ([`Storage::commit`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The disk (or the file-size limit) has no room for the writes.
+    #[error("no space to commit the store: {0}")]
+    OutOfSpace(String),
+    /// Any other failure of the backing store (I/O error, database error).
+    #[error("the store could not be committed: {0}")]
+    Failed(String),
+}
+
 /// A store of (Resource-ID, kind) -> values. Kept narrow so the daemon can back it with a
-/// concurrent map and the simulator with a plain one.
+/// concurrent map and a database, and the simulator with a plain map.
+///
+/// Writes are visible to `get` at once. A backend that persists them may hold them until
+/// [`Storage::commit`]; the core then answers the stores that made them only after the
+/// commit succeeds, and with Error_Out_Of_Space when it fails.
 pub trait Storage: Send {
     /// A copy of the data of one kind at one resource.
     fn get(&self, resource: Id, kind: u32) -> Option<KindData>;
@@ -66,4 +81,13 @@ pub trait Storage: Send {
     fn keys(&self) -> Vec<(Id, u32)>;
     /// Number of stored values (all kinds, all resources).
     fn value_count(&self) -> usize;
+    /// Whether writes since the last commit wait to be made durable.
+    fn uncommitted(&self) -> bool {
+        false
+    }
+    /// Makes every write since the last commit durable. On an error the backend has undone
+    /// them: `get` answers what the last successful commit left.
+    fn commit(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
