@@ -429,6 +429,13 @@ impl Topology for Kademlia {
         self.contains(node)
     }
 
+    /// Among the k nodes closest to the resource that this node knows (a bucket's worth:
+    /// Kademlia's neighbourhood of an id).
+    fn may_copy_to_me(&self, node: NodeId, resource: Id) -> bool {
+        self.closest(resource, self.cfg.k.max(self.cfg.replicas + 1))
+            .contains(&node)
+    }
+
     fn replica_set(&self, resource: Id) -> Vec<NodeId> {
         let mut v = self.closest(resource, self.cfg.replicas + 1);
         v.push(self.me);

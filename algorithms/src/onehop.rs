@@ -573,6 +573,16 @@ impl Topology for OneHop {
         node != self.me && self.members.contains(&node)
     }
 
+    /// Within `replicas + 1` members either side of the resource's successor (every
+    /// member is a neighbour here, so that alone would admit anyone).
+    fn may_copy_to_me(&self, node: NodeId, resource: Id) -> bool {
+        let first = self.successor_of(resource);
+        let span = self.cfg.replicas + 1;
+        node == first
+            || self.after(first, span).contains(&node)
+            || self.before(first, span).contains(&node)
+    }
+
     fn replica_set(&self, resource: Id) -> Vec<NodeId> {
         let first = self.successor_of(resource);
         let mut v = vec![first];

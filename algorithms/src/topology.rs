@@ -167,6 +167,12 @@ pub trait Topology: Send {
     /// The nodes that must hold copies of data stored at `resource` (responsible first,
     /// then replicas), as far as this node knows.
     fn replica_set(&self, resource: Id) -> Vec<NodeId>;
+    /// Whether `node` may push copies of data at `resource` to this node (replication,
+    /// hand-over at a join or leave): it belongs to the resource's replica neighbourhood
+    /// as this node sees it. A copy from anyone else is refused (proto/SPEC.md 6).
+    fn may_copy_to_me(&self, node: NodeId, resource: Id) -> bool {
+        self.replica_set(resource).contains(&node) || self.is_neighbor(node)
+    }
     /// Starts the algorithm: join through `bootstrap`, or form a new overlay if it is empty.
     fn start(&mut self, ctx: &mut Ctx<'_>, bootstrap: &[NodeId]);
     /// Starts already joined, from a complete snapshot of the overlay's members (sorted,

@@ -3,7 +3,8 @@
 //! throughput and commit time for each `storage.sync` mode.
 //!
 //! `cargo bench -p p2psip-node --bench loopback` (P2PSIP_BENCH_SECS sets the length of each
-//! phase, default 10).
+//! phase, default 10; P2PSIP_BENCH_SYNC the five peers' `storage.sync`, default "batch"). The
+//! per-originator rate limit is off in every node: one client makes all the load.
 #![allow(clippy::unwrap_used)]
 
 use p2psip_algorithms::storage::KIND_USER_VALUE;
@@ -32,7 +33,35 @@ impl Drop for Proc {
 }
 
 fn start(dir: &std::path::Path, boot: Option<SocketAddr>) -> Proc {
-    start_with(dir, boot, &[])
+    let conf = unlimited_config(dir);
+    start_with(
+        dir,
+        boot,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--storage-sync",
+            &peer_sync(),
+        ],
+    )
+}
+
+/// A configuration without the per-originator rate limit: the benchmark's one client is
+/// all the load, and the figures are the overlay's, not the limiter's.
+fn unlimited_config(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("p2psip.toml");
+    std::fs::write(
+        &conf,
+        "[limits]\norigin_requests_per_s = 0\norigin_max_in_flight = 0\n",
+    )
+    .unwrap();
+    conf
+}
+
+/// The peers' `storage.sync` (P2PSIP_BENCH_SYNC; default "batch", the node's default).
+fn peer_sync() -> String {
+    std::env::var("P2PSIP_BENCH_SYNC").unwrap_or_else(|_| "batch".into())
 }
 
 fn start_with(dir: &std::path::Path, boot: Option<SocketAddr>, extra: &[&str]) -> Proc {
@@ -134,7 +163,10 @@ async fn load(
                     Ok(Event::Completed { outcome: Ok(_), .. }) => {
                         lat.push(t.elapsed().as_secs_f64() * 1000.0)
                     }
-                    _ => {
+                    other => {
+                        if std::env::var_os("P2PSIP_BENCH_DEBUG").is_some() {
+                            eprintln!("{other:?}");
+                        }
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -206,10 +238,19 @@ async fn storage_modes(dir: &std::path::Path, secs: f64) {
             .local_addr()
             .unwrap();
         let metrics = port.to_string();
+        let d = dir.join(format!("sync-{mode}"));
+        let conf = unlimited_config(&d);
         let node = start_with(
-            &dir.join(format!("sync-{mode}")),
+            &d,
             None,
-            &["--storage-sync", mode, "--metrics", &metrics],
+            &[
+                "--config",
+                conf.to_str().unwrap(),
+                "--storage-sync",
+                mode,
+                "--metrics",
+                &metrics,
+            ],
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cfg = Config {
@@ -226,7 +267,7 @@ async fn storage_modes(dir: &std::path::Path, secs: f64) {
             .unwrap(),
         );
         client.wait_joined(Duration::from_secs(10)).await.unwrap();
-        let values = Arc::new(signed_values((secs * 40_000.0) as usize));
+        let values = Arc::new(signed_values((secs * 20_000.0) as usize));
         let (ops, el, mut lat, fail) = stores(client.clone(), values, 64, secs).await;
         let rate = ops as f64 / el;
         let b = commit_buckets(port);
@@ -303,7 +344,10 @@ async fn stores(
                     Ok(Event::Completed { outcome: Ok(_), .. }) => {
                         lat.push(t.elapsed().as_secs_f64() * 1000.0)
                     }
-                    _ => {
+                    other => {
+                        if std::env::var_os("P2PSIP_BENCH_DEBUG").is_some() {
+                            eprintln!("{other:?}");
+                        }
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -347,7 +391,7 @@ fn main() {
         // signing: 4000 users, each storing ever newer values, so that every store is a
         // real change (verified by the responsible peer and both replicas, and replicated).
         let values: Arc<Vec<_>> = Arc::new(signed_values((secs * 20_000.0) as usize));
-        println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"batch\", the default), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase");
+        println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"{}\"), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase", peer_sync());
         let (ops, el, mut lat, fail) = load(client.clone(), values.clone(), 64, secs, None, 0).await;
         let max_rate = ops as f64 / el;
         println!(

@@ -200,6 +200,14 @@ pub struct Limits {
     /// Bytes of values one writer may have stored at this peer under one kind; a store
     /// beyond it is answered Error_Data_Too_Large. 0: no limit.
     pub writer_kind_bytes: u64,
+    /// Seconds a value's storage_time may be ahead of this peer's clock; a store with a
+    /// value further ahead is refused (a writer could otherwise lock its own later stores
+    /// out with Data_Too_Old for years).
+    pub max_clock_skew_s: u64,
+    /// Bytes of stored data this peer holds in all (values with their signatures,
+    /// identities and metadata; copies included); a store beyond it is answered
+    /// Error_Out_Of_Space. 0: no limit.
+    pub store_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -334,6 +342,8 @@ impl Default for Limits {
             origin_burst: 5000,
             origin_max_in_flight: 1024,
             writer_kind_bytes: CoreConfig::default().writer_kind_bytes,
+            max_clock_skew_s: CoreConfig::default().max_clock_skew.as_secs(),
+            store_bytes: CoreConfig::default().store_bytes,
         }
     }
 }
@@ -455,6 +465,8 @@ impl Config {
             origin_burst: self.limits.origin_burst,
             origin_max_in_flight: self.limits.origin_max_in_flight,
             writer_kind_bytes: self.limits.writer_kind_bytes,
+            max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),
+            store_bytes: self.limits.store_bytes,
             successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
             ..CoreConfig::default()
         }

@@ -108,6 +108,8 @@ pub fn export(
     counter!("p2psip_requests_rate_limited_total", "node" => n()).absolute(s.rate_limited);
     counter!("p2psip_fetch_bad_values_total", "node" => n()).absolute(s.bad_values);
     counter!("p2psip_store_quota_refused_total", "node" => n()).absolute(s.quota_refused);
+    counter!("p2psip_store_copies_refused_total", "node" => n()).absolute(s.copies_refused);
+    counter!("p2psip_store_full_refused_total", "node" => n()).absolute(s.store_full);
     counter!("p2psip_storage_commit_failures_total", "node" => n())
         .absolute(store.commit_failures());
     counter!("p2psip_storage_corruption_events_total", "node" => n())

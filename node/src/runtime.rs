@@ -423,18 +423,25 @@ fn is_relayed(c: &pb::Candidate) -> bool {
 
 /// Where a node's candidates say it can be reached: direct (host, reflexive) addresses
 /// and its relay.
+/// How to reach a node from its candidates: the first `MAX_CANDIDATES` usable ones,
+/// without repeats (proto/SPEC.md 3); however many a message lists, no more are dialled or
+/// punched.
 pub fn reach_of(candidates: &[pb::Candidate]) -> Reach {
+    use p2psip_proto::limits::MAX_CANDIDATES;
     let mut r = Reach::default();
-    for c in candidates {
-        let Some(a) = candidate_addr(c) else { continue };
+    let mut seen = std::collections::HashSet::new();
+    let usable = candidates
+        .iter()
+        .filter_map(|c| Some((c, candidate_addr(c)?)))
+        .filter(|(c, a)| seen.insert((is_relayed(c), *a)))
+        .take(MAX_CANDIDATES);
+    for (c, a) in usable {
         if is_relayed(c) {
             r.relay = r.relay.or(Some(a));
             continue;
         }
         r.reflexive |= c.r#type == pb::candidate::Type::ServerReflexive as i32;
-        if !r.direct.contains(&a) {
-            r.direct.push(a);
-        }
+        r.direct.push(a);
     }
     r
 }
@@ -1219,5 +1226,39 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_with_thousands_of_candidates_yields_at_most_eight_distinct_ones() {
+        let host = pb::candidate::Type::Host;
+        let mut many = Vec::new();
+        for i in 0..10_000u32 {
+            // Repeats of a few addresses, then thousands of distinct ones.
+            let port = if i < 5_000 {
+                4000 + (i % 3) as u16
+            } else {
+                10_000 + (i % 50_000) as u16
+            };
+            many.push(candidate(SocketAddr::from(([127, 0, 0, 1], port)), host));
+        }
+        let r = reach_of(&many);
+        assert_eq!(r.direct.len(), p2psip_proto::limits::MAX_CANDIDATES);
+        let distinct: std::collections::HashSet<_> = r.direct.iter().collect();
+        assert_eq!(distinct.len(), r.direct.len(), "no repeats");
+        assert_eq!(
+            r.direct[..3],
+            [
+                SocketAddr::from(([127, 0, 0, 1], 4000)),
+                SocketAddr::from(([127, 0, 0, 1], 4001)),
+                SocketAddr::from(([127, 0, 0, 1], 4002)),
+            ],
+            "the first usable ones, in order"
+        );
     }
 }

@@ -6,50 +6,13 @@
 mod common;
 
 use common::*;
-use p2psip_node::{identity, tls};
-use p2psip_proto::{pb, Body, Destination, Id, Message, OwnedHeader};
-use quinn::crypto::rustls::QuicClientConfig;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use p2psip_proto::{pb, Body, Destination, Id, Message};
 use std::time::Duration;
 
 const OVERLAY: &str = "refuse.test";
 
-/// A raw QUIC connection to `addr` with a valid certificate for identity `seed`.
-async fn raw_connect(
-    addr: SocketAddr,
-    overlay: &str,
-    seed: [u8; 32],
-) -> (quinn::Endpoint, quinn::Connection) {
-    let (certs, key) = identity::tls_credentials(&seed).unwrap();
-    let trust = Arc::new(p2psip_node::enroll::Trust::self_signed(overlay));
-    let (_, client) = tls::configs(certs, key, trust, "test".into()).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(client).unwrap(),
-    )));
-    let sni = format!("o{:08x}.p2psip", p2psip_proto::overlay_id(overlay));
-    let conn = ep.connect(addr, &sni).unwrap().await.unwrap();
-    (ep, conn)
-}
-
-async fn send(conn: &quinn::Connection, bytes: &[u8]) {
-    let mut s = conn.open_uni().await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    s.finish().unwrap();
-}
-
 fn request(via: Id, dest: Destination, body: Body) -> Vec<u8> {
-    Message {
-        header: OwnedHeader {
-            via: vec![Destination::Node(via)],
-            ..OwnedHeader::new(p2psip_proto::overlay_id(OVERLAY), rand_txid(), dest)
-        },
-        body,
-        security: None,
-    }
-    .encode()
-    .unwrap()
+    raw_request(OVERLAY, rand_txid(), via, dest, body)
 }
 
 fn rand_txid() -> u64 {
@@ -129,7 +92,7 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
             Destination::Resource(Id(77)),
             Body::PingReq(pb::PingReq { padding: vec![] }),
         );
-        send(&conn, &forged).await;
+        send_raw(&conn, &forged).await;
         let seen = eventually(Duration::from_secs(5), || {
             (dropped(&a, "forged_origin") > before).then_some(())
         });
@@ -137,7 +100,7 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
 
         // 3. A Join with another algorithm, and a Join for another Node-ID: Error answers.
         let answers = async |bytes: Vec<u8>| {
-            send(&conn, &bytes).await;
+            send_raw(&conn, &bytes).await;
             loop {
                 let mut r = tokio::time::timeout(Duration::from_secs(5), conn.accept_uni())
                     .await
@@ -174,8 +137,8 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
 
         // 4. Garbage on a stream, and an oversized stream.
         let before = dropped(&a, "malformed");
-        send(&conn, b"\x00\x01garbage that is not a p2psip message").await;
-        send(&conn, &[0xd2; 64]).await;
+        send_raw(&conn, b"\x00\x01garbage that is not a p2psip message").await;
+        send_raw(&conn, &[0xd2; 64]).await;
         let seen = eventually(Duration::from_secs(5), || {
             (dropped(&a, "malformed") >= before + 2.0).then_some(())
         });

@@ -260,8 +260,23 @@ fn a_writer_over_its_quota_is_refused_and_others_are_not() {
     use p2psip_algorithms::storage::KIND_USER_ARRAY;
     use p2psip_algorithms::{signed_value, Event, ValueModel};
     use p2psip_proto::pb::ErrorCode;
+    // The quota counts every byte of a stored value (payload, signature, identity, times):
+    // room for six 300-byte entries and half of a seventh.
+    let entry = {
+        let (who, res) = user(3);
+        let v = signed_value(
+            &who,
+            res,
+            KIND_USER_ARRAY,
+            p2psip_algorithms::Time(1),
+            3600,
+            ValueModel::Array(1, vec![0; 300]),
+        );
+        p2psip_algorithms::storage::stored_len(&v)
+    };
+    let quota = 6 * entry + entry / 2;
     let core = CoreConfig {
-        writer_kind_bytes: 2000,
+        writer_kind_bytes: quota,
         ..CoreConfig::default()
     };
     let mut sim = overlay_with(12, 20, chord(), NetConfig::default(), core);
@@ -282,7 +297,7 @@ fn a_writer_over_its_quota_is_refused_and_others_are_not() {
             other => panic!("store did not complete: {other:?}"),
         }
     };
-    // 300-byte entries: six fit in 2000 bytes, the seventh does not.
+    // Six entries fit, the seventh does not.
     for k in 0..6 {
         assert!(store(&mut sim, 3, u32::MAX, k).is_ok(), "entry {k} fits");
     }
@@ -294,11 +309,15 @@ fn a_writer_over_its_quota_is_refused_and_others_are_not() {
     assert!(store(&mut sim, 3, 0, 9).is_ok(), "an overwrite at quota");
     // Another writer stores as before.
     assert!(store(&mut sim, 4, u32::MAX, 1).is_ok(), "another writer");
-    // The responsible peer counted 1800 bytes for the writer and refused once.
+    // The responsible peer counted six entries for the writer and refused once.
     let (who, res) = user(3);
     let r = sim.index_of(sim.responsible(res).unwrap()).unwrap();
     let node = sim.node(r).unwrap();
-    assert_eq!(node.writer_bytes(KIND_USER_ARRAY, who.node_id), 1800);
+    let held = node.writer_bytes(KIND_USER_ARRAY, who.node_id);
+    assert!(
+        held > 5 * entry && held <= quota,
+        "{held} bytes for six entries of {entry}"
+    );
     assert_eq!(node.stats().quota_refused, 1);
     // The replicas hold the six entries too (copies are never refused; appended entries,
     // signed with index 0xFFFFFFFF, verify under the index they were given).
@@ -309,7 +328,7 @@ fn a_writer_over_its_quota_is_refused_and_others_are_not() {
         let n = sim.node(k).unwrap();
         assert_eq!(
             n.writer_bytes(KIND_USER_ARRAY, who.node_id),
-            1800,
+            held,
             "replica {rep}"
         );
     }

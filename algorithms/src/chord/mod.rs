@@ -527,6 +527,14 @@ impl Topology for Chord {
             || self.fingers.iter().any(|f| f == node)
     }
 
+    /// The replica set, and the ring neighbours on either side (a leaving predecessor, an
+    /// admitting successor, a replica just pushed out by a join); not fingers.
+    fn may_copy_to_me(&self, node: NodeId, resource: Id) -> bool {
+        self.succs.contains(node)
+            || self.preds.contains(node)
+            || self.replica_set(resource).contains(&node)
+    }
+
     fn replica_set(&self, resource: Id) -> Vec<NodeId> {
         let view = self.ring_view();
         let n = self.cfg.replicas + 1;

@@ -52,6 +52,14 @@ pub struct CoreConfig {
     /// other peers (replication, handover) are never refused: they were accepted once.
     /// 0: no limit.
     pub writer_kind_bytes: u64,
+    /// How far ahead of this peer's clock a value's storage_time may be; a store with a
+    /// value further ahead is refused (Error_Invalid_Message), so no writer can lock out
+    /// later stores with a time far in the future.
+    pub max_clock_skew: Duration,
+    /// Bytes of stored data this peer holds in all (values, signatures, identities,
+    /// metadata; copies included); a store beyond it is refused with Error_Out_Of_Space.
+    /// 0: no limit.
+    pub store_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +81,8 @@ impl Default for CoreConfig {
             successor_replicas: true,
             refetch_replicas: 2,
             writer_kind_bytes: 1 << 20,
+            max_clock_skew: Duration::from_secs(300),
+            store_bytes: 256 << 20,
         }
     }
 }

@@ -153,6 +153,8 @@ pub struct OverlayNode {
     rtt_routed: recovery::RttEstimator,
     /// Bytes stored per (kind, writer), for the writer quota.
     writer_bytes: HashMap<(u32, NodeId), u64>,
+    /// Bytes stored in all (every kind, every writer), for `store_bytes`.
+    stored_bytes: u64,
     /// Answers to stores whose writes wait for the storage's commit (sent by
     /// [`OverlayNode::poll_transmit`] once it succeeds).
     held: Vec<(routing::Reply, Body)>,
@@ -206,6 +208,7 @@ impl OverlayNode {
             rtt_direct: recovery::RttEstimator::default(),
             rtt_routed: recovery::RttEstimator::default(),
             writer_bytes: HashMap::new(),
+            stored_bytes: 0,
             held: Vec::new(),
             held_replication: Vec::new(),
         }
@@ -220,11 +223,13 @@ impl OverlayNode {
 
     fn count_writer_bytes(&mut self) {
         self.writer_bytes.clear();
+        self.stored_bytes = 0;
         for (r, k) in self.store.keys() {
             if let Some(d) = self.store.get(r, k) {
                 for (w, b) in writers_of(&d) {
                     *self.writer_bytes.entry((k, w)).or_default() += b;
                 }
+                self.stored_bytes = self.stored_bytes.saturating_add(bytes_of(&d));
             }
         }
     }
@@ -238,6 +243,10 @@ impl OverlayNode {
 
     /// [`Self::write_data`] for a caller that already read what is stored (`old`).
     fn write_data_over(&mut self, resource: Id, kind: u32, old: &KindData, data: Option<KindData>) {
+        self.stored_bytes = self.stored_bytes.saturating_sub(bytes_of(old));
+        if let Some(d) = &data {
+            self.stored_bytes = self.stored_bytes.saturating_add(bytes_of(d));
+        }
         for (w, b) in writers_of(old) {
             if let Some(x) = self.writer_bytes.get_mut(&(kind, w)) {
                 *x = x.saturating_sub(b);
@@ -780,9 +789,15 @@ pub(super) fn writers_of(d: &KindData) -> HashMap<NodeId, u64> {
             .and_then(|s| s.signer.as_ref())
             .and_then(|s| Id::from_slice(&s.node_id))
             .unwrap_or(Id(0));
-        *m.entry(w).or_default() += crate::storage::value_len(sd) as u64;
+        *m.entry(w).or_default() += crate::storage::stored_len(sd);
     }
     m
+}
+
+/// Every byte one kind's data takes (values with their signatures, identities and
+/// metadata), as the quota and the peer's total count them.
+pub(super) fn bytes_of(d: &KindData) -> u64 {
+    d.values.values().map(crate::storage::stored_len).sum()
 }
 
 fn route(resource: Id) -> Target {

@@ -154,7 +154,7 @@ impl OverlayNode {
                 // one that must answer.
                 NextHop::Forward(x) if req && !pop && h.via().next() == Some(DestRef::Node(x)) => {
                     if let Ok(c) = split_contents(h, bytes) {
-                        self.deliver(self.me, h, c.code, c.body);
+                        self.deliver(from, h, c.code, c.body);
                     }
                     return;
                 }
@@ -167,7 +167,7 @@ impl OverlayNode {
                 }
                 NextHop::Local => {
                     if let Ok(c) = split_contents(h, bytes) {
-                        self.deliver(self.me, h, c.code, c.body);
+                        self.deliver(from, h, c.code, c.body);
                     }
                     return;
                 }
@@ -238,7 +238,9 @@ impl OverlayNode {
             let answer = match Body::decode(code, body) {
                 Ok(b) => {
                     self.stats.served += 1;
-                    self.serve(origin, b)
+                    // Straight from the linked node that sent it (a copy must be).
+                    let direct = h.via_len() == 1 && origin == from;
+                    self.serve(origin, b, h.max_response_len, direct)
                 }
                 Err(e) => Err((ErrorCode::InvalidMessage, e.to_string())),
             };

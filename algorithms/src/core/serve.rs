@@ -1,11 +1,15 @@
 //! Serving requests addressed to this node: topology methods go to the algorithm, data
 //! methods to the storage rules.
 
-use super::{writers_of, OverlayNode};
+use super::{bytes_of, writers_of, OverlayNode};
 use crate::id::{Id, NodeId};
-use crate::storage::{apply_store, fetch, find_closest, stat, Kind, KindData, StoreMode};
+use crate::storage::{
+    apply_store, fetch, find_closest, stat, too_large, Budget, Kind, KindData, StoreMode,
+};
+use p2psip_proto::limits::{ANSWER_HEADROOM, MAX_MESSAGE_LEN, MAX_SPECIFIERS};
 use p2psip_proto::pb::{self, ErrorCode};
 use p2psip_proto::Body;
+use prost::Message as _;
 use rand::Rng;
 
 type Served = Result<Body, (ErrorCode, String)>;
@@ -17,8 +21,43 @@ fn resource_of(bytes: &[u8]) -> Result<Id, (ErrorCode, String)> {
     ))
 }
 
+/// The encoded bytes an answer body may take: what the requester accepts, and never more
+/// than a message can carry.
+fn answer_budget(max_len: u32) -> Budget {
+    let cap = MAX_MESSAGE_LEN - ANSWER_HEADROOM;
+    Budget(match max_len {
+        0 => cap,
+        n => (n as usize).min(cap),
+    })
+}
+
+fn too_many(n: usize, what: &str) -> (ErrorCode, String) {
+    (
+        ErrorCode::InvalidMessage,
+        format!("{n} distinct {what}; at most {MAX_SPECIFIERS} are served"),
+    )
+}
+
+/// Sorts specifiers by their encoding and drops repeats: O(n log n).
+fn dedup_specifiers(specs: &mut Vec<pb::StoredDataSpecifier>) {
+    let mut keyed: Vec<(Vec<u8>, pb::StoredDataSpecifier)> =
+        specs.drain(..).map(|s| (s.encode_to_vec(), s)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.dedup_by(|a, b| a.0 == b.0);
+    specs.extend(keyed.into_iter().map(|(_, s)| s));
+}
+
 impl OverlayNode {
-    pub(super) fn serve(&mut self, origin: NodeId, body: Body) -> Served {
+    /// Serves one request; `max_len` is the answer size the requester accepts (0: any, up
+    /// to the message limit); `direct`: it came straight from its originator's link.
+    pub(super) fn serve(
+        &mut self,
+        origin: NodeId,
+        body: Body,
+        max_len: u32,
+        direct: bool,
+    ) -> Served {
+        let mut budget = answer_budget(max_len);
         if !self.topology.is_peer()
             && !matches!(
                 body,
@@ -34,8 +73,11 @@ impl OverlayNode {
             ));
         }
         match body {
-            Body::AttachReq(a) => {
+            Body::AttachReq(mut a) => {
                 if !a.candidates.is_empty() {
+                    // The driver uses at most MAX_CANDIDATES; more are not handed on.
+                    a.candidates
+                        .truncate(4 * p2psip_proto::limits::MAX_CANDIDATES);
                     self.events.push_back(super::Event::PeerCandidates {
                         node: origin,
                         candidates: a.candidates,
@@ -59,19 +101,29 @@ impl OverlayNode {
                 }
                 Ok(ans)
             }
-            Body::StoreReq(req) => self.serve_store(req),
+            Body::StoreReq(req) => self.serve_store(req, origin, direct),
             Body::FetchReq(req) => Ok(Body::FetchAns(pb::FetchAns {
-                kind_responses: self.per_kind(&req.resource, &req.specifiers, fetch)?,
+                kind_responses: self.per_kind(&req.resource, req.specifiers, &mut budget, fetch)?,
             })),
             Body::StatReq(req) => Ok(Body::StatAns(pb::StatAns {
-                kind_responses: self.per_kind(&req.resource, &req.specifiers, stat)?,
+                kind_responses: self.per_kind(&req.resource, req.specifiers, &mut budget, stat)?,
             })),
-            Body::FindReq(req) => {
+            Body::FindReq(mut req) => {
                 let target = resource_of(&req.resource)?;
+                req.kinds.sort_unstable();
+                req.kinds.dedup();
+                if req.kinds.len() > MAX_SPECIFIERS {
+                    return Err(too_many(req.kinds.len(), "kinds"));
+                }
+                for kind in &req.kinds {
+                    self.known_kind(*kind)?;
+                }
                 let keys = self.store.keys();
                 let mut results = Vec::new();
                 for kind in req.kinds {
-                    self.known_kind(kind)?;
+                    if !budget.take(48) {
+                        return Err(too_large());
+                    }
                     let closest = find_closest(
                         target,
                         keys.iter().filter(|(_, k)| *k == kind).map(|(r, _)| *r),
@@ -98,9 +150,11 @@ impl OverlayNode {
                     ));
                 };
                 if !a.candidates.is_empty() {
+                    let mut candidates = a.candidates;
+                    candidates.truncate(4 * p2psip_proto::limits::MAX_CANDIDATES);
                     self.events.push_back(super::Event::PeerCandidates {
                         node: origin,
-                        candidates: a.candidates,
+                        candidates,
                     });
                 }
                 Ok(Body::AppAttachAns(pb::AppAttachAns {
@@ -122,23 +176,45 @@ impl OverlayNode {
         }
     }
 
-    /// One answer per specifier of a Fetch or Stat, from the stored data of its kind.
+    /// One answer per distinct specifier of a Fetch or Stat, from the stored data of its
+    /// kind: identical specifiers are answered once, more than `MAX_SPECIFIERS` are
+    /// refused before anything is read, and the answer stops at `budget`
+    /// (Error_Response_Too_Large) while it is built.
     fn per_kind<T>(
         &self,
         resource: &[u8],
-        specifiers: &[pb::StoredDataSpecifier],
-        answer: impl Fn(Option<&KindData>, &pb::StoredDataSpecifier, u64) -> T,
+        mut specifiers: Vec<pb::StoredDataSpecifier>,
+        budget: &mut Budget,
+        answer: impl Fn(
+            Option<&KindData>,
+            &pb::StoredDataSpecifier,
+            u64,
+            &mut Budget,
+        ) -> Result<T, (ErrorCode, String)>,
     ) -> Result<Vec<T>, (ErrorCode, String)> {
         let resource = resource_of(resource)?;
         let now_ms = self.now.as_millis();
-        specifiers
-            .iter()
-            .map(|spec| {
-                self.known_kind(spec.kind)?;
-                let data = self.store.get(resource, spec.kind);
-                Ok(answer(data.as_ref(), spec, now_ms))
-            })
-            .collect()
+        dedup_specifiers(&mut specifiers);
+        if specifiers.len() > MAX_SPECIFIERS {
+            return Err(too_many(specifiers.len(), "specifiers"));
+        }
+        for spec in &specifiers {
+            self.known_kind(spec.kind)?;
+        }
+        // Each kind's data is read once, however many specifiers name it.
+        let mut data: Vec<(u32, Option<KindData>)> = Vec::new();
+        let mut out = Vec::with_capacity(specifiers.len());
+        for spec in &specifiers {
+            let i = match data.iter().position(|(k, _)| *k == spec.kind) {
+                Some(i) => i,
+                None => {
+                    data.push((spec.kind, self.store.get(resource, spec.kind)));
+                    data.len() - 1
+                }
+            };
+            out.push(answer(data[i].1.as_ref(), spec, now_ms, budget)?);
+        }
+        Ok(out)
     }
 
     fn known_kind(&self, kind: u32) -> Result<(), (ErrorCode, String)> {
@@ -173,22 +249,51 @@ impl OverlayNode {
     }
 
     /// A Store: every kind is checked first; nothing is written unless all are accepted.
-    fn serve_store(&mut self, req: pb::StoreReq) -> Served {
+    fn serve_store(&mut self, req: pb::StoreReq, origin: NodeId, direct: bool) -> Served {
         let resource = resource_of(&req.resource)?;
         let mode = if req.replica_number == 0 {
             StoreMode::Primary
         } else {
             StoreMode::Merge
         };
+        // A copy (replica_number > 0) is taken as such only straight from a node of the
+        // resource's replica neighbourhood. From anyone else (a routed hand-over of a
+        // former holder, or a node calling its store a copy to skip the responsible
+        // peer's checks) it is held to the writer's quota, and its generation counter is
+        // not believed.
+        let outsider =
+            mode == StoreMode::Merge && !(direct && self.topology.may_copy_to_me(origin, resource));
         let now_ms = self.now.as_millis();
         let mut staged = Vec::with_capacity(req.kind_data.len());
+        let mut growth: u64 = 0;
         for kd in &req.kind_data {
             let kind = self.cfg.kinds.get(kd.kind).ok_or((
                 ErrorCode::UnknownKind,
                 format!("kind {} is not defined", kd.kind),
             ))?;
+            let ahead = now_ms.saturating_add(self.cfg.max_clock_skew.as_millis() as u64);
+            if let Some(v) = kd.values.iter().find(|v| v.storage_time > ahead) {
+                return Err((
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "storage_time {} ms is more than {} s ahead of this peer's clock ({now_ms} ms)",
+                        v.storage_time,
+                        self.cfg.max_clock_skew.as_secs()
+                    ),
+                ));
+            }
             let old = self.store.get(resource, kd.kind).unwrap_or_default();
             let mut data = old.clone();
+            let outsider_kd;
+            let kd = if outsider {
+                outsider_kd = pb::StoreKindData {
+                    generation_counter: old.generation,
+                    ..kd.clone()
+                };
+                &outsider_kd
+            } else {
+                kd
+            };
             let changed = apply_store(
                 &mut data,
                 kind,
@@ -198,13 +303,27 @@ impl OverlayNode {
                 &self.cfg.verify,
                 now_ms,
             )?;
-            if mode == StoreMode::Primary {
+            if mode == StoreMode::Primary || outsider {
                 if let Some(why) = self.quota_excess(kind, &old, &data) {
                     self.stats.quota_refused += 1;
+                    if outsider {
+                        self.stats.copies_refused += 1;
+                    }
                     return Err((ErrorCode::DataTooLarge, why));
                 }
             }
+            growth = growth
+                .saturating_add(bytes_of(&data))
+                .saturating_sub(bytes_of(&old));
             staged.push((kd.kind, old, data, changed));
+        }
+        let limit = self.cfg.store_bytes;
+        if limit > 0 && growth > 0 && self.stored_bytes.saturating_add(growth) > limit {
+            self.stats.store_full += 1;
+            return Err((
+                ErrorCode::OutOfSpace,
+                format!("this peer holds its limit of {limit} stored bytes"),
+            ));
         }
         let rs = self.topology.replica_set(resource);
         let mut kind_responses = Vec::with_capacity(staged.len());
@@ -229,5 +348,145 @@ impl OverlayNode {
             }
         }
         Ok(Body::StoreAns(pb::StoreAns { kind_responses }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::transactions::tests::{Prober, Seen};
+    use crate::client::ClientTopology;
+    use crate::core::{CoreConfig, Event, OverlayNode};
+    use crate::storage::{KindData, MemoryStore, Storage, StorageError, KIND_USER_VALUE};
+    use crate::topology::LinkEvent;
+    use crate::{signed_value, Id, Time, ValueModel};
+    use p2psip_proto::pb::ErrorCode;
+    use p2psip_proto::security::Identity;
+    use p2psip_proto::Body;
+    use std::sync::{Arc, Mutex};
+
+    /// A storage whose writes wait for `commit`, which fails while `full` is set (and then
+    /// undoes them, as the daemon's database does).
+    #[derive(Clone, Default)]
+    struct Disk {
+        inner: Arc<Mutex<(MemoryStore, MemoryStore, bool, u32)>>, // (visible, committed, full, commits)
+    }
+
+    impl Storage for Disk {
+        fn get(&self, r: Id, k: u32) -> Option<KindData> {
+            self.inner.lock().unwrap().0.get(r, k)
+        }
+        fn put(&mut self, r: Id, k: u32, d: KindData) {
+            self.inner.lock().unwrap().0.put(r, k, d)
+        }
+        fn remove(&mut self, r: Id, k: u32) -> Option<KindData> {
+            self.inner.lock().unwrap().0.remove(r, k)
+        }
+        fn keys(&self) -> Vec<(Id, u32)> {
+            self.inner.lock().unwrap().0.keys()
+        }
+        fn value_count(&self) -> usize {
+            self.inner.lock().unwrap().0.value_count()
+        }
+        fn uncommitted(&self) -> bool {
+            let g = self.inner.lock().unwrap();
+            g.0.keys() != g.1.keys()
+                || g.0
+                    .keys()
+                    .iter()
+                    .any(|(r, k)| g.0.get(*r, *k) != g.1.get(*r, *k))
+        }
+        fn commit(&mut self) -> Result<(), StorageError> {
+            let mut g = self.inner.lock().unwrap();
+            g.3 += 1;
+            if g.2 {
+                g.0 = g.1.clone();
+                Err(StorageError::OutOfSpace("test disk full".into()))
+            } else {
+                g.1 = g.0.clone();
+                Ok(())
+            }
+        }
+    }
+
+    /// A client stores through a lone peer backed by `disk`; returns the outcome the
+    /// client saw (and checks that no answer left the peer before its commit).
+    fn store_through(disk: &Disk, value: &[u8]) -> Result<Body, ErrorCode> {
+        let peer_id = Id(1);
+        let mut peer = OverlayNode::new(
+            CoreConfig::default(),
+            Identity::from_seed([7; 32], "peer"),
+            Box::new(Prober {
+                me: peer_id,
+                sends: Vec::new(),
+                seen: Seen::default(),
+            }),
+            Box::new(disk.clone()),
+            1,
+        );
+        peer.start(Time(0), &[]);
+        let writer = Identity::from_seed([9; 32], "alice");
+        let client_id = writer.node_id;
+        let mut client = OverlayNode::new(
+            CoreConfig::default(),
+            writer.clone(),
+            Box::new(ClientTopology::new(client_id)),
+            Box::new(MemoryStore::new()),
+            2,
+        );
+        let t = Time(1_000_000);
+        client.start(t, &[peer_id]);
+        client.handle_link(t, LinkEvent::Up(peer_id));
+        peer.handle_link(t, LinkEvent::Up(client_id));
+        while client.poll_event().is_some() {}
+        let res = Id::hash_of(b"alice");
+        let v = signed_value(
+            &writer,
+            res,
+            KIND_USER_VALUE,
+            t,
+            60,
+            ValueModel::Single(value.to_vec()),
+        );
+        client.store(t, res, KIND_USER_VALUE, vec![v], 0);
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t, client_id, &m.bytes);
+        }
+        let commits_before = disk.inner.lock().unwrap().3;
+        let mut answered = false;
+        while let Some(m) = peer.poll_transmit() {
+            // The answer leaves only after the commit that holds the store.
+            assert_eq!(disk.inner.lock().unwrap().3, commits_before + 1);
+            client.handle_message(t, peer_id, &m.bytes);
+            answered = true;
+        }
+        assert!(answered, "the peer never answered");
+        loop {
+            match client.poll_event() {
+                Some(Event::Completed { outcome, .. }) => return outcome.map_err(|e| e.code),
+                Some(_) => continue,
+                None => panic!("the client's store never completed"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_is_answered_after_its_commit_and_refused_when_the_commit_fails() {
+        let disk = Disk::default();
+        let ok = store_through(&disk, b"one");
+        assert!(matches!(ok, Ok(Body::StoreAns(_))), "{ok:?}");
+        assert!(!disk.uncommitted());
+        let res = Id::hash_of(b"alice");
+        let kept = disk.get(res, KIND_USER_VALUE);
+        assert!(kept.is_some());
+
+        disk.inner.lock().unwrap().2 = true;
+        let refused = store_through(&disk, b"two");
+        assert_eq!(refused.err(), Some(ErrorCode::OutOfSpace));
+        assert_eq!(
+            disk.get(res, KIND_USER_VALUE),
+            kept,
+            "the refused store was undone"
+        );
     }
 }

@@ -45,4 +45,9 @@ pub struct Stats {
     /// Commits of the storage that failed (disk full, I/O error); the stores waiting on
     /// them were answered Error_Out_Of_Space.
     pub commit_failures: u64,
+    /// Copies (replica_number > 0) from outside the resource's replica neighbourhood that
+    /// the writer's quota refused.
+    pub copies_refused: u64,
+    /// Stores refused because this peer holds its `store_bytes` limit (Out_Of_Space).
+    pub store_full: u64,
 }

@@ -360,7 +360,7 @@ impl OverlayNode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::core::{CoreConfig, OverlayNode};
     use crate::id::{Id, NodeId};
     use crate::storage::MemoryStore;
@@ -375,14 +375,15 @@ mod tests {
     use std::time::Duration;
 
     /// Answers seen: (token, answered with an error, when).
-    type Seen = Arc<Mutex<Vec<(u64, bool, Time)>>>;
+    pub(in crate::core) type Seen = Arc<Mutex<Vec<(u64, bool, Time)>>>;
 
     /// An algorithm that, once started, sends one direct request to each node of `sends`
-    /// (in that order) and records the answers.
-    struct Prober {
-        me: NodeId,
-        sends: Vec<NodeId>,
-        seen: Seen,
+    /// (in that order) and records the answers; alone in its overlay, it is responsible
+    /// for every id.
+    pub(in crate::core) struct Prober {
+        pub me: NodeId,
+        pub sends: Vec<NodeId>,
+        pub seen: Seen,
     }
 
     impl Topology for Prober {

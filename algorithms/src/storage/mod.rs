@@ -12,7 +12,8 @@ pub use kinds::{Kind, KindRegistry, KIND_NODE_MULTIPLE, KIND_NODE_VALUE, KIND_SI
 pub use kinds::{KIND_USER_ARRAY, KIND_USER_VALUE};
 pub use memory::MemoryStore;
 pub use rules::{
-    apply_store, check_signed, fetch, find_closest, is_expired, stat, StoreMode, VerifyMode,
+    apply_store, check_signed, fetch, find_closest, is_expired, stat, too_large, Budget, StoreMode,
+    VerifyMode,
 };
 
 use crate::id::Id;
@@ -41,6 +42,16 @@ impl KindData {
         self.values.values().map(value_len).sum()
     }
 }
+
+/// Bytes a stored value takes in all: payload, signature, signer identity (user name,
+/// certificate), times. What quotas count.
+pub fn stored_len(d: &pb::StoredData) -> u64 {
+    prost::Message::encoded_len(d) as u64
+}
+
+/// What a value may carry besides its payload (signature, signer identity with a
+/// certificate, times); a value whose encoding passes `max_size` by more is refused.
+pub const METADATA_ALLOWANCE: usize = 4096;
 
 /// Length of a stored value's payload.
 pub fn value_len(d: &pb::StoredData) -> usize {

@@ -163,6 +163,18 @@ pub fn apply_store(
                 ),
             ));
         }
+        let whole = prost::Message::encoded_len(sd);
+        if whole > (kind.max_size as usize).saturating_add(super::METADATA_ALLOWANCE) {
+            return Err((
+                ErrorCode::DataTooLarge,
+                format!(
+                    "stored data of {whole} bytes: kind {} allows {} of value and {} of signature, identity and metadata",
+                    kind.name,
+                    kind.max_size,
+                    super::METADATA_ALLOWANCE
+                ),
+            ));
+        }
         let mut slot = slot_of(kind, value)?;
         check_signed(kind, resource, sd, verify_mode)?;
         if slot == SlotKey::Index(u32::MAX) {
@@ -212,7 +224,12 @@ pub fn apply_store(
         ));
     }
     match mode {
-        StoreMode::Primary => next.generation = data.generation + 1,
+        StoreMode::Primary => {
+            next.generation = data.generation.checked_add(1).ok_or((
+                ErrorCode::GenerationCounterTooLow,
+                "the generation counter is at its maximum".to_string(),
+            ))?
+        }
         StoreMode::Merge => {
             next.generation = data.generation.max(req.generation_counter);
             changed |= next.generation != data.generation;
@@ -254,44 +271,89 @@ fn exists(d: &pb::StoredData) -> bool {
     }
 }
 
+/// What an answer may still grow by, in encoded bytes; building stops when it runs out
+/// (Error_Response_Too_Large), so no answer is ever assembled beyond its bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget(pub usize);
+
+impl Budget {
+    /// Takes `n` bytes; false (and nothing taken) when fewer are left.
+    pub fn take(&mut self, n: usize) -> bool {
+        match self.0.checked_sub(n) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The refusal when an answer would outgrow its budget.
+pub fn too_large() -> (ErrorCode, String) {
+    (
+        ErrorCode::ResponseTooLarge,
+        "the answer would exceed the size the requester accepts (or the message limit)".into(),
+    )
+}
+
 /// The Fetch answer for one specifier: live values only (no tombstones, nothing expired);
-/// no values when the fetcher already has the current generation.
+/// no values when the fetcher already has the current generation. Each value is counted
+/// against `budget` before it is copied.
 pub fn fetch(
     data: Option<&KindData>,
     spec: &pb::StoredDataSpecifier,
     now_ms: u64,
-) -> pb::FetchKindResponse {
+    budget: &mut Budget,
+) -> Result<pb::FetchKindResponse, (ErrorCode, String)> {
     let mut r = pb::FetchKindResponse {
         kind: spec.kind,
         generation: data.map_or(0, |d| d.generation),
         values: Vec::new(),
     };
+    if !budget.take(24) {
+        return Err(too_large());
+    }
     if let Some(d) = data {
         if spec.generation == 0 || spec.generation != d.generation {
-            r.values = selected(d, spec)
-                .filter(|(_, v)| live(v, now_ms))
-                .map(|(_, v)| v.clone())
-                .collect();
+            for (_, v) in selected(d, spec).filter(|(_, v)| live(v, now_ms)) {
+                if !budget.take(prost::Message::encoded_len(v) + 4) {
+                    return Err(too_large());
+                }
+                r.values.push(v.clone());
+            }
         }
     }
-    r
+    Ok(r)
 }
 
-/// The Stat answer for one specifier: metadata of the live values.
+/// The Stat answer for one specifier: metadata of the live values, each counted against
+/// `budget` before it is built.
 pub fn stat(
     data: Option<&KindData>,
     spec: &pb::StoredDataSpecifier,
     now_ms: u64,
-) -> pb::StatKindResponse {
+    budget: &mut Budget,
+) -> Result<pb::StatKindResponse, (ErrorCode, String)> {
     let mut r = pb::StatKindResponse {
         kind: spec.kind,
         generation: data.map_or(0, |d| d.generation),
         values: Vec::new(),
     };
+    if !budget.take(24) {
+        return Err(too_large());
+    }
     if let Some(d) = data {
-        r.values = selected(d, spec)
-            .filter(|(_, v)| live(v, now_ms))
-            .map(|(k, v)| {
+        for (k, v) in selected(d, spec).filter(|(_, v)| live(v, now_ms)) {
+            // Length, 32-byte hash, times, index; the key is as long as it is.
+            let key_len = match k {
+                SlotKey::Key(key) => key.len(),
+                _ => 0,
+            };
+            if !budget.take(72 + key_len) {
+                return Err(too_large());
+            }
+            r.values.push({
                 let payload = match v.value.as_ref().and_then(|x| x.model.as_ref()) {
                     Some(Model::Single(x)) => x.value.clone(),
                     Some(Model::Array(e)) => e
@@ -321,14 +383,103 @@ pub fn stat(
                         _ => Vec::new(),
                     },
                 }
-            })
-            .collect();
+            });
+        }
     }
-    r
+    Ok(r)
 }
 
 /// Find: of the resources holding `kind` (given as ids), the closest one at or after
 /// `target` on the ring.
 pub fn find_closest(target: Id, candidates: impl Iterator<Item = Id>) -> Option<Id> {
     candidates.min_by_key(|c| distance(target, *c))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::storage::{KindRegistry, KIND_USER_VALUE};
+    use crate::{signed_value, Time, ValueModel};
+    use p2psip_proto::security::Identity;
+
+    #[test]
+    fn a_generation_counter_at_its_maximum_refuses_instead_of_wrapping() {
+        let kinds = KindRegistry::default();
+        let kind = kinds.get(KIND_USER_VALUE).unwrap();
+        let who = Identity::from_seed([5; 32], "g");
+        let res = Id::hash_of(b"g");
+        let v = signed_value(
+            &who,
+            res,
+            KIND_USER_VALUE,
+            Time(1_000),
+            60,
+            ValueModel::Single(b"x".to_vec()),
+        );
+        let req = pb::StoreKindData {
+            kind: KIND_USER_VALUE,
+            generation_counter: 0,
+            values: vec![v],
+        };
+        let mut data = KindData {
+            generation: u64::MAX,
+            ..KindData::default()
+        };
+        let r = apply_store(
+            &mut data,
+            kind,
+            res,
+            &req,
+            StoreMode::Primary,
+            &VerifyMode::SelfSigned,
+            2_000,
+        );
+        assert_eq!(
+            r.err().map(|e| e.0),
+            Some(ErrorCode::GenerationCounterTooLow)
+        );
+        assert_eq!(data.generation, u64::MAX, "nothing changed");
+    }
+
+    #[test]
+    fn answers_stop_at_their_budget() {
+        let who = Identity::from_seed([6; 32], "b");
+        let res = Id::hash_of(b"b");
+        let mut d = KindData::default();
+        for i in 0..10u32 {
+            let v = signed_value(
+                &who,
+                res,
+                3,
+                Time(1_000),
+                60,
+                ValueModel::Array(i, vec![0; 1000]),
+            );
+            d.values.insert(SlotKey::Index(i), v);
+        }
+        let spec = pb::StoredDataSpecifier {
+            kind: 3,
+            generation: 0,
+            model: None,
+        };
+        let mut roomy = Budget(1 << 20);
+        assert_eq!(
+            fetch(Some(&d), &spec, 2_000, &mut roomy)
+                .unwrap()
+                .values
+                .len(),
+            10
+        );
+        let mut tight = Budget(5_000);
+        assert_eq!(
+            fetch(Some(&d), &spec, 2_000, &mut tight).err(),
+            Some(too_large())
+        );
+        let mut tiny = Budget(10);
+        assert_eq!(
+            stat(Some(&d), &spec, 2_000, &mut tiny).err(),
+            Some(too_large())
+        );
+    }
 }

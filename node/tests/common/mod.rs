@@ -280,3 +280,72 @@ pub fn joined(n: &NodeProc) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A raw QUIC connection to `addr` with a valid certificate for identity `seed`: a peer
+/// that speaks the wire protocol by hand (attacks, malformed input).
+pub async fn raw_connect(
+    addr: SocketAddr,
+    overlay: &str,
+    seed: [u8; 32],
+) -> (quinn::Endpoint, quinn::Connection) {
+    use quinn::crypto::rustls::QuicClientConfig;
+    let (certs, key) = p2psip_node::identity::tls_credentials(&seed).unwrap();
+    let trust = std::sync::Arc::new(p2psip_node::enroll::Trust::self_signed(overlay));
+    let (_, client) = p2psip_node::tls::configs(certs, key, trust, "test".into()).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(
+        QuicClientConfig::try_from(client).unwrap(),
+    )));
+    let sni = format!("o{:08x}.p2psip", p2psip_proto::overlay_id(overlay));
+    let conn = ep.connect(addr, &sni).unwrap().await.unwrap();
+    (ep, conn)
+}
+
+/// Sends one message on its own stream.
+pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) {
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s.finish().unwrap();
+}
+
+/// A request from `via` (its originator) to `dest`, unsigned.
+pub fn raw_request(
+    overlay: &str,
+    txid: u64,
+    via: p2psip_proto::Id,
+    dest: p2psip_proto::Destination,
+    body: p2psip_proto::Body,
+) -> Vec<u8> {
+    p2psip_proto::Message {
+        header: p2psip_proto::OwnedHeader {
+            via: vec![p2psip_proto::Destination::Node(via)],
+            ..p2psip_proto::OwnedHeader::new(p2psip_proto::overlay_id(overlay), txid, dest)
+        },
+        body,
+        security: None,
+    }
+    .encode()
+    .unwrap()
+}
+
+/// The next message the peer sends on a raw connection whose transaction id is `txid`
+/// (others, such as the peer's own requests, are skipped); None after `limit`.
+pub async fn raw_answer(
+    conn: &quinn::Connection,
+    txid: u64,
+    limit: Duration,
+) -> Option<p2psip_proto::Message> {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let mut s = tokio::time::timeout_at(end, conn.accept_uni())
+            .await
+            .ok()?
+            .ok()?;
+        let bytes = s.read_to_end(1 << 20).await.ok()?;
+        if let Ok(m) = p2psip_proto::Message::decode(&bytes) {
+            if m.header.transaction_id == txid {
+                return Some(m);
+            }
+        }
+    }
+}

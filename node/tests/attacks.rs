@@ -1,0 +1,302 @@
+//! Attacks on a peer (docs/security.md): each is made against a real `p2psip node` process
+//! on 127.0.0.1 over QUIC by a client in this process, and each test asserts that the
+//! attack is refused with the documented error, that the peer's memory stays within a
+//! stated bound (its peak resident set, VmHWM, from /proc), and that the peer still
+//! answers a Ping within 1 s afterwards.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use p2psip_algorithms::storage::{KIND_USER_ARRAY, KIND_USER_VALUE};
+use p2psip_algorithms::{signed_value, Event, Id, Time, ValueModel};
+use p2psip_node::config::Config;
+use p2psip_node::runtime::{self, NodeHandle, Role};
+use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::security::Identity;
+use std::time::{Duration, Instant};
+
+const OVERLAY: &str = "attacks.test";
+/// What an attack may add to the attacked peer's peak resident memory.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The peak resident memory of a process so far.
+fn peak_kib(n: &NodeProc) -> u64 {
+    proc_kib(n.child.id(), "VmHWM:")
+}
+
+async fn victim_and_client(dir: &std::path::Path) -> (NodeProc, NodeHandle) {
+    let n = start_node(dir, OVERLAY, &[], "127.0.0.1:0");
+    let joined = eventually(Duration::from_secs(20), || {
+        scrape(n.metrics)
+            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
+            .unwrap_or(false)
+            .then_some(())
+    });
+    assert!(
+        joined.is_some(),
+        "the attacked peer never formed its overlay"
+    );
+    let cfg = Config {
+        overlay: OVERLAY.into(),
+        ..Config::default()
+    };
+    let c = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [0x42; 32])
+        .await
+        .unwrap();
+    c.wait_joined(Duration::from_secs(10)).await.unwrap();
+    (n, c)
+}
+
+/// The outcome of one operation: Ok(body) or the error code; a timeout is an error here.
+async fn op(
+    c: &NodeHandle,
+    f: impl FnOnce(&mut p2psip_algorithms::OverlayNode, Time) -> p2psip_algorithms::OpId
+        + Send
+        + 'static,
+) -> Result<p2psip_proto::Body, ErrorCode> {
+    match tokio::time::timeout(Duration::from_secs(20), c.op(f)).await {
+        Ok(Ok(Event::Completed { outcome, .. })) => outcome.map_err(|e| e.code),
+        other => panic!("no answer: {other:?}"),
+    }
+}
+
+/// The attacked peer answers a Ping within 1 s.
+async fn answers_ping(c: &NodeHandle, n: &NodeProc) {
+    let started = Instant::now();
+    // The lone peer is responsible for every id: a lookup of its own Node-ID reaches it.
+    let target = Id::from_slice(&hex::decode(&n.id).unwrap()).unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.op(move |c, now| c.lookup(now, target)),
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(Ok(Event::Completed { outcome: Ok(_), .. }))),
+        "the attacked peer did not answer a Ping within 1 s: {r:?}"
+    );
+    eprintln!("  ping answered in {:?}", started.elapsed());
+}
+
+/// 55 array entries of 16,000 bytes (880 kB, within the 1 MiB writer quota) at one
+/// resource, stored by their rightful writer.
+async fn fill_array(c: &NodeHandle) -> Id {
+    let writer = Identity::from_seed([0x31; 32], "big-array");
+    let res = Id::hash_of(b"big-array");
+    let now = runtime::now();
+    let values: Vec<pb::StoredData> = (0..55u32)
+        .map(|i| {
+            signed_value(
+                &writer,
+                res,
+                KIND_USER_ARRAY,
+                Time(now.0 + u64::from(i)),
+                3600,
+                ValueModel::Array(i, vec![b'v'; 16_000]),
+            )
+        })
+        .collect();
+    for chunk in values.chunks(11) {
+        let chunk = chunk.to_vec();
+        let r = op(c, move |n, t| n.store(t, res, KIND_USER_ARRAY, chunk, 0)).await;
+        assert!(matches!(r, Ok(p2psip_proto::Body::StoreAns(_))), "{r:?}");
+    }
+    res
+}
+
+fn all_entries(last: u32) -> pb::StoredDataSpecifier {
+    pb::StoredDataSpecifier {
+        kind: KIND_USER_ARRAY,
+        generation: 0,
+        model: Some(pb::stored_data_specifier::Model::Indices(pb::ArrayRanges {
+            ranges: vec![pb::ArrayRange { first: 0, last }],
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_that_would_build_huge_answers_are_bounded() {
+    let dir = TempDir::new("attack-fetch");
+    let (n, c) = victim_and_client(&dir.0).await;
+    let res = fill_array(&c).await;
+    let before = peak_kib(&n);
+
+    // 128 copies of one specifier (a 3 kB request asking for 128 x 880 kB).
+    let specs = vec![all_entries(1000); 128];
+    let r = op(&c, move |n, t| n.fetch(t, res, specs)).await;
+    match &r {
+        Ok(p2psip_proto::Body::FetchAns(f)) => {
+            assert_eq!(f.kind_responses.len(), 1, "repeats answered once");
+            assert_eq!(f.kind_responses[0].values.len(), 55);
+        }
+        other => panic!("repeated specifiers: {other:?}"),
+    }
+    // 32 distinct specifiers, each naming every entry: refused while being built.
+    let specs: Vec<_> = (0..32).map(|i| all_entries(1000 + i)).collect();
+    let r = op(&c, move |n, t| n.fetch(t, res, specs)).await;
+    assert_eq!(r.err(), Some(ErrorCode::ResponseTooLarge));
+    // 2,000 distinct specifiers: refused before anything is read.
+    let specs: Vec<_> = (0..2000).map(|i| all_entries(1000 + i)).collect();
+    let r = op(&c, move |n, t| n.fetch(t, res, specs)).await;
+    assert_eq!(r.err(), Some(ErrorCode::InvalidMessage));
+
+    let grew = peak_kib(&n).saturating_sub(before);
+    eprintln!("  peak RSS grew by {grew} KiB");
+    assert!(
+        grew < RSS_BOUND_KIB,
+        "the fetches grew the peer's peak memory by {grew} KiB"
+    );
+    answers_ping(&c, &n).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_time_far_ahead_cannot_lock_its_writer_out() {
+    let dir = TempDir::new("attack-time");
+    let (n, c) = victim_and_client(&dir.0).await;
+    let writer = Identity::from_seed([0x32; 32], "time-victim");
+    let res = Id::hash_of(b"time-victim");
+    let now = runtime::now();
+    let fifty_years = 50 * 365 * 24 * 3600 * 1000u64;
+    let future = signed_value(
+        &writer,
+        res,
+        KIND_USER_VALUE,
+        Time(now.0 + fifty_years),
+        3600,
+        ValueModel::Single(b"from the future".to_vec()),
+    );
+    let r = op(&c, move |n, t| {
+        n.store(t, res, KIND_USER_VALUE, vec![future], 0)
+    })
+    .await;
+    assert_eq!(
+        r.err(),
+        Some(ErrorCode::InvalidMessage),
+        "far-future value taken"
+    );
+    // The writer's ordinary store still succeeds.
+    let v = signed_value(
+        &writer,
+        res,
+        KIND_USER_VALUE,
+        runtime::now(),
+        3600,
+        ValueModel::Single(b"now".to_vec()),
+    );
+    let r = op(&c, move |n, t| n.store(t, res, KIND_USER_VALUE, vec![v], 0)).await;
+    assert!(matches!(r, Ok(p2psip_proto::Body::StoreAns(_))), "{r:?}");
+    answers_ping(&c, &n).await;
+    c.shutdown().await;
+}
+
+/// A connector that is no part of the overlay's ring sends 'copies' (replica_number = 1,
+/// generation counter 2^64-1) of 16 kB array entries for a writer whose quota at the peer
+/// is 2,000 bytes. Only copies straight from the resource's replica neighbourhood skip the
+/// writer's quota; these are held to it, and their generation counter is not believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_from_outside_the_replica_neighbourhood_get_the_writers_checks() {
+    let dir = TempDir::new("attack-copies");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = write_config(&dir.0, OVERLAY, &[], "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("[timers]", "[limits]\nwriter_kind_bytes = 2000\n[timers]");
+    std::fs::write(&config, text).unwrap();
+    let n = spawn_node(&dir.0, config);
+    let joined = eventually(Duration::from_secs(20), || {
+        scrape(n.metrics)
+            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
+            .unwrap_or(false)
+            .then_some(())
+    });
+    assert!(joined.is_some());
+    let before = peak_kib(&n);
+    let attacker_seed = [0x66; 32];
+    let attacker = Identity::from_seed(attacker_seed, "").node_id;
+    let (_ep, conn) = raw_connect(n.addr, OVERLAY, attacker_seed).await;
+    let writer = Identity::from_seed([0x33; 32], "copied");
+    let res = Id::hash_of(b"copied");
+    let now = runtime::now();
+    let mut refused = 0;
+    for batch in 0..5u32 {
+        let values: Vec<pb::StoredData> = (0..12u32)
+            .map(|i| {
+                let idx = batch * 12 + i;
+                signed_value(
+                    &writer,
+                    res,
+                    KIND_USER_ARRAY,
+                    Time(now.0 + u64::from(idx)),
+                    3600,
+                    ValueModel::Array(idx, vec![b'c'; 16_000]),
+                )
+            })
+            .collect();
+        let body = pb::StoreReq {
+            resource: res.to_bytes().to_vec(),
+            replica_number: 1,
+            kind_data: vec![pb::StoreKindData {
+                kind: KIND_USER_ARRAY,
+                generation_counter: u64::MAX,
+                values,
+            }],
+        };
+        let txid = 0xc0de_0000 + u64::from(batch);
+        let req = raw_request(
+            OVERLAY,
+            txid,
+            attacker,
+            p2psip_proto::Destination::Resource(res),
+            p2psip_proto::Body::StoreReq(body),
+        );
+        send_raw(&conn, &req).await;
+        let ans = raw_answer(&conn, txid, Duration::from_secs(5)).await;
+        match ans.map(|m| m.body) {
+            Some(p2psip_proto::Body::ErrorAns(e)) if e.code == ErrorCode::DataTooLarge as i32 => {
+                refused += 1
+            }
+            other => panic!("copy {batch} from outside was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 5);
+    // Nothing of it is stored.
+    let cfg = Config {
+        overlay: OVERLAY.into(),
+        ..Config::default()
+    };
+    let c = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [0x43; 32])
+        .await
+        .unwrap();
+    c.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let r = op(&c, move |n, t| n.fetch_kind(t, res, KIND_USER_ARRAY)).await;
+    match r {
+        Ok(p2psip_proto::Body::FetchAns(f)) => {
+            assert!(
+                f.kind_responses.iter().all(|k| k.values.is_empty()),
+                "copies stored"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Counted (the metrics are exported once a second).
+    let counted = eventually(Duration::from_secs(5), || {
+        let s = parse_prometheus(&scrape(n.metrics)?);
+        (metric_sum(&s, "p2psip_store_copies_refused_total", &[]) == 5.0).then_some(())
+    });
+    assert!(counted.is_some(), "the refused copies are not counted");
+    let grew = peak_kib(&n).saturating_sub(before);
+    assert!(grew < RSS_BOUND_KIB, "peak memory grew by {grew} KiB");
+    answers_ping(&c, &n).await;
+    c.shutdown().await;
+}
