@@ -189,6 +189,15 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Messages queued for one neighbour before further ones are dropped.
     pub send_queue: usize,
+    /// Bytes the unfinished incoming streams of one connection may hold in all; a stream
+    /// that would pass it is given up (counted).
+    pub max_connection_buffer_bytes: usize,
+    /// Milliseconds an incoming stream may take to finish; a slower one is given up.
+    pub stream_read_timeout_ms: u64,
+    /// Incoming connections open at once, in total and from one IP address; more are
+    /// refused before their handshake (counted). 0: no limit.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     /// Requests per second accepted from each node that originates them over its link (a
     /// client, or a peer's own requests); more are answered Error_Rate_Limited. 0: no limit.
     pub origin_requests_per_s: u32,
@@ -338,6 +347,10 @@ impl Default for Limits {
             max_message_bytes: p2psip_proto::limits::MAX_MESSAGE_LEN,
             max_streams_per_connection: 256,
             send_queue: 4096,
+            max_connection_buffer_bytes: 4 << 20,
+            stream_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
             origin_requests_per_s: 5000,
             origin_burst: 5000,
             origin_max_in_flight: 1024,

@@ -123,6 +123,18 @@ pub fn export(
         .absolute(transport.stats.oversized_drops.load(Ordering::Relaxed));
     counter!("p2psip_transport_refused_connections_total", "node" => n())
         .absolute(transport.stats.refused_connections.load(Ordering::Relaxed));
+    gauge!("p2psip_transport_incoming_connections", "node" => n())
+        .set(transport.incoming_connections() as f64);
+    counter!("p2psip_transport_connection_limit_refused_total", "node" => n()).absolute(
+        transport
+            .stats
+            .connection_limit_refused
+            .load(Ordering::Relaxed),
+    );
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "buffer_full")
+        .absolute(transport.stats.buffer_full_drops.load(Ordering::Relaxed));
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "stream_timeout")
+        .absolute(transport.stats.stream_timeouts.load(Ordering::Relaxed));
     counter!("p2psip_app_streams_total", "node" => n(), "direction" => "opened")
         .absolute(transport.stats.app_streams_opened.load(Ordering::Relaxed));
     counter!("p2psip_app_streams_total", "node" => n(), "direction" => "accepted")

@@ -300,3 +300,129 @@ async fn copies_from_outside_the_replica_neighbourhood_get_the_writers_checks() 
     answers_ping(&c, &n).await;
     c.shutdown().await;
 }
+
+/// A lone peer with `[limits]` lines added to the test configuration.
+fn victim_with_limits(dir: &std::path::Path, limits: &str) -> NodeProc {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = write_config(dir, OVERLAY, &[], "127.0.0.1:0");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[timers]", &format!("[limits]\n{limits}\n[timers]"));
+    std::fs::write(&config, text).unwrap();
+    let n = spawn_node(dir, config);
+    let joined = eventually(Duration::from_secs(20), || {
+        scrape(n.metrics)
+            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
+            .unwrap_or(false)
+            .then_some(())
+    });
+    assert!(joined.is_some());
+    n
+}
+
+async fn client_of(n: &NodeProc, seed: u8) -> NodeHandle {
+    let cfg = Config {
+        overlay: OVERLAY.into(),
+        ..Config::default()
+    };
+    let c = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [seed; 32])
+        .await
+        .unwrap();
+    c.wait_joined(Duration::from_secs(10)).await.unwrap();
+    c
+}
+
+/// Three connections each open 100 streams and send 900 kB on each without finishing it
+/// (270 MB the peer would have to hold): the unfinished streams of a connection hold at
+/// most `limits.max_connection_buffer_bytes` (4 MiB by default); the rest are given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_streams_cannot_fill_a_peers_memory() {
+    let dir = TempDir::new("attack-streams");
+    let n = victim_with_limits(&dir.0, "");
+    let before = peak_kib(&n);
+    let mut conns = Vec::new();
+    for i in 0..3u8 {
+        conns.push(raw_connect(n.addr, OVERLAY, [0x70 + i; 32]).await);
+    }
+    let chunk = vec![0xabu8; 900_000];
+    let mut tasks = Vec::new();
+    for (_, conn) in &conns {
+        let (conn, chunk) = (conn.clone(), chunk.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut open = Vec::new();
+            for _ in 0..100 {
+                let Ok(mut s) = conn.open_uni().await else {
+                    break;
+                };
+                // A stream the peer gives up fails here: that is the point.
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await;
+                open.push(s);
+            }
+            open
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    let grew = peak_kib(&n).saturating_sub(before);
+    eprintln!("  peak RSS grew by {grew} KiB with 300 unfinished streams open");
+    assert!(grew < RSS_BOUND_KIB, "peak memory grew by {grew} KiB");
+    let c = client_of(&n, 0x44).await;
+    answers_ping(&c, &n).await;
+    let counted = eventually(Duration::from_secs(5), || {
+        let s = parse_prometheus(&scrape(n.metrics)?);
+        (metric_sum(
+            &s,
+            "p2psip_messages_dropped_total",
+            &[("reason", "buffer_full")],
+        ) > 0.0)
+            .then_some(())
+    });
+    assert!(counted.is_some(), "the given-up streams are not counted");
+    drop(held);
+    drop(conns);
+    c.shutdown().await;
+}
+
+/// Twelve connections from one address to a peer that takes 4 per address: the rest are
+/// refused before their handshake, and the peer keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped() {
+    let dir = TempDir::new("attack-conns");
+    let n = victim_with_limits(&dir.0, "max_connections_per_ip = 4");
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for i in 0..12u8 {
+        match try_raw_connect(n.addr, OVERLAY, [0x80 + i; 32]).await {
+            Ok(c) => ok.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(ok.len(), 4, "connections taken beyond the cap");
+    assert_eq!(refused, 8);
+    // A slot given back is free again: closing one lets a client in.
+    let (ep, c) = ok.pop().unwrap();
+    c.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    let client = eventually_async_client(&n).await;
+    answers_ping(&client, &n).await;
+    client.shutdown().await;
+}
+
+async fn eventually_async_client(n: &NodeProc) -> NodeHandle {
+    for _ in 0..50 {
+        let cfg = Config {
+            overlay: OVERLAY.into(),
+            ..Config::default()
+        };
+        if let Ok(c) = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [0x45; 32]).await {
+            if c.wait_joined(Duration::from_secs(2)).await.is_ok() {
+                return c;
+            }
+            c.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no client could connect after a slot was given back");
+}

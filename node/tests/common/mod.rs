@@ -288,6 +288,15 @@ pub async fn raw_connect(
     overlay: &str,
     seed: [u8; 32],
 ) -> (quinn::Endpoint, quinn::Connection) {
+    try_raw_connect(addr, overlay, seed).await.unwrap()
+}
+
+/// [`raw_connect`], with the handshake's failure as an error.
+pub async fn try_raw_connect(
+    addr: SocketAddr,
+    overlay: &str,
+    seed: [u8; 32],
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
     use quinn::crypto::rustls::QuicClientConfig;
     let (certs, key) = p2psip_node::identity::tls_credentials(&seed).unwrap();
     let trust = std::sync::Arc::new(p2psip_node::enroll::Trust::self_signed(overlay));
@@ -297,8 +306,8 @@ pub async fn raw_connect(
         QuicClientConfig::try_from(client).unwrap(),
     )));
     let sni = format!("o{:08x}.p2psip", p2psip_proto::overlay_id(overlay));
-    let conn = ep.connect(addr, &sni).unwrap().await.unwrap();
-    (ep, conn)
+    let conn = ep.connect(addr, &sni).unwrap().await?;
+    Ok((ep, conn))
 }
 
 /// Sends one message on its own stream.

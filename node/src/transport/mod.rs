@@ -16,6 +16,9 @@ use dashmap::DashMap;
 use p2psip_algorithms::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
+
+mod limits;
+use limits::{ConnectionSlots, ReadRefusal, StreamBudget};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,6 +115,13 @@ pub struct TransportStats {
     pub relay_refused: AtomicU64,
     pub relay_active: AtomicU64,
     pub relay_bytes: AtomicU64,
+    /// Incoming streams given up: the connection's unfinished streams held their budget
+    /// of bytes, or the stream was not finished within the read deadline.
+    pub buffer_full_drops: AtomicU64,
+    pub stream_timeouts: AtomicU64,
+    /// Incoming connections refused before their handshake: too many open in total or
+    /// from that address.
+    pub connection_limit_refused: AtomicU64,
 }
 
 /// Where a node's application endpoint can be reached: its direct (host and reflexive)
@@ -174,6 +184,8 @@ pub struct Transport {
     symmetric: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<NetEvent>,
     limits: Limits,
+    /// Incoming connections open now (for the caps in total and per address).
+    slots: Arc<ConnectionSlots>,
     pub stats: TransportStats,
 }
 
@@ -254,6 +266,7 @@ impl Transport {
             },
             events,
             limits: cfg.limits.clone(),
+            slots: Arc::default(),
             stats: TransportStats::default(),
         });
         let acceptor = tr.clone();
@@ -302,11 +315,32 @@ impl Transport {
 
     async fn accept_loop(self: Arc<Self>) {
         while let Some(incoming) = self.endpoint.accept().await {
+            let addr = incoming.remote_address();
+            let slot = self.slots.take(
+                addr.ip(),
+                self.limits.max_connections,
+                self.limits.max_connections_per_ip,
+            );
+            let Some(slot) = slot else {
+                self.stats
+                    .connection_limit_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            };
             let me = self.clone();
             tokio::spawn(async move {
-                let addr = incoming.remote_address();
                 match incoming.await {
                     Ok(conn) => {
+                        // The slot is held as long as the connection is open.
+                        let c = conn.clone();
+                        tokio::spawn(async move {
+                            c.closed().await;
+                            drop(slot);
+                        });
                         if let Err(e) = me.admit(conn, None, true).await {
                             me.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(%addr, "refused incoming connection: {e}");
@@ -319,6 +353,11 @@ impl Transport {
                 }
             });
         }
+    }
+
+    /// Incoming connections open now.
+    pub fn incoming_connections(&self) -> usize {
+        self.slots.open()
     }
 
     /// Connects to `addr`; with `expect`, the node there must be that Node-ID.
@@ -442,13 +481,19 @@ impl Transport {
         let me = self.clone();
         tokio::spawn(async move {
             let max = me.limits.max_message_bytes;
+            let budget = Arc::new(StreamBudget::default());
             let mut refused = None;
             loop {
                 match conn.accept_uni().await {
                     Ok(mut recv) => {
                         let me2 = me.clone();
+                        let budget = budget.clone();
                         tokio::spawn(async move {
-                            match recv.read_to_end(max).await {
+                            let limit = me2.limits.max_connection_buffer_bytes;
+                            let deadline = Duration::from_millis(me2.limits.stream_read_timeout_ms);
+                            match limits::read_message(&mut recv, max, &budget, limit, deadline)
+                                .await
+                            {
                                 Ok(bytes) if bytes.starts_with(&CONTROL_MAGIC) => {
                                     if let Some(addr) = parse_observed(&bytes) {
                                         let _ =
@@ -459,11 +504,19 @@ impl Transport {
                                     let _ =
                                         me2.events.send(NetEvent::Message { from: peer, bytes });
                                 }
-                                Err(quinn::ReadToEndError::TooLong) => {
+                                Err(ReadRefusal::TooLong) => {
                                     me2.stats.oversized_drops.fetch_add(1, Ordering::Relaxed);
                                     let _ = recv.stop(VarInt::from_u32(0));
                                 }
-                                Err(_) => {}
+                                Err(ReadRefusal::BufferFull) => {
+                                    me2.stats.buffer_full_drops.fetch_add(1, Ordering::Relaxed);
+                                    let _ = recv.stop(VarInt::from_u32(0));
+                                }
+                                Err(ReadRefusal::Timeout) => {
+                                    me2.stats.stream_timeouts.fetch_add(1, Ordering::Relaxed);
+                                    let _ = recv.stop(VarInt::from_u32(0));
+                                }
+                                Err(ReadRefusal::Failed) => {}
                             }
                         });
                     }

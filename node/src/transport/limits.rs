@@ -1,0 +1,174 @@
+//! What a remote party can make the transport hold: bytes of unfinished incoming streams
+//! per connection (each stream also has a read deadline), and incoming connections in
+//! total and per source address. Every refusal is counted (`TransportStats`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why an incoming message stream was given up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// Longer than a message may be.
+    TooLong,
+    /// The connection's unfinished streams already hold their budget of bytes.
+    BufferFull,
+    /// Not finished within the read deadline.
+    Timeout,
+    /// The stream or connection failed.
+    Failed,
+}
+
+/// Bytes held by the unfinished incoming streams of one connection.
+#[derive(Debug, Default)]
+pub struct StreamBudget {
+    held: AtomicUsize,
+}
+
+/// Bytes taken from a [`StreamBudget`], given back on drop.
+struct Taken<'a> {
+    budget: &'a StreamBudget,
+    n: usize,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
+impl StreamBudget {
+    /// Bytes held now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` bytes if that stays within `limit` (checked and taken in one step).
+    fn take(&self, n: usize, limit: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                h.checked_add(n).filter(|t| *t <= limit)
+            })
+            .is_ok()
+    }
+}
+
+/// Reads one message stream to its end: at most `max` bytes, within `deadline`, each byte
+/// counted against the connection's `budget` (at most `limit` in all) until the message is
+/// complete and handed on.
+pub async fn read_message(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    budget: &StreamBudget,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Vec<u8>, ReadRefusal> {
+    let read = async {
+        let mut buf = Vec::new();
+        let mut taken = Taken { budget, n: 0 };
+        loop {
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => {
+                    let n = chunk.bytes.len();
+                    if buf.len().saturating_add(n) > max {
+                        return Err(ReadRefusal::TooLong);
+                    }
+                    if !budget.take(n, limit) {
+                        return Err(ReadRefusal::BufferFull);
+                    }
+                    taken.n += n;
+                    buf.extend_from_slice(&chunk.bytes);
+                }
+                Ok(None) => return Ok(buf),
+                Err(_) => return Err(ReadRefusal::Failed),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ReadRefusal::Timeout),
+    }
+}
+
+/// Incoming connections open now, in total and per source address.
+#[derive(Debug, Default)]
+pub struct ConnectionSlots {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One incoming connection's slot, given back on drop.
+pub struct Slot {
+    slots: Arc<ConnectionSlots>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.slots.open.lock() {
+            g.0 = g.0.saturating_sub(1);
+            if let Some(n) = g.1.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    g.1.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionSlots {
+    /// A slot for a connection from `ip`, if fewer than `total` are open and fewer than
+    /// `per_ip` from that address (0: no limit).
+    pub fn take(self: &Arc<Self>, ip: IpAddr, total: usize, per_ip: usize) -> Option<Slot> {
+        let mut g = self.open.lock().ok()?;
+        let from_ip = g.1.get(&ip).copied().unwrap_or(0);
+        if (total > 0 && g.0 >= total) || (per_ip > 0 && from_ip >= per_ip) {
+            return None;
+        }
+        g.0 += 1;
+        *g.1.entry(ip).or_default() += 1;
+        Some(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections in all.
+    pub fn open(&self) -> usize {
+        self.open.lock().map_or(0, |g| g.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_in_total_and_per_address_and_given_back() {
+        let s = Arc::new(ConnectionSlots::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = s.take(a, 3, 2).unwrap();
+        let _a2 = s.take(a, 3, 2).unwrap();
+        assert!(s.take(a, 3, 2).is_none(), "per address");
+        let _b1 = s.take(b, 3, 2).unwrap();
+        assert!(s.take(b, 3, 2).is_none(), "in total");
+        drop(a1);
+        assert_eq!(s.open(), 2);
+        assert!(s.take(b, 3, 2).is_some(), "a slot given back is free again");
+    }
+
+    #[test]
+    fn the_stream_budget_is_taken_and_given_back_atomically() {
+        let b = StreamBudget::default();
+        assert!(b.take(3, 4));
+        assert!(!b.take(2, 4), "over the limit: nothing taken");
+        assert_eq!(b.held(), 3);
+        drop(Taken { budget: &b, n: 3 });
+        assert_eq!(b.held(), 0);
+    }
+}
