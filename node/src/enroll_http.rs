@@ -178,7 +178,7 @@ async fn handle(
         .get(&user)
         .is_some_and(|(salt, h)| same(&hash(salt, &password), h));
     if !ok {
-        tracing::warn!(%peer, user = %user, "enrollment refused: unknown user or wrong password");
+        crate::remote_log!(warn, "enrollment_refused", %peer, user = %user, "enrollment refused: unknown user or wrong password");
         return bad(StatusCode::UNAUTHORIZED, "unknown user or wrong password");
     }
     match crate::enroll::ca_issue(&ctx.dir, &user, &key, None, ctx.days, 0) {
@@ -232,7 +232,7 @@ pub async fn serve(
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!("accept: {e}");
+                crate::remote_log!(warn, "enrollment_accept", "accept: {e}");
                 continue;
             }
         };

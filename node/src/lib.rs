@@ -13,6 +13,7 @@ pub mod enroll_http;
 pub mod identity;
 pub mod metrics;
 pub mod overlay_config;
+pub mod remote_log;
 pub mod runtime;
 pub mod security;
 pub mod sip;

@@ -117,6 +117,9 @@ pub fn export(
     gauge!("p2psip_storage_disk_bytes", "node" => n()).set(store.disk_bytes() as f64);
     counter!("p2psip_log_write_failures_total")
         .absolute(LOG_WRITE_FAILURES.load(Ordering::Relaxed));
+    for (reason, n) in crate::remote_log::suppressed() {
+        counter!("p2psip_log_lines_suppressed_total", "reason" => reason).absolute(n);
+    }
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "queue_full")
         .absolute(transport.stats.queue_full_drops.load(Ordering::Relaxed));
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "oversized")

@@ -253,6 +253,10 @@ pub enum Offer {
     Refused(String),
 }
 
+/// The largest overlay configuration document a node reads from a peer (a real one is a
+/// few kilobytes; a megabyte of TOML would cost the runtime task its parse).
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+
 /// The key of the taken document in the database's `meta` table.
 const META_KEY: &str = "overlay-config";
 
@@ -365,6 +369,12 @@ impl DocState {
     pub fn offer(&mut self, sequence: u32, signed: &[u8]) -> Offer {
         if sequence <= self.sequence() {
             return Offer::Old;
+        }
+        if signed.len() > MAX_DOCUMENT_BYTES {
+            return Offer::Refused(format!(
+                "a document of {} bytes; at most {MAX_DOCUMENT_BYTES} are read",
+                signed.len()
+            ));
         }
         let Some(key) = self.trust.ca_key() else {
             return Offer::Refused("this overlay is self-signed: no CA to check it".into());

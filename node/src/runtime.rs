@@ -1042,7 +1042,7 @@ impl Runtime {
                 }
             }
             Offer::Refused(why) => {
-                tracing::warn!(%from, sequence = update.sequence, "overlay configuration document refused: {why}");
+                crate::remote_log!(warn, "config_refused", %from, sequence = update.sequence, "overlay configuration document refused: {why}");
                 metrics::config_refused(&self.label);
             }
         }
@@ -1126,7 +1126,7 @@ impl Runtime {
                 metrics::overlay_event(&self.label, "join");
             }
             Event::JoinFailed(why) => {
-                tracing::warn!(node = %self.core.id(), "join failed: {why}");
+                crate::remote_log!(warn, "join_failed", node = %self.core.id(), "join failed: {why}");
                 metrics::overlay_event(&self.label, "join_failed");
             }
             Event::Left => tracing::info!(node = %self.core.id(), "left the overlay"),

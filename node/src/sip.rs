@@ -598,7 +598,7 @@ impl Inner {
             Ok(SipMessage::Request(r)) => {
                 let method = r.method.to_string();
                 if let Err(e) = self.request(r, src).await {
-                    tracing::info!(%src, %method, error = %e, "SIP: request not handled");
+                    crate::remote_log!(info, "sip_not_handled", %src, %method, error = %e, "SIP: request not handled");
                 }
             }
             Ok(SipMessage::Response(r)) => self.response(r).await,
@@ -820,7 +820,7 @@ impl Inner {
         }
         if expires == 0 {
             self.bindings.remove(&aor);
-            tracing::info!(%aor, "SIP: unregistered");
+            crate::remote_log!(info, "sip_unregistered", %aor, "SIP: unregistered");
             self.reply(&req, 200, vec![], src).await;
             return Ok(());
         }
@@ -840,7 +840,7 @@ impl Inner {
                 expires: Instant::now() + Duration::from_secs(u64::from(expires)),
             },
         );
-        tracing::info!(%aor, contact = %contact_uri, expires, "SIP: registered");
+        crate::remote_log!(info, "sip_registered", %aor, contact = %contact_uri, expires, "SIP: registered");
         let extra = vec![Header::Contact(rsip::headers::Contact::new(format!(
             "<{contact_uri}>;expires={expires};pub-gruu=\"{gruu}\""
         )))];

@@ -43,7 +43,11 @@ impl NodeCertVerifier {
 
     fn accept(&self, cert: &CertificateDer<'_>) -> Result<(), Error> {
         self.trust.check(cert.as_ref()).map(|_| ()).map_err(|why| {
-            tracing::warn!("peer certificate refused: {why}");
+            crate::remote_log!(
+                warn,
+                "certificate_refused",
+                "peer certificate refused: {why}"
+            );
             crate::metrics::cert_refused(&self.label, &why);
             Error::General(why)
         })

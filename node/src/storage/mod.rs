@@ -323,7 +323,9 @@ impl Storage for DashStore {
             }
             Err(e) => {
                 self.commit_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
+                crate::remote_log!(
+                    error,
+                    "commit_failed",
                     path = %d.path.display(),
                     writes = batch.new.len(),
                     "storage commit failed: {e}; the stores waiting on it are refused"

@@ -343,7 +343,7 @@ impl Transport {
                         });
                         if let Err(e) = me.admit(conn, None, true).await {
                             me.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%addr, "refused incoming connection: {e}");
+                            crate::remote_log!(info, "incoming_refused", %addr, "refused incoming connection: {e}");
                         }
                     }
                     Err(e) => {
@@ -525,7 +525,7 @@ impl Transport {
                             || ac.error_code == VarInt::from_u32(CLOSE_WRONG_NODE) =>
                     {
                         let reason = String::from_utf8_lossy(&ac.reason).into_owned();
-                        tracing::warn!(%peer, "peer refused the connection: {reason}");
+                        crate::remote_log!(warn, "peer_refused", %peer, "peer refused the connection: {reason}");
                         refused = Some(reason);
                         break;
                     }
@@ -614,7 +614,7 @@ impl Transport {
                 Err(e) if reach.relay.is_some() => {
                     self.stats.punch_failed.fetch_add(1, Ordering::Relaxed);
                     self.unpunchable.insert(node, std::time::Instant::now());
-                    tracing::info!(%node, "no direct connection ({e}); using its relay");
+                    crate::remote_log!(info, "using_relay", %node, "no direct connection ({e}); using its relay");
                     None
                 }
                 Err(e) => return Err(e),
@@ -835,7 +835,7 @@ impl Transport {
         let active = self.stats.relay_active.load(Ordering::Relaxed) as usize;
         let refuse = |why: &str| {
             self.stats.relay_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%from, %target, "relay refused: {why}");
+            crate::remote_log!(info, "relay_refused", %from, %target, "relay refused: {why}");
         };
         let Some(conn) = conn.filter(|_| self.nat.relay && active < self.nat.relay_max_streams)
         else {
