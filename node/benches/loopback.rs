@@ -115,8 +115,17 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Runs store+fetch pairs from `workers` concurrent tasks for `secs`; with `rate`, paces
-/// the total operations per second. Returns (ops, seconds, latencies ms, failures).
+/// What a load sends.
+#[derive(Clone, Copy, PartialEq)]
+enum Mix {
+    /// Store+fetch pairs of the same value.
+    Pairs,
+    /// Stores only, each value once (the load ends early if they run out).
+    Stores,
+}
+
+/// Runs `mix` from `workers` concurrent tasks for `secs`; with `rate`, paces the total
+/// operations per second. Returns (ops, seconds, latencies ms, failures).
 async fn load(
     client: Arc<NodeHandle>,
     values: Arc<Vec<(Id, p2psip_proto::pb::StoredData)>>,
@@ -124,6 +133,7 @@ async fn load(
     secs: f64,
     rate: Option<f64>,
     offset: usize,
+    mix: Mix,
 ) -> (usize, f64, Vec<f64>, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -148,9 +158,15 @@ async fn load(
                 if Instant::now() > end {
                     break;
                 }
-                let (res, v) = values[((n / 2) + offset) % values.len()].clone();
+                let (res, v) = match mix {
+                    Mix::Pairs => values[((n / 2) + offset) % values.len()].clone(),
+                    Mix::Stores => match values.get(n) {
+                        Some(x) => x.clone(),
+                        None => break,
+                    },
+                };
                 let t = Instant::now();
-                let e = if n % 2 == 0 {
+                let e = if mix == Mix::Stores || n % 2 == 0 {
                     client
                         .op(move |c, now| c.store(now, res, KIND_USER_VALUE, vec![v], 0))
                         .await
@@ -268,7 +284,8 @@ async fn storage_modes(dir: &std::path::Path, secs: f64) {
         );
         client.wait_joined(Duration::from_secs(10)).await.unwrap();
         let values = Arc::new(signed_values((secs * 20_000.0) as usize));
-        let (ops, el, mut lat, fail) = stores(client.clone(), values, 64, secs).await;
+        let (ops, el, mut lat, fail) =
+            load(client.clone(), values, 64, secs, None, 0, Mix::Stores).await;
         let rate = ops as f64 / el;
         let b = commit_buckets(port);
         let ratio = base.map_or(String::new(), |b: f64| {
@@ -310,63 +327,6 @@ fn signed_values(count: usize) -> Vec<(Id, p2psip_proto::pb::StoredData)> {
         .collect()
 }
 
-/// Stores only, from `workers` tasks, for `secs`: (ops, seconds, latencies ms, failures).
-async fn stores(
-    client: Arc<NodeHandle>,
-    values: Arc<Vec<(Id, p2psip_proto::pb::StoredData)>>,
-    workers: usize,
-    secs: f64,
-) -> (usize, f64, Vec<f64>, usize) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..workers {
-        let (client, values, next, failures) = (
-            client.clone(),
-            values.clone(),
-            next.clone(),
-            failures.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < end {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let Some((res, v)) = values.get(n).cloned() else {
-                    break;
-                };
-                let t = Instant::now();
-                match client
-                    .op(move |c, now| c.store(now, res, KIND_USER_VALUE, vec![v], 0))
-                    .await
-                {
-                    Ok(Event::Completed { outcome: Ok(_), .. }) => {
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0)
-                    }
-                    other => {
-                        if std::env::var_os("P2PSIP_BENCH_DEBUG").is_some() {
-                            eprintln!("{other:?}");
-                        }
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    (
-        all.len(),
-        start.elapsed().as_secs_f64(),
-        all,
-        failures.load(Ordering::Relaxed),
-    )
-}
-
 fn main() {
     let secs: f64 = std::env::var("P2PSIP_BENCH_SECS")
         .ok()
@@ -392,7 +352,7 @@ fn main() {
         // real change (verified by the responsible peer and both replicas, and replicated).
         let values: Arc<Vec<_>> = Arc::new(signed_values((secs * 20_000.0) as usize));
         println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"{}\"), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase", peer_sync());
-        let (ops, el, mut lat, fail) = load(client.clone(), values.clone(), 64, secs, None, 0).await;
+        let (ops, el, mut lat, fail) = load(client.clone(), values.clone(), 64, secs, None, 0, Mix::Pairs).await;
         let max_rate = ops as f64 / el;
         println!(
             "  saturated (64 in flight): {max_rate:.0} ops/s, median {:.2} ms, p99 {:.2} ms, {fail} failed",
@@ -401,7 +361,7 @@ fn main() {
         );
         let half = max_rate / 2.0;
         let (ops, el, mut lat, fail) =
-            load(client.clone(), values.clone(), 64, secs, Some(half), ops / 2 + 1).await;
+            load(client.clone(), values.clone(), 64, secs, Some(half), ops / 2 + 1, Mix::Pairs).await;
         println!(
             "  at half that rate ({half:.0} ops/s offered): {:.0} ops/s, median {:.2} ms, p99 {:.2} ms, {fail} failed",
             ops as f64 / el,

@@ -89,24 +89,35 @@ async fn answers_ping(c: &NodeHandle, n: &NodeProc) {
     eprintln!("  ping answered in {:?}", started.elapsed());
 }
 
+/// Array entries `range` of 16,000 bytes of `fill`, signed by `writer`, each a
+/// millisecond newer than the one before.
+fn array_entries(
+    writer: &Identity,
+    res: Id,
+    range: std::ops::Range<u32>,
+    fill: u8,
+) -> Vec<pb::StoredData> {
+    let now = runtime::now();
+    range
+        .map(|i| {
+            signed_value(
+                writer,
+                res,
+                KIND_USER_ARRAY,
+                Time(now.0 + u64::from(i)),
+                3600,
+                ValueModel::Array(i, vec![fill; 16_000]),
+            )
+        })
+        .collect()
+}
+
 /// 55 array entries of 16,000 bytes (880 kB, within the 1 MiB writer quota) at one
 /// resource, stored by their rightful writer.
 async fn fill_array(c: &NodeHandle) -> Id {
     let writer = Identity::from_seed([0x31; 32], "big-array");
     let res = Id::hash_of(b"big-array");
-    let now = runtime::now();
-    let values: Vec<pb::StoredData> = (0..55u32)
-        .map(|i| {
-            signed_value(
-                &writer,
-                res,
-                KIND_USER_ARRAY,
-                Time(now.0 + u64::from(i)),
-                3600,
-                ValueModel::Array(i, vec![b'v'; 16_000]),
-            )
-        })
-        .collect();
+    let values = array_entries(&writer, res, 0..55, b'v');
     for chunk in values.chunks(11) {
         let chunk = chunk.to_vec();
         let r = op(c, move |n, t| n.store(t, res, KIND_USER_ARRAY, chunk, 0)).await;
@@ -227,22 +238,9 @@ async fn copies_from_outside_the_replica_neighbourhood_get_the_writers_checks() 
     let (_ep, conn) = raw_connect(n.addr, OVERLAY, attacker_seed).await;
     let writer = Identity::from_seed([0x33; 32], "copied");
     let res = Id::hash_of(b"copied");
-    let now = runtime::now();
     let mut refused = 0;
     for batch in 0..5u32 {
-        let values: Vec<pb::StoredData> = (0..12u32)
-            .map(|i| {
-                let idx = batch * 12 + i;
-                signed_value(
-                    &writer,
-                    res,
-                    KIND_USER_ARRAY,
-                    Time(now.0 + u64::from(idx)),
-                    3600,
-                    ValueModel::Array(idx, vec![b'c'; 16_000]),
-                )
-            })
-            .collect();
+        let values = array_entries(&writer, res, batch * 12..batch * 12 + 12, b'c');
         let body = pb::StoreReq {
             resource: res.to_bytes().to_vec(),
             replica_number: 1,
