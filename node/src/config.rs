@@ -113,6 +113,8 @@ pub struct NatSection {
     pub relay: bool,
     /// Relayed streams this node carries at once; more are refused (and counted).
     pub relay_max_streams: usize,
+    /// Relayed streams one originator may have open through this node at once.
+    pub relay_max_streams_per_originator: usize,
     /// Serve the echo application (number 7): what an application stream sends comes back.
     /// `p2psip client app-echo` uses it to test application connections.
     pub echo: bool,
@@ -125,6 +127,7 @@ impl Default for NatSection {
             punch_timeout_ms: 3000,
             relay: true,
             relay_max_streams: 64,
+            relay_max_streams_per_originator: 8,
             echo: false,
         }
     }

@@ -488,3 +488,62 @@ async fn refusals_cannot_flood_the_log() {
     answers_ping(&c, &n).await;
     c.shutdown().await;
 }
+
+/// One originator opens 8 relayed streams through a peer that carries at most 3 per
+/// originator (64 in all) to an echo service behind it: 3 are relayed, 5 refused, and the
+/// relay keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_streams_are_capped_per_originator() {
+    let dir = TempDir::new("attack-relay");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = write_config(&dir.0, OVERLAY, &[], "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[nat]\nrelay_max_streams_per_originator = 3\n");
+    std::fs::write(&config, text).unwrap();
+    let n = spawn_node(&dir.0, config);
+    let joined = eventually(Duration::from_secs(20), || {
+        scrape(n.metrics)
+            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
+            .unwrap_or(false)
+            .then_some(())
+    });
+    assert!(joined.is_some());
+    // The node behind the relay: a client of the peer, serving echo.
+    let target = client_of(&n, 0x47).await;
+    p2psip_node::echo::serve(&target.client()).await;
+    let (_ep, conn) = raw_app_connect(n.addr, OVERLAY, [0x67; 32]).await;
+    let mut head = Vec::new();
+    head.extend_from_slice(&0xFFFF_FFFFu32.to_be_bytes());
+    head.extend_from_slice(&target.id.to_bytes());
+    head.extend_from_slice(&p2psip_node::echo::APP_ECHO.to_be_bytes());
+    let (mut relayed, mut refused) = (0, 0);
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&head).await.unwrap();
+        send.write_all(b"hi").await.unwrap();
+        let mut back = [0u8; 2];
+        match tokio::time::timeout(Duration::from_secs(3), recv.read_exact(&mut back)).await {
+            Ok(Ok(())) if &back == b"hi" => relayed += 1,
+            _ => refused += 1,
+        }
+        // Kept open: each relayed stream holds its slot.
+        open.push((send, recv));
+    }
+    assert_eq!((relayed, refused), (3, 5), "relayed, refused");
+    let counted = eventually(Duration::from_secs(5), || {
+        let s = parse_prometheus(&scrape(n.metrics)?);
+        (metric_sum(&s, "p2psip_relay_streams_total", &[("outcome", "refused")]) >= 5.0)
+            .then_some(())
+    });
+    assert!(counted.is_some(), "the refused streams are not counted");
+    // Closing the streams gives the slots back.
+    drop(open);
+    let again = eventually(Duration::from_secs(5), || {
+        let s = parse_prometheus(&scrape(n.metrics)?);
+        (metric_sum(&s, "p2psip_relay_streams_active", &[]) == 0.0).then_some(())
+    });
+    assert!(again.is_some(), "the relay still counts the closed streams");
+    answers_ping(&target, &n).await;
+    target.shutdown().await;
+}

@@ -1,8 +1,9 @@
 //! What a remote party can make the transport hold: bytes of unfinished incoming streams
-//! per connection (each stream also has a read deadline), and incoming connections in
-//! total and per source address. Every refusal is counted (`TransportStats`).
+//! per connection (each stream also has a read deadline), incoming connections in total
+//! and per source address, and relayed streams in total and per originator. Every refusal is counted (`TransportStats`).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,50 +94,62 @@ pub async fn read_message(
     }
 }
 
-/// Incoming connections open now, in total and per source address.
-#[derive(Debug, Default)]
-pub struct ConnectionSlots {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+/// What is open now (incoming connections, relayed streams), in total and per key (a
+/// source address, an originator); a slot is checked and taken in one step.
+#[derive(Debug)]
+pub struct Slots<K> {
+    open: Mutex<(usize, HashMap<K, usize>)>,
 }
 
-/// One incoming connection's slot, given back on drop.
-pub struct Slot {
-    slots: Arc<ConnectionSlots>,
-    ip: IpAddr,
+impl<K> Default for Slots<K> {
+    fn default() -> Self {
+        Slots {
+            open: Mutex::new((0, HashMap::new())),
+        }
+    }
 }
 
-impl Drop for Slot {
+/// Incoming connections per source address.
+pub type ConnectionSlots = Slots<IpAddr>;
+
+/// One slot, given back on drop.
+pub struct Slot<K: Hash + Eq + Copy> {
+    slots: Arc<Slots<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
         if let Ok(mut g) = self.slots.open.lock() {
             g.0 = g.0.saturating_sub(1);
-            if let Some(n) = g.1.get_mut(&self.ip) {
+            if let Some(n) = g.1.get_mut(&self.key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    g.1.remove(&self.ip);
+                    g.1.remove(&self.key);
                 }
             }
         }
     }
 }
 
-impl ConnectionSlots {
-    /// A slot for a connection from `ip`, if fewer than `total` are open and fewer than
-    /// `per_ip` from that address (0: no limit).
-    pub fn take(self: &Arc<Self>, ip: IpAddr, total: usize, per_ip: usize) -> Option<Slot> {
+impl<K: Hash + Eq + Copy> Slots<K> {
+    /// A slot for `key`, if fewer than `total` are open and fewer than `per_key` for that
+    /// key (0: no limit).
+    pub fn take(self: &Arc<Self>, key: K, total: usize, per_key: usize) -> Option<Slot<K>> {
         let mut g = self.open.lock().ok()?;
-        let from_ip = g.1.get(&ip).copied().unwrap_or(0);
-        if (total > 0 && g.0 >= total) || (per_ip > 0 && from_ip >= per_ip) {
+        let mine = g.1.get(&key).copied().unwrap_or(0);
+        if (total > 0 && g.0 >= total) || (per_key > 0 && mine >= per_key) {
             return None;
         }
         g.0 += 1;
-        *g.1.entry(ip).or_default() += 1;
+        *g.1.entry(key).or_default() += 1;
         Some(Slot {
             slots: self.clone(),
-            ip,
+            key,
         })
     }
 
-    /// Open connections in all.
+    /// Open in all.
     pub fn open(&self) -> usize {
         self.open.lock().map_or(0, |g| g.0)
     }
@@ -149,7 +162,7 @@ mod tests {
 
     #[test]
     fn slots_are_capped_in_total_and_per_address_and_given_back() {
-        let s = Arc::new(ConnectionSlots::default());
+        let s: Arc<ConnectionSlots> = Arc::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let a1 = s.take(a, 3, 2).unwrap();

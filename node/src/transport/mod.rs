@@ -18,7 +18,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
 
 mod limits;
-use limits::{ConnectionSlots, ReadRefusal, StreamBudget};
+use limits::{ConnectionSlots, ReadRefusal, Slots, StreamBudget};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,6 +158,8 @@ pub struct NatPolicy {
     pub punch_timeout: Duration,
     pub relay: bool,
     pub relay_max_streams: usize,
+    /// Relayed streams one originator may have open through this node.
+    pub relay_max_per_originator: usize,
 }
 
 pub struct Transport {
@@ -186,6 +188,8 @@ pub struct Transport {
     limits: Limits,
     /// Incoming connections open now (for the caps in total and per address).
     slots: Arc<ConnectionSlots>,
+    /// Relayed streams open now (for the caps in total and per originator).
+    relay_slots: Arc<Slots<NodeId>>,
     pub stats: TransportStats,
 }
 
@@ -263,10 +267,12 @@ impl Transport {
                 punch_timeout: Duration::from_millis(cfg.nat.punch_timeout_ms),
                 relay: cfg.nat.relay,
                 relay_max_streams: cfg.nat.relay_max_streams,
+                relay_max_per_originator: cfg.nat.relay_max_streams_per_originator,
             },
             events,
             limits: cfg.limits.clone(),
             slots: Arc::default(),
+            relay_slots: Arc::default(),
             stats: TransportStats::default(),
         });
         let acceptor = tr.clone();
@@ -832,19 +838,23 @@ impl Transport {
         let target = NodeId::from_bytes(target);
         let app = &head[16..];
         let conn = self.links.get(&target).map(|l| l.conn.clone());
-        let active = self.stats.relay_active.load(Ordering::Relaxed) as usize;
         let refuse = |why: &str| {
             self.stats.relay_refused.fetch_add(1, Ordering::Relaxed);
             crate::remote_log!(info, "relay_refused", %from, %target, "relay refused: {why}");
         };
-        let Some(conn) = conn.filter(|_| self.nat.relay && active < self.nat.relay_max_streams)
-        else {
+        // The slot is checked and taken in one step, and held until the stream ends.
+        let slot = self.relay_slots.take(
+            from,
+            self.nat.relay_max_streams,
+            self.nat.relay_max_per_originator,
+        );
+        let Some((conn, _slot)) = conn.zip(slot).filter(|_| self.nat.relay) else {
             refuse(if !self.nat.relay {
                 "relaying is off"
-            } else if active >= self.nat.relay_max_streams {
-                "at the relay limit"
-            } else {
+            } else if self.links.get(&target).is_none() {
                 "no link to the target"
+            } else {
+                "at the relay limit (in total or for this originator)"
             });
             let _ = send.reset(VarInt::from_u32(RESET_RELAY_REFUSED));
             let _ = recv.stop(VarInt::from_u32(RESET_RELAY_REFUSED));

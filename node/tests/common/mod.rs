@@ -297,10 +297,34 @@ pub async fn try_raw_connect(
     overlay: &str,
     seed: [u8; 32],
 ) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    connect_with_alpn(addr, overlay, seed, None).await
+}
+
+/// A raw application connection (ALPN `p2psip-app/1`): streams to the node's applications
+/// and its relay.
+pub async fn raw_app_connect(
+    addr: SocketAddr,
+    overlay: &str,
+    seed: [u8; 32],
+) -> (quinn::Endpoint, quinn::Connection) {
+    connect_with_alpn(addr, overlay, seed, Some(p2psip_node::tls::ALPN_APP))
+        .await
+        .unwrap()
+}
+
+async fn connect_with_alpn(
+    addr: SocketAddr,
+    overlay: &str,
+    seed: [u8; 32],
+    alpn: Option<&[u8]>,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
     use quinn::crypto::rustls::QuicClientConfig;
     let (certs, key) = p2psip_node::identity::tls_credentials(&seed).unwrap();
     let trust = std::sync::Arc::new(p2psip_node::enroll::Trust::self_signed(overlay));
-    let (_, client) = p2psip_node::tls::configs(certs, key, trust, "test".into()).unwrap();
+    let (_, mut client) = p2psip_node::tls::configs(certs, key, trust, "test".into()).unwrap();
+    if let Some(a) = alpn {
+        client.alpn_protocols = vec![a.to_vec()];
+    }
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(
         QuicClientConfig::try_from(client).unwrap(),
