@@ -110,8 +110,7 @@ pub fn export(
     counter!("p2psip_store_quota_refused_total", "node" => n()).absolute(s.quota_refused);
     counter!("p2psip_store_copies_refused_total", "node" => n()).absolute(s.copies_refused);
     counter!("p2psip_store_full_refused_total", "node" => n()).absolute(s.store_full);
-    counter!("p2psip_storage_commit_failures_total", "node" => n())
-        .absolute(store.commit_failures());
+    counter!("p2psip_storage_commit_failures_total", "node" => n()).absolute(s.commit_failures);
     counter!("p2psip_storage_corruption_events_total", "node" => n())
         .absolute(store.corruption_events());
     gauge!("p2psip_storage_disk_bytes", "node" => n()).set(store.disk_bytes() as f64);

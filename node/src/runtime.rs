@@ -421,11 +421,9 @@ fn is_relayed(c: &pb::Candidate) -> bool {
     c.r#type == pb::candidate::Type::Relayed as i32
 }
 
-/// Where a node's candidates say it can be reached: direct (host, reflexive) addresses
-/// and its relay.
-/// How to reach a node from its candidates: the first `MAX_CANDIDATES` usable ones,
-/// without repeats (proto/SPEC.md 3); however many a message lists, no more are dialled or
-/// punched.
+/// Where a node's candidates say it can be reached (direct host and reflexive addresses,
+/// and its relay): the first `MAX_CANDIDATES` usable ones, without repeats (proto/SPEC.md
+/// 3); however many a message lists, no more are dialled or punched.
 pub fn reach_of(candidates: &[pb::Candidate]) -> Reach {
     use p2psip_proto::limits::MAX_CANDIDATES;
     let mut r = Reach::default();

@@ -36,26 +36,39 @@ fn peak_kib(n: &NodeProc) -> u64 {
     proc_kib(n.child.id(), "VmHWM:")
 }
 
-async fn victim_and_client(dir: &std::path::Path) -> (NodeProc, NodeHandle) {
-    let n = start_node(dir, OVERLAY, &[], "127.0.0.1:0");
-    let joined = eventually(Duration::from_secs(20), || {
-        scrape(n.metrics)
-            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
-            .unwrap_or(false)
-            .then_some(())
-    });
+/// A lone peer (it forms the overlay itself) with `extra` TOML tables added to the test
+/// configuration; waits until it has formed its overlay.
+fn victim(dir: &std::path::Path, extra: &str) -> NodeProc {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = write_config(dir, OVERLAY, &[], "127.0.0.1:0");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[timers]", &format!("{extra}[timers]"));
+    std::fs::write(&config, text).unwrap();
+    let n = spawn_node(dir, config);
+    let formed = eventually(Duration::from_secs(20), || joined_alone(&n).then_some(()));
     assert!(
-        joined.is_some(),
+        formed.is_some(),
         "the attacked peer never formed its overlay"
     );
+    n
+}
+
+async fn client_of(n: &NodeProc, seed: u8) -> NodeHandle {
     let cfg = Config {
         overlay: OVERLAY.into(),
         ..Config::default()
     };
-    let c = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [0x42; 32])
+    let c = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [seed; 32])
         .await
         .unwrap();
     c.wait_joined(Duration::from_secs(10)).await.unwrap();
+    c
+}
+
+async fn victim_and_client(dir: &std::path::Path) -> (NodeProc, NodeHandle) {
+    let n = victim(dir, "");
+    let c = client_of(&n, 0x42).await;
     (n, c)
 }
 
@@ -219,19 +232,7 @@ async fn a_storage_time_far_ahead_cannot_lock_its_writer_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_from_outside_the_replica_neighbourhood_get_the_writers_checks() {
     let dir = TempDir::new("attack-copies");
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let config = write_config(&dir.0, OVERLAY, &[], "127.0.0.1:0");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text = text.replace("[timers]", "[limits]\nwriter_kind_bytes = 2000\n[timers]");
-    std::fs::write(&config, text).unwrap();
-    let n = spawn_node(&dir.0, config);
-    let joined = eventually(Duration::from_secs(20), || {
-        scrape(n.metrics)
-            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
-            .unwrap_or(false)
-            .then_some(())
-    });
-    assert!(joined.is_some());
+    let n = victim(&dir.0, "[limits]\nwriter_kind_bytes = 2000\n");
     let before = peak_kib(&n);
     let attacker_seed = [0x66; 32];
     let attacker = Identity::from_seed(attacker_seed, "").node_id;
@@ -299,44 +300,13 @@ async fn copies_from_outside_the_replica_neighbourhood_get_the_writers_checks() 
     c.shutdown().await;
 }
 
-/// A lone peer with `[limits]` lines added to the test configuration.
-fn victim_with_limits(dir: &std::path::Path, limits: &str) -> NodeProc {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = write_config(dir, OVERLAY, &[], "127.0.0.1:0");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[timers]", &format!("[limits]\n{limits}\n[timers]"));
-    std::fs::write(&config, text).unwrap();
-    let n = spawn_node(dir, config);
-    let joined = eventually(Duration::from_secs(20), || {
-        scrape(n.metrics)
-            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
-            .unwrap_or(false)
-            .then_some(())
-    });
-    assert!(joined.is_some());
-    n
-}
-
-async fn client_of(n: &NodeProc, seed: u8) -> NodeHandle {
-    let cfg = Config {
-        overlay: OVERLAY.into(),
-        ..Config::default()
-    };
-    let c = runtime::spawn(cfg, Role::Client { admitting: n.addr }, [seed; 32])
-        .await
-        .unwrap();
-    c.wait_joined(Duration::from_secs(10)).await.unwrap();
-    c
-}
-
 /// Three connections each open 100 streams and send 900 kB on each without finishing it
 /// (270 MB the peer would have to hold): the unfinished streams of a connection hold at
 /// most `limits.max_connection_buffer_bytes` (4 MiB by default); the rest are given up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_streams_cannot_fill_a_peers_memory() {
     let dir = TempDir::new("attack-streams");
-    let n = victim_with_limits(&dir.0, "");
+    let n = victim(&dir.0, "");
     let before = peak_kib(&n);
     let mut conns = Vec::new();
     for i in 0..3u8 {
@@ -404,7 +374,7 @@ async fn unfinished_streams_cannot_fill_a_peers_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_capped() {
     let dir = TempDir::new("attack-conns");
-    let n = victim_with_limits(&dir.0, "max_connections_per_ip = 4");
+    let n = victim(&dir.0, "[limits]\nmax_connections_per_ip = 4\n");
     let mut ok = Vec::new();
     let mut refused = 0;
     for i in 0..12u8 {
@@ -447,7 +417,7 @@ async fn eventually_async_client(n: &NodeProc) -> NodeHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_cannot_flood_the_log() {
     let dir = TempDir::new("attack-logs");
-    let n = victim_with_limits(&dir.0, "");
+    let n = victim(&dir.0, "");
     let mut kept = Vec::new();
     for i in 0..60u8 {
         if let Ok((ep, conn)) =
@@ -495,19 +465,7 @@ async fn refusals_cannot_flood_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_streams_are_capped_per_originator() {
     let dir = TempDir::new("attack-relay");
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let config = write_config(&dir.0, OVERLAY, &[], "127.0.0.1:0");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[nat]\nrelay_max_streams_per_originator = 3\n");
-    std::fs::write(&config, text).unwrap();
-    let n = spawn_node(&dir.0, config);
-    let joined = eventually(Duration::from_secs(20), || {
-        scrape(n.metrics)
-            .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
-            .unwrap_or(false)
-            .then_some(())
-    });
-    assert!(joined.is_some());
+    let n = victim(&dir.0, "[nat]\nrelay_max_streams_per_originator = 3\n");
     // The node behind the relay: a client of the peer, serving echo.
     let target = client_of(&n, 0x47).await;
     p2psip_node::echo::serve(&target.client()).await;

@@ -18,34 +18,23 @@ use std::time::Duration;
 
 const OVERLAY: &str = "durable.test";
 
-fn store_many(n: &NodeProc, count: usize, prefix: &str) -> (i32, String) {
+/// `p2psip client store-many` or `check-many`: (exit code, stdout and stderr).
+fn many(n: &NodeProc, op: &str, count: usize, prefix: &str) -> (i32, String) {
+    let count = count.to_string();
     let (code, out, err) = client(
         n.addr,
         OVERLAY,
-        &[
-            "store-many",
-            "--count",
-            &count.to_string(),
-            "--prefix",
-            prefix,
-        ],
+        &[op, "--count", &count, "--prefix", prefix],
     );
     (code, format!("{out}{err}"))
 }
 
+fn store_many(n: &NodeProc, count: usize, prefix: &str) -> (i32, String) {
+    many(n, "store-many", count, prefix)
+}
+
 fn check_many(n: &NodeProc, count: usize, prefix: &str) -> (i32, String) {
-    let (code, out, err) = client(
-        n.addr,
-        OVERLAY,
-        &[
-            "check-many",
-            "--count",
-            &count.to_string(),
-            "--prefix",
-            prefix,
-        ],
-    );
-    (code, format!("{out}{err}"))
+    many(n, "check-many", count, prefix)
 }
 
 /// A lone node (it forms the overlay itself) on an ephemeral port with its data in `dir`.
@@ -74,12 +63,6 @@ fn restart(n: &NodeProc) -> NodeProc {
         std::fs::read_to_string(&m.stderr_log).unwrap_or_default()
     );
     m
-}
-
-fn joined_alone(n: &NodeProc) -> bool {
-    scrape(n.metrics)
-        .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
-        .unwrap_or(false)
 }
 
 fn sigkill(mut n: NodeProc) -> NodeProc {

@@ -228,8 +228,8 @@ impl OverlayNode {
             if let Some(d) = self.store.get(r, k) {
                 for (w, b) in writers_of(&d) {
                     *self.writer_bytes.entry((k, w)).or_default() += b;
+                    self.stored_bytes = self.stored_bytes.saturating_add(b);
                 }
-                self.stored_bytes = self.stored_bytes.saturating_add(bytes_of(&d));
             }
         }
     }
@@ -243,11 +243,8 @@ impl OverlayNode {
 
     /// [`Self::write_data`] for a caller that already read what is stored (`old`).
     fn write_data_over(&mut self, resource: Id, kind: u32, old: &KindData, data: Option<KindData>) {
-        self.stored_bytes = self.stored_bytes.saturating_sub(bytes_of(old));
-        if let Some(d) = &data {
-            self.stored_bytes = self.stored_bytes.saturating_add(bytes_of(d));
-        }
         for (w, b) in writers_of(old) {
+            self.stored_bytes = self.stored_bytes.saturating_sub(b);
             if let Some(x) = self.writer_bytes.get_mut(&(kind, w)) {
                 *x = x.saturating_sub(b);
                 if *x == 0 {
@@ -259,6 +256,7 @@ impl OverlayNode {
             Some(d) if !d.values.is_empty() => {
                 for (w, b) in writers_of(&d) {
                     *self.writer_bytes.entry((kind, w)).or_default() += b;
+                    self.stored_bytes = self.stored_bytes.saturating_add(b);
                 }
                 self.store.put(resource, kind, d);
             }

@@ -264,6 +264,7 @@ impl OverlayNode {
         let outsider =
             mode == StoreMode::Merge && !(direct && self.topology.may_copy_to_me(origin, resource));
         let now_ms = self.now.as_millis();
+        let ahead = now_ms.saturating_add(self.cfg.max_clock_skew.as_millis() as u64);
         let mut staged = Vec::with_capacity(req.kind_data.len());
         let mut growth: u64 = 0;
         for kd in &req.kind_data {
@@ -271,7 +272,6 @@ impl OverlayNode {
                 ErrorCode::UnknownKind,
                 format!("kind {} is not defined", kd.kind),
             ))?;
-            let ahead = now_ms.saturating_add(self.cfg.max_clock_skew.as_millis() as u64);
             if let Some(v) = kd.values.iter().find(|v| v.storage_time > ahead) {
                 return Err((
                     ErrorCode::InvalidMessage,

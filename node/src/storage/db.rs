@@ -79,7 +79,6 @@ pub enum OpenError {
 /// An open database.
 pub struct Db {
     db: Database,
-    path: PathBuf,
 }
 
 /// What an open found: the stored data, and whether a damaged file was moved aside.
@@ -169,13 +168,7 @@ impl Db {
             Err(e) => return Err(damaged(e.to_string())),
         }
         drop(tx);
-        Ok((
-            Db {
-                db,
-                path: path.to_path_buf(),
-            },
-            records,
-        ))
+        Ok((Db { db }, records))
     }
 
     /// Writes `batch` (None: delete) in one transaction; durable on return unless
@@ -233,15 +226,6 @@ impl Db {
             t.insert(key, value).map_err(commit_error)?;
         }
         tx.commit().map_err(commit_error)
-    }
-
-    /// Size of the database file.
-    pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -18,7 +18,6 @@ use p2psip_algorithms::Id;
 use p2psip_proto::pb;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,11 +68,8 @@ impl Disk {
 pub struct DashStore {
     map: Arc<DashMap<StoreKey, KindData>>,
     disk: Option<Arc<Mutex<Disk>>>,
-    /// Size of the database file, for metrics.
-    disk_bytes: Arc<AtomicU64>,
-    /// Commits that failed, and damaged databases moved aside at start, for metrics.
-    commit_failures: Arc<AtomicU64>,
-    corruption_events: Arc<AtomicU64>,
+    /// A damaged database was moved aside at this start (for metrics).
+    quarantined: bool,
 }
 
 impl DashStore {
@@ -93,18 +89,11 @@ impl DashStore {
         crate::security::private_files::ensure_dir(dir)?;
         let path = dir.join(DB_FILE);
         let opened = db::Db::open(&path, on_corruption)?;
-        let store = DashStore {
-            map: Arc::new(DashMap::new()),
-            disk: None,
-            disk_bytes: Arc::new(AtomicU64::new(opened.db.file_bytes())),
-            commit_failures: Arc::default(),
-            corruption_events: Arc::new(AtomicU64::new(u64::from(opened.quarantined.is_some()))),
-        };
         let n: usize = opened.records.iter().map(|(_, d)| d.values.len()).sum();
-        for (k, d) in opened.records {
-            store.map.insert(k, d);
-        }
+        let map: DashMap<StoreKey, KindData> = opened.records.into_iter().collect();
         let mut store = DashStore {
+            map: Arc::new(map),
+            quarantined: opened.quarantined.is_some(),
             disk: Some(Arc::new(Mutex::new(Disk {
                 db: Some(opened.db),
                 path: path.clone(),
@@ -114,7 +103,6 @@ impl DashStore {
                 failed_at: None,
                 label: label.to_string(),
             }))),
-            ..store
         };
         if n > 0 {
             tracing::info!(values = n, path = %path.display(), "restored stored data");
@@ -166,19 +154,17 @@ impl DashStore {
         m
     }
 
-    /// Bytes of the database file (0: memory only).
+    /// Bytes of the database file (0: memory only), read when asked (metrics, once a
+    /// second) rather than after every commit.
     pub fn disk_bytes(&self) -> u64 {
-        self.disk_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Commits that failed since the start.
-    pub fn commit_failures(&self) -> u64 {
-        self.commit_failures.load(Ordering::Relaxed)
+        let Some(disk) = &self.disk else { return 0 };
+        disk.lock()
+            .map_or(0, |d| std::fs::metadata(&d.path).map_or(0, |m| m.len()))
     }
 
     /// Damaged databases moved aside at this start (0 or 1).
     pub fn corruption_events(&self) -> u64 {
-        self.corruption_events.load(Ordering::Relaxed)
+        u64::from(self.quarantined)
     }
 
     /// With sync = "none": makes the commits of the last second durable.
@@ -290,7 +276,6 @@ impl Storage for DashStore {
         }
         let batch = std::mem::take(&mut d.batch);
         let durable = d.sync != SyncMode::None;
-        let started = Instant::now();
         let backing_off = d
             .failed_at
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
@@ -301,28 +286,28 @@ impl Storage for DashStore {
             _ if backing_off => Err(StorageError::OutOfSpace(
                 "the last commit failed less than a second ago".into(),
             )),
-            Some(db) => db.write(batch.new.iter().map(|(k, v)| (k, v.as_ref())), durable),
+            Some(db) => {
+                let started = Instant::now();
+                let r = db.write(batch.new.iter().map(|(k, v)| (k, v.as_ref())), durable);
+                let took = started.elapsed();
+                metrics::histogram!("p2psip_storage_commit_seconds", "node" => d.label.clone())
+                    .record(took.as_secs_f64());
+                if took > Duration::from_millis(500) {
+                    tracing::warn!(ms = took.as_millis() as u64, "slow storage commit");
+                }
+                r
+            }
             None => Err(StorageError::Failed(
                 "the database could not be reopened after a failed commit".into(),
             )),
         };
-        let took = started.elapsed();
-        let label = d.label.clone();
-        metrics::histogram!("p2psip_storage_commit_seconds", "node" => label)
-            .record(took.as_secs_f64());
-        if took > Duration::from_millis(500) {
-            tracing::warn!(ms = took.as_millis() as u64, "slow storage commit");
-        }
         match r {
             Ok(()) => {
                 d.failed_at = None;
                 d.unsynced |= !durable;
-                let bytes = d.db.as_ref().map_or(0, |db| db.file_bytes());
-                self.disk_bytes.store(bytes, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
-                self.commit_failures.fetch_add(1, Ordering::Relaxed);
                 crate::remote_log!(
                     error,
                     "commit_failed",

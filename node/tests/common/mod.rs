@@ -270,6 +270,13 @@ pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// The node reports itself joined (its /metrics): a lone node that formed its overlay.
+pub fn joined_alone(n: &NodeProc) -> bool {
+    scrape(n.metrics)
+        .map(|t| metric_sum(&parse_prometheus(&t), "p2psip_overlay_joined", &[]) == 1.0)
+        .unwrap_or(false)
+}
+
 /// The node reports itself joined with at least one successor (its /metrics).
 pub fn joined(n: &NodeProc) -> bool {
     scrape(n.metrics)
