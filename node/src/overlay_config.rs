@@ -173,11 +173,10 @@ pub fn update_req(sequence: u32, signed: Vec<u8>) -> p2psip_proto::pb::ConfigUpd
     }
 }
 
-/// Reads and checks a signed document file.
-pub fn load(path: &Path, ca_key: &[u8; 32]) -> anyhow::Result<(OverlayDoc, Vec<u8>)> {
+/// A signed document file as (where it came from, its bytes), checked later.
+fn read_document(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc = verify(&bytes, ca_key).with_context(|| format!("{}", path.display()))?;
-    Ok((doc, bytes))
+    Ok((path.display().to_string(), bytes))
 }
 
 /// Why a node cannot take `doc` at all (another overlay, algorithm or CA).
@@ -296,8 +295,7 @@ impl DocState {
         // (where it came from, its signed bytes)
         let mut candidates: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(p) = &cfg.security.overlay_config {
-            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            candidates.push((p.display().to_string(), bytes));
+            candidates.push(read_document(p)?);
         }
         if let Some(b) = store.meta(META_KEY) {
             candidates.push((
@@ -312,8 +310,7 @@ impl DocState {
             .map(|d| d.join("overlay-config.signed"))
             .filter(|p| p.exists())
         {
-            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            candidates.push((p.display().to_string(), bytes));
+            candidates.push(read_document(&p)?);
         }
         if candidates.is_empty() {
             return Ok(st);
