@@ -505,3 +505,560 @@ async fn relayed_streams_are_capped_per_originator() {
     answers_ping(&target, &n).await;
     target.shutdown().await;
 }
+
+// ---- forged overlay messages: every request and answer proves its originator ----------
+
+/// A peer in this process with test timers; `extra` adjusts its configuration.
+async fn peer(boot: Vec<String>, seed: u8, extra: impl FnOnce(&mut Config)) -> NodeHandle {
+    let mut c = Config {
+        overlay: OVERLAY.into(),
+        listen: "127.0.0.1:0".into(),
+        bootstrap: boot,
+        ..Config::default()
+    };
+    c.timers.request_timeout_ms = 500;
+    c.chord.stabilize_interval_s = 1;
+    c.chord.finger_interval_s = 2;
+    extra(&mut c);
+    runtime::spawn(c, Role::Peer, [seed; 32]).await.unwrap()
+}
+
+/// Four peers in this process, joined and each holding the three others in its tables.
+async fn ring_of_four() -> Vec<NodeHandle> {
+    let first = peer(vec![], 0x71, |_| {}).await;
+    first.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let boot = vec![first.addr.to_string()];
+    let mut peers = vec![first];
+    for s in 0x72..=0x74u8 {
+        let p = peer(boot.clone(), s, |_| {}).await;
+        p.wait_joined(Duration::from_secs(10)).await.unwrap();
+        peers.push(p);
+    }
+    let ids: Vec<Id> = peers.iter().map(|p| p.id).collect();
+    let end = Instant::now() + Duration::from_secs(20);
+    'settle: loop {
+        assert!(Instant::now() < end, "the ring of four never settled");
+        for p in &peers {
+            let t = p.status().await.unwrap().routing;
+            let others = ids.iter().filter(|i| **i != p.id);
+            if !others.clone().all(|i| t.successors.contains(i)) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'settle;
+            }
+        }
+        break;
+    }
+    peers
+}
+
+/// A message with the given via list (originator first) to `dest`, signed by `signer` as
+/// proto/SPEC.md 5 says (or unsigned).
+fn message(
+    via: &[Id],
+    dest: p2psip_proto::Destination,
+    txid: u64,
+    body: p2psip_proto::Body,
+    signer: Option<&Identity>,
+) -> Vec<u8> {
+    let overlay = p2psip_proto::overlay_id(OVERLAY);
+    let security = signer.map(|s| {
+        let input = p2psip_proto::security::message_signing_input(
+            overlay,
+            txid,
+            body.code(),
+            &body.encode_to_vec(),
+        );
+        pb::SecurityBlock {
+            certificates: vec![],
+            signature: Some(s.sign(&input)),
+        }
+    });
+    p2psip_proto::Message {
+        header: p2psip_proto::OwnedHeader {
+            via: via
+                .iter()
+                .map(|i| p2psip_proto::Destination::Node(*i))
+                .collect(),
+            ..p2psip_proto::OwnedHeader::new(overlay, txid, dest)
+        },
+        body,
+        security,
+    }
+    .encode()
+    .unwrap()
+}
+
+fn ping() -> p2psip_proto::Body {
+    pb::PingReq { padding: vec![] }.into()
+}
+
+/// Sends `n` Pings to `to` over `conn`, each built by `build(i, txid)`; counts the
+/// successful answers and the Rate_Limited ones among what comes back within 3 s.
+async fn ping_flood(
+    conn: &quinn::Connection,
+    n: u64,
+    build: impl Fn(u64, u64) -> Vec<u8>,
+) -> (u64, u64, u64) {
+    for i in 0..n {
+        send_raw(conn, &build(i, 0x5000_0000 + i)).await;
+    }
+    let (mut ok, mut limited, mut other) = (0, 0, 0);
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(mut s)) = tokio::time::timeout_at(end, conn.accept_uni()).await {
+        let Ok(bytes) = s.read_to_end(1 << 20).await else {
+            continue;
+        };
+        let Ok(m) = p2psip_proto::Message::decode(&bytes) else {
+            continue;
+        };
+        if !(0x5000_0000..0x5000_0000 + n).contains(&m.header.transaction_id) {
+            continue;
+        }
+        match m.body {
+            p2psip_proto::Body::PingAns(_) => ok += 1,
+            p2psip_proto::Body::ErrorAns(e) if e.code == ErrorCode::RateLimited as i32 => {
+                limited += 1
+            }
+            _ => other += 1,
+        }
+    }
+    (ok, limited, other)
+}
+
+/// Pings whose via list names another originator than the link's peer are held to the
+/// signer's limit: a forged originator is refused, the attacker's own second identity gets
+/// Rate_Limited beyond the origin limit, and many identities are held to the per-link cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_entry_via_list_is_held_to_the_originators_limit() {
+    let a = peer(vec![], 0x75, |c| {
+        c.limits.origin_requests_per_s = 20;
+        c.limits.origin_burst = 20;
+    })
+    .await;
+    a.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let me = Identity::from_seed([0x76; 32], "");
+    let victim_id = Id::hash_of(b"some other node");
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x76; 32]).await;
+    let dest = p2psip_proto::Destination::Node(a.id);
+
+    // 1. [victim, me], signed by me (I cannot sign as the victim): none is served.
+    let began = Instant::now();
+    let (ok, limited, other) = ping_flood(&conn, 400, |_, tx| {
+        message(
+            &[victim_id, me.node_id],
+            dest.clone(),
+            tx,
+            ping(),
+            Some(&me),
+        )
+    })
+    .await;
+    eprintln!("  forged originator: {ok} answered, {limited} rate limited, {other} refused");
+    assert_eq!(ok, 0, "Pings in the name of another originator were served");
+
+    // 2. [second, me], signed by the attacker's second identity: held to 20/s.
+    let second = Identity::from_seed([0x77; 32], "");
+    let (ok, limited, _) = ping_flood(&conn, 400, |_, tx| {
+        message(
+            &[second.node_id, me.node_id],
+            dest.clone(),
+            tx,
+            ping(),
+            Some(&second),
+        )
+    })
+    .await;
+    let allowed = 20 + 20 * began.elapsed().as_secs() + 20;
+    eprintln!("  one forwarded originator: {ok} answered, {limited} rate limited");
+    assert!(ok <= allowed, "{ok} answered, at most {allowed} allowed");
+    assert!(limited >= 400 - allowed, "only {limited} rate limited");
+    answers_ping_as(&conn, &me, a.id).await;
+    a.shutdown().await;
+}
+
+/// One Ping straight from the attacker's own link is answered (the peer still serves it).
+async fn answers_ping_as(conn: &quinn::Connection, me: &Identity, to: Id) {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tx = 0x6000_0001;
+    let dest = p2psip_proto::Destination::Node(to);
+    send_raw(conn, &message(&[me.node_id], dest, tx, ping(), Some(me))).await;
+    let m = raw_answer(conn, tx, Duration::from_secs(2)).await;
+    assert!(
+        matches!(
+            m.as_ref().map(|m| &m.body),
+            Some(p2psip_proto::Body::PingAns(_))
+        ),
+        "the peer no longer answers: {m:?}"
+    );
+}
+
+/// Whether `id` is in any of the tables of `t`.
+fn holds(t: &p2psip_algorithms::RoutingSnapshot, id: Id) -> bool {
+    t.successors.contains(&id) || t.predecessors.contains(&id) || t.fingers.contains(&id)
+}
+
+/// A Leave in B's name, sent to A through a raw link twice a second, never takes B out of
+/// A's tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_leave_leaves_the_peer_in_the_tables() {
+    let peers = ring_of_four().await;
+    let (a, b) = (&peers[0], &peers[1]);
+    let me = Identity::from_seed([0x78; 32], "");
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x78; 32]).await;
+    let leave = |tx: u64, signer: Option<&Identity>| {
+        message(
+            &[b.id, me.node_id],
+            p2psip_proto::Destination::Node(a.id),
+            tx,
+            pb::LeaveReq {
+                leaving_peer_id: b.id.to_bytes().to_vec(),
+                overlay_specific: vec![],
+            }
+            .into(),
+            signer,
+        )
+    };
+    let (mut present, mut samples) = (0, 0);
+    for i in 0..20u64 {
+        // Unsigned, and signed by the attacker.
+        send_raw(&conn, &leave(0x7000_0000 + 2 * i, None)).await;
+        send_raw(&conn, &leave(0x7000_0001 + 2 * i, Some(&me))).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let t = a.status().await.unwrap().routing;
+        samples += 1;
+        present += u32::from(holds(&t, b.id));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("  B in A's tables in {present} of {samples} samples");
+    assert_eq!(present, samples, "a forged Leave took B out of A's tables");
+    for p in peers {
+        p.shutdown().await;
+    }
+}
+
+fn chord_update(preds: &[Id], succs: &[Id]) -> p2psip_proto::Body {
+    use prost::Message as _;
+    let wire = |l: &[Id]| l.iter().map(|i| i.to_bytes().to_vec()).collect();
+    pb::UpdateReq {
+        algorithm: "chord".into(),
+        overlay_specific: pb::ChordUpdate {
+            uptime: 100,
+            r#type: pb::chord_update::Type::Neighbors as i32,
+            predecessors: wire(preds),
+            successors: wire(succs),
+            fingers: vec![],
+        }
+        .encode_to_vec(),
+    }
+    .into()
+}
+
+/// Updates naming fake successors, from a Node-ID nobody can reach (its key is the
+/// attacker's) and from the attacker's own link, put no fake id into A's tables and take
+/// no real peer out; A keeps fetching what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_update_puts_no_fake_successor_in_the_tables() {
+    let peers = ring_of_four().await;
+    let a = &peers[0];
+    let writer = Identity::from_seed([0x79; 32], "");
+    let mut stored = Vec::new();
+    for i in 0..20u32 {
+        let res = Id::hash_of(format!("update-victim-{i}").as_bytes());
+        let v = signed_value(
+            &writer,
+            res,
+            KIND_USER_VALUE,
+            runtime::now(),
+            3600,
+            ValueModel::Single(vec![i as u8]),
+        );
+        let r = op(&peers[1], move |n, t| {
+            n.store(t, res, KIND_USER_VALUE, vec![v], 0)
+        })
+        .await;
+        assert!(r.is_ok(), "store {i}: {r:?}");
+        stored.push(res);
+    }
+    let me = Identity::from_seed([0x7a; 32], "");
+    let ghost = Identity::from_seed([0x7b; 32], "");
+    let fakes: Vec<Id> = (0..4).map(|i| Id(a.id.0.wrapping_add(1 + i))).collect();
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x7a; 32]).await;
+    let to_a = p2psip_proto::Destination::Node(a.id);
+    for round in 0..4u64 {
+        let ghost_says = chord_update(&fakes, &fakes);
+        send_raw(
+            &conn,
+            &message(
+                &[ghost.node_id, me.node_id],
+                to_a.clone(),
+                0x7100_0000 + round,
+                ghost_says,
+                Some(&ghost),
+            ),
+        )
+        .await;
+        send_raw(
+            &conn,
+            &message(
+                &[me.node_id],
+                to_a.clone(),
+                0x7200_0000 + round,
+                chord_update(&fakes, &fakes),
+                Some(&me),
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let real: Vec<Id> = peers[1..].iter().map(|p| p.id).collect();
+    for _ in 0..10 {
+        let t = a.status().await.unwrap().routing;
+        for f in &fakes {
+            assert!(!holds(&t, *f), "fake id {f} in A's tables: {t:?}");
+        }
+        assert!(
+            !holds(&t, ghost.node_id),
+            "the unreachable ghost is in A's tables"
+        );
+        for r in &real {
+            assert!(holds(&t, *r), "real peer {r} left A's tables: {t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut fetched = 0;
+    for res in stored {
+        if let Ok(p2psip_proto::Body::FetchAns(f)) =
+            op(a, move |n, t| n.fetch_kind(t, res, KIND_USER_VALUE)).await
+        {
+            fetched += u32::from(f.kind_responses.iter().any(|k| !k.values.is_empty()));
+        }
+    }
+    assert_eq!(fetched, 20, "A fetched {fetched} of 20 stored values");
+    for p in peers {
+        p.shutdown().await;
+    }
+}
+
+/// A peer's request straight to the attacker's link: an answer naming another responder,
+/// and an unsigned one, are dropped; the attacker's own signed answer completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
+    let a = peer(vec![], 0x7c, |_| {}).await;
+    a.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let me = Identity::from_seed([0x7d; 32], "");
+    let other = Identity::from_seed([0x7e; 32], "");
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x7d; 32]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to = me.node_id;
+    let pending = tokio::spawn({
+        let c = a.client();
+        async move {
+            c.op(move |n, t| n.config_update(t, to, pb::ConfigUpdateReq::default()))
+                .await
+        }
+    });
+    // The request the peer sent us.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let req = loop {
+        let mut s = tokio::time::timeout_at(end, conn.accept_uni())
+            .await
+            .expect("no request from the peer")
+            .unwrap();
+        let bytes = s.read_to_end(1 << 20).await.unwrap();
+        if let Ok(m) = p2psip_proto::Message::decode(&bytes) {
+            if matches!(m.body, p2psip_proto::Body::ConfigUpdateReq(_)) {
+                break m;
+            }
+        }
+    };
+    let tx = req.header.transaction_id;
+    let answer = |responder: Id, signer: Option<&Identity>| {
+        message(
+            &[responder],
+            p2psip_proto::Destination::Node(a.id),
+            tx,
+            pb::ConfigUpdateAns {}.into(),
+            signer,
+        )
+    };
+    // Another responder than the node the request went to, signed by it.
+    send_raw(&conn, &answer(other.node_id, Some(&other))).await;
+    // The right responder, unsigned.
+    send_raw(&conn, &answer(me.node_id, None)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pending.is_finished(),
+        "a forged answer completed the request"
+    );
+    send_raw(&conn, &answer(me.node_id, Some(&me))).await;
+    let done = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("the real answer was not taken")
+        .unwrap()
+        .unwrap();
+    match done {
+        Event::Completed {
+            outcome, responder, ..
+        } => {
+            assert!(outcome.is_ok(), "{outcome:?}");
+            assert_eq!(responder, Some(me.node_id));
+        }
+        other => panic!("{other:?}"),
+    }
+    a.shutdown().await;
+}
+
+/// One Update, and one Leave, carrying 10,000 ids make the peer probe at most as many as
+/// its tables hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_with_ten_thousand_ids_costs_at_most_a_table_of_probes() {
+    let a = peer(vec![], 0x7f, |_| {}).await;
+    a.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let me = Identity::from_seed([0x80; 32], "");
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x80; 32]).await;
+    let ids: Vec<Id> = (0..10_000u32)
+        .map(|i| Id::hash_of(format!("fake-{i}").as_bytes()))
+        .collect();
+    let to_a = p2psip_proto::Destination::Node(a.id);
+    let wire = |l: &[Id]| l.iter().map(|i| i.to_bytes().to_vec()).collect::<Vec<_>>();
+    let leave: p2psip_proto::Body = pb::LeaveReq {
+        leaving_peer_id: me.node_id.to_bytes().to_vec(),
+        overlay_specific: prost::Message::encode_to_vec(&pb::ChordLeave {
+            predecessors: wire(&ids[..5000]),
+            successors: wire(&ids[5000..]),
+        }),
+    }
+    .into();
+    let update = chord_update(&ids[..5000], &ids[5000..]);
+    for (what, tx, body) in [
+        ("Leave", 0x7300_0001, leave),
+        ("Update", 0x7300_0002, update),
+    ] {
+        send_raw(
+            &conn,
+            &message(&[me.node_id], to_a.clone(), tx, body, Some(&me)),
+        )
+        .await;
+        let ans = raw_answer(&conn, tx, Duration::from_secs(5)).await;
+        assert!(ans.is_some(), "the {what} was not answered");
+        let (txs, rx) = tokio::sync::oneshot::channel();
+        a.client()
+            .with_core(move |n| {
+                let _ = txs.send(n.pending_transactions());
+            })
+            .await;
+        let pending = rx.await.unwrap();
+        // Chord's tables by default: 4 successors and 4 predecessors (and a few of the
+        // peer's own transactions).
+        let bound = 4 + 4 + 4;
+        eprintln!("  {pending} transactions pending after the {what}");
+        assert!(
+            pending <= bound,
+            "{pending} probes for one {what} (at most {bound})"
+        );
+    }
+    a.shutdown().await;
+}
+
+/// A link control frame saying "your packets come from `addr`" (proto/SPEC.md 2.8).
+fn observed_frame(addr: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut f = vec![0xD2, 0x50, 0x32, 0x43, 1, 4];
+    f.extend_from_slice(&addr.ip().octets());
+    f.extend_from_slice(&addr.port().to_be_bytes());
+    f
+}
+
+/// A peer waiting for its bootstrap peer to report its address is told by a node that
+/// merely connected to it that it sits behind a NAT: it still starts as a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_connectors_observed_address_does_not_make_a_peer_a_client() {
+    // The bootstrap peer never answers: the node waits 2 s for a report, then assumes it
+    // is reachable.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let boot = vec![silent.local_addr().unwrap().to_string()];
+    let p = peer(boot, 0x81, |c| c.form_after_s = 1).await;
+    let (_ep, conn) = raw_connect(p.addr, OVERLAY, [0x82; 32]).await;
+    for port in [4000, 4001] {
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&observed_frame(
+            format!("203.0.113.7:{port}").parse().unwrap(),
+        ))
+        .await
+        .unwrap();
+        s.finish().unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let st = p.status().await.unwrap();
+    eprintln!(
+        "  behind_nat {:?}, reflexive {:?}",
+        st.behind_nat, st.reflexive
+    );
+    assert_ne!(
+        st.behind_nat,
+        Some(true),
+        "one connector's report made it a client"
+    );
+    assert_eq!(
+        st.reflexive, None,
+        "it took a connector's report as its address"
+    );
+    p.shutdown().await;
+    drop(silent);
+}
+
+/// Attach requests from many made-up nodes, each giving an address, leave the bootstrap
+/// cache with only the peers this node completed a link to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_attaches_do_not_fill_the_bootstrap_cache() {
+    let dir = TempDir::new("attack-cache");
+    let first = peer(vec![], 0x83, |_| {}).await;
+    first.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let data = dir.0.clone();
+    let a = peer(vec![first.addr.to_string()], 0x84, move |c| {
+        c.data_dir = Some(data);
+    })
+    .await;
+    a.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let me = Identity::from_seed([0x85; 32], "");
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x85; 32]).await;
+    for i in 0..100u64 {
+        let forger = Identity::from_seed([i as u8; 32], "");
+        let addr: std::net::SocketAddr = format!("198.51.100.{}:5{:03}", i % 250 + 1, i)
+            .parse()
+            .unwrap();
+        let attach = pb::AttachReq {
+            ufrag: vec![],
+            password: vec![],
+            role: "active".into(),
+            candidates: vec![runtime::candidate(addr, pb::candidate::Type::Host)],
+            send_update: false,
+        };
+        send_raw(
+            &conn,
+            &message(
+                &[forger.node_id, me.node_id],
+                p2psip_proto::Destination::Node(a.id),
+                0x7400_0000 + i,
+                attach.into(),
+                Some(&forger),
+            ),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.shutdown().await;
+    first.shutdown().await;
+    let store = p2psip_node::storage::DashStore::open(
+        &dir.0,
+        p2psip_node::storage::SyncMode::Batch,
+        p2psip_node::storage::OnCorruption::Refuse,
+        "test",
+    )
+    .unwrap();
+    let cache = String::from_utf8(store.meta("peers").unwrap_or_default()).unwrap();
+    eprintln!("  bootstrap cache: {:?}", cache.lines().collect::<Vec<_>>());
+    assert!(
+        !cache.contains("198.51.100."),
+        "forged Attach candidates in the bootstrap cache: {cache}"
+    );
+}
