@@ -65,7 +65,7 @@ impl Topology for ClientTopology {
     fn on_request(
         &mut self,
         _ctx: &mut Ctx<'_>,
-        _from: NodeId,
+        _from: Origin,
         body: &Body,
     ) -> Result<Body, (ErrorCode, String)> {
         Err((

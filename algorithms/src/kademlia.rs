@@ -250,33 +250,44 @@ impl Kademlia {
         }
     }
 
-    /// Candidates from another node: those that would enter the near set are checked with
-    /// a direct Update first; others fill free bucket places (checked when used).
+    /// Candidates from another node (hints): each is checked with a direct Update before
+    /// it enters a bucket (the answer, signed by it, proves it is there). One message costs
+    /// at most `k` probes (the candidates closest to us that have room), and no more than
+    /// `2k` are out at a time, whatever the message listed.
     fn learn(&mut self, ctx: &mut Ctx<'_>, ids: &[Id]) {
         let near = self.window();
         let farthest = near.last().map(|x| xor(*x, self.me));
-        for &c in ids {
-            if c == self.me || self.contains(c) || self.probing.contains(&c) {
-                continue;
+        let now = ctx.now;
+        let mut fresh: Vec<(u128, Id)> = ids
+            .iter()
+            .copied()
+            .filter(|c| *c != self.me && !self.contains(*c) && !self.probing.contains(c))
+            .filter(|c| {
+                !self
+                    .dead
+                    .get(c)
+                    .is_some_and(|t| now.since(*t) < DEAD_MEMORY)
+            })
+            .filter(|c| {
+                let enters_near =
+                    near.len() < self.cfg.k || farthest.is_some_and(|f| xor(*c, self.me) < f);
+                enters_near
+                    || self
+                        .bucket_of(*c)
+                        .is_some_and(|b| self.buckets[b].nodes.len() < self.cfg.k)
+            })
+            .map(|c| (xor(c, self.me), c))
+            .collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        fresh.truncate(self.cfg.k);
+        for (_, c) in fresh {
+            if self.probing.len() >= 2 * self.cfg.k {
+                break;
             }
-            if self
-                .dead
-                .get(&c)
-                .is_some_and(|t| ctx.now.since(*t) < DEAD_MEMORY)
-            {
-                continue;
-            }
-            let enters_near =
-                near.len() < self.cfg.k || farthest.is_some_and(|f| xor(c, self.me) < f);
-            if enters_near {
-                self.probing.insert(c);
-                let tok = ctx.request(Target::Direct(c), self.update_body(ctx.now, c));
-                self.pending.insert(tok, Pending::Probe(c));
-            } else if let Some(b) = self.bucket_of(c) {
-                if self.buckets[b].nodes.len() < self.cfg.k {
-                    self.buckets[b].nodes.insert(0, c);
-                }
-            }
+            self.probing.insert(c);
+            let tok = ctx.request(Target::Direct(c), self.update_body(ctx.now, c));
+            self.pending.insert(tok, Pending::Probe(c));
         }
     }
 
@@ -494,9 +505,10 @@ impl Topology for Kademlia {
     fn on_request(
         &mut self,
         ctx: &mut Ctx<'_>,
-        from: NodeId,
+        origin: Origin,
         body: &Body,
     ) -> Result<Body, (ErrorCode, String)> {
+        let from = origin.id;
         match body {
             Body::JoinReq(j) => {
                 common::check_algorithm(NAME, &j.algorithm, "Join")?;
@@ -509,7 +521,12 @@ impl Topology for Kademlia {
                 let jp = common::check_sender(&j.joining_peer_id, from, "joining")?;
                 let mut u = self.update(ctx.now, jp);
                 u.closest.insert(0, self.me.to_bytes().to_vec());
-                self.consider(ctx, jp);
+                if origin.reached {
+                    self.consider(ctx, jp);
+                } else {
+                    // Routed to us: the joiner enters once our probe has reached it.
+                    self.learn(ctx, &[jp]);
+                }
                 Ok(Body::JoinAns(pb::JoinAns {
                     overlay_specific: u.encode_to_vec(),
                 }))
@@ -519,8 +536,13 @@ impl Topology for Kademlia {
                 let Some(ids) = Self::decode(&u.overlay_specific) else {
                     return Err((ErrorCode::InvalidMessage, "bad KademliaUpdate".into()));
                 };
-                self.consider(ctx, from);
-                self.learn(ctx, &ids);
+                if origin.reached {
+                    self.consider(ctx, from);
+                    self.learn(ctx, &ids);
+                } else {
+                    // A routed Update is a hint about its sender, not a list to take.
+                    self.learn(ctx, &[from]);
+                }
                 Ok(Body::UpdateAns(pb::UpdateAns {
                     overlay_specific: self.update(ctx.now, from).encode_to_vec(),
                 }))
@@ -569,25 +591,22 @@ impl Topology for Kademlia {
                     ctx.event(TopologyEvent::JoinFailed("bad JoinAns".into()));
                     return;
                 };
+                // The admitting peer answered (its signature proves it); the nodes it
+                // names are hints, probed before they enter a bucket.
                 self.consider(ctx, ap);
                 for id in &ids {
                     if *id != self.me {
-                        if let Some(b) = self.bucket_of(*id) {
-                            if self.buckets[b].nodes.len() < self.cfg.k
-                                && !self.buckets[b].nodes.contains(id)
-                            {
-                                self.buckets[b].nodes.push(*id);
-                            }
-                        }
                         self.remember(*id);
                     }
                 }
                 self.become_joined(ctx);
-                // Announce ourselves to the nearest nodes; their answers fill the buckets.
+                // Announce ourselves to the admitting peer; the probes of the nodes it
+                // named announce us to them, and their answers fill the buckets.
                 for t in self.closest(self.me, self.cfg.replicas + 2) {
                     let tok = ctx.request(Target::Direct(t), self.update_body(ctx.now, t));
                     self.pending.insert(tok, Pending::Stabilize(t));
                 }
+                self.learn(ctx, &ids);
             }
             (Pending::Join, res) => {
                 if self.joined {

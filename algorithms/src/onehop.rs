@@ -618,9 +618,10 @@ impl Topology for OneHop {
     fn on_request(
         &mut self,
         ctx: &mut Ctx<'_>,
-        from: NodeId,
+        origin: Origin,
         body: &Body,
     ) -> Result<Body, (ErrorCode, String)> {
+        let from = origin.id;
         match body {
             Body::JoinReq(j) => {
                 common::check_algorithm(NAME, &j.algorithm, "Join")?;
@@ -632,8 +633,11 @@ impl Topology for OneHop {
                 }
                 let jp = common::check_sender(&j.joining_peer_id, from, "joining")?;
                 // The joiner pages the membership out of us, then takes its place; we
-                // announce it at once so that gossip starts while it pages.
-                self.announce(ctx, jp, true, ctx.now.as_millis());
+                // announce it at once so that gossip starts while it pages, if it reached
+                // us over its own link (else its first page request, which does, is when).
+                if origin.reached {
+                    self.announce(ctx, jp, true, ctx.now.as_millis());
+                }
                 let (page, more) = self.page(Id(0), PAGE);
                 let u = pb::OneHopUpdate {
                     members: wire_ids(&page),
@@ -649,8 +653,11 @@ impl Topology for OneHop {
                 let Ok(req) = pb::OneHopUpdate::decode(u.overlay_specific.as_slice()) else {
                     return Err((ErrorCode::InvalidMessage, "bad OneHopUpdate".into()));
                 };
-                self.met(ctx, from);
-                self.receive_events(ctx, &req.events, req.ttl as usize);
+                if origin.reached {
+                    // Gossip travels over links: events in a routed Update are not taken.
+                    self.met(ctx, from);
+                    self.receive_events(ctx, &req.events, req.ttl as usize);
+                }
                 let mut ans = self.update(ctx);
                 if req.snapshot_limit > 0 {
                     let start = Id::from_slice(&req.snapshot_from).unwrap_or(Id(0));
@@ -1002,7 +1009,8 @@ mod tests {
                 let me = nodes[from].me;
                 let mut actions = Vec::new();
                 let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
-                let ans = nodes[to].on_request(&mut ctx, me, &body).map_err(|e| e.1);
+                let origin = Origin { id: me, reached: true };
+                let ans = nodes[to].on_request(&mut ctx, origin, &body).map_err(|e| e.1);
                 let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
                 let ans = ans.map_err(|e| pb::ErrorAns {
                     code: ErrorCode::Unspecified as i32,

@@ -42,6 +42,18 @@ pub enum LinkEvent {
     Failed(NodeId),
 }
 
+/// Who sent a topology request: its originator, whose Node-ID is verified (the link's TLS
+/// handshake or the message's signature proves it), and whether this node reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub id: NodeId,
+    /// The request came straight over the originator's own link, whose handshake proved
+    /// its Node-ID: this node reaches it. Otherwise it came through other peers, and the
+    /// originator is only a hint until this node has reached it itself (a link, or a
+    /// signed answer from it); it enters no table before (proto/SPEC.md 5.4).
+    pub reached: bool,
+}
+
 /// A timer an algorithm sets; the value is the algorithm's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(pub u64);
@@ -189,11 +201,13 @@ pub trait Topology: Send {
         self.start(ctx, &boot);
     }
     /// A topology request (Join, Update, Leave, Probe, RouteQuery) for this node from the
-    /// node `from`; returns the answer body or an error.
+    /// node `from`; returns the answer body or an error. Node-IDs the body lists are hints:
+    /// an algorithm takes one into its tables only once it has reached it itself, and
+    /// contacts no more of them than its tables hold.
     fn on_request(
         &mut self,
         ctx: &mut Ctx<'_>,
-        from: NodeId,
+        from: Origin,
         body: &Body,
     ) -> Result<Body, (ErrorCode, String)>;
     /// The answer to a request this algorithm sent, with the node that answered.

@@ -81,7 +81,7 @@ impl Default for StorageSection {
 /// Without `ca` the overlay is self-signed: any Ed25519 key may join, its Node-ID the hash
 /// of the key. With `ca` it is enrolled: only nodes holding a certificate of that CA
 /// (`p2psip ca issue`) are admitted, with the Node-ID and user name the CA chose.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySection {
     /// The overlay CA's certificate (PEM, `ca.pem` of `p2psip ca init`).
@@ -96,6 +96,23 @@ pub struct SecuritySection {
     /// The overlay configuration document signed by the CA (`p2psip ca sign-config`):
     /// checked at start; newer ones arrive from peers (ConfigUpdate).
     pub overlay_config: Option<PathBuf>,
+    /// Sign every request and answer, and take a message only when it is signed by the
+    /// originator (or responder) it names (proto/SPEC.md 5). Every peer of an overlay must
+    /// agree: a node with this off is refused by those that have it on.
+    pub sign_messages: bool,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        SecuritySection {
+            ca: None,
+            certificate: None,
+            allow_self_signed: false,
+            revoked: None,
+            overlay_config: None,
+            sign_messages: true,
+        }
+    }
 }
 
 /// The `[nat]` table: reachability, hole punching and relaying (proto/SPEC.md section 2.8).
@@ -206,6 +223,12 @@ pub struct Limits {
     pub origin_requests_per_s: u32,
     /// Requests accepted at once above that rate (the token bucket's depth).
     pub origin_burst: u32,
+    /// Requests per second accepted over one link, the linked node's own and those it
+    /// passes on for others together, whatever originators they name; more are answered
+    /// Error_Rate_Limited. 0: no limit.
+    pub link_requests_per_s: u32,
+    /// That bucket's depth.
+    pub link_burst: u32,
     /// Requests each originator may have in flight through this peer (passed on, answer
     /// not back yet); more are answered Error_Rate_Limited. 0: no limit.
     pub origin_max_in_flight: usize,
@@ -356,6 +379,8 @@ impl Default for Limits {
             max_connections_per_ip: 256,
             origin_requests_per_s: 5000,
             origin_burst: 5000,
+            link_requests_per_s: 20_000,
+            link_burst: 20_000,
             origin_max_in_flight: 1024,
             writer_kind_bytes: CoreConfig::default().writer_kind_bytes,
             max_clock_skew_s: CoreConfig::default().max_clock_skew.as_secs(),
@@ -479,6 +504,9 @@ impl Config {
             expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
             origin_rate: self.limits.origin_requests_per_s,
             origin_burst: self.limits.origin_burst,
+            link_rate: self.limits.link_requests_per_s,
+            link_burst: self.limits.link_burst,
+            sign_messages: self.security.sign_messages,
             origin_max_in_flight: self.limits.origin_max_in_flight,
             writer_kind_bytes: self.limits.writer_kind_bytes,
             max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),

@@ -14,7 +14,7 @@ use p2psip_algorithms::{
 };
 use p2psip_proto::pb;
 use p2psip_proto::Body;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -365,7 +365,8 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         reflexive: None,
         behind_nat: None,
         symmetric: false,
-        reflexive_by: None,
+        reports: HashMap::new(),
+        reached: Vec::new(),
         located: false,
         observe_until: None,
         client_core: Some(client_core),
@@ -543,6 +544,10 @@ const PEER_CACHE_MAX: usize = 64;
 /// Messages handled before one flush (and so one storage commit) at most.
 const GROUP_COMMIT_MAX: usize = 64;
 
+/// Peers whose reports of this node's address are kept (the first ones; later ones are
+/// not needed to decide).
+const REPORTERS_MAX: usize = 8;
+
 /// Messages held back for a node while a link to it is being set up.
 const PENDING_CAP: usize = 256;
 /// How long a peer in `nat.mode = "auto"` waits for its first bootstrap peer to report its
@@ -584,8 +589,13 @@ struct Runtime {
     /// Two peers saw this node at two different addresses: its NAT maps each destination
     /// anew ("symmetric"), so its reflexive address is of no use to others.
     symmetric: bool,
-    /// Which peer reported `reflexive`.
-    reflexive_by: Option<NodeId>,
+    /// What each peer this node dialled reported seeing it at (at most
+    /// [`REPORTERS_MAX`]): two distinct ones must agree that it is not at its own address
+    /// before it concludes it is behind a NAT (proto/SPEC.md 2.8).
+    reports: HashMap<NodeId, SocketAddr>,
+    /// Peers this node dialled and reached, with the address (at most `PEER_CACHE_MAX`,
+    /// newest last): the bootstrap cache.
+    reached: Vec<(NodeId, SocketAddr)>,
     /// This client's admitting peer is the peer responsible for its Node-ID (requests
     /// addressed to it arrive there).
     located: bool,
@@ -737,20 +747,44 @@ impl Runtime {
         self.start_core();
     }
 
-    /// A peer told us the address it sees our link at.
+    /// A peer this node dialled told it the address it sees the link at. One report that
+    /// it is at its own address says it is reachable; that it is behind a NAT takes the
+    /// reports of two distinct peers (one peer alone, which may lie, cannot make it a
+    /// client); two that see it at two ports of one address mean a symmetric NAT.
     fn on_observed(&mut self, by: NodeId, addr: SocketAddr) {
-        let behind = Some(addr) != self.host;
-        if let (Some(prev), Some(prev_by)) = (self.reflexive, self.reflexive_by) {
-            if prev_by != by && prev != addr && prev.ip() == addr.ip() && !self.symmetric {
-                tracing::info!(first = %prev, second = %addr, "two peers see this node at two ports: the NAT maps each destination anew (symmetric); other nodes reach this one through its relay");
+        if self.reports.len() >= REPORTERS_MAX && !self.reports.contains_key(&by) {
+            return;
+        }
+        self.reports.insert(by, addr);
+        let elsewhere: Vec<SocketAddr> = self
+            .reports
+            .values()
+            .copied()
+            .filter(|a| Some(*a) != self.host)
+            .collect();
+        let behind = match (Some(addr) == self.host, elsewhere.len()) {
+            (true, _) => false,
+            (false, n) if n >= 2 => true,
+            (false, _) => {
+                tracing::info!(%by, seen = %addr, host = ?self.host, "one peer sees this node at another address; a second peer's report decides whether it is behind a NAT (with a single bootstrap peer, set nat.mode = \"client\" if it is)");
+                return;
+            }
+        };
+        if behind && !self.symmetric {
+            let ports: HashSet<u16> = elsewhere
+                .iter()
+                .filter(|a| a.ip() == addr.ip())
+                .map(|a| a.port())
+                .collect();
+            if ports.len() >= 2 {
+                tracing::info!(seen = ?elsewhere, "two peers see this node at two ports: the NAT maps each destination anew (symmetric); other nodes reach this one through its relay");
                 self.symmetric = true;
                 self.transport.set_symmetric(true);
             }
         }
-        self.reflexive_by = Some(by);
         if self.reflexive != Some(addr) || self.behind_nat != Some(behind) {
             if behind {
-                tracing::info!(%by, reflexive = %addr, host = ?self.host, "a peer sees this node at another address: behind a NAT");
+                tracing::info!(%by, reflexive = %addr, host = ?self.host, "peers see this node at another address: behind a NAT");
             } else {
                 tracing::info!(%by, %addr, "a peer sees this node at its own address: reachable");
             }
@@ -882,9 +916,22 @@ impl Runtime {
                 metrics::message(&self.label, "in", &bytes);
                 self.core.handle_message(now(), from, &bytes);
             }
-            NetEvent::LinkUp { node, addr } => {
-                tracing::debug!(%node, %addr, "link up");
+            NetEvent::LinkUp {
+                node,
+                addr,
+                dialled,
+            } => {
+                tracing::debug!(%node, %addr, dialled, "link up");
                 self.addrs.insert(node, addr);
+                if dialled {
+                    // The bootstrap cache holds peers this node reached at the address it
+                    // dialled (the handshake proved the Node-ID), newest last.
+                    self.reached.retain(|(n, _)| *n != node);
+                    self.reached.push((node, addr));
+                    if self.reached.len() > PEER_CACHE_MAX {
+                        self.reached.remove(0);
+                    }
+                }
                 if self.boot.contains(&addr) && !self.boot_ids.contains(&node) {
                     self.boot_ids.push(node);
                 }
@@ -1191,17 +1238,18 @@ impl Runtime {
                         outcome,
                         hops,
                         latency,
-                        responder: None,
+                        responder,
                     });
                 }
             }
         }
     }
 
-    /// Keeps the addresses of known peers in the database (the bootstrap cache dialled at
-    /// the next start), when they changed; at most `PEER_CACHE_MAX`.
+    /// Keeps the addresses of the peers this node reached in the database (the bootstrap
+    /// cache dialled at the next start), when they changed; at most `PEER_CACHE_MAX`.
+    /// Addresses that other nodes merely gave (Attach candidates) are not kept.
     fn save_peers(&mut self) {
-        let mut peers: Vec<SocketAddr> = self.addrs.values().copied().collect();
+        let mut peers: Vec<SocketAddr> = self.reached.iter().map(|(_, a)| *a).collect();
         peers.sort();
         peers.dedup();
         peers.truncate(PEER_CACHE_MAX);

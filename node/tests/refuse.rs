@@ -11,8 +11,12 @@ use std::time::Duration;
 
 const OVERLAY: &str = "refuse.test";
 
-fn request(via: Id, dest: Destination, body: Body) -> Vec<u8> {
-    raw_request(OVERLAY, rand_txid(), via, dest, body)
+fn request(
+    signer: &p2psip_proto::security::Identity,
+    dest: Destination,
+    body: Body,
+) -> Vec<u8> {
+    raw_request(OVERLAY, rand_txid(), signer, dest, body)
 }
 
 fn rand_txid() -> u64 {
@@ -82,13 +86,14 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let seed = [0x42u8; 32];
-        let me = p2psip_proto::security::Identity::from_seed(seed, "").node_id;
+        let my_identity = p2psip_proto::security::Identity::from_seed(seed, "");
+        let me = my_identity.node_id;
         let (_ep, conn) = raw_connect(a.addr, OVERLAY, seed).await;
 
         // 2. A forged originator: the certificate proves `me`, the via list claims another.
         let before = dropped(&a, "forged_origin");
         let forged = request(
-            Id(0x1234),
+            &p2psip_proto::security::Identity::from_seed([0x43; 32], ""),
             Destination::Resource(Id(77)),
             Body::PingReq(pb::PingReq { padding: vec![] }),
         );
@@ -116,7 +121,7 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
         };
         let join = |algorithm: &str, id: Id| {
             request(
-                me,
+                &my_identity,
                 Destination::Resource(me),
                 Body::JoinReq(pb::JoinReq {
                     joining_peer_id: id.to_bytes().to_vec(),

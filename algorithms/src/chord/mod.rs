@@ -24,6 +24,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 /// The algorithm's name in configuration and in Join/Update bodies.
 pub const NAME: &str = "chord";
 
+/// The `n` candidates with the smallest `key` (ties: by id), in no particular order.
+fn closest_by(ids: &[Id], n: usize, key: impl Fn(Id) -> u128) -> Vec<Id> {
+    let mut v: Vec<(u128, Id)> = ids.iter().map(|i| (key(*i), *i)).collect();
+    if v.len() > n {
+        v.select_nth_unstable(n);
+        v.truncate(n);
+    }
+    v.into_iter().map(|(_, i)| i).collect()
+}
+
 const T_STABILIZE: TimerId = TimerId(1);
 const T_FINGERS: TimerId = TimerId(2);
 const T_SELF_LOOKUP: TimerId = TimerId(3);
@@ -80,6 +90,10 @@ pub struct Chord {
     pred_heard: (Id, Time),
     /// Nodes that failed or left, and when: kept out of the tables for [`QUARANTINE`].
     gone: HashMap<Id, Time>,
+    /// Nodes the transport holds a link to (their handshakes proved their Node-IDs): a
+    /// neighbour's list that omits one does not take it out of ours; its link's failure
+    /// does.
+    linked: HashSet<Id>,
 }
 
 impl Chord {
@@ -101,6 +115,7 @@ impl Chord {
             next_finger: 0,
             pred_heard: (me, Time(0)),
             gone: HashMap::new(),
+            linked: HashSet::new(),
         }
     }
 
@@ -208,20 +223,40 @@ impl Chord {
         }
     }
 
-    /// Candidates reported by a neighbour: those that would enter a list are verified with a
-    /// direct Update before they do.
+    /// Candidates reported by another node (hints): those that would enter a list are
+    /// verified with a direct Update before they do. One message costs at most a list's
+    /// worth of probes on each side (the candidates closest to us), and no more than
+    /// `successors + predecessors` probes are out at a time, whatever the message listed.
     fn learn(&mut self, ctx: &mut Ctx<'_>, ids: &[Id]) {
-        for &c in ids {
-            if c == self.me || self.probing.contains(&c) || self.is_gone(c, ctx.now) {
-                continue;
+        let now = ctx.now;
+        let mut fresh: Vec<Id> = ids
+            .iter()
+            .copied()
+            .filter(|c| *c != self.me && !self.probing.contains(c) && !self.is_gone(*c, now))
+            .filter(|c| self.succs.would_enter(*c) || self.preds.would_enter(*c))
+            .collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        let me = self.me;
+        let mut pick = closest_by(&fresh, self.cfg.successors, |c| distance(me, c));
+        pick.extend(closest_by(&fresh, self.cfg.predecessors, |c| distance(c, me)));
+        pick.sort_unstable();
+        pick.dedup();
+        let cap = self.cfg.successors + self.cfg.predecessors;
+        for c in pick {
+            if self.probing.len() >= cap {
+                break;
             }
-            if self.succs.would_enter(c) || self.preds.would_enter(c) {
-                self.probing.insert(c);
-                let body = self.update_body(chord_update::Type::Neighbors, ctx.now);
-                let t = ctx.request(Target::Direct(c), body);
-                self.pending.insert(t, Pending::Probe(c));
-            }
+            self.probing.insert(c);
+            let body = self.update_body(chord_update::Type::Neighbors, ctx.now);
+            let t = ctx.request(Target::Direct(c), body);
+            self.pending.insert(t, Pending::Probe(c));
         }
+    }
+
+    /// Whether `id` is in one of the tables (it got there by being reached).
+    fn holds(&self, id: Id) -> bool {
+        self.succs.contains(id) || self.preds.contains(id) || self.fingers.iter().any(|f| f == id)
     }
 
     fn chord_update(&self, ty: chord_update::Type, now: Time) -> pb::ChordUpdate {
@@ -387,26 +422,34 @@ impl Chord {
             self.pred_heard = (from, ctx.now);
         }
         let now = ctx.now;
-        let live = |c: &Self, l: &[Id]| -> Vec<Id> {
-            l.iter()
-                .copied()
-                .filter(|x| *x != c.me && !c.is_gone(*x, now))
-                .collect()
-        };
         if self.succs.first() == Some(from) {
             // Our successor's successor list is authoritative for ours (classic Chord): it
             // drops entries that died even when we never sent to them. Entries we saw fail
-            // are not taken back from it.
-            let rest = live(self, succs);
+            // are not taken back from it; entries it names that we have not reached are
+            // probed first (below); entries we hold a live link to stay.
+            let rest = self.vouched(succs, now, |c| c.succs.ids());
             self.changing(ctx, |c| c.succs.replace(from, &rest));
         }
         if self.preds.first() == Some(from) {
-            let rest = live(self, preds);
+            let rest = self.vouched(preds, now, |c| c.preds.ids());
             self.changing(ctx, |c| c.preds.replace(from, &rest));
         }
         let mut cands = preds.to_vec();
         cands.extend_from_slice(succs);
         self.learn(ctx, &cands);
+    }
+
+    /// What a neighbour's list `l` may put into one of our lists at once: the entries we
+    /// already hold (reached before) and have not seen fail, plus the entries of our own
+    /// list (`ours`) that we hold a live link to, whether it names them or not.
+    fn vouched(&self, l: &[Id], now: Time, ours: impl Fn(&Self) -> &[Id]) -> Vec<Id> {
+        let mut v: Vec<Id> = l
+            .iter()
+            .copied()
+            .filter(|x| *x != self.me && !self.is_gone(*x, now) && self.holds(*x))
+            .collect();
+        v.extend(ours(self).iter().copied().filter(|x| self.linked.contains(x)));
+        v
     }
 
     /// The closest node known to precede `target` (classic Chord routing).
@@ -611,9 +654,10 @@ impl Topology for Chord {
     fn on_request(
         &mut self,
         ctx: &mut Ctx<'_>,
-        from: NodeId,
+        origin: Origin,
         body: &Body,
     ) -> Result<Body, (ErrorCode, String)> {
+        let from = origin.id;
         match body {
             Body::JoinReq(j) => {
                 common::check_algorithm(NAME, &j.algorithm, "Join")?;
@@ -629,7 +673,12 @@ impl Topology for Chord {
                 let mut u = self.chord_update(chord_update::Type::Full, ctx.now);
                 u.successors.insert(0, self.me.to_bytes().to_vec());
                 u.successors.truncate(self.cfg.successors);
-                self.consider(ctx, jp);
+                if origin.reached {
+                    self.consider(ctx, jp);
+                } else {
+                    // Routed to us: the joiner enters once our probe has reached it.
+                    self.learn(ctx, &[jp]);
+                }
                 Ok(Body::JoinAns(pb::JoinAns {
                     overlay_specific: u.encode_to_vec(),
                 }))
@@ -639,7 +688,13 @@ impl Topology for Chord {
                 let Some(l) = Self::decode_update(&u.overlay_specific) else {
                     return Err((ErrorCode::InvalidMessage, "bad ChordUpdate".into()));
                 };
-                self.on_neighbor_lists(ctx, from, &l.preds, &l.succs);
+                if origin.reached {
+                    self.on_neighbor_lists(ctx, from, &l.preds, &l.succs);
+                } else {
+                    // Neighbours send their Updates over their links; a routed one is a
+                    // hint about its sender, not a list to take.
+                    self.learn(ctx, &[from]);
+                }
                 let ans = self.chord_update(chord_update::Type::Neighbors, ctx.now);
                 Ok(Body::UpdateAns(pb::UpdateAns {
                     overlay_specific: ans.encode_to_vec(),
@@ -696,20 +751,15 @@ impl Topology for Chord {
                     ctx.event(TopologyEvent::JoinFailed("bad JoinAns".into()));
                     return;
                 };
-                // The admitting peer's lists are fresh: take them as ours.
-                self.succs.insert(ap);
-                for s in succs.iter().chain(preds.iter()) {
-                    self.succs.insert(*s);
-                    self.preds.insert(*s);
-                }
-                for f in fingers.iter().chain(succs.iter()) {
-                    self.fingers.offer(*f);
-                }
-                for id in preds.iter().chain(succs.iter()) {
+                // The admitting peer answered (its signature proves it): it is our first
+                // successor. Its lists are hints, probed before they enter ours.
+                self.consider(ctx, ap);
+                for id in preds.iter().chain(succs.iter()).chain(fingers.iter()) {
                     self.remember(*id);
                 }
                 self.become_joined(ctx);
-                // Tell the neighbours we are here.
+                // Tell the neighbours we are here: the admitting peer at once, the others
+                // as the probes of their lists reach them.
                 let mut tell: Vec<Id> = self.preds.ids().to_vec();
                 tell.extend(self.succs.ids());
                 tell.dedup();
@@ -718,6 +768,9 @@ impl Topology for Chord {
                     let tok = ctx.request(Target::Direct(t), body);
                     self.pending.insert(tok, Pending::Stabilize(t));
                 }
+                let mut hints = succs;
+                hints.extend(preds);
+                self.learn(ctx, &hints);
             }
             (Pending::Join, res) => {
                 if self.joined {
@@ -785,6 +838,14 @@ impl Topology for Chord {
     }
 
     fn on_link(&mut self, ctx: &mut Ctx<'_>, event: LinkEvent) {
+        match event {
+            LinkEvent::Up(id) => {
+                self.linked.insert(id);
+            }
+            LinkEvent::Failed(id) => {
+                self.linked.remove(&id);
+            }
+        }
         if let LinkEvent::Failed(id) = event {
             if self.is_neighbor(id) {
                 self.drop_node(ctx, id);

@@ -34,6 +34,18 @@ pub struct CoreConfig {
     pub origin_rate: u32,
     /// The bucket's depth: requests accepted in a burst above the rate.
     pub origin_burst: u32,
+    /// Requests per second one linked node may send this one, its own and those it passes
+    /// on for others together, whatever originators they name (token bucket); more are
+    /// answered Error_Rate_Limited. 0: no limit.
+    pub link_rate: u32,
+    /// That bucket's depth.
+    pub link_burst: u32,
+    /// Sign every request and answer this node sends, and take a message addressed to this
+    /// node only when its security block is a valid signature of the originator (a
+    /// request) or the responder (an answer) its header names (proto/SPEC.md 5). Off:
+    /// messages travel unsigned and unchecked, as in an overlay whose members trust each
+    /// other (a large simulation).
+    pub sign_messages: bool,
     /// Requests each originating neighbour may have in flight through this node (passed
     /// on, answer not back yet); more are answered Error_Rate_Limited. 0: no limit.
     pub origin_max_in_flight: usize,
@@ -76,6 +88,9 @@ impl Default for CoreConfig {
             kinds: KindRegistry::default(),
             origin_rate: 5000,
             origin_burst: 5000,
+            link_rate: 20_000,
+            link_burst: 20_000,
+            sign_messages: true,
             origin_max_in_flight: 1024,
             retry_other_first_hop: true,
             successor_replicas: true,

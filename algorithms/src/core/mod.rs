@@ -144,8 +144,10 @@ pub struct OverlayNode {
     /// Per originating neighbour: its requests passed on whose answers have not come back
     /// (transaction id → when).
     inflight: HashMap<NodeId, HashMap<u64, Time>>,
-    /// Per originating neighbour: request tokens left and when they were counted.
+    /// Per verified originator: request tokens left and when they were counted.
     buckets: HashMap<NodeId, (f64, Time)>,
+    /// Per linked node: request tokens left (whatever originators its requests name).
+    link_buckets: HashMap<NodeId, (f64, Time)>,
     /// Requests that left recently, for hop-by-hop recovery.
     sent: VecDeque<recovery::Sent>,
     /// Measured round trips of direct and of routed requests.
@@ -202,6 +204,7 @@ impl OverlayNode {
             app_candidates: HashMap::new(),
             links: HashSet::new(),
             buckets: HashMap::new(),
+            link_buckets: HashMap::new(),
             inflight: HashMap::new(),
             refetched: HashMap::new(),
             sent: VecDeque::new(),
@@ -293,7 +296,8 @@ impl OverlayNode {
 
     /// Changes the abuse limits (a newer overlay configuration document): requests per
     /// second and burst per originator, requests in flight per originator, bytes per writer
-    /// and kind. Takes effect with the next request.
+    /// and kind. Takes effect with the next request. (The per-link limit is the node's own
+    /// setting: `CoreConfig::link_rate`.)
     pub fn set_limits(
         &mut self,
         origin_rate: u32,
@@ -410,6 +414,7 @@ impl OverlayNode {
             LinkEvent::Up(n) => self.links.insert(n),
             LinkEvent::Failed(n) => {
                 self.buckets.remove(&n);
+                self.link_buckets.remove(&n);
                 self.inflight.remove(&n);
                 self.links.remove(&n)
             }

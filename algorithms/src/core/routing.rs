@@ -3,14 +3,64 @@
 
 use super::recovery::Resend;
 use super::OverlayNode;
+use crate::time::Time;
 use crate::id::NodeId;
 use crate::topology::NextHop;
 use p2psip_proto::limits::DEFAULT_TTL;
 use p2psip_proto::pb::{self, ErrorCode};
+use crate::storage::VerifyMode;
+use p2psip_proto::security::{sign_message, verify_message, Binding};
 use p2psip_proto::{
-    encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, DestRef,
-    Destination, Header, OwnedHeader, ParseError, Rewrite,
+    encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, Contents,
+    DestRef, Destination, Header, OwnedHeader, ParseError, Rewrite,
 };
+use std::collections::HashMap;
+
+/// How a message's signer is tied to its key in this overlay.
+fn binding(v: &VerifyMode) -> Binding<'_> {
+    match v {
+        VerifyMode::SelfSigned => Binding::SelfSigned,
+        VerifyMode::Certificates(c) => Binding::Certified(c.as_ref()),
+        VerifyMode::Skip => Binding::Claimed,
+    }
+}
+
+/// Buckets kept before the full ones are forgotten (a forgotten bucket is a full one).
+const MAX_BUCKETS: usize = 8192;
+
+/// Takes a token from `key`'s bucket (`rate` per second, `burst` deep; 0: no limit).
+/// Buckets are created full; when more than [`MAX_BUCKETS`] are kept, those that have
+/// refilled are forgotten, so many made-up originators cost a bounded map.
+fn take_token<K: std::hash::Hash + Eq>(
+    buckets: &mut HashMap<K, (f64, Time)>,
+    key: K,
+    rate: u32,
+    burst: u32,
+    now: Time,
+) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    let burst = f64::from(burst.max(1));
+    let rate = f64::from(rate);
+    if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
+        buckets.retain(|_, b| b.0 + now.since(b.1).as_secs_f64() * rate < burst);
+        if buckets.len() >= MAX_BUCKETS {
+            // As many originators busy at once as the map holds: newcomers wait.
+            return false;
+        }
+    }
+    let b = buckets.entry(key).or_insert((burst, now));
+    let elapsed = now.since(b.1).as_secs_f64();
+    b.0 = (b.0 + elapsed * rate).min(burst);
+    b.1 = now;
+    if b.0 >= 1.0 {
+        b.0 -= 1.0;
+        true
+    } else {
+        false
+    }
+}
 
 /// The addressing of an answer: its first hop and header (the request's reversed via
 /// list), and the size the requester accepts (0: any).
@@ -40,6 +90,17 @@ impl OverlayNode {
             return;
         };
         let req = is_request(c.code);
+        if req && from != self.me && !self.admit_link(from) {
+            // One neighbour's requests, whatever originators they name.
+            self.stats.rate_limited += 1;
+            self.stats.link_limited += 1;
+            self.answer_error(
+                &h,
+                ErrorCode::RateLimited,
+                "too many requests over this link",
+            );
+            return;
+        }
         if req && from != self.me && h.via_len() == 1 {
             // The link's authenticated peer is the originator: it must not claim another id.
             if h.via().next() != Some(DestRef::Node(from)) {
@@ -65,7 +126,7 @@ impl OverlayNode {
                 if h.destination_len() > 1 {
                     self.pass_on(from, bytes, &h, req, true);
                 } else {
-                    self.deliver(from, &h, c.code, c.body);
+                    self.deliver(from, &h, c);
                 }
             }
             _ if !req => {
@@ -80,27 +141,18 @@ impl OverlayNode {
         }
     }
 
-    /// Takes a token from the bucket of `origin` (the linked node that originated a
-    /// request); false when it is empty (proto/SPEC.md section 3).
+    /// Takes a token from the bucket of `origin` (the verified originator of a request);
+    /// false when it is empty (proto/SPEC.md section 3).
     fn admit_origin(&mut self, origin: NodeId) -> bool {
-        let (rate, burst) = (self.cfg.origin_rate, self.cfg.origin_burst.max(1));
-        if rate == 0 {
-            return true;
-        }
-        let now = self.now;
-        let b = self
-            .buckets
-            .entry(origin)
-            .or_insert((f64::from(burst), now));
-        let elapsed = now.since(b.1).as_secs_f64();
-        b.0 = (b.0 + elapsed * f64::from(rate)).min(f64::from(burst));
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        let (rate, burst) = (self.cfg.origin_rate, self.cfg.origin_burst);
+        take_token(&mut self.buckets, origin, rate, burst, self.now)
+    }
+
+    /// Takes a token from the bucket of the link to `neighbour`, which every request that
+    /// comes over it pays for, whatever originator it names.
+    fn admit_link(&mut self, neighbour: NodeId) -> bool {
+        let (rate, burst) = (self.cfg.link_rate, self.cfg.link_burst);
+        take_token(&mut self.link_buckets, neighbour, rate, burst, self.now)
     }
 
     /// Whether `origin` may have request `tx` in flight through this node: a
@@ -154,7 +206,7 @@ impl OverlayNode {
                 // one that must answer.
                 NextHop::Forward(x) if req && !pop && h.via().next() == Some(DestRef::Node(x)) => {
                     if let Ok(c) = split_contents(h, bytes) {
-                        self.deliver(from, h, c.code, c.body);
+                        self.deliver(from, h, c);
                     }
                     return;
                 }
@@ -167,7 +219,7 @@ impl OverlayNode {
                 }
                 NextHop::Local => {
                     if let Ok(c) = split_contents(h, bytes) {
-                        self.deliver(from, h, c.code, c.body);
+                        self.deliver(from, h, c);
                     }
                     return;
                 }
@@ -232,14 +284,34 @@ impl OverlayNode {
     }
 
     /// A message for this node: serve a request, or complete a transaction.
-    pub(super) fn deliver(&mut self, from: NodeId, h: &Header<'_>, code: u16, body: &[u8]) {
+    pub(super) fn deliver(&mut self, from: NodeId, h: &Header<'_>, c: Contents<'_>) {
+        let (code, body) = (c.code, c.body);
         if is_request(code) {
-            let origin = h.via().next().and_then(|d| d.id()).unwrap_or(from);
+            let claimed = h.via().next().and_then(|d| d.id()).unwrap_or(from);
+            // Straight from the linked node that sent it (its handshake proved its id).
+            let direct = h.via_len() == 1 && claimed == from;
+            let origin = match self.signed_by(from, claimed, h, c) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.stats.bad_signatures += 1;
+                    let why = format!("message signature of {claimed}: {e}");
+                    self.answer_error(h, ErrorCode::Forbidden, &why);
+                    return;
+                }
+            };
+            if !direct && origin != self.me && !self.admit_origin(origin) {
+                // Came through other peers: the limit is the verified originator's.
+                self.stats.rate_limited += 1;
+                self.answer_error(
+                    h,
+                    ErrorCode::RateLimited,
+                    "too many requests from this node",
+                );
+                return;
+            }
             let answer = match Body::decode(code, body) {
                 Ok(b) => {
                     self.stats.served += 1;
-                    // Straight from the linked node that sent it (a copy must be).
-                    let direct = h.via_len() == 1 && origin == from;
                     self.serve(origin, b, h.max_response_len, direct)
                 }
                 Err(e) => Err((ErrorCode::InvalidMessage, e.to_string())),
@@ -256,6 +328,14 @@ impl OverlayNode {
             }
         } else {
             let responder = h.via().next().and_then(|d| d.id());
+            if !self.txs.contains_key(&h.transaction_id) {
+                self.stats.stray_answers += 1;
+                return;
+            }
+            if self.answer_checks_out(from, responder, h, c).is_err() {
+                self.stats.forged_answers += 1;
+                return;
+            }
             let hops = if responder == Some(self.me) {
                 0
             } else {
@@ -271,6 +351,63 @@ impl OverlayNode {
             };
             self.on_answer(h.transaction_id, responder, hops, outcome);
         }
+    }
+
+    /// The verified originator of a request: the node its via list names first, once the
+    /// security block proves that node signed it. Messages of this node to itself need no
+    /// proof; with `sign_messages` off the claim is taken as it is.
+    fn signed_by(
+        &self,
+        from: NodeId,
+        claimed: NodeId,
+        h: &Header<'_>,
+        c: Contents<'_>,
+    ) -> Result<NodeId, String> {
+        if !self.cfg.sign_messages || (from == self.me && claimed == self.me) {
+            return Ok(claimed);
+        }
+        let signer = verify_message(
+            c.security,
+            self.overlay_id,
+            h.transaction_id,
+            c.code,
+            c.body,
+            binding(&self.cfg.verify),
+        )
+        .map_err(|e| e.to_string())?;
+        if signer != claimed {
+            return Err(format!("signed by {signer}, not by the originator"));
+        }
+        Ok(signer)
+    }
+
+    /// Whether an answer may complete its transaction: signed by the responder it names,
+    /// and, for a request sent to a Node-ID, that responder is the node (an error may come
+    /// from any hop on the way, signed by it).
+    fn answer_checks_out(
+        &self,
+        from: NodeId,
+        responder: Option<NodeId>,
+        h: &Header<'_>,
+        c: Contents<'_>,
+    ) -> Result<(), String> {
+        let Some(r) = responder else {
+            return Err("an answer that names no responder".into());
+        };
+        if !self.cfg.sign_messages || (from == self.me && r == self.me) {
+            return Ok(());
+        }
+        let signer = self.signed_by(from, r, h, c)?;
+        if c.code != p2psip_proto::ERROR_CODE {
+            if let Some(want) = self.txs.get(&h.transaction_id).and_then(|t| t.addressee()) {
+                if want != signer {
+                    return Err(format!(
+                        "an answer from {signer} to a request for node {want}"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Answers a request along its reversed via list.
@@ -318,9 +455,19 @@ impl OverlayNode {
             self.send_reply(Reply { max_len: 0, ..r }, &e);
             return;
         }
-        if let Ok(bytes) = encode_parts(&r.header, body.code(), &encoded, &[]) {
+        let sec = self.security_block(r.header.transaction_id, body.code(), &encoded);
+        if let Ok(bytes) = encode_parts(&r.header, body.code(), &encoded, &sec) {
             self.transmit(r.first, bytes);
         }
+    }
+
+    /// The security block of a message this node sends: its signature, or nothing when
+    /// `sign_messages` is off.
+    pub(super) fn security_block(&self, tx: u64, code: u16, body: &[u8]) -> Vec<u8> {
+        if !self.cfg.sign_messages {
+            return Vec::new();
+        }
+        sign_message(&self.identity, self.overlay_id, tx, code, body)
     }
 
     pub(super) fn answer_error(&mut self, req: &Header<'_>, code: ErrorCode, info: &str) {

@@ -2,6 +2,7 @@
 //! methods to the storage rules.
 
 use super::{bytes_of, writers_of, OverlayNode};
+use crate::topology::Origin;
 use crate::id::{Id, NodeId};
 use crate::storage::{
     apply_store, fetch, find_closest, stat, too_large, Budget, Kind, KindData, StoreMode,
@@ -92,10 +93,18 @@ impl OverlayNode {
                 }))
             }
             Body::JoinReq(_) | Body::UpdateReq(_) | Body::LeaveReq(_) | Body::RouteQueryReq(_) => {
-                self.with_topology(|t, ctx| t.on_request(ctx, origin, &body))
+                let from = Origin {
+                    id: origin,
+                    reached: direct,
+                };
+                self.with_topology(|t, ctx| t.on_request(ctx, from, &body))
             }
             Body::ProbeReq(_) => {
-                let mut ans = self.with_topology(|t, ctx| t.on_request(ctx, origin, &body))?;
+                let from = Origin {
+                    id: origin,
+                    reached: direct,
+                };
+                let mut ans = self.with_topology(|t, ctx| t.on_request(ctx, from, &body))?;
                 if let Body::ProbeAns(p) = &mut ans {
                     p.num_resources = self.resources().len().min(u32::MAX as usize) as u32;
                 }

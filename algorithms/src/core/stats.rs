@@ -37,6 +37,14 @@ pub struct Stats {
     pub errors_sent: u64,
     /// Requests refused because their originator (the linked node) exceeded its rate.
     pub rate_limited: u64,
+    /// Of those, requests refused because the link they came over exceeded its rate.
+    pub link_limited: u64,
+    /// Requests for this node refused (Error_Forbidden) because their security block is
+    /// not a valid signature of the originator they name.
+    pub bad_signatures: u64,
+    /// Answers dropped because they are not signed by the responder they name, or name
+    /// another responder than the node the request was sent to.
+    pub forged_answers: u64,
     /// Stores refused because their writer's bytes under the kind would exceed the quota.
     pub quota_refused: u64,
     /// Fetched values whose signature or access policy did not check out (the fetch was

@@ -31,10 +31,23 @@ pub(super) struct Tx {
     method: &'static str,
     code: u16,
     body: Vec<u8>,
+    /// The request's security block, signed once for every attempt.
+    security: Vec<u8>,
     destinations: Vec<Destination>,
     direct: Option<NodeId>,
     attempt: u32,
     started: Time,
+}
+
+impl Tx {
+    /// The node the request is addressed to, when its last destination is a Node-ID: only
+    /// that node may answer it with success.
+    pub(super) fn addressee(&self) -> Option<NodeId> {
+        match self.destinations.last() {
+            Some(Destination::Node(n)) => Some(*n),
+            _ => None,
+        }
+    }
 }
 
 impl OverlayNode {
@@ -55,11 +68,13 @@ impl OverlayNode {
             },
             Target::Route(d) => (d, None),
         };
+        let encoded = body.encode_to_vec();
         let tx = Tx {
             owner,
             method: body.method_name(),
             code: body.code(),
-            body: body.encode_to_vec(),
+            security: self.security_block(id, body.code(), &encoded),
+            body: encoded,
             destinations,
             direct,
             attempt: 0,
@@ -199,7 +214,7 @@ impl OverlayNode {
             _ => first_hop,
         };
         let routed = tx.direct.is_none();
-        match encode_parts(&header, tx.code, &tx.body, &[]) {
+        match encode_parts(&header, tx.code, &tx.body, &tx.security) {
             Ok(bytes) => {
                 self.transmit(first_hop, bytes);
                 // A direct request has nowhere else to go: only routed ones are re-routed.
@@ -417,7 +432,7 @@ pub(super) mod tests {
         fn on_request(
             &mut self,
             _ctx: &mut Ctx<'_>,
-            _from: NodeId,
+            _from: crate::topology::Origin,
             _body: &Body,
         ) -> Result<Body, (ErrorCode, String)> {
             Err((ErrorCode::Unspecified, "not here".into()))

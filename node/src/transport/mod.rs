@@ -71,6 +71,8 @@ pub enum NetEvent {
     LinkUp {
         node: NodeId,
         addr: SocketAddr,
+        /// This node opened the link (to the address it dialled); else the peer did.
+        dialled: bool,
     },
     /// The link closed; `refused` carries the peer's reason when it refused us.
     LinkDown {
@@ -449,7 +451,7 @@ impl Transport {
         if self.links.contains_key(&peer) {
             // Both ends connected at once: keep the existing link for sending, but read
             // from this one too until it closes.
-            self.spawn_reader(peer, conn, false);
+            self.spawn_reader(peer, conn, false, !incoming);
             return Ok(());
         }
         let (tx, rx) = mpsc::channel(self.limits.send_queue.max(1));
@@ -461,8 +463,12 @@ impl Transport {
             },
         );
         self.spawn_writer(conn.clone(), rx);
-        self.spawn_reader(peer, conn, true);
-        let _ = self.events.send(NetEvent::LinkUp { node: peer, addr });
+        self.spawn_reader(peer, conn, true, !incoming);
+        let _ = self.events.send(NetEvent::LinkUp {
+            node: peer,
+            addr,
+            dialled: !incoming,
+        });
         Ok(())
     }
 
@@ -483,7 +489,16 @@ impl Transport {
         });
     }
 
-    fn spawn_reader(self: &Arc<Self>, peer: NodeId, conn: Connection, primary: bool) {
+    /// Reads the messages of a link. `dialled`: this node opened it, so the peer's link
+    /// control frame (our observed address) is taken; on a link the peer opened, such a
+    /// frame is a claim of a node that merely connected, and is ignored.
+    fn spawn_reader(
+        self: &Arc<Self>,
+        peer: NodeId,
+        conn: Connection,
+        primary: bool,
+        dialled: bool,
+    ) {
         let me = self.clone();
         tokio::spawn(async move {
             let max = me.limits.max_message_bytes;
@@ -501,7 +516,8 @@ impl Transport {
                                 .await
                             {
                                 Ok(bytes) if bytes.starts_with(&CONTROL_MAGIC) => {
-                                    if let Some(addr) = parse_observed(&bytes) {
+                                    if let Some(addr) = parse_observed(&bytes).filter(|_| dialled)
+                                    {
                                         let _ =
                                             me2.events.send(NetEvent::Observed { by: peer, addr });
                                     }

@@ -348,21 +348,47 @@ pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) {
     s.finish().unwrap();
 }
 
-/// A request from `via` (its originator) to `dest`, unsigned.
+/// A request from `signer` (its originator, alone in the via list) to `dest`, signed.
 pub fn raw_request(
     overlay: &str,
     txid: u64,
-    via: p2psip_proto::Id,
+    signer: &p2psip_proto::security::Identity,
     dest: p2psip_proto::Destination,
     body: p2psip_proto::Body,
 ) -> Vec<u8> {
+    signed_message(overlay, &[signer.node_id], dest, txid, body, Some(signer))
+}
+
+/// A message with the given via list (originator first) to `dest`, signed by `signer` as
+/// proto/SPEC.md 5 says, or unsigned.
+pub fn signed_message(
+    overlay: &str,
+    via: &[p2psip_proto::Id],
+    dest: p2psip_proto::Destination,
+    txid: u64,
+    body: p2psip_proto::Body,
+    signer: Option<&p2psip_proto::security::Identity>,
+) -> Vec<u8> {
+    let overlay = p2psip_proto::overlay_id(overlay);
+    let security = signer.map(|s| {
+        let input = p2psip_proto::security::message_signing_input(
+            overlay,
+            txid,
+            body.code(),
+            &body.encode_to_vec(),
+        );
+        p2psip_proto::pb::SecurityBlock {
+            certificates: vec![],
+            signature: Some(s.sign(&input)),
+        }
+    });
     p2psip_proto::Message {
         header: p2psip_proto::OwnedHeader {
-            via: vec![p2psip_proto::Destination::Node(via)],
-            ..p2psip_proto::OwnedHeader::new(p2psip_proto::overlay_id(overlay), txid, dest)
+            via: via.iter().map(|i| p2psip_proto::Destination::Node(*i)).collect(),
+            ..p2psip_proto::OwnedHeader::new(overlay, txid, dest)
         },
         body,
-        security: None,
+        security,
     }
     .encode()
     .unwrap()
