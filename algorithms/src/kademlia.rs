@@ -73,6 +73,9 @@ impl KademliaConfig {
     }
 }
 
+/// Candidates kept for a later probe while the probes out are at their bound.
+const HINTS_CAP: usize = 256;
+
 fn xor(a: Id, b: Id) -> u128 {
     a.0 ^ b.0
 }
@@ -108,6 +111,9 @@ pub struct Kademlia {
     buckets: Vec<Bucket>,
     known: VecDeque<Id>,
     probing: HashSet<Id>,
+    /// Candidates waiting for a probe while `2k` are out (at most [`HINTS_CAP`], oldest
+    /// dropped first): probed as earlier probes end.
+    hints: VecDeque<Id>,
     pending: HashMap<u64, Pending>,
     bootstrap: Vec<Id>,
     join_attempt: usize,
@@ -129,6 +135,7 @@ impl Kademlia {
             buckets: vec![Bucket::default(); 128],
             known: VecDeque::new(),
             probing: HashSet::new(),
+            hints: VecDeque::new(),
             pending: HashMap::new(),
             bootstrap: Vec::new(),
             join_attempt: 0,
@@ -283,11 +290,41 @@ impl Kademlia {
         fresh.truncate(self.cfg.k);
         for (_, c) in fresh {
             if self.probing.len() >= 2 * self.cfg.k {
-                break;
+                if !self.hints.contains(&c) {
+                    if self.hints.len() >= HINTS_CAP {
+                        self.hints.pop_front();
+                    }
+                    self.hints.push_back(c);
+                }
+                continue;
             }
-            self.probing.insert(c);
-            let tok = ctx.request(Target::Direct(c), self.update_body(ctx.now, c));
-            self.pending.insert(tok, Pending::Probe(c));
+            self.probe(ctx, c);
+        }
+    }
+
+    /// Sends candidate `c` a direct Update; it enters a bucket when it answers.
+    fn probe(&mut self, ctx: &mut Ctx<'_>, c: Id) {
+        self.probing.insert(c);
+        let tok = ctx.request(Target::Direct(c), self.update_body(ctx.now, c));
+        self.pending.insert(tok, Pending::Probe(c));
+    }
+
+    /// Probes waiting candidates while fewer than `2k` probes are out.
+    fn probe_hints(&mut self, ctx: &mut Ctx<'_>) {
+        while self.probing.len() < 2 * self.cfg.k {
+            let Some(c) = self.hints.pop_front() else {
+                return;
+            };
+            let wanted = !self.contains(c)
+                && !self.probing.contains(&c)
+                && self.bucket_of(c).is_some()
+                && !self
+                    .dead
+                    .get(&c)
+                    .is_some_and(|t| ctx.now.since(*t) < DEAD_MEMORY);
+            if wanted {
+                self.probe(ctx, c);
+            }
         }
     }
 
@@ -327,6 +364,29 @@ impl Kademlia {
         for _ in 0..self.cfg.buckets_per_round {
             let b = self.next_bucket;
             self.next_bucket = (b + 1) % self.buckets.len();
+            self.refresh_bucket(ctx, b);
+        }
+    }
+
+    /// A joiner looks up a random id in every bucket farther than its nearest neighbour's
+    /// (Kademlia's join): the answers fill the buckets its admitting peer's list (nodes
+    /// near it) left empty, before the periodic refresh gets to them.
+    fn refresh_far_buckets(&mut self, ctx: &mut Ctx<'_>) {
+        let nearest = self
+            .window()
+            .first()
+            .and_then(|n| self.bucket_of(*n))
+            .unwrap_or(0);
+        for b in 0..nearest.min(self.buckets.len()) {
+            if self.buckets[b].nodes.is_empty() {
+                self.refresh_bucket(ctx, b);
+            }
+        }
+    }
+
+    /// Checks bucket `b`'s oldest node, or looks up a random id in an empty bucket.
+    fn refresh_bucket(&mut self, ctx: &mut Ctx<'_>, b: usize) {
+        {
             if let Some(&oldest) = self.buckets[b].nodes.first() {
                 let tok = ctx.request(
                     Target::Direct(oldest),
@@ -335,7 +395,7 @@ impl Kademlia {
                     },
                 );
                 self.pending.insert(tok, Pending::BucketCheck(oldest));
-                continue;
+                return;
             }
             // Buckets past the nearest known node's are (nearly) empty in any overlay.
             let nearest = self.window();
@@ -343,7 +403,7 @@ impl Kademlia {
                 .first()
                 .is_some_and(|n| self.bucket_of(*n).is_some_and(|nb| b > nb))
             {
-                continue;
+                return;
             }
             // A random id sharing exactly `b` bits with ours.
             let r: u128 = ctx.rng.random();
@@ -355,8 +415,17 @@ impl Kademlia {
             };
             let flip = (!self.me.0) & (1u128 << (127 - b));
             let target = Id(prefix | flip | (r & low));
+            // A lookup this node would answer itself (it knows no one closer to the
+            // target: the whole bucket is empty here) starts at a random known node
+            // instead, whose view of that part of the ring is its own.
+            let route = match (self.next_hop(target), self.random_known(ctx)) {
+                (NextHop::Local, Some(via)) => {
+                    Target::SourceRoute(vec![Destination::Node(via), Destination::Resource(target)])
+                }
+                _ => Target::Route(vec![Destination::Resource(target)]),
+            };
             let tok = ctx.request(
-                Target::Route(vec![Destination::Resource(target)]),
+                route,
                 pb::ProbeReq {
                     requested_info: vec![],
                 },
@@ -365,17 +434,21 @@ impl Kademlia {
         }
     }
 
-    /// Looks up our own id through a random known node: a closer node in its view heals a
-    /// partition.
-    fn self_lookup(&mut self, ctx: &mut Ctx<'_>) {
+    /// A random node of those seen, the bootstrap peers and the three closest.
+    fn random_known(&self, ctx: &mut Ctx<'_>) -> Option<Id> {
         let mut pool: Vec<Id> = self.known.iter().copied().collect();
         pool.extend(self.bootstrap.iter().copied());
         pool.extend(self.closest(self.me, 3));
         pool.retain(|x| *x != self.me);
-        if pool.is_empty() {
+        (!pool.is_empty()).then(|| pool[ctx.rng.random_range(0..pool.len())])
+    }
+
+    /// Looks up our own id through a random known node: a closer node in its view heals a
+    /// partition.
+    fn self_lookup(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(via) = self.random_known(ctx) else {
             return;
-        }
-        let via = pool[ctx.rng.random_range(0..pool.len())];
+        };
         let tok = ctx.request(
             Target::SourceRoute(vec![Destination::Node(via), Destination::Resource(self.me)]),
             pb::ProbeReq {
@@ -600,6 +673,7 @@ impl Topology for Kademlia {
                     }
                 }
                 self.become_joined(ctx);
+                self.refresh_far_buckets(ctx);
                 // Announce ourselves to the admitting peer; the probes of the nodes it
                 // named announce us to them, and their answers fill the buckets.
                 for t in self.closest(self.me, self.cfg.replicas + 2) {
@@ -626,6 +700,7 @@ impl Topology for Kademlia {
             (Pending::Probe(c) | Pending::Stabilize(c), res) => {
                 if let Pending::Probe(c) = p {
                     self.probing.remove(&c);
+                    self.probe_hints(ctx);
                 }
                 match res {
                     Ok(Body::UpdateAns(u)) => {

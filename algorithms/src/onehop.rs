@@ -1009,8 +1009,13 @@ mod tests {
                 let me = nodes[from].me;
                 let mut actions = Vec::new();
                 let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
-                let origin = Origin { id: me, reached: true };
-                let ans = nodes[to].on_request(&mut ctx, origin, &body).map_err(|e| e.1);
+                let origin = Origin {
+                    id: me,
+                    reached: true,
+                };
+                let ans = nodes[to]
+                    .on_request(&mut ctx, origin, &body)
+                    .map_err(|e| e.1);
                 let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
                 let ans = ans.map_err(|e| pb::ErrorAns {
                     code: ErrorCode::Unspecified as i32,

@@ -1,10 +1,12 @@
 //! Store+fetch throughput and latency from one client through a 5-peer loopback overlay of
-//! real `p2psip node` processes, resident memory per idle peer, and one node's store
-//! throughput and commit time for each `storage.sync` mode.
+//! real `p2psip node` processes, with message signatures on (the default) and off, resident
+//! memory per idle peer, and one node's store throughput and commit time for each
+//! `storage.sync` mode.
 //!
 //! `cargo bench -p p2psip-node --bench loopback` (P2PSIP_BENCH_SECS sets the length of each
 //! phase, default 10; P2PSIP_BENCH_SYNC the five peers' `storage.sync`, default "batch"). The
-//! per-originator rate limit is off in every node: one client makes all the load.
+//! per-originator and per-link rate limits are off in every node: one client makes all the
+//! load.
 #![allow(clippy::unwrap_used)]
 
 use p2psip_algorithms::storage::KIND_USER_VALUE;
@@ -32,8 +34,8 @@ impl Drop for Proc {
     }
 }
 
-fn start(dir: &std::path::Path, boot: Option<SocketAddr>) -> Proc {
-    let conf = unlimited_config(dir);
+fn start(dir: &std::path::Path, boot: Option<SocketAddr>, sign: bool) -> Proc {
+    let conf = unlimited_config(dir, sign);
     start_with(
         dir,
         boot,
@@ -46,14 +48,17 @@ fn start(dir: &std::path::Path, boot: Option<SocketAddr>) -> Proc {
     )
 }
 
-/// A configuration without the per-originator rate limit: the benchmark's one client is
-/// all the load, and the figures are the overlay's, not the limiter's.
-fn unlimited_config(dir: &std::path::Path) -> std::path::PathBuf {
+/// A configuration without the rate limits (the benchmark's one client is all the load,
+/// and the figures are the overlay's, not the limiter's), message signatures `sign`.
+fn unlimited_config(dir: &std::path::Path, sign: bool) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let conf = dir.join("p2psip.toml");
     std::fs::write(
         &conf,
-        "[limits]\norigin_requests_per_s = 0\norigin_max_in_flight = 0\n",
+        format!(
+            "[limits]\norigin_requests_per_s = 0\norigin_max_in_flight = 0\n\
+             link_requests_per_s = 0\n[security]\nsign_messages = {sign}\n"
+        ),
     )
     .unwrap();
     conf
@@ -255,7 +260,7 @@ async fn storage_modes(dir: &std::path::Path, secs: f64) {
             .unwrap();
         let metrics = port.to_string();
         let d = dir.join(format!("sync-{mode}"));
-        let conf = unlimited_config(&d);
+        let conf = unlimited_config(&d, true);
         let node = start_with(
             &d,
             None,
@@ -327,59 +332,115 @@ fn signed_values(count: usize) -> Vec<(Id, p2psip_proto::pb::StoredData)> {
         .collect()
 }
 
-fn main() {
-    let secs: f64 = std::env::var("P2PSIP_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
-    let dir = std::env::temp_dir().join(format!("p2psip-bench-{}", std::process::id()));
-    let first = start(&dir.join("n0"), None);
+/// What one overlay phase measured.
+struct Phase {
+    max_rate: f64,
+    p50: f64,
+    p99: f64,
+    half_rate: f64,
+    half_p50: f64,
+    half_p99: f64,
+    failed: usize,
+    rss_mib: f64,
+}
+
+/// Five peers and a client with message signatures `sign`: saturated store+fetch pairs,
+/// then half that rate; the peers' memory after 5 s idle.
+fn overlay_phase(dir: &std::path::Path, secs: f64, sign: bool) -> Phase {
+    let first = start(&dir.join("n0"), None, sign);
     let boot = first.1;
     let mut peers = vec![first];
     for i in 1..5 {
-        peers.push(start(&dir.join(format!("n{i}")), Some(boot)));
+        peers.push(start(&dir.join(format!("n{i}")), Some(boot), sign));
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let mut phase = rt.block_on(async {
         tokio::time::sleep(Duration::from_secs(3)).await; // let the ring settle
-        let cfg = Config { overlay: OVERLAY.into(), ..Config::default() };
+        let mut cfg = Config {
+            overlay: OVERLAY.into(),
+            ..Config::default()
+        };
+        cfg.security.sign_messages = sign;
         let client = Arc::new(
-            runtime::spawn(cfg, Role::Client { admitting: peers[2].1 }, [0x77; 32]).await.unwrap(),
+            runtime::spawn(
+                cfg,
+                Role::Client {
+                    admitting: peers[2].1,
+                },
+                [0x77; 32],
+            )
+            .await
+            .unwrap(),
         );
         client.wait_joined(Duration::from_secs(10)).await.unwrap();
         // Pre-signed values, so the timed loop measures the overlay and not the client's
         // signing: 4000 users, each storing ever newer values, so that every store is a
         // real change (verified by the responsible peer and both replicas, and replicated).
         let values: Arc<Vec<_>> = Arc::new(signed_values((secs * 20_000.0) as usize));
-        println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"{}\"), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase", peer_sync());
-        let (ops, el, mut lat, fail) = load(client.clone(), values.clone(), 64, secs, None, 0, Mix::Pairs).await;
+        let (ops, el, mut lat, fail) = load(
+            client.clone(),
+            values.clone(),
+            64,
+            secs,
+            None,
+            0,
+            Mix::Pairs,
+        )
+        .await;
         let max_rate = ops as f64 / el;
-        println!(
-            "  saturated (64 in flight): {max_rate:.0} ops/s, median {:.2} ms, p99 {:.2} ms, {fail} failed",
-            pct(&mut lat, 0.5),
-            pct(&mut lat, 0.99)
-        );
-        let half = max_rate / 2.0;
-        let (ops, el, mut lat, fail) =
-            load(client.clone(), values.clone(), 64, secs, Some(half), ops / 2 + 1, Mix::Pairs).await;
-        println!(
-            "  at half that rate ({half:.0} ops/s offered): {:.0} ops/s, median {:.2} ms, p99 {:.2} ms, {fail} failed",
-            ops as f64 / el,
-            pct(&mut lat, 0.5),
-            pct(&mut lat, 0.99)
-        );
+        let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+        let (hops, hel, mut hlat, hfail) = load(
+            client.clone(),
+            values.clone(),
+            64,
+            secs,
+            Some(max_rate / 2.0),
+            ops / 2 + 1,
+            Mix::Pairs,
+        )
+        .await;
         if let Ok(c) = Arc::try_unwrap(client) {
             c.shutdown().await;
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+        Phase {
+            max_rate,
+            p50,
+            p99,
+            half_rate: hops as f64 / hel,
+            half_p50: pct(&mut hlat, 0.5),
+            half_p99: pct(&mut hlat, 0.99),
+            failed: fail + hfail,
+            rss_mib: 0.0,
+        }
     });
     let rss: Vec<u64> = peers.iter().map(|p| rss_kib(p.0.id())).collect();
-    let mean = rss.iter().sum::<u64>() as f64 / rss.len() as f64 / 1024.0;
+    phase.rss_mib = rss.iter().sum::<u64>() as f64 / rss.len() as f64 / 1024.0;
+    phase
+}
+
+fn main() {
+    let secs: f64 = std::env::var("P2PSIP_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let dir = std::env::temp_dir().join(format!("p2psip-bench-{}", std::process::id()));
+    println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"{}\"), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase", peer_sync());
+    let mut phases = Vec::new();
+    for (sign, name) in [(true, "signatures on"), (false, "signatures off")] {
+        let p = overlay_phase(&dir.join(name.replace(' ', "-")), secs, sign);
+        println!(
+            "  {name}: saturated (64 in flight) {:.0} ops/s, median {:.2} ms, p99 {:.2} ms; at half that rate {:.0} ops/s, median {:.2} ms, p99 {:.2} ms; {} failed; {:.1} MiB per idle peer ({USERS} users' values x 3 copies)",
+            p.max_rate, p.p50, p.p99, p.half_rate, p.half_p50, p.half_p99, p.failed, p.rss_mib
+        );
+        phases.push(p);
+    }
     println!(
-        "  resident memory per peer after 5 s idle: mean {mean:.1} MiB (each: {:?} KiB; they hold {USERS} users' values x 3 copies)",
-        rss
+        "  signatures on / off: throughput {:.2}, p99 at half load {:.2}",
+        phases[0].max_rate / phases[1].max_rate,
+        phases[0].half_p99 / phases[1].half_p99
     );
-    drop(peers);
+    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(storage_modes(&dir, secs));
     let _ = std::fs::remove_dir_all(&dir);
 }

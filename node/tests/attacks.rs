@@ -668,7 +668,10 @@ async fn a_two_entry_via_list_is_held_to_the_originators_limit() {
     .await;
     let allowed = 100 + 100 * began.elapsed().as_secs() + 100;
     eprintln!("  400 forwarded originators: {ok} answered, {limited} rate limited");
-    assert!(ok <= allowed, "{ok} answered over one link, at most {allowed} allowed");
+    assert!(
+        ok <= allowed,
+        "{ok} answered over one link, at most {allowed} allowed"
+    );
     answers_ping_as(&conn, &me, a.id).await;
     a.shutdown().await;
 }

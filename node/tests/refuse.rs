@@ -11,11 +11,7 @@ use std::time::Duration;
 
 const OVERLAY: &str = "refuse.test";
 
-fn request(
-    signer: &p2psip_proto::security::Identity,
-    dest: Destination,
-    body: Body,
-) -> Vec<u8> {
+fn request(signer: &p2psip_proto::security::Identity, dest: Destination, body: Body) -> Vec<u8> {
     raw_request(OVERLAY, rand_txid(), signer, dest, body)
 }
 

@@ -1,8 +1,10 @@
-//! Codec benchmarks: header parse with a 3-entry via list, the forwarding step, and a full
-//! decode of a signed Store. `cargo bench -p p2psip-proto --bench codec`
+//! Codec benchmarks: header parse with a 3-entry via list, the forwarding step, a full
+//! decode of a signed Store, and the message signature every request and answer carries
+//! (sign, verify). `cargo bench -p p2psip-proto --bench codec`
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use p2psip_proto::security::{sign_message, verify_message, Binding};
 use p2psip_proto::{forward, parse_header, test_vectors, Destination, Id, Message, Rewrite};
 use std::hint::black_box;
 
@@ -46,6 +48,22 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("decode_store_signed", |b| {
         b.iter(|| black_box(Message::decode(black_box(&store)).unwrap()))
+    });
+    // The message signature of a 200-byte Store body (proto/SPEC.md 5.4).
+    let alice = test_vectors::alice();
+    let body = vec![0x5a; 200];
+    let overlay = p2psip_proto::overlay_id(test_vectors::OVERLAY);
+    g.bench_function("sign_message_200b", |b| {
+        b.iter(|| black_box(sign_message(&alice, overlay, 7, 7, black_box(&body))))
+    });
+    let block = sign_message(&alice, overlay, 7, 7, &body);
+    g.bench_function("verify_message_200b", |b| {
+        b.iter(|| {
+            black_box(
+                verify_message(black_box(&block), overlay, 7, 7, &body, Binding::SelfSigned)
+                    .unwrap(),
+            )
+        })
     });
     g.finish();
 }

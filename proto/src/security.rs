@@ -131,7 +131,13 @@ pub fn message_signing_input(overlay: u32, transaction_id: u64, code: u16, body:
 
 /// The encoded security block of a message signed by `identity` (proto/SPEC.md 5): what
 /// follows `sec_len` on the wire.
-pub fn sign_message(identity: &Identity, overlay: u32, transaction_id: u64, code: u16, body: &[u8]) -> Vec<u8> {
+pub fn sign_message(
+    identity: &Identity,
+    overlay: u32,
+    transaction_id: u64,
+    code: u16,
+    body: &[u8],
+) -> Vec<u8> {
     let signature = identity.sign(&message_signing_input(overlay, transaction_id, code, body));
     pb::SecurityBlock {
         certificates: Vec::new(),
@@ -292,7 +298,12 @@ mod tests {
             Ok(id.node_id)
         );
         // Any covered field changed: refused.
-        for (o, t, c, b) in [(2, 2, 23, &b"ping"[..]), (1, 3, 23, b"ping"), (1, 2, 24, b"ping"), (1, 2, 23, b"pinG")] {
+        for (o, t, c, b) in [
+            (2, 2, 23, &b"ping"[..]),
+            (1, 3, 23, b"ping"),
+            (1, 2, 24, b"ping"),
+            (1, 2, 23, b"pinG"),
+        ] {
             assert_eq!(
                 verify_message(&block, o, t, c, b, Binding::SelfSigned),
                 Err(SignatureError::BadSignature)

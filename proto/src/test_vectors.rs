@@ -168,6 +168,25 @@ pub fn all() -> Vec<(&'static str, Message)> {
         security: None,
     };
 
+    let ping_txid = 0x0102_0304_0506_0710;
+    let ping_body = Body::PingReq(pb::PingReq { padding: vec![] });
+    let ping_block = crate::security::sign_message(
+        &a,
+        overlay_id(OVERLAY),
+        ping_txid,
+        ping_body.code(),
+        &ping_body.encode_to_vec(),
+    );
+    let ping_signed = Message {
+        header: header(
+            ping_txid,
+            vec![Destination::Node(a.node_id)],
+            vec![Destination::Node(NODE_B)],
+        ),
+        body: ping_body,
+        security: pb::SecurityBlock::decode(ping_block.as_slice()).ok(),
+    };
+
     vec![
         ("ping", ping),
         ("store-signed", store),
@@ -175,6 +194,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
         ("error-not-found", error),
         ("via-3", via3),
         ("opaque-destination", opaque),
+        ("ping-signed", ping_signed),
     ]
 }
 

@@ -80,3 +80,39 @@ fn signed_store_vector_verifies_and_binds_alice() {
     };
     assert_eq!(e.key, test_vectors::alice().node_id.to_bytes().to_vec());
 }
+
+#[test]
+fn signed_ping_vector_verifies_as_its_originator_and_not_once_altered() {
+    use p2psip_proto::security::{verify_message, Binding, SignatureError};
+    use prost::Message as _;
+    let spec = spec_vectors();
+    let (_, bytes) = spec.iter().find(|(n, _)| n == "ping-signed").unwrap();
+    let msg = Message::decode(bytes).unwrap();
+    let block = msg.security.clone().unwrap().encode_to_vec();
+    let body = msg.body.encode_to_vec();
+    let h = &msg.header;
+    let signer = verify_message(
+        &block,
+        h.overlay,
+        h.transaction_id,
+        msg.body.code(),
+        &body,
+        Binding::SelfSigned,
+    )
+    .unwrap();
+    // The signer is the originator the via list names: Alice.
+    assert_eq!(signer, test_vectors::alice().node_id);
+    assert_eq!(h.via, vec![p2psip_proto::Destination::Node(signer)]);
+    // Another transaction id (a replay under another request) does not verify.
+    assert_eq!(
+        verify_message(
+            &block,
+            h.overlay,
+            h.transaction_id ^ 1,
+            msg.body.code(),
+            &body,
+            Binding::SelfSigned
+        ),
+        Err(SignatureError::BadSignature)
+    );
+}

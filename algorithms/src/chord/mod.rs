@@ -239,7 +239,9 @@ impl Chord {
         fresh.dedup();
         let me = self.me;
         let mut pick = closest_by(&fresh, self.cfg.successors, |c| distance(me, c));
-        pick.extend(closest_by(&fresh, self.cfg.predecessors, |c| distance(c, me)));
+        pick.extend(closest_by(&fresh, self.cfg.predecessors, |c| {
+            distance(c, me)
+        }));
         pick.sort_unstable();
         pick.dedup();
         let cap = self.cfg.successors + self.cfg.predecessors;
@@ -448,7 +450,12 @@ impl Chord {
             .copied()
             .filter(|x| *x != self.me && !self.is_gone(*x, now) && self.holds(*x))
             .collect();
-        v.extend(ours(self).iter().copied().filter(|x| self.linked.contains(x)));
+        v.extend(
+            ours(self)
+                .iter()
+                .copied()
+                .filter(|x| self.linked.contains(x)),
+        );
         v
     }
 

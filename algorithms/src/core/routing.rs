@@ -3,12 +3,12 @@
 
 use super::recovery::Resend;
 use super::OverlayNode;
-use crate::time::Time;
 use crate::id::NodeId;
+use crate::storage::VerifyMode;
+use crate::time::Time;
 use crate::topology::NextHop;
 use p2psip_proto::limits::DEFAULT_TTL;
 use p2psip_proto::pb::{self, ErrorCode};
-use crate::storage::VerifyMode;
 use p2psip_proto::security::{sign_message, verify_message, Binding};
 use p2psip_proto::{
     encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, Contents,

@@ -2,11 +2,11 @@
 //! methods to the storage rules.
 
 use super::{bytes_of, writers_of, OverlayNode};
-use crate::topology::Origin;
 use crate::id::{Id, NodeId};
 use crate::storage::{
     apply_store, fetch, find_closest, stat, too_large, Budget, Kind, KindData, StoreMode,
 };
+use crate::topology::Origin;
 use p2psip_proto::limits::{ANSWER_HEADROOM, MAX_MESSAGE_LEN, MAX_SPECIFIERS};
 use p2psip_proto::pb::{self, ErrorCode};
 use p2psip_proto::Body;
@@ -421,10 +421,11 @@ mod tests {
     /// A client stores through a lone peer backed by `disk`; returns the outcome the
     /// client saw (and checks that no answer left the peer before its commit).
     fn store_through(disk: &Disk, value: &[u8]) -> Result<Body, ErrorCode> {
-        let peer_id = Id(1);
+        let peer_identity = Identity::from_seed([7; 32], "peer");
+        let peer_id = peer_identity.node_id;
         let mut peer = OverlayNode::new(
             CoreConfig::default(),
-            Identity::from_seed([7; 32], "peer"),
+            peer_identity,
             Box::new(Prober {
                 me: peer_id,
                 sends: Vec::new(),

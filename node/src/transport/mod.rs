@@ -516,8 +516,7 @@ impl Transport {
                                 .await
                             {
                                 Ok(bytes) if bytes.starts_with(&CONTROL_MAGIC) => {
-                                    if let Some(addr) = parse_observed(&bytes).filter(|_| dialled)
-                                    {
+                                    if let Some(addr) = parse_observed(&bytes).filter(|_| dialled) {
                                         let _ =
                                             me2.events.send(NetEvent::Observed { by: peer, addr });
                                     }

@@ -384,7 +384,10 @@ pub fn signed_message(
     });
     p2psip_proto::Message {
         header: p2psip_proto::OwnedHeader {
-            via: via.iter().map(|i| p2psip_proto::Destination::Node(*i)).collect(),
+            via: via
+                .iter()
+                .map(|i| p2psip_proto::Destination::Node(*i))
+                .collect(),
             ..p2psip_proto::OwnedHeader::new(overlay, txid, dest)
         },
         body,
