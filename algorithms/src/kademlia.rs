@@ -269,12 +269,7 @@ impl Kademlia {
             .iter()
             .copied()
             .filter(|c| *c != self.me && !self.contains(*c) && !self.probing.contains(c))
-            .filter(|c| {
-                !self
-                    .dead
-                    .get(c)
-                    .is_some_and(|t| now.since(*t) < DEAD_MEMORY)
-            })
+            .filter(|c| !self.recently_dead(*c, now))
             .filter(|c| {
                 let enters_near =
                     near.len() < self.cfg.k || farthest.is_some_and(|f| xor(*c, self.me) < f);
@@ -302,6 +297,13 @@ impl Kademlia {
         }
     }
 
+    /// Whether `c` failed or left within the last [`DEAD_MEMORY`].
+    fn recently_dead(&self, c: Id, now: Time) -> bool {
+        self.dead
+            .get(&c)
+            .is_some_and(|t| now.since(*t) < DEAD_MEMORY)
+    }
+
     /// Sends candidate `c` a direct Update; it enters a bucket when it answers.
     fn probe(&mut self, ctx: &mut Ctx<'_>, c: Id) {
         self.probing.insert(c);
@@ -318,10 +320,7 @@ impl Kademlia {
             let wanted = !self.contains(c)
                 && !self.probing.contains(&c)
                 && self.bucket_of(c).is_some()
-                && !self
-                    .dead
-                    .get(&c)
-                    .is_some_and(|t| ctx.now.since(*t) < DEAD_MEMORY);
+                && !self.recently_dead(c, ctx.now);
             if wanted {
                 self.probe(ctx, c);
             }

@@ -256,11 +256,6 @@ impl Chord {
         }
     }
 
-    /// Whether `id` is in one of the tables (it got there by being reached).
-    fn holds(&self, id: Id) -> bool {
-        self.succs.contains(id) || self.preds.contains(id) || self.fingers.iter().any(|f| f == id)
-    }
-
     fn chord_update(&self, ty: chord_update::Type, now: Time) -> pb::ChordUpdate {
         pb::ChordUpdate {
             uptime: now.since(self.started).as_secs().min(u32::MAX as u64) as u32,
@@ -427,8 +422,7 @@ impl Chord {
         if self.succs.first() == Some(from) {
             // Our successor's successor list is authoritative for ours (classic Chord): it
             // drops entries that died even when we never sent to them. Entries we saw fail
-            // are not taken back from it; entries it names that we have not reached are
-            // probed first (below); entries we hold a live link to stay.
+            // are not taken back from it; entries we hold a live link to stay.
             let rest = self.vouched(succs, now, |c| c.succs.ids());
             self.changing(ctx, |c| c.succs.replace(from, &rest));
         }
@@ -441,14 +435,16 @@ impl Chord {
         self.learn(ctx, &cands);
     }
 
-    /// What a neighbour's list `l` may put into one of our lists at once: the entries we
-    /// already hold (reached before) and have not seen fail, plus the entries of our own
-    /// list (`ours`) that we hold a live link to, whether it names them or not.
+    /// What our first successor's (or predecessor's) list `l` puts into ours: its
+    /// entries that we have not seen fail (classic Chord stabilisation: its list is
+    /// authoritative for ours; it came over its own link), plus the entries of our own
+    /// list (`ours`) that we hold a live link to, whether it names them or not, so that one
+    /// neighbour cannot take out of our tables the nodes we reach ourselves.
     fn vouched(&self, l: &[Id], now: Time, ours: impl Fn(&Self) -> &[Id]) -> Vec<Id> {
         let mut v: Vec<Id> = l
             .iter()
             .copied()
-            .filter(|x| *x != self.me && !self.is_gone(*x, now) && self.holds(*x))
+            .filter(|x| *x != self.me && !self.is_gone(*x, now))
             .collect();
         v.extend(
             ours(self)
@@ -759,25 +755,31 @@ impl Topology for Chord {
                     return;
                 };
                 // The admitting peer answered (its signature proves it): it is our first
-                // successor. Its lists are hints, probed before they enter ours.
+                // successor, and its lists are the tables we start from, taken on its word
+                // only until the PeerReady Update below reaches each entry (an entry that
+                // does not answer is dropped). Its fingers are not taken: ours are found
+                // by lookups, whose answers their responders sign.
                 self.consider(ctx, ap);
+                for s in succs.iter().chain(preds.iter()) {
+                    if !self.is_gone(*s, ctx.now) {
+                        self.succs.insert(*s);
+                        self.preds.insert(*s);
+                    }
+                }
                 for id in preds.iter().chain(succs.iter()).chain(fingers.iter()) {
                     self.remember(*id);
                 }
                 self.become_joined(ctx);
-                // Tell the neighbours we are here: the admitting peer at once, the others
-                // as the probes of their lists reach them.
+                // Tell the neighbours we are here (and check that they are).
                 let mut tell: Vec<Id> = self.preds.ids().to_vec();
                 tell.extend(self.succs.ids());
+                tell.sort_unstable();
                 tell.dedup();
                 for t in tell {
                     let body = self.update_body(chord_update::Type::PeerReady, ctx.now);
                     let tok = ctx.request(Target::Direct(t), body);
                     self.pending.insert(tok, Pending::Stabilize(t));
                 }
-                let mut hints = succs;
-                hints.extend(preds);
-                self.learn(ctx, &hints);
             }
             (Pending::Join, res) => {
                 if self.joined {

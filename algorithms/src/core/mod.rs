@@ -98,11 +98,19 @@ pub enum NodeState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerKind {
-    Tx { id: u64, attempt: u32 },
+    Tx {
+        id: u64,
+        attempt: u32,
+    },
     Topology(TimerId),
     Replication,
     Expiry,
+    /// A replication check a while after copies arrived that this node is not a replica of.
+    CopyRecheck,
 }
+
+/// How long after such copies arrived the replication check runs.
+const COPY_RECHECK: Duration = Duration::from_secs(10);
 
 /// One node of the overlay, without IO.
 pub struct OverlayNode {
@@ -162,6 +170,8 @@ pub struct OverlayNode {
     held: Vec<(routing::Reply, Body)>,
     /// Replica pushes of those stores: (resource, kinds, replica set).
     held_replication: Vec<(Id, Vec<u32>, Vec<NodeId>)>,
+    /// A [`TimerKind::CopyRecheck`] is set.
+    copy_recheck_armed: bool,
 }
 
 impl OverlayNode {
@@ -214,6 +224,7 @@ impl OverlayNode {
             stored_bytes: 0,
             held: Vec::new(),
             held_replication: Vec::new(),
+            copy_recheck_armed: false,
         }
         .with_writer_bytes_counted()
     }
@@ -461,6 +472,10 @@ impl OverlayNode {
                     let r = self.cfg.replication_interval;
                     self.set_timer(now + r, TimerKind::Replication);
                 }
+                TimerKind::CopyRecheck => {
+                    self.copy_recheck_armed = false;
+                    self.replication_due = true;
+                }
                 TimerKind::Expiry => {
                     self.purge_expired();
                     let e = self.cfg.expiry_interval;
@@ -696,6 +711,14 @@ impl OverlayNode {
     }
 
     // ---- plumbing ---------------------------------------------------------------------
+
+    /// Arms one replication check [`COPY_RECHECK`] from now (one at a time).
+    fn recheck_copies_later(&mut self) {
+        if !self.copy_recheck_armed {
+            self.copy_recheck_armed = true;
+            self.set_timer(self.now + COPY_RECHECK, TimerKind::CopyRecheck);
+        }
+    }
 
     fn set_timer(&mut self, at: Time, kind: TimerKind) {
         self.timer_seq += 1;

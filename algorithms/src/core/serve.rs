@@ -335,6 +335,7 @@ impl OverlayNode {
             ));
         }
         let rs = self.topology.replica_set(resource);
+        let mine = rs.contains(&self.me);
         let mut kind_responses = Vec::with_capacity(staged.len());
         let mut changed_kinds = Vec::new();
         for (kind, old, data, changed) in staged {
@@ -355,6 +356,13 @@ impl OverlayNode {
             } else {
                 self.push_to_replicas(resource, &changed_kinds, &rs);
             }
+        }
+        if mode == StoreMode::Merge && !mine {
+            // A copy from a node whose view of the replica set differs from ours (a node
+            // joined in between, or our own view is still settling): looked at again once
+            // both views had time to settle, and handed on then if it is still not ours,
+            // instead of being held until the next full round.
+            self.recheck_copies_later();
         }
         Ok(Body::StoreAns(pb::StoreAns { kind_responses }))
     }
