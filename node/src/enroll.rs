@@ -314,7 +314,23 @@ struct Ca {
 pub struct Trust {
     overlay: String,
     ca: Option<Ca>,
+    /// CA-issued certificates already checked for a signature (by SHA-256 of the DER):
+    /// what they bind, their serial and end of validity, so that a signer's certificate is
+    /// parsed and its CA signature verified once, not with every message it signs.
+    /// Revocation and expiry are still checked on every use.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+/// A CA-issued certificate that passed [`Trust::check`].
+#[derive(Debug, Clone)]
+struct Verified {
+    binding: CertBinding,
+    serial: String,
+    not_after: i64,
+}
+
+/// Certificates remembered at most; the memory is emptied when it is full.
+const VERIFIED_CAP: usize = 4096;
 
 impl Trust {
     /// A self-signed overlay: any Ed25519 key, Node-ID = hash of the key.
@@ -322,6 +338,7 @@ impl Trust {
         Trust {
             overlay: overlay.into(),
             ca: None,
+            verified: Default::default(),
         }
     }
 
@@ -347,6 +364,7 @@ impl Trust {
                 revoked: RwLock::new(revoked.iter().map(|s| canonical_serial(s)).collect()),
                 allow_self_signed: AtomicBool::new(allow_self_signed),
             }),
+            verified: Default::default(),
         })
     }
 
@@ -441,9 +459,60 @@ impl Trust {
     }
 }
 
+impl Trust {
+    /// [`Trust::check`] through the memory of certificates already checked.
+    fn check_remembered(&self, der: &[u8]) -> Result<CertBinding, String> {
+        use sha2::Digest as _;
+        let Some(ca) = &self.ca else {
+            return self.check(der);
+        };
+        let digest: [u8; 32] = sha2::Sha256::digest(der).into();
+        let seen = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .cloned();
+        if let Some(v) = seen {
+            if ASN1Time::now().timestamp() > v.not_after {
+                return Err("certificate expired".into());
+            }
+            if ca
+                .revoked
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&v.serial)
+            {
+                return Err(format!("certificate {} is revoked", v.serial));
+            }
+            return Ok(v.binding);
+        }
+        let binding = self.check(der)?;
+        // Only CA-issued certificates are remembered (a self-signed one's acceptance
+        // depends on a setting that may change).
+        if let Ok((_, x)) = X509Certificate::from_der(der) {
+            if matches!(node_id_uri(&x), Ok(Some(_))) {
+                let mut m = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+                if m.len() >= VERIFIED_CAP {
+                    m.clear();
+                }
+                m.insert(
+                    digest,
+                    Verified {
+                        binding: binding.clone(),
+                        serial: canonical_serial(&hex::encode(x.raw_serial())),
+                        not_after: x.validity().not_after.timestamp(),
+                    },
+                );
+            }
+        }
+        Ok(binding)
+    }
+}
+
 impl CertificateCheck for Trust {
     fn binding(&self, der: &[u8]) -> Result<CertBinding, String> {
-        self.check(der)
+        self.check_remembered(der)
     }
 
     fn allows_self_signed(&self) -> bool {

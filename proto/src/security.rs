@@ -157,13 +157,27 @@ pub fn verify_message(
     body: &[u8],
     how: Binding<'_>,
 ) -> Result<Id, SignatureError> {
+    let mut keys = KeyCache::default();
+    verify_message_with(security, overlay, transaction_id, code, body, how, &mut keys)
+}
+
+/// [`verify_message`] with decoded keys taken from (and added to) `keys`.
+pub fn verify_message_with(
+    security: &[u8],
+    overlay: u32,
+    transaction_id: u64,
+    code: u16,
+    body: &[u8],
+    how: Binding<'_>,
+    keys: &mut KeyCache,
+) -> Result<Id, SignatureError> {
     if security.is_empty() {
         return Err(SignatureError::Missing);
     }
     let block = pb::SecurityBlock::decode(security).map_err(|_| SignatureError::Malformed)?;
     let sig = block.signature.as_ref().ok_or(SignatureError::Missing)?;
     let input = message_signing_input(overlay, transaction_id, code, body);
-    let signer = verify_bound(sig, &input, how)?;
+    let signer = verify_bound_with(sig, &input, how, keys)?;
     Id::from_slice(&signer.node_id).ok_or(SignatureError::NodeIdMismatch)
 }
 
@@ -216,6 +230,42 @@ pub fn verify_bound<'s>(
     input: &[u8],
     how: Binding<'_>,
 ) -> Result<&'s pb::SignerIdentity, SignatureError> {
+    verify_bound_with(sig, input, how, &mut KeyCache::default())
+}
+
+/// Public keys already decoded (an Ed25519 point decompression each) with the Node-ID
+/// their hash gives, by their 32 bytes; at most [`KeyCache::CAP`], emptied when full. A
+/// receiver keeps one so that a signer's key is decoded once, not with every message.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: std::collections::HashMap<[u8; 32], (VerifyingKey, Id)>,
+}
+
+impl KeyCache {
+    /// Keys kept at most.
+    pub const CAP: usize = 4096;
+
+    fn get(&mut self, pk: &[u8; 32]) -> Result<(VerifyingKey, Id), SignatureError> {
+        if let Some(k) = self.keys.get(pk) {
+            return Ok(*k);
+        }
+        let vk = VerifyingKey::from_bytes(pk).map_err(|_| SignatureError::NoPublicKey)?;
+        if self.keys.len() >= Self::CAP {
+            self.keys.clear();
+        }
+        let entry = (vk, node_id_of_key(pk));
+        self.keys.insert(*pk, entry);
+        Ok(entry)
+    }
+}
+
+/// [`verify_bound`] with decoded keys taken from (and added to) `keys`.
+pub fn verify_bound_with<'s>(
+    sig: &'s pb::Signature,
+    input: &[u8],
+    how: Binding<'_>,
+    keys: &mut KeyCache,
+) -> Result<&'s pb::SignerIdentity, SignatureError> {
     if sig.algorithm != pb::SignatureAlgorithm::Ed25519 as i32 {
         return Err(SignatureError::UnsupportedAlgorithm(sig.algorithm));
     }
@@ -243,14 +293,14 @@ pub fn verify_bound<'s>(
                 }
                 Binding::Claimed => false,
             };
-            if self_signed && Id::from_slice(&signer.node_id) != Some(node_id_of_key(&pk)) {
+            if self_signed && Id::from_slice(&signer.node_id) != Some(keys.get(&pk)?.1) {
                 return Err(SignatureError::NodeIdMismatch);
             }
             pk
         }
         _ => return Err(SignatureError::NoPublicKey),
     };
-    let vk = VerifyingKey::from_bytes(&pk).map_err(|_| SignatureError::NoPublicKey)?;
+    let vk = keys.get(&pk)?.0;
     let s: [u8; 64] = sig
         .value
         .as_slice()

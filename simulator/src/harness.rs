@@ -85,6 +85,10 @@ struct Slot {
     /// An adversary: drops every request and answer it should pass on for others (it
     /// keeps up its own maintenance, so it stays in everyone's routing tables).
     drops_forwarded: bool,
+    /// An adversary that forges, within what its own keys allow (docs/security.md):
+    /// answers in other nodes' names, Leaves and Updates in its neighbours' names, and its
+    /// own Updates full of made-up successors. It forwards everything it should.
+    forges: bool,
 }
 
 /// The harness.
@@ -114,6 +118,8 @@ pub struct Sim {
     /// Bytes sent per traffic class.
     pub traffic: Traffic,
     dropped_by_adversaries: u64,
+    /// Messages forgers made up.
+    forgeries: u64,
     /// Identities made ahead by `preload`, taken by the next `add_node`s, and the stream
     /// their seeds come from (one per run, so successive preloads never repeat).
     preloaded: VecDeque<Identity>,
@@ -164,6 +170,109 @@ fn is_forwarded(me: NodeId, bytes: &[u8]) -> bool {
     }
 }
 
+/// What a forger makes up beside a message `t` it sends (docs/security.md, "forgers"),
+/// signed with its own key, as it cannot sign with anyone else's:
+/// - beside each request it passes on, an answer back down the path in the name of the
+///   request's destination (or of a made-up node next to the target);
+/// - beside each Update of its own to a neighbour, a Leave and an Update in the name of
+///   another node it knows, and an Update of its own listing made-up successors.
+fn forge(
+    me: &p2psip_proto::security::Identity,
+    node: &OverlayNode,
+    t: &p2psip_algorithms::Transmit,
+) -> Vec<p2psip_algorithms::Transmit> {
+    use p2psip_proto::{pb, Body, Destination, Message, OwnedHeader};
+    let Ok(h) = p2psip_proto::parse_header(&t.bytes) else {
+        return Vec::new();
+    };
+    let Ok(c) = p2psip_proto::split_contents(&h, &t.bytes) else {
+        return Vec::new();
+    };
+    let overlay = h.overlay;
+    let signed = |header: OwnedHeader, body: Body| -> Option<Vec<u8>> {
+        let block =
+            p2psip_proto::security::sign_message(me, overlay, header.transaction_id, body.code(), &body.encode_to_vec());
+        Message {
+            header,
+            body,
+            security: prost::Message::decode(block.as_slice()).ok(),
+        }
+        .encode()
+        .ok()
+    };
+    let mut out = Vec::new();
+    let via: Vec<Destination> = h.via().map(|d| d.to_owned()).collect();
+    if p2psip_proto::is_request(c.code) && via.len() > 1 {
+        // Passed on for someone else: answer it first, in the destination's name.
+        let claimed = match h.destinations().last().map(|d| d.to_owned()) {
+            Some(Destination::Node(n)) => n,
+            Some(Destination::Resource(r)) => Id(r.0.wrapping_add(1)),
+            _ => return out,
+        };
+        let body: Body = match c.code {
+            23 => pb::PingAns { response_id: 1, time: 0 }.into(),
+            9 => pb::FetchAns { kind_responses: vec![] }.into(),
+            _ => return out,
+        };
+        // Back along the path it came: the via list without ourselves, reversed.
+        let mut back: Vec<Destination> = via[..via.len() - 1].to_vec();
+        back.reverse();
+        let Some(Destination::Node(prev)) = back.first().cloned() else {
+            return out;
+        };
+        let header = OwnedHeader {
+            via: vec![Destination::Node(claimed)],
+            destinations: back.clone(),
+            ..OwnedHeader::new(overlay, h.transaction_id, back[0].clone())
+        };
+        if let Some(bytes) = signed(header, body) {
+            out.push(p2psip_algorithms::Transmit { to: prev, bytes });
+        }
+    } else if c.code == 19 && via.len() == 1 {
+        // Our own Update to a neighbour: add a Leave and an Update in another's name, and
+        // one of our own naming made-up successors.
+        let to = t.to;
+        let rt = node.routing_table();
+        let victim = rt.successors.iter().chain(rt.predecessors.iter()).copied().find(|v| *v != to);
+        let txid = h.transaction_id ^ 0x5a5a_5a5a;
+        let chord = |ids: &[Id]| -> Body {
+            let w: Vec<Vec<u8>> = ids.iter().map(|i| i.to_bytes().to_vec()).collect();
+            pb::UpdateReq {
+                algorithm: node.algorithm().into(),
+                overlay_specific: prost::Message::encode_to_vec(&pb::ChordUpdate {
+                    uptime: 1,
+                    r#type: pb::chord_update::Type::Neighbors as i32,
+                    predecessors: w.clone(),
+                    successors: w,
+                    fingers: vec![],
+                }),
+            }
+            .into()
+        };
+        let fakes: Vec<Id> = (1..=4).map(|k| Id(to.0.wrapping_add(k))).collect();
+        let header = |via: Vec<Id>, tx: u64| OwnedHeader {
+            via: via.into_iter().map(Destination::Node).collect(),
+            ..OwnedHeader::new(overlay, tx, Destination::Node(to))
+        };
+        let mut made: Vec<Vec<u8>> = Vec::new();
+        if let Some(v) = victim {
+            let leave: Body = pb::LeaveReq {
+                leaving_peer_id: v.to_bytes().to_vec(),
+                overlay_specific: vec![],
+            }
+            .into();
+            made.extend(signed(header(vec![v, me.node_id], txid), leave));
+            made.extend(signed(header(vec![v, me.node_id], txid ^ 1), chord(&fakes)));
+        }
+        made.extend(signed(header(vec![me.node_id], txid ^ 2), chord(&fakes)));
+        out.extend(
+            made.into_iter()
+                .map(|bytes| p2psip_algorithms::Transmit { to, bytes }),
+        );
+    }
+    out
+}
+
 /// FNV-1a over bytes, for log digests.
 fn digest(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
@@ -195,6 +304,7 @@ impl Sim {
             joined: BTreeSet::new(),
             traffic: Traffic::default(),
             dropped_by_adversaries: 0,
+            forgeries: 0,
             preloaded: VecDeque::new(),
             preload_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6964_656e_7469_7479),
         }
@@ -210,6 +320,22 @@ impl Sim {
     /// Whether node `i` drops what it should forward.
     pub fn is_dropper(&self, i: usize) -> bool {
         self.slots.get(i).is_some_and(|s| s.drops_forwarded)
+    }
+
+    /// Makes node `i` a forger (or honest again).
+    pub fn set_forger(&mut self, i: usize, forges: bool) {
+        if let Some(s) = self.slots.get_mut(i) {
+            s.forges = forges;
+        }
+    }
+
+    pub fn is_forger(&self, i: usize) -> bool {
+        self.slots.get(i).is_some_and(|s| s.forges)
+    }
+
+    /// Messages forgers made up.
+    pub fn forgeries(&self) -> u64 {
+        self.forgeries
     }
 
     /// Messages adversaries dropped instead of forwarding.
@@ -308,6 +434,7 @@ impl Sim {
             group: 0,
             links: IndexSet::new(),
             drops_forwarded: false,
+            forges: false,
         });
         i
     }
@@ -525,7 +652,22 @@ impl Sim {
         };
         let from = node.id();
         let dropper = self.slots[i].drops_forwarded;
-        while let Some(t) = node.poll_transmit() {
+        let forger = self.slots[i].forges;
+        let mut forged: Vec<p2psip_algorithms::Transmit> = Vec::new();
+        loop {
+            let t = match forged.pop() {
+                Some(t) => t,
+                None => match node.poll_transmit() {
+                    Some(t) => {
+                        if forger {
+                            forged = forge(&self.slots[i].identity, &node, &t);
+                            self.forgeries += forged.len() as u64;
+                        }
+                        t
+                    }
+                    None => break,
+                },
+            };
             if dropper && is_forwarded(from, &t.bytes) {
                 self.dropped_by_adversaries += 1;
                 continue;

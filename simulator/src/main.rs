@@ -106,6 +106,17 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Runs the scenario with a fraction of peers that forge within what their own keys
+    /// allow (answers in others' names, Leaves and Updates in their neighbours' names,
+    /// Updates listing made-up successors) and writes one table (forgers.md,
+    /// docs/security.md).
+    Forgers {
+        /// Fractions of forging peers, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.2")]
+        fractions: Vec<f64>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         }) => demo(nodes, users, &algorithm, seed),
         Some(Cmd::Compare { algorithms, run }) => compare(&algorithms, &run),
         Some(Cmd::Adversary { fractions, run }) => adversary(&fractions, &run),
+        Some(Cmd::Forgers { fractions, run }) => forgers(&fractions, &run),
         None => {
             let sc = scenario(&cli.run)?;
             let report = run_one(&sc, cli.run.quiet)?;
@@ -266,6 +278,41 @@ fn adversary(fractions: &[f64], run: &RunArgs) -> anyhow::Result<()> {
     plot_cdf(&run.out.join("latency_cdf.svg"), &series).map_err(anyhow::Error::msg)?;
     print!("{md}");
     println!("wrote {}", run.out.join("adversary.md").display());
+    Ok(())
+}
+
+fn forgers(fractions: &[f64], run: &RunArgs) -> anyhow::Result<()> {
+    let base = scenario(run)?;
+    let mut md = String::from(
+        "| forging peers | lookup success | answered by the right peer | median latency (ms) | p99 latency (ms) | forgeries sent | requests refused (bad signature) | answers dropped (forged) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for &f in fractions {
+        let mut sc = base.clone();
+        sc.adversary.droppers = 0.0;
+        sc.adversary.forgers = f;
+        let tag = format!("{:.0}pct-forgers", f * 100.0);
+        sc.name = format!("{}-{}-{tag}", sc.algorithm, sc.nodes);
+        sc.resolve().map_err(anyhow::Error::msg)?;
+        let r = run_one(&sc, run.quiet)?;
+        r.write(&run.out.join(&tag)).map_err(anyhow::Error::msg)?;
+        println!("{tag}: {}", r.summary());
+        md.push_str(&format!(
+            "| {:.0}% ({}) | {:.2}% | {:.2}% | {:.0} | {:.0} | {} | {} | {} |\n",
+            f * 100.0,
+            r.forgers,
+            100.0 * r.lookup_success_rate,
+            100.0 * r.lookup_correct_rate,
+            r.lookup_latency_ms.p50,
+            r.lookup_latency_ms.p99,
+            r.forgeries,
+            r.core_counters.bad_signatures,
+            r.core_counters.forged_answers,
+        ));
+    }
+    std::fs::create_dir_all(&run.out)?;
+    std::fs::write(run.out.join("forgers.md"), &md)?;
+    print!("{md}");
+    println!("wrote {}", run.out.join("forgers.md").display());
     Ok(())
 }
 

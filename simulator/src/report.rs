@@ -79,6 +79,9 @@ pub struct Report {
     /// Peers that drop what they should forward, and the messages they dropped.
     pub adversaries: usize,
     pub dropped_by_adversaries: u64,
+    /// Peers that forge (docs/security.md), and the messages they made up.
+    pub forgers: usize,
+    pub forgeries: u64,
     /// The overlay core's counters summed over the peers alive at the end.
     pub core_counters: CoreCounters,
     pub events_processed: u64,
@@ -103,6 +106,11 @@ pub struct CoreCounters {
     pub not_ready: u64,
     pub stray_answers: u64,
     pub errors_sent: u64,
+    /// Requests refused because they were not signed by the originator they name.
+    pub bad_signatures: u64,
+    /// Answers dropped because they were not signed by the responder they name, or
+    /// named another responder than the node the request was sent to.
+    pub forged_answers: u64,
 }
 
 fn percentiles(v: &mut [f64]) -> Percentiles {
@@ -169,6 +177,7 @@ impl Report {
 
     pub fn finish(&mut self, sim: &Sim, wall: Duration, nodes: usize) {
         self.dropped_by_adversaries = sim.dropped_by_adversaries();
+        self.forgeries = sim.forgeries();
         self.lookup_success_rate = ratio(self.lookups_ok, self.lookups);
         self.lookup_correct_rate = ratio(self.lookups_correct, self.lookups);
         let mut l = std::mem::take(&mut self.latencies_ms);
@@ -209,6 +218,8 @@ impl Report {
                 c.ttl_exceeded += st.ttl_exceeded;
                 c.not_ready += st.not_ready;
                 c.stray_answers += st.stray_answers;
+                c.bad_signatures += st.bad_signatures;
+                c.forged_answers += st.forged_answers;
                 c.errors_sent += st.errors_sent;
             }
         }

@@ -179,7 +179,15 @@ impl Runner {
             order.swap(k, j);
             self.sim.set_dropper(order[k], true);
         }
+        let forgers = ((self.sc.adversary.forgers * n as f64).round() as usize)
+            .min(n.saturating_sub(droppers));
+        for k in droppers..(droppers + forgers).min(n) {
+            let j = self.rng.random_range(k..n);
+            order.swap(k, j);
+            self.sim.set_forger(order[k], true);
+        }
         self.report.adversaries = droppers.min(n);
+        self.report.forgers = forgers;
         if self.sc.warm_start {
             let mut members: Vec<NodeId> = (0..n).map(|i| self.sim.id(i)).collect();
             members.sort();
@@ -294,7 +302,10 @@ impl Runner {
                 self.at(now + g, Act::Arrive);
             }
             Act::Lookup => {
-                if let Some(i) = self.random_live().filter(|i| !self.sim.is_dropper(*i)) {
+                if let Some(i) = self
+                    .random_live()
+                    .filter(|i| !self.sim.is_dropper(*i) && !self.sim.is_forger(*i))
+                {
                     let target = Id(self.rng.random());
                     if let Some(op) = self.sim.start_op(i, |n, t| n.lookup(t, target)) {
                         self.pending.insert((i, op), Pending::Lookup { target });

@@ -50,6 +50,11 @@ pub struct Adversary {
     /// on for others, while keeping up their own maintenance (so they stay in routing
     /// tables). Lookups are started by the honest peers only.
     pub droppers: f64,
+    /// Fraction of the initial peers (besides the droppers) that forge within what their
+    /// own keys allow: answers in other nodes' names, Leaves and Updates in their
+    /// neighbours' names, their own Updates full of made-up successors. They forward
+    /// everything they should.
+    pub forgers: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -302,6 +307,11 @@ impl Scenario {
         }
         if !(0.0..1.0).contains(&self.adversary.droppers) {
             return Err("adversary.droppers: a fraction in [0, 1)".into());
+        }
+        if !(0.0..1.0).contains(&self.adversary.forgers)
+            || self.adversary.droppers + self.adversary.forgers >= 1.0
+        {
+            return Err("adversary.forgers: a fraction in [0, 1), with the droppers below 1".into());
         }
         let n = &self.network;
         let latency = match n.latency.as_str() {

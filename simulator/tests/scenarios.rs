@@ -162,3 +162,32 @@ fn retransmissions_through_other_first_hops_route_around_dropping_peers() {
         plain.lookup_success_rate
     );
 }
+
+/// 10% of 400 Chord peers forge within their own keys (answers in other nodes' names,
+/// Leaves and Updates in their neighbours' names, Updates listing made-up successors):
+/// the forgeries reach their targets and are refused, and lookups still reach the right
+/// peer (docs/security.md, "forgers").
+#[test]
+fn forgers_are_refused_and_lookups_still_reach_the_right_peer() {
+    let mut s = small(400, 10, "none");
+    s.workload.users = 0;
+    s.workload.calls_per_hour = 0.0;
+    s.adversary.forgers = 0.1;
+    let r = Runner::new(&s).unwrap().run(&mut |_, _| {});
+    eprintln!(
+        "{}; {} forgeries, {} requests refused, {} answers dropped",
+        r.summary(),
+        r.forgeries,
+        r.core_counters.bad_signatures,
+        r.core_counters.forged_answers
+    );
+    assert_eq!(r.forgers, 40);
+    assert!(r.forgeries > 1000, "{} forgeries", r.forgeries);
+    assert!(r.core_counters.forged_answers > 0, "{:?}", r.core_counters);
+    assert!(r.core_counters.bad_signatures > 0, "{:?}", r.core_counters);
+    assert!(
+        r.lookup_correct_rate >= 0.99,
+        "answered by the right peer: {}",
+        r.summary()
+    );
+}

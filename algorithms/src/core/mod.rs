@@ -172,6 +172,8 @@ pub struct OverlayNode {
     held_replication: Vec<(Id, Vec<u32>, Vec<NodeId>)>,
     /// A [`TimerKind::CopyRecheck`] is set.
     copy_recheck_armed: bool,
+    /// Signers' public keys already decoded (message signatures).
+    keys: p2psip_proto::security::KeyCache,
 }
 
 impl OverlayNode {
@@ -225,6 +227,7 @@ impl OverlayNode {
             held: Vec::new(),
             held_replication: Vec::new(),
             copy_recheck_armed: false,
+            keys: Default::default(),
         }
         .with_writer_bytes_counted()
     }

@@ -9,7 +9,7 @@ use crate::time::Time;
 use crate::topology::NextHop;
 use p2psip_proto::limits::DEFAULT_TTL;
 use p2psip_proto::pb::{self, ErrorCode};
-use p2psip_proto::security::{sign_message, verify_message, Binding};
+use p2psip_proto::security::{sign_message, verify_message_with, Binding};
 use p2psip_proto::{
     encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, Contents,
     DestRef, Destination, Header, OwnedHeader, ParseError, Rewrite,
@@ -357,7 +357,7 @@ impl OverlayNode {
     /// security block proves that node signed it. Messages of this node to itself need no
     /// proof; with `sign_messages` off the claim is taken as it is.
     fn signed_by(
-        &self,
+        &mut self,
         from: NodeId,
         claimed: NodeId,
         h: &Header<'_>,
@@ -366,13 +366,14 @@ impl OverlayNode {
         if !self.cfg.sign_messages || (from == self.me && claimed == self.me) {
             return Ok(claimed);
         }
-        let signer = verify_message(
+        let signer = verify_message_with(
             c.security,
             self.overlay_id,
             h.transaction_id,
             c.code,
             c.body,
             binding(&self.cfg.verify),
+            &mut self.keys,
         )
         .map_err(|e| e.to_string())?;
         if signer != claimed {
@@ -385,7 +386,7 @@ impl OverlayNode {
     /// and, for a request sent to a Node-ID, that responder is the node (an error may come
     /// from any hop on the way, signed by it).
     fn answer_checks_out(
-        &self,
+        &mut self,
         from: NodeId,
         responder: Option<NodeId>,
         h: &Header<'_>,
