@@ -508,6 +508,12 @@ impl Topology for Kademlia {
         }
     }
 
+    /// The responsible node is the one XOR-closest to the target; a responder farther
+    /// from it than this node (a member, so a candidate itself) cannot be.
+    fn plausible_responder(&self, target: Id, responder: NodeId) -> bool {
+        !self.joined || target == self.me || xor(responder, target) <= xor(self.me, target)
+    }
+
     fn is_neighbor(&self, node: NodeId) -> bool {
         self.contains(node)
     }

@@ -569,6 +569,15 @@ impl Topology for OneHop {
         }
     }
 
+    /// Chord's responsibility (the first member at or after the target): a responder
+    /// strictly between this node and the target cannot be responsible.
+    fn plausible_responder(&self, target: Id, responder: NodeId) -> bool {
+        // Strictly between, clockwise: 0 < d(me, responder) < d(me, target) (nothing is,
+        // when the target is this node's own id).
+        let d = crate::id::distance(self.me, responder);
+        !self.joined || d == 0 || d >= crate::id::distance(self.me, target)
+    }
+
     fn is_neighbor(&self, node: NodeId) -> bool {
         node != self.me && self.members.contains(&node)
     }

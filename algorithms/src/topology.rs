@@ -176,6 +176,14 @@ pub trait Topology: Send {
     fn next_hop_alternatives(&self, _target: Id) -> Vec<NodeId> {
         Vec::new()
     }
+    /// Whether `responder` can be the node responsible for `target` as seen from this
+    /// node, by the algorithm's geometry alone (no table, so no stale entry, enters it):
+    /// an answer to a request routed to `target` from a responder that cannot be is
+    /// dropped, as a peer on the path answering in the responsible peer's place would be
+    /// (proto/SPEC.md 5.4). Default: any responder.
+    fn plausible_responder(&self, _target: Id, _responder: NodeId) -> bool {
+        true
+    }
     /// The nodes that must hold copies of data stored at `resource` (responsible first,
     /// then replicas), as far as this node knows.
     fn replica_set(&self, resource: Id) -> Vec<NodeId>;

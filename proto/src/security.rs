@@ -158,7 +158,15 @@ pub fn verify_message(
     how: Binding<'_>,
 ) -> Result<Id, SignatureError> {
     let mut keys = KeyCache::default();
-    verify_message_with(security, overlay, transaction_id, code, body, how, &mut keys)
+    verify_message_with(
+        security,
+        overlay,
+        transaction_id,
+        code,
+        body,
+        how,
+        &mut keys,
+    )
 }
 
 /// [`verify_message`] with decoded keys taken from (and added to) `keys`.

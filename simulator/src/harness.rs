@@ -173,7 +173,8 @@ fn is_forwarded(me: NodeId, bytes: &[u8]) -> bool {
 /// What a forger makes up beside a message `t` it sends (docs/security.md, "forgers"),
 /// signed with its own key, as it cannot sign with anyone else's:
 /// - beside each request it passes on, an answer back down the path in the name of the
-///   request's destination (or of a made-up node next to the target);
+///   request's destination (or of a made-up node next to the target), and for a request
+///   routed to a Resource-ID one in its own name, as if it were responsible;
 /// - beside each Update of its own to a neighbour, a Leave and an Update in the name of
 ///   another node it knows, and an Update of its own listing made-up successors.
 fn forge(
@@ -190,8 +191,13 @@ fn forge(
     };
     let overlay = h.overlay;
     let signed = |header: OwnedHeader, body: Body| -> Option<Vec<u8>> {
-        let block =
-            p2psip_proto::security::sign_message(me, overlay, header.transaction_id, body.code(), &body.encode_to_vec());
+        let block = p2psip_proto::security::sign_message(
+            me,
+            overlay,
+            header.transaction_id,
+            body.code(),
+            &body.encode_to_vec(),
+        );
         Message {
             header,
             body,
@@ -210,8 +216,15 @@ fn forge(
             _ => return out,
         };
         let body: Body = match c.code {
-            23 => pb::PingAns { response_id: 1, time: 0 }.into(),
-            9 => pb::FetchAns { kind_responses: vec![] }.into(),
+            23 => pb::PingAns {
+                response_id: 1,
+                time: 0,
+            }
+            .into(),
+            9 => pb::FetchAns {
+                kind_responses: vec![],
+            }
+            .into(),
             _ => return out,
         };
         // Back along the path it came: the via list without ourselves, reversed.
@@ -220,20 +233,37 @@ fn forge(
         let Some(Destination::Node(prev)) = back.first().cloned() else {
             return out;
         };
-        let header = OwnedHeader {
-            via: vec![Destination::Node(claimed)],
-            destinations: back.clone(),
-            ..OwnedHeader::new(overlay, h.transaction_id, back[0].clone())
-        };
-        if let Some(bytes) = signed(header, body) {
-            out.push(p2psip_algorithms::Transmit { to: prev, bytes });
+        // In the destination's name (signed with our key: refused), and for a Resource
+        // target in our own name (signed properly: the originator must see that we
+        // cannot be responsible).
+        let mut names = vec![claimed];
+        if matches!(
+            h.destinations().last(),
+            Some(p2psip_proto::DestRef::Resource(_))
+        ) {
+            names.push(me.node_id);
+        }
+        for name in names {
+            let header = OwnedHeader {
+                via: vec![Destination::Node(name)],
+                destinations: back.clone(),
+                ..OwnedHeader::new(overlay, h.transaction_id, back[0].clone())
+            };
+            if let Some(bytes) = signed(header, body.clone()) {
+                out.push(p2psip_algorithms::Transmit { to: prev, bytes });
+            }
         }
     } else if c.code == 19 && via.len() == 1 {
         // Our own Update to a neighbour: add a Leave and an Update in another's name, and
         // one of our own naming made-up successors.
         let to = t.to;
         let rt = node.routing_table();
-        let victim = rt.successors.iter().chain(rt.predecessors.iter()).copied().find(|v| *v != to);
+        let victim = rt
+            .successors
+            .iter()
+            .chain(rt.predecessors.iter())
+            .copied()
+            .find(|v| *v != to);
         let txid = h.transaction_id ^ 0x5a5a_5a5a;
         let chord = |ids: &[Id]| -> Body {
             let w: Vec<Vec<u8>> = ids.iter().map(|i| i.to_bytes().to_vec()).collect();

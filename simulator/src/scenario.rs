@@ -311,7 +311,9 @@ impl Scenario {
         if !(0.0..1.0).contains(&self.adversary.forgers)
             || self.adversary.droppers + self.adversary.forgers >= 1.0
         {
-            return Err("adversary.forgers: a fraction in [0, 1), with the droppers below 1".into());
+            return Err(
+                "adversary.forgers: a fraction in [0, 1), with the droppers below 1".into(),
+            );
         }
         let n = &self.network;
         let latency = match n.latency.as_str() {

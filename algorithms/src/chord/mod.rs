@@ -567,6 +567,16 @@ impl Topology for Chord {
         alts
     }
 
+    /// The responsible node is the first at or after the target; every node a request
+    /// passes on its way there lies between this node and the target. A responder
+    /// strictly between us and the target (clockwise) is such a hop, not the one.
+    fn plausible_responder(&self, target: Id, responder: NodeId) -> bool {
+        // Strictly between, clockwise: 0 < d(me, responder) < d(me, target) (nothing is,
+        // when the target is this node's own id).
+        let d = distance(self.me, responder);
+        !self.joined || d == 0 || d >= distance(self.me, target)
+    }
+
     fn is_neighbor(&self, node: NodeId) -> bool {
         self.succs.contains(node)
             || self.preds.contains(node)

@@ -399,13 +399,22 @@ impl OverlayNode {
             return Ok(());
         }
         let signer = self.signed_by(from, r, h, c)?;
-        if c.code != p2psip_proto::ERROR_CODE {
-            if let Some(want) = self.txs.get(&h.transaction_id).and_then(|t| t.addressee()) {
-                if want != signer {
-                    return Err(format!(
-                        "an answer from {signer} to a request for node {want}"
-                    ));
-                }
+        if c.code == p2psip_proto::ERROR_CODE {
+            return Ok(());
+        }
+        let tx = self.txs.get(&h.transaction_id);
+        if let Some(want) = tx.and_then(|t| t.addressee()) {
+            if want != signer {
+                return Err(format!(
+                    "an answer from {signer} to a request for node {want}"
+                ));
+            }
+        }
+        if let Some(target) = tx.and_then(|t| t.target_resource()) {
+            if signer != self.me && !self.topology.plausible_responder(target, signer) {
+                return Err(format!(
+                    "an answer from {signer}, which cannot be responsible for {target}"
+                ));
             }
         }
         Ok(())

@@ -50,6 +50,17 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// The Resource-ID the request is routed to, when its last destination is one: only
+    /// a node that can be responsible for it may answer it with success.
+    pub(super) fn target_resource(&self) -> Option<Id> {
+        match self.destinations.last() {
+            Some(Destination::Resource(r)) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
 impl OverlayNode {
     /// Starts a transaction.
     pub(super) fn request(&mut self, owner: Owner, target: Target, body: Body) {
