@@ -748,9 +748,10 @@ impl Runtime {
     }
 
     /// A peer this node dialled told it the address it sees the link at. One report that
-    /// it is at its own address says it is reachable; that it is behind a NAT takes the
-    /// reports of two distinct peers (one peer alone, which may lie, cannot make it a
-    /// client); two that see it at two ports of one address mean a symmetric NAT.
+    /// it is at its own address says it is reachable; that a peer in auto mode is behind a
+    /// NAT takes the reports of two distinct peers (one peer alone, which may lie, cannot
+    /// make it a client; a client takes its admitting peer's report); two that see it at
+    /// two ports of one address mean a symmetric NAT.
     fn on_observed(&mut self, by: NodeId, addr: SocketAddr) {
         if self.reports.len() >= REPORTERS_MAX && !self.reports.contains_key(&by) {
             return;
@@ -762,9 +763,16 @@ impl Runtime {
             .copied()
             .filter(|a| Some(*a) != self.host)
             .collect();
+        // A peer in auto mode would stop routing on this: two reporters. A client routes
+        // for nobody anyway; its admitting peer's word gives its reflexive candidate.
+        let needed = if self.is_peer && self.nat_mode == NatMode::Auto {
+            2
+        } else {
+            1
+        };
         let behind = match (Some(addr) == self.host, elsewhere.len()) {
             (true, _) => false,
-            (false, n) if n >= 2 => true,
+            (false, n) if n >= needed => true,
             (false, _) => {
                 tracing::info!(%by, seen = %addr, host = ?self.host, "one peer sees this node at another address; a second peer's report decides whether it is behind a NAT (with a single bootstrap peer, set nat.mode = \"client\" if it is)");
                 return;
