@@ -523,6 +523,20 @@ async fn peer(boot: Vec<String>, seed: u8, extra: impl FnOnce(&mut Config)) -> N
     runtime::spawn(c, Role::Peer, [seed; 32]).await.unwrap()
 }
 
+/// A lone peer in this process (seed `peer_seed`, configuration adjusted by `extra`),
+/// joined, and a raw QUIC connection to it from the attacker's identity `attacker_seed`.
+async fn lone_peer_and_attacker(
+    peer_seed: u8,
+    attacker_seed: u8,
+    extra: impl FnOnce(&mut Config),
+) -> (NodeHandle, Identity, quinn::Endpoint, quinn::Connection) {
+    let a = peer(vec![], peer_seed, extra).await;
+    a.wait_joined(Duration::from_secs(10)).await.unwrap();
+    let me = Identity::from_seed([attacker_seed; 32], "");
+    let (ep, conn) = raw_connect(a.addr, OVERLAY, [attacker_seed; 32]).await;
+    (a, me, ep, conn)
+}
+
 /// Four peers in this process, joined and each holding the three others in its tables.
 async fn ring_of_four() -> Vec<NodeHandle> {
     let first = peer(vec![], 0x71, |_| {}).await;
@@ -605,17 +619,14 @@ async fn ping_flood(
 /// Rate_Limited beyond the origin limit, and many identities are held to the per-link cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_entry_via_list_is_held_to_the_originators_limit() {
-    let a = peer(vec![], 0x75, |c| {
+    let (a, me, _ep, conn) = lone_peer_and_attacker(0x75, 0x76, |c| {
         c.limits.origin_requests_per_s = 20;
         c.limits.origin_burst = 20;
         c.limits.link_requests_per_s = 100;
         c.limits.link_burst = 100;
     })
     .await;
-    a.wait_joined(Duration::from_secs(10)).await.unwrap();
-    let me = Identity::from_seed([0x76; 32], "");
     let victim_id = Id::hash_of(b"some other node");
-    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x76; 32]).await;
     let dest = p2psip_proto::Destination::Node(a.id);
 
     // 1. [victim, me], signed by me (I cannot sign as the victim): none is served.
@@ -844,11 +855,8 @@ async fn a_forged_update_puts_no_fake_successor_in_the_tables() {
 /// and an unsigned one, are dropped; the attacker's own signed answer completes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
-    let a = peer(vec![], 0x7c, |_| {}).await;
-    a.wait_joined(Duration::from_secs(10)).await.unwrap();
-    let me = Identity::from_seed([0x7d; 32], "");
+    let (a, me, _ep, conn) = lone_peer_and_attacker(0x7c, 0x7d, |_| {}).await;
     let other = Identity::from_seed([0x7e; 32], "");
-    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x7d; 32]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let to = me.node_id;
     let pending = tokio::spawn({
@@ -913,10 +921,7 @@ async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
 /// its tables hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_with_ten_thousand_ids_costs_at_most_a_table_of_probes() {
-    let a = peer(vec![], 0x7f, |_| {}).await;
-    a.wait_joined(Duration::from_secs(10)).await.unwrap();
-    let me = Identity::from_seed([0x80; 32], "");
-    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x80; 32]).await;
+    let (a, me, _ep, conn) = lone_peer_and_attacker(0x7f, 0x80, |_| {}).await;
     let ids: Vec<Id> = (0..10_000u32)
         .map(|i| Id::hash_of(format!("fake-{i}").as_bytes()))
         .collect();

@@ -4,26 +4,16 @@
 use super::recovery::Resend;
 use super::OverlayNode;
 use crate::id::NodeId;
-use crate::storage::VerifyMode;
 use crate::time::Time;
 use crate::topology::NextHop;
 use p2psip_proto::limits::DEFAULT_TTL;
 use p2psip_proto::pb::{self, ErrorCode};
-use p2psip_proto::security::{sign_message, verify_message_with, Binding};
+use p2psip_proto::security::{sign_message, verify_message_with};
 use p2psip_proto::{
     encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, Contents,
     DestRef, Destination, Header, OwnedHeader, ParseError, Rewrite,
 };
 use std::collections::HashMap;
-
-/// How a message's signer is tied to its key in this overlay.
-fn binding(v: &VerifyMode) -> Binding<'_> {
-    match v {
-        VerifyMode::SelfSigned => Binding::SelfSigned,
-        VerifyMode::Certificates(c) => Binding::Certified(c.as_ref()),
-        VerifyMode::Skip => Binding::Claimed,
-    }
-}
 
 /// Buckets kept before the full ones are forgotten (a forgotten bucket is a full one).
 const MAX_BUCKETS: usize = 8192;
@@ -372,7 +362,7 @@ impl OverlayNode {
             h.transaction_id,
             c.code,
             c.body,
-            binding(&self.cfg.verify),
+            self.cfg.verify.binding(),
             &mut self.keys,
         )
         .map_err(|e| e.to_string())?;

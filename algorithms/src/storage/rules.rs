@@ -31,6 +31,18 @@ pub enum VerifyMode {
     Skip,
 }
 
+impl VerifyMode {
+    /// How a signer is tied to its key under this mode (messages and values alike);
+    /// `Skip` trusts the claimed signer.
+    pub fn binding(&self) -> Binding<'_> {
+        match self {
+            VerifyMode::SelfSigned => Binding::SelfSigned,
+            VerifyMode::Certificates(c) => Binding::Certified(c.as_ref()),
+            VerifyMode::Skip => Binding::Claimed,
+        }
+    }
+}
+
 /// Whether a value's lifetime has run out at `now_ms`.
 pub fn is_expired(d: &pb::StoredData, now_ms: u64) -> bool {
     d.storage_time
@@ -81,10 +93,7 @@ pub fn check_signed(
             .as_ref()
             .ok_or((ErrorCode::Forbidden, "no signer".to_string()))?,
         m => {
-            let how = match m {
-                VerifyMode::Certificates(c) => Binding::Certified(c.as_ref()),
-                _ => Binding::SelfSigned,
-            };
+            let how = m.binding();
             let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
             match verify_bound(sig, &input, how) {
                 Ok(s) => s,
