@@ -132,6 +132,13 @@ pub struct NatSection {
     pub relay_max_streams: usize,
     /// Relayed streams one originator may have open through this node at once.
     pub relay_max_streams_per_originator: usize,
+    /// A relayed stream nothing crosses (either way) for this long is closed (seconds).
+    pub relay_idle_timeout_s: u64,
+    /// Bytes one relayed stream may carry, both ways together; then it is cut.
+    pub relay_max_stream_bytes: u64,
+    /// Bytes one originator's relayed streams may carry per minute, both ways together;
+    /// a stream that would go past it is cut (0: no limit).
+    pub relay_originator_bytes_per_min: u64,
     /// Serve the echo application (number 7): what an application stream sends comes back.
     /// `p2psip client app-echo` uses it to test application connections.
     pub echo: bool,
@@ -145,6 +152,9 @@ impl Default for NatSection {
             relay: true,
             relay_max_streams: 64,
             relay_max_streams_per_originator: 8,
+            relay_idle_timeout_s: 120,
+            relay_max_stream_bytes: 1 << 20,
+            relay_originator_bytes_per_min: 4 << 20,
             echo: false,
         }
     }
@@ -475,6 +485,9 @@ impl Config {
                 "storage.on_corruption: \"refuse\" or \"quarantine\", not {:?}",
                 self.storage.on_corruption
             );
+        }
+        if self.nat.relay_idle_timeout_s == 0 {
+            bail!("nat.relay_idle_timeout_s must be positive");
         }
         if self.nat.punch_timeout_ms == 0 {
             bail!("nat.punch_timeout_ms must be positive");

@@ -152,6 +152,14 @@ pub fn export(
         .absolute(get(&ts.relay_streams));
     counter!("p2psip_relay_streams_total", "node" => n(), "outcome" => "refused")
         .absolute(get(&ts.relay_refused));
+    for (outcome, c) in [
+        ("cut_idle", &ts.relay_cut_idle),
+        ("cut_stream_bytes", &ts.relay_cut_stream_bytes),
+        ("cut_originator_bytes", &ts.relay_cut_originator_bytes),
+    ] {
+        counter!("p2psip_relay_streams_total", "node" => n(), "outcome" => outcome)
+            .absolute(get(c));
+    }
     counter!("p2psip_relay_bytes_total", "node" => n()).absolute(get(&ts.relay_bytes));
     gauge!("p2psip_relay_streams_active", "node" => n()).set(get(&ts.relay_active) as f64);
     counter!("p2psip_transaction_retransmissions_total", "node" => n()).absolute(s.retransmissions);

@@ -470,10 +470,7 @@ async fn relayed_streams_are_capped_per_originator() {
     let target = client_of(&n, 0x47).await;
     p2psip_node::echo::serve(&target.client()).await;
     let (_ep, conn) = raw_app_connect(n.addr, OVERLAY, [0x67; 32]).await;
-    let mut head = Vec::new();
-    head.extend_from_slice(&0xFFFF_FFFFu32.to_be_bytes());
-    head.extend_from_slice(&target.id.to_bytes());
-    head.extend_from_slice(&p2psip_node::echo::APP_ECHO.to_be_bytes());
+    let head = relay_head(&target);
     let (mut relayed, mut refused) = (0, 0);
     let mut open = Vec::new();
     for _ in 0..8 {
@@ -502,6 +499,111 @@ async fn relayed_streams_are_capped_per_originator() {
         (metric_sum(&s, "p2psip_relay_streams_active", &[]) == 0.0).then_some(())
     });
     assert!(again.is_some(), "the relay still counts the closed streams");
+    answers_ping(&target, &n).await;
+    target.shutdown().await;
+}
+
+/// The head of a stream asking the relay to carry it to `target`'s echo service.
+fn relay_head(target: &NodeHandle) -> Vec<u8> {
+    let mut head = Vec::new();
+    head.extend_from_slice(&0xFFFF_FFFFu32.to_be_bytes());
+    head.extend_from_slice(&target.id.to_bytes());
+    head.extend_from_slice(&p2psip_node::echo::APP_ECHO.to_be_bytes());
+    head
+}
+
+/// Echoes `n` bytes through a relayed stream; how many came back before the stream ended
+/// or failed (within 10 s).
+async fn echo_through(conn: &quinn::Connection, head: &[u8], n: usize) -> usize {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(head).await.unwrap();
+    let writer = async move {
+        let _ = send.write_all(&vec![0x5a; n]).await;
+        let _ = send.finish();
+        send
+    };
+    let reader = async move {
+        let mut got = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(Some(k)) = recv.read(&mut buf).await {
+            got += k;
+            if got >= n {
+                break;
+            }
+        }
+        got
+    };
+    let (_, got) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("a relayed stream neither ended nor failed");
+    got
+}
+
+/// A relayed stream may carry at most `nat.relay_max_stream_bytes` (both ways together),
+/// an originator at most `nat.relay_originator_bytes_per_min` through the relay, and a
+/// stream nothing crosses for `nat.relay_idle_timeout_s` is closed and its slot given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_streams_are_cut_when_idle_or_over_their_bytes() {
+    let dir = TempDir::new("attack-relay-bytes");
+    let n = victim(
+        &dir.0,
+        "[nat]\nrelay_idle_timeout_s = 1\nrelay_max_stream_bytes = 50000\n\
+         relay_originator_bytes_per_min = 300000\n",
+    );
+    let target = client_of(&n, 0x48).await;
+    p2psip_node::echo::serve(&target.client()).await;
+    let head = relay_head(&target);
+    let (_ep, conn) = raw_app_connect(n.addr, OVERLAY, [0x68; 32]).await;
+    // Within the caps: 20 kB there and back (40 kB of the stream's 50 kB).
+    assert_eq!(echo_through(&conn, &head, 20_000).await, 20_000);
+    // 60 kB there and back (the echo service's most) is cut at 50 kB.
+    let got = echo_through(&conn, &head, 60_000).await;
+    assert!(got < 50_000, "{got} bytes came back through a stream capped at 50,000");
+    // The originator's minute: about 90 kB so far; 6 more streams of 20 kB each way are
+    // within the stream cap, but not all of them within its 300,000 bytes per minute.
+    let mut carried = 0;
+    for _ in 0..6 {
+        carried += echo_through(&conn, &head, 20_000).await;
+    }
+    assert!(
+        carried < 6 * 20_000,
+        "the originator's bytes per minute are not capped: {carried} bytes echoed"
+    );
+    // Another originator is not held to the first one's minute.
+    let (_ep2, conn2) = raw_app_connect(n.addr, OVERLAY, [0x69; 32]).await;
+    assert_eq!(echo_through(&conn2, &head, 20_000).await, 20_000);
+    // An idle stream is closed after 1 s and gives its slot back.
+    let (mut send, mut recv) = conn2.open_bi().await.unwrap();
+    send.write_all(&head).await.unwrap();
+    send.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    recv.read_exact(&mut back).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), recv.read(&mut [0u8; 8])).await;
+    assert!(
+        matches!(ended, Ok(Err(_)) | Ok(Ok(None))),
+        "an idle relayed stream is still open after 5 s: {ended:?}"
+    );
+    let counted = eventually(Duration::from_secs(5), || {
+        let s = parse_prometheus(&scrape(n.metrics)?);
+        let cut = |why| metric_sum(&s, "p2psip_relay_streams_total", &[("outcome", why)]);
+        (cut("cut_idle") >= 1.0
+            && cut("cut_stream_bytes") >= 1.0
+            && cut("cut_originator_bytes") >= 1.0
+            && metric_sum(&s, "p2psip_relay_streams_active", &[]) == 0.0)
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "the cuts are not counted or a slot is still held: {:?}",
+        scrape(n.metrics).map(|t| t
+            .lines()
+            .filter(|l| l.contains("relay"))
+            .map(str::to_string)
+            .collect::<Vec<_>>())
+    );
+    drop(send);
     answers_ping(&target, &n).await;
     target.shutdown().await;
 }

@@ -1,13 +1,15 @@
 //! What a remote party can make the transport hold: bytes of unfinished incoming streams
 //! per connection (each stream also has a read deadline), incoming connections in total
-//! and per source address, and relayed streams in total and per originator. Every refusal is counted (`TransportStats`).
+//! and per source address, relayed streams in total and per originator, and the bytes an
+//! originator's relayed streams carry per minute. Every refusal is counted
+//! (`TransportStats`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why an incoming message stream was given up.
 #[derive(Debug, PartialEq, Eq)]
@@ -155,6 +157,47 @@ impl<K: Hash + Eq + Copy> Slots<K> {
     }
 }
 
+/// Keys a [`ByteWindows`] remembers at most; past it, keys whose minute is over are
+/// forgotten, and if none is, a new key is refused until one is.
+const WINDOW_KEYS_MAX: usize = 4096;
+
+/// Bytes carried per key (an originator) in the current minute of that key: a fixed
+/// window that starts with the key's first byte after the previous one ended.
+#[derive(Debug, Default)]
+pub struct ByteWindows<K> {
+    windows: Mutex<HashMap<K, (Instant, u64)>>,
+}
+
+impl<K: Hash + Eq + Copy> ByteWindows<K> {
+    /// Takes `n` bytes for `key` if its minute stays within `per_min` (0: no limit).
+    pub fn take(&self, key: K, n: u64, per_min: u64, now: Instant) -> bool {
+        if per_min == 0 {
+            return true;
+        }
+        let Ok(mut w) = self.windows.lock() else {
+            return false;
+        };
+        let minute = Duration::from_secs(60);
+        if w.len() >= WINDOW_KEYS_MAX && !w.contains_key(&key) {
+            w.retain(|_, (start, _)| now.duration_since(*start) < minute);
+            if w.len() >= WINDOW_KEYS_MAX {
+                return false;
+            }
+        }
+        let (start, used) = w.entry(key).or_insert((now, 0));
+        if now.duration_since(*start) >= minute {
+            (*start, *used) = (now, 0);
+        }
+        match used.checked_add(n).filter(|t| *t <= per_min) {
+            Some(t) => {
+                *used = t;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -173,6 +216,32 @@ mod tests {
         drop(a1);
         assert_eq!(s.open(), 2);
         assert!(s.take(b, 3, 2).is_some(), "a slot given back is free again");
+    }
+
+    #[test]
+    fn byte_windows_cap_each_key_per_minute_and_start_again() {
+        let w = ByteWindows::default();
+        let t0 = Instant::now();
+        assert!(w.take(1u8, 60, 100, t0));
+        assert!(!w.take(1u8, 41, 100, t0), "over the minute's bytes");
+        assert!(w.take(1u8, 40, 100, t0), "a refusal takes nothing");
+        assert!(w.take(2u8, 100, 100, t0), "another key has its own minute");
+        assert!(w.take(1u8, 100, 100, t0 + Duration::from_secs(60)), "a new minute");
+        assert!(w.take(1u8, u64::MAX, 0, t0), "0: no limit");
+        assert!(!w.take(1u8, u64::MAX, 100, t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn byte_windows_remember_a_bounded_number_of_keys() {
+        let w = ByteWindows::default();
+        let t0 = Instant::now();
+        for k in 0..WINDOW_KEYS_MAX as u32 {
+            assert!(w.take(k, 1, 10, t0));
+        }
+        assert!(!w.take(u32::MAX, 1, 10, t0), "every window is still running");
+        let later = t0 + Duration::from_secs(61);
+        assert!(w.take(u32::MAX, 1, 10, later), "finished windows are forgotten");
+        assert!(w.windows.lock().unwrap().len() == 1);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
 
 mod limits;
-use limits::{ConnectionSlots, ReadRefusal, Slots, StreamBudget};
+mod relay;
+use limits::{ByteWindows, ConnectionSlots, ReadRefusal, Slots, StreamBudget};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,9 @@ pub const RESET_UNKNOWN_APP: u32 = 4;
 /// Stream reset code: the relay refuses to carry the stream (relaying off, at its limit, or
 /// no link to the target).
 pub const RESET_RELAY_REFUSED: u32 = 5;
+/// Stream reset code: the relay cut the stream (idle, or past its bytes or its
+/// originator's bytes per minute).
+pub const RESET_RELAY_CUT: u32 = 6;
 /// Application number of a stream that asks its receiver to relay it (proto/SPEC.md 2.8).
 pub const APP_RELAY: u32 = 0xFFFF_FFFF;
 /// Bidirectional streams a peer may have open at once on an application connection.
@@ -117,6 +121,10 @@ pub struct TransportStats {
     pub relay_refused: AtomicU64,
     pub relay_active: AtomicU64,
     pub relay_bytes: AtomicU64,
+    /// Relayed streams cut: idle, past the stream's bytes, past the originator's minute.
+    pub relay_cut_idle: AtomicU64,
+    pub relay_cut_stream_bytes: AtomicU64,
+    pub relay_cut_originator_bytes: AtomicU64,
     /// Incoming streams given up: the connection's unfinished streams held their budget
     /// of bytes, or the stream was not finished within the read deadline.
     pub buffer_full_drops: AtomicU64,
@@ -162,6 +170,8 @@ pub struct NatPolicy {
     pub relay_max_streams: usize,
     /// Relayed streams one originator may have open through this node.
     pub relay_max_per_originator: usize,
+    /// What each relayed stream may use.
+    pub relay_caps: relay::RelayCaps,
 }
 
 pub struct Transport {
@@ -192,6 +202,8 @@ pub struct Transport {
     slots: Arc<ConnectionSlots>,
     /// Relayed streams open now (for the caps in total and per originator).
     relay_slots: Arc<Slots<NodeId>>,
+    /// Bytes each originator's relayed streams carried this minute.
+    relay_windows: ByteWindows<NodeId>,
     pub stats: TransportStats,
 }
 
@@ -270,11 +282,17 @@ impl Transport {
                 relay: cfg.nat.relay,
                 relay_max_streams: cfg.nat.relay_max_streams,
                 relay_max_per_originator: cfg.nat.relay_max_streams_per_originator,
+                relay_caps: relay::RelayCaps {
+                    idle: Duration::from_secs(cfg.nat.relay_idle_timeout_s),
+                    stream_bytes: cfg.nat.relay_max_stream_bytes,
+                    originator_per_min: cfg.nat.relay_originator_bytes_per_min,
+                },
             },
             events,
             limits: cfg.limits.clone(),
             slots: Arc::default(),
             relay_slots: Arc::default(),
+            relay_windows: ByteWindows::default(),
             stats: TransportStats::default(),
         });
         let acceptor = tr.clone();
@@ -892,21 +910,26 @@ impl Transport {
         };
         self.stats.relay_streams.fetch_add(1, Ordering::Relaxed);
         self.stats.relay_active.fetch_add(1, Ordering::Relaxed);
-        let (up, down) = tokio::join!(
-            async {
-                let n = tokio::io::copy(&mut recv, &mut to_send).await.unwrap_or(0);
-                let _ = to_send.finish();
-                n
-            },
-            async {
-                let n = tokio::io::copy(&mut to_recv, &mut send).await.unwrap_or(0);
-                let _ = send.finish();
-                n
-            }
-        );
+        let (carried, cut) = relay::carry(
+            from,
+            (&mut send, &mut recv),
+            (&mut to_send, &mut to_recv),
+            &self.relay_windows,
+            self.nat.relay_caps,
+        )
+        .await;
         self.stats
             .relay_bytes
-            .fetch_add(up + down, Ordering::Relaxed);
+            .fetch_add(carried, Ordering::Relaxed);
+        if let Some(cut) = cut {
+            let counter = match cut {
+                relay::Cut::Idle => &self.stats.relay_cut_idle,
+                relay::Cut::StreamBytes => &self.stats.relay_cut_stream_bytes,
+                relay::Cut::OriginatorBytes => &self.stats.relay_cut_originator_bytes,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            crate::remote_log!(info, "relay_cut", %from, %target, "relayed stream cut: {}", cut.reason());
+        }
         self.stats.relay_active.fetch_sub(1, Ordering::Relaxed);
     }
 
