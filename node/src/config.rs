@@ -219,6 +219,12 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Messages queued for one neighbour before further ones are dropped.
     pub send_queue: usize,
+    /// Messages received and waiting for this node to take them, at most; further ones are
+    /// dropped and counted (`reason="event_queue_full"`).
+    pub event_queue: usize,
+    /// Bytes those waiting messages may hold in all; a message that would pass it is
+    /// dropped and counted the same way.
+    pub event_queue_bytes: usize,
     /// Bytes the unfinished incoming streams of one connection may hold in all; a stream
     /// that would pass it is given up (counted).
     pub max_connection_buffer_bytes: usize,
@@ -383,6 +389,8 @@ impl Default for Limits {
             max_message_bytes: p2psip_proto::limits::MAX_MESSAGE_LEN,
             max_streams_per_connection: 256,
             send_queue: 4096,
+            event_queue: 8192,
+            event_queue_bytes: 32 << 20,
             max_connection_buffer_bytes: 4 << 20,
             stream_read_timeout_ms: 10_000,
             max_connections: 4096,
@@ -484,6 +492,13 @@ impl Config {
             bail!(
                 "storage.on_corruption: \"refuse\" or \"quarantine\", not {:?}",
                 self.storage.on_corruption
+            );
+        }
+        if self.limits.event_queue_bytes < self.limits.max_message_bytes {
+            bail!(
+                "limits.event_queue_bytes ({}) must be at least limits.max_message_bytes ({}): a message that size could never wait for the node",
+                self.limits.event_queue_bytes,
+                self.limits.max_message_bytes
             );
         }
         if self.nat.relay_idle_timeout_s == 0 {

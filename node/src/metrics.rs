@@ -121,6 +121,8 @@ pub fn export(
     }
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "queue_full")
         .absolute(transport.stats.queue_full_drops.load(Ordering::Relaxed));
+    counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "event_queue_full")
+        .absolute(transport.stats.event_queue_drops.load(Ordering::Relaxed));
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "oversized")
         .absolute(transport.stats.oversized_drops.load(Ordering::Relaxed));
     counter!("p2psip_transport_refused_connections_total", "node" => n())

@@ -252,7 +252,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
             }
         }
     };
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::channel(cfg.limits.event_queue.max(1));
     let transport = Transport::bind(&cfg, listen, &creds, ev_tx)?;
     let addr = transport.local_addr()?;
     let nat_mode = match (&role, cfg.nat.mode.as_str()) {
@@ -630,11 +630,7 @@ struct Runtime {
 }
 
 impl Runtime {
-    async fn run(
-        mut self,
-        mut net: mpsc::UnboundedReceiver<NetEvent>,
-        mut cmds: mpsc::Receiver<Command>,
-    ) {
+    async fn run(mut self, mut net: mpsc::Receiver<NetEvent>, mut cmds: mpsc::Receiver<Command>) {
         metrics::config_sequence(&self.label, self.docs.sequence());
         if self.boot.is_empty() {
             self.start_core();
@@ -920,7 +916,7 @@ impl Runtime {
 
     fn on_net(&mut self, ev: NetEvent) {
         match ev {
-            NetEvent::Message { from, bytes } => {
+            NetEvent::Message { from, bytes, .. } => {
                 metrics::message(&self.label, "in", &bytes);
                 self.core.handle_message(now(), from, &bytes);
             }

@@ -353,7 +353,6 @@ async fn unfinished_streams_cannot_fill_a_peers_memory() {
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
     }
-    // Reported, not asserted: what the allocator gives back is its business.
     let settled = eventually(Duration::from_secs(5), || {
         let s = parse_prometheus(&scrape(n.metrics)?);
         (metric_sum(&s, "p2psip_transport_incoming_connections", &[]) <= 1.0).then_some(())
@@ -362,9 +361,13 @@ async fn unfinished_streams_cannot_fill_a_peers_memory() {
         settled.is_some(),
         "the closed connections still hold their slots"
     );
+    let after = proc_kib(n.child.id(), "VmRSS:");
     eprintln!(
-        "  resident memory after the connections closed: {} KiB (before the attack: peak {before} KiB)",
-        proc_kib(n.child.id(), "VmRSS:")
+        "  resident memory after the connections closed: {after} KiB (before the attack: peak {before} KiB)"
+    );
+    assert!(
+        after < before + RSS_BOUND_KIB,
+        "{after} KiB resident after the connections closed ({before} KiB before)"
     );
     c.shutdown().await;
 }
@@ -503,6 +506,80 @@ async fn relayed_streams_are_capped_per_originator() {
     target.shutdown().await;
 }
 
+/// Four connections send 1,200 signed Pings of 900 kB each (1 GB) as fast as QUIC
+/// carries them: a peer checks each one's signature (milliseconds for such a message), so
+/// they arrive faster than it takes them. Messages waiting for the peer hold at most
+/// `limits.event_queue_bytes` (here 2 MiB); the rest are dropped and counted
+/// (`reason="event_queue_full"`), and the peer keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_big_messages_waits_in_a_bounded_queue() {
+    let dir = TempDir::new("attack-queue");
+    let n = victim(&dir.0, "[limits]\nevent_queue_bytes = 2097152\n");
+    let victim_id = Id::from_slice(&hex::decode(&n.id).unwrap()).unwrap();
+    let before = peak_kib(&n);
+    let mut tasks = Vec::new();
+    for i in 0..4u8 {
+        let (ep, conn) = raw_connect(n.addr, OVERLAY, [0x80 + i; 32]).await;
+        let me = Identity::from_seed([0x80 + i; 32], "");
+        // Signed first, sent as fast as the connection takes them.
+        let messages: Vec<Vec<u8>> = (0..300u64)
+            .map(|k| {
+                let body = pb::PingReq {
+                    padding: vec![0x33; 900_000],
+                }
+                .into();
+                let dest = p2psip_proto::Destination::Node(victim_id);
+                raw_request(OVERLAY, (u64::from(i) << 32) | k, &me, dest, body)
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut sends = tokio::task::JoinSet::new();
+            for bytes in messages {
+                let conn = conn.clone();
+                sends.spawn(async move {
+                    if let Ok(mut s) = conn.open_uni().await {
+                        let _ = s.write_all(&bytes).await;
+                        let _ = s.finish();
+                    }
+                });
+                while sends.len() > 64 {
+                    sends.join_next().await;
+                }
+            }
+            while sends.join_next().await.is_some() {}
+            (ep, conn)
+        }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    let c = client_of(&n, 0x49).await;
+    answers_ping(&c, &n).await;
+    let grew = peak_kib(&n).saturating_sub(before);
+    eprintln!("  peak RSS grew by {grew} KiB under 1,200 queued 900 kB messages");
+    let dropped = eventually(Duration::from_secs(10), || {
+        let s = parse_prometheus(&scrape(n.metrics)?);
+        let d = metric_sum(
+            &s,
+            "p2psip_messages_dropped_total",
+            &[("reason", "event_queue_full")],
+        );
+        (d > 0.0).then_some(d)
+    });
+    eprintln!("  dropped at the full queue: {dropped:?}");
+    assert!(grew < RSS_BOUND_KIB, "peak memory grew by {grew} KiB");
+    assert!(
+        dropped.is_some(),
+        "no message was dropped at the full queue"
+    );
+    for (ep, conn) in held {
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    }
+    c.shutdown().await;
+}
+
 /// The head of a stream asking the relay to carry it to `target`'s echo service.
 fn relay_head(target: &NodeHandle) -> Vec<u8> {
     let mut head = Vec::new();
@@ -560,7 +637,10 @@ async fn relayed_streams_are_cut_when_idle_or_over_their_bytes() {
     assert_eq!(echo_through(&conn, &head, 20_000).await, 20_000);
     // 60 kB there and back (the echo service's most) is cut at 50 kB.
     let got = echo_through(&conn, &head, 60_000).await;
-    assert!(got < 50_000, "{got} bytes came back through a stream capped at 50,000");
+    assert!(
+        got < 50_000,
+        "{got} bytes came back through a stream capped at 50,000"
+    );
     // The originator's minute: about 90 kB so far; 6 more streams of 20 kB each way are
     // within the stream cap, but not all of them within its 300,000 bytes per minute.
     let mut carried = 0;

@@ -11,6 +11,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Bytes of a message waiting for the runtime, taken from the transport's queue budget
+/// and given back when the message is dropped (taken and handled, or refused).
+#[derive(Debug)]
+pub struct Queued {
+    budget: Arc<StreamBudget>,
+    n: usize,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
+impl Queued {
+    /// `n` bytes of `budget`, if it has them within `limit`.
+    pub fn take(budget: &Arc<StreamBudget>, n: usize, limit: usize) -> Option<Queued> {
+        budget.take(n, limit).then(|| Queued {
+            budget: budget.clone(),
+            n,
+        })
+    }
+}
+
 /// Why an incoming message stream was given up.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadRefusal {
@@ -50,7 +74,7 @@ impl StreamBudget {
     }
 
     /// Takes `n` bytes if that stays within `limit` (checked and taken in one step).
-    fn take(&self, n: usize, limit: usize) -> bool {
+    pub(super) fn take(&self, n: usize, limit: usize) -> bool {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
                 h.checked_add(n).filter(|t| *t <= limit)
@@ -226,7 +250,10 @@ mod tests {
         assert!(!w.take(1u8, 41, 100, t0), "over the minute's bytes");
         assert!(w.take(1u8, 40, 100, t0), "a refusal takes nothing");
         assert!(w.take(2u8, 100, 100, t0), "another key has its own minute");
-        assert!(w.take(1u8, 100, 100, t0 + Duration::from_secs(60)), "a new minute");
+        assert!(
+            w.take(1u8, 100, 100, t0 + Duration::from_secs(60)),
+            "a new minute"
+        );
         assert!(w.take(1u8, u64::MAX, 0, t0), "0: no limit");
         assert!(!w.take(1u8, u64::MAX, 100, t0 + Duration::from_secs(61)));
     }
@@ -238,10 +265,27 @@ mod tests {
         for k in 0..WINDOW_KEYS_MAX as u32 {
             assert!(w.take(k, 1, 10, t0));
         }
-        assert!(!w.take(u32::MAX, 1, 10, t0), "every window is still running");
+        assert!(
+            !w.take(u32::MAX, 1, 10, t0),
+            "every window is still running"
+        );
         let later = t0 + Duration::from_secs(61);
-        assert!(w.take(u32::MAX, 1, 10, later), "finished windows are forgotten");
+        assert!(
+            w.take(u32::MAX, 1, 10, later),
+            "finished windows are forgotten"
+        );
         assert!(w.windows.lock().unwrap().len() == 1);
+    }
+
+    #[test]
+    fn queued_bytes_are_given_back_when_the_message_is_dropped() {
+        let b = Arc::new(StreamBudget::default());
+        let one = Queued::take(&b, 6, 10).unwrap();
+        assert!(Queued::take(&b, 5, 10).is_none(), "over the queue's bytes");
+        assert_eq!(b.held(), 6);
+        drop(one);
+        assert!(Queued::take(&b, 10, 10).is_some());
+        assert_eq!(b.held(), 0, "given back again on drop");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, Transport
 
 mod limits;
 mod relay;
-use limits::{ByteWindows, ConnectionSlots, ReadRefusal, Slots, StreamBudget};
+use limits::{ByteWindows, ConnectionSlots, Queued, ReadRefusal, Slots, StreamBudget};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +54,9 @@ const PUNCH: [u8; 4] = [0x00, b'p', b'n', b'h'];
 /// A node found unreachable directly is reached through its relay for this long before
 /// punching is tried again.
 const RELAY_MEMORY: Duration = Duration::from_secs(60);
+/// Nodes remembered as unpunchable at most (past it, ones older than `RELAY_MEMORY` go;
+/// a node not remembered is simply punched again).
+const UNPUNCHABLE_MAX: usize = 4096;
 /// How long an application stream's opener has to send its application number.
 const APP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +74,8 @@ pub enum NetEvent {
     Message {
         from: NodeId,
         bytes: Vec<u8>,
+        /// The message's share of the queue's bytes, given back when it is dropped.
+        queued: Queued,
     },
     LinkUp {
         node: NodeId,
@@ -84,10 +89,7 @@ pub enum NetEvent {
         refused: Option<String>,
     },
     /// A peer reported the address it sees this node's link at (the reflexive address).
-    Observed {
-        by: NodeId,
-        addr: SocketAddr,
-    },
+    Observed { by: NodeId, addr: SocketAddr },
     /// An outgoing connection attempt failed (`node` if a specific node was expected).
     ConnectFailed {
         node: Option<NodeId>,
@@ -105,6 +107,8 @@ struct Link {
 #[derive(Default, Debug)]
 pub struct TransportStats {
     pub queue_full_drops: AtomicU64,
+    /// Received messages dropped because the queue to the runtime was full.
+    pub event_queue_drops: AtomicU64,
     pub oversized_drops: AtomicU64,
     pub refused_connections: AtomicU64,
     /// Application streams opened to other nodes and accepted from them.
@@ -196,7 +200,9 @@ pub struct Transport {
     /// This node's own NAT maps each destination to a new port: its punches cannot open
     /// a way in for a node behind another NAT.
     symmetric: std::sync::atomic::AtomicBool,
-    events: mpsc::UnboundedSender<NetEvent>,
+    events: mpsc::Sender<NetEvent>,
+    /// Bytes of the messages waiting in `events`.
+    queued: Arc<StreamBudget>,
     limits: Limits,
     /// Incoming connections open now (for the caps in total and per address).
     slots: Arc<ConnectionSlots>,
@@ -219,7 +225,7 @@ impl Transport {
         cfg: &Config,
         listen: SocketAddr,
         creds: &crate::identity::Credentials,
-        events: mpsc::UnboundedSender<NetEvent>,
+        events: mpsc::Sender<NetEvent>,
     ) -> anyhow::Result<Arc<Transport>> {
         let me = creds.identity.node_id;
         let (server_tls, client_tls) = tls::configs(
@@ -289,6 +295,7 @@ impl Transport {
                 },
             },
             events,
+            queued: Arc::default(),
             limits: cfg.limits.clone(),
             slots: Arc::default(),
             relay_slots: Arc::default(),
@@ -401,11 +408,14 @@ impl Transport {
             }
             .await;
             if let Err(e) = res {
-                let _ = me.events.send(NetEvent::ConnectFailed {
-                    node: expect,
-                    addr,
-                    reason: e.to_string(),
-                });
+                let _ = me
+                    .events
+                    .send(NetEvent::ConnectFailed {
+                        node: expect,
+                        addr,
+                        reason: e.to_string(),
+                    })
+                    .await;
             }
         });
     }
@@ -482,11 +492,14 @@ impl Transport {
         );
         self.spawn_writer(conn.clone(), rx);
         self.spawn_reader(peer, conn, true, !incoming);
-        let _ = self.events.send(NetEvent::LinkUp {
-            node: peer,
-            addr,
-            dialled: !incoming,
-        });
+        let _ = self
+            .events
+            .send(NetEvent::LinkUp {
+                node: peer,
+                addr,
+                dialled: !incoming,
+            })
+            .await;
         Ok(())
     }
 
@@ -535,14 +548,12 @@ impl Transport {
                             {
                                 Ok(bytes) if bytes.starts_with(&CONTROL_MAGIC) => {
                                     if let Some(addr) = parse_observed(&bytes).filter(|_| dialled) {
-                                        let _ =
-                                            me2.events.send(NetEvent::Observed { by: peer, addr });
+                                        let _ = me2
+                                            .events
+                                            .try_send(NetEvent::Observed { by: peer, addr });
                                     }
                                 }
-                                Ok(bytes) => {
-                                    let _ =
-                                        me2.events.send(NetEvent::Message { from: peer, bytes });
-                                }
+                                Ok(bytes) => me2.queue_message(peer, bytes),
                                 Err(ReadRefusal::TooLong) => {
                                     me2.stats.oversized_drops.fetch_add(1, Ordering::Relaxed);
                                     let _ = recv.stop(VarInt::from_u32(0));
@@ -581,13 +592,35 @@ impl Transport {
                     .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
                 if same {
                     me.links.remove(&peer);
-                    let _ = me.events.send(NetEvent::LinkDown {
-                        node: peer,
-                        refused,
-                    });
+                    let _ = me
+                        .events
+                        .send(NetEvent::LinkDown {
+                            node: peer,
+                            refused,
+                        })
+                        .await;
                 }
             }
         });
+    }
+
+    /// Hands a received message to the runtime, or drops it (counted) when the messages
+    /// waiting there already hold `limits.event_queue` entries or
+    /// `limits.event_queue_bytes` bytes.
+    fn queue_message(&self, from: NodeId, bytes: Vec<u8>) {
+        let limit = self.limits.event_queue_bytes;
+        let sent = Queued::take(&self.queued, bytes.len(), limit).is_some_and(|queued| {
+            let ev = NetEvent::Message {
+                from,
+                bytes,
+                queued,
+            };
+            self.events.try_send(ev).is_ok()
+        });
+        if !sent {
+            self.stats.event_queue_drops.fetch_add(1, Ordering::Relaxed);
+            crate::remote_log!(debug, "event_queue_full", %from, "message dropped: the queue to the runtime is full");
+        }
     }
 
     /// Serves application `app` on this node: streams peers open for it arrive on the
@@ -652,7 +685,12 @@ impl Transport {
                 Ok(c) => Some(c),
                 Err(e) if reach.relay.is_some() => {
                     self.stats.punch_failed.fetch_add(1, Ordering::Relaxed);
-                    self.unpunchable.insert(node, std::time::Instant::now());
+                    if self.unpunchable.len() >= UNPUNCHABLE_MAX {
+                        self.unpunchable.retain(|_, t| t.elapsed() < RELAY_MEMORY);
+                    }
+                    if self.unpunchable.len() < UNPUNCHABLE_MAX {
+                        self.unpunchable.insert(node, std::time::Instant::now());
+                    }
                     crate::remote_log!(info, "using_relay", %node, "no direct connection ({e}); using its relay");
                     None
                 }
@@ -918,9 +956,7 @@ impl Transport {
             self.nat.relay_caps,
         )
         .await;
-        self.stats
-            .relay_bytes
-            .fetch_add(carried, Ordering::Relaxed);
+        self.stats.relay_bytes.fetch_add(carried, Ordering::Relaxed);
         if let Some(cut) = cut {
             let counter = match cut {
                 relay::Cut::Idle => &self.stats.relay_cut_idle,

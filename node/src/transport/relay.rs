@@ -51,10 +51,7 @@ struct Carried<'a> {
 impl Carried<'_> {
     /// Counts `n` more bytes, or says which cap they would pass.
     fn take(&self, n: u64) -> Result<(), Cut> {
-        let total = self
-            .bytes
-            .fetch_add(n, Ordering::AcqRel)
-            .saturating_add(n);
+        let total = self.bytes.fetch_add(n, Ordering::AcqRel).saturating_add(n);
         if total > self.caps.stream_bytes {
             return Err(Cut::StreamBytes);
         }
@@ -85,7 +82,11 @@ impl Carried<'_> {
 }
 
 /// Copies one direction until its end (the copy of the end is passed on) or a cap.
-async fn pump(from: &mut RecvStream, to: &mut SendStream, carried: &Carried<'_>) -> Result<(), Cut> {
+async fn pump(
+    from: &mut RecvStream,
+    to: &mut SendStream,
+    carried: &Carried<'_>,
+) -> Result<(), Cut> {
     loop {
         match from.read_chunk(16 * 1024, true).await {
             Ok(Some(chunk)) => {
