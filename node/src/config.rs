@@ -173,6 +173,18 @@ pub struct SipSection {
     pub max_expires_s: u32,
     /// Shorter registrations are refused with 423 (seconds).
     pub min_expires_s: u32,
+    /// Digest authentication of REGISTER (RFC 3261 section 22, RFC 7616): on by default;
+    /// needs `users_file`. Off, anyone who reaches the front-end can register (and so
+    /// take over) any AOR of the domain.
+    pub auth: bool,
+    /// Credentials, htdigest lines `user:realm:HA1` (realm = `domain`); `p2psip sip
+    /// add-user FILE USER` writes them.
+    pub users_file: Option<String>,
+    /// Digest algorithms offered, most preferred first: "SHA-256", "MD5". MD5 alone by
+    /// default: Debian's baresip 1.0 (libre) fails a REGISTER when any challenge is not
+    /// MD5, and SIPp answers only the first; list "SHA-256" first where every phone
+    /// takes the first challenge it supports (RFC 8760; linphone does).
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for SipSection {
@@ -183,6 +195,9 @@ impl Default for SipSection {
             domain: "p2psip".into(),
             max_expires_s: 3600,
             min_expires_s: 10,
+            auth: true,
+            users_file: None,
+            digest_algorithms: vec!["MD5".into()],
         }
     }
 }

@@ -60,6 +60,9 @@ enum Cmd {
     /// enrollment over HTTPS.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// SIP front-end tools.
+    #[command(subcommand)]
+    Sip(SipCmd),
     /// Get a certificate for an identity from an overlay's enrollment endpoint (`p2psip ca
     /// serve`), as a user with a password. Prints the Node-ID the CA chose.
     Enroll {
@@ -89,6 +92,24 @@ enum Cmd {
         /// Give up after this long.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum SipCmd {
+    /// Add a SIP user (or replace its password) in a users file ([sip] users_file):
+    /// htdigest lines `user:realm:HA1` for MD5 and SHA-256, the file created mode 0600.
+    /// The realm is the front-end's SIP domain ([sip] domain).
+    AddUser {
+        /// The users file.
+        file: PathBuf,
+        /// The user part of the AOR (alice for sip:alice@DOMAIN).
+        user: String,
+        /// The SIP domain the front-ends serve.
+        #[arg(long, default_value = "p2psip")]
+        realm: String,
+        #[command(flatten)]
+        password: PasswordArgs,
     },
 }
 
@@ -440,6 +461,11 @@ struct DevnetArgs {
     /// phones or SIPp register and call through any of them.
     #[arg(long)]
     sip: Option<u16>,
+    /// SIP users file (htdigest lines, `p2psip sip add-user`) the front-ends authenticate
+    /// REGISTER against (realm p2psip); without it devnet makes users user0..user9 of
+    /// the domain p2psip with random passwords and prints them.
+    #[arg(long, requires = "sip")]
+    sip_users: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -477,6 +503,10 @@ fn init_logs(format: &str, level: &str) {
         b.init();
     }
 }
+
+/// The SIP domain (and digest realm) of devnet's front-ends: the default one, which the
+/// SIPp scenarios under node/tests/sip use.
+const DEVNET_DOMAIN: &str = "p2psip";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -543,6 +573,17 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Ca(c) => ca(c),
+        Cmd::Sip(SipCmd::AddUser {
+            file,
+            user,
+            realm,
+            password,
+        }) => {
+            let pw = password.get()?;
+            p2psip_node::sip::auth::add_user(&file, &user, &realm, &pw)?;
+            println!("SIP user {user}@{realm} in {}", file.display());
+            Ok(())
+        }
         Cmd::Enroll {
             url,
             ca,
@@ -1284,6 +1325,28 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut front_ends = Vec::new();
+    let sip_auth = match (&a.sip, &a.sip_users) {
+        (None, _) => None,
+        (Some(_), Some(f)) => Some(p2psip_node::sip::auth::Users::load(f)?),
+        (Some(_), None) => {
+            let mut users = p2psip_node::sip::auth::Users::default();
+            println!("  SIP users (digest realm {DEVNET_DOMAIN}):");
+            for u in 0..10 {
+                let pw = hex::encode(rand::random::<[u8; 6]>());
+                users.insert_password(&format!("user{u}"), DEVNET_DOMAIN, &pw);
+                println!("    user{u}@{DEVNET_DOMAIN}  password {pw}");
+            }
+            Some(users)
+        }
+    }
+    .map(|users| {
+        std::sync::Arc::new(p2psip_node::sip::auth::Authenticator::new(
+            DEVNET_DOMAIN,
+            users,
+            // What baresip 1.0 and SIPp answer (config.rs, sip.digest_algorithms).
+            vec![p2psip_node::sip::auth::Algorithm::Md5],
+        ))
+    });
     if let Some(sip_base) = a.sip {
         for (i, n) in nodes.iter().enumerate() {
             let port = if sip_base == 0 {
@@ -1291,14 +1354,17 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
             } else {
                 sip_base.saturating_add(i as u16)
             };
-            let s = p2psip_node::sip::SipSettings::from_config(
+            let mut s = p2psip_node::sip::SipSettings::from_config(
                 &p2psip_node::config::SipSection {
                     enabled: true,
                     listen: format!("127.0.0.1:{port}"),
+                    domain: DEVNET_DOMAIN.into(),
+                    auth: false,
                     ..Default::default()
                 },
                 n.advertised,
             )?;
+            s.auth = sip_auth.clone();
             let fe = p2psip_node::sip::start(n.client(), s).await?;
             println!("  SIP front-end of peer {} on udp/tcp {}", n.id, fe.addr);
             front_ends.push(fe);

@@ -629,6 +629,7 @@ async fn relayed_streams_are_cut_when_idle_or_over_their_bytes() {
         "[nat]\nrelay_idle_timeout_s = 1\nrelay_max_stream_bytes = 50000\n\
          relay_originator_bytes_per_min = 300000\n",
     );
+    let before = peak_kib(&n);
     let target = client_of(&n, 0x48).await;
     p2psip_node::echo::serve(&target.client()).await;
     let head = relay_head(&target);
@@ -684,6 +685,8 @@ async fn relayed_streams_are_cut_when_idle_or_over_their_bytes() {
             .collect::<Vec<_>>())
     );
     drop(send);
+    let grew = peak_kib(&n).saturating_sub(before);
+    assert!(grew < RSS_BOUND_KIB, "peak memory grew by {grew} KiB");
     answers_ping(&target, &n).await;
     target.shutdown().await;
 }

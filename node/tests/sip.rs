@@ -1,5 +1,6 @@
 //! SIP through the overlay with real SIP software: five `p2psip node` processes with their
-//! SIP front-ends on 127.0.0.1; SIPp registers `alice` through one node and a SIPp UAC
+//! SIP front-ends on 127.0.0.1; SIPp registers `alice` (answering the Digest challenge)
+//! through one node and a SIPp UAC
 //! calls her 50 times through another (INVITE/180/200/ACK/BYE, ACK and BYE along the
 //! Record-Route set), the two nodes carrying SIP over an AppAttach application stream; an unknown user gets 404, an expired one 480; after the node that
 //! holds alice's registration is SIGKILLed, her calls still complete (the record is
@@ -16,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const OVERLAY: &str = "sip.test";
+/// The SIP password of every user here (SIPp answers the Digest challenge with it).
+const PASSWORD: &str = "sipp-secret";
 
 fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -129,9 +132,15 @@ fn sipp_registers_and_calls_through_the_overlay() {
         let boot: Vec<_> = nodes.first().map(|(n, _)| n.addr).into_iter().collect();
         let config = write_config(&dir, OVERLAY, &boot, "127.0.0.1:0");
         let sip_port = free_udp_port();
+        let users = dir.join("sip-users");
+        for u in ["alice", "carol"] {
+            p2psip_node::sip::auth::add_user(&users, u, "p2psip", PASSWORD).unwrap();
+        }
         let mut text = std::fs::read_to_string(&config).unwrap();
         text += &format!(
-            "[sip]\nenabled = true\nlisten = \"127.0.0.1:{sip_port}\"\nmin_expires_s = 1\n"
+            "[sip]\nenabled = true\nlisten = \"127.0.0.1:{sip_port}\"\nmin_expires_s = 1\n\
+             users_file = \"{}\"\n",
+            users.display()
         );
         std::fs::write(&config, text).unwrap();
         nodes.push((spawn_node(&dir, config), sip_port));
@@ -178,7 +187,7 @@ fn sipp_registers_and_calls_through_the_overlay() {
             &target(reg),
             &["-sf", scenario("register.xml").to_str().unwrap()]
                 .into_iter()
-                .chain(["-s", user, "-m", "1"])
+                .chain(["-s", user, "-m", "1", "-ap", PASSWORD])
                 .chain(["-key", "uas_port", &uas_port, "-key", "expires", expires])
                 .collect::<Vec<_>>(),
         );
@@ -256,6 +265,8 @@ fn sipp_registers_and_calls_through_the_overlay() {
             "carol",
             "-m",
             "1",
+            "-ap",
+            PASSWORD,
         ]
         .into_iter()
         .chain(["-key", "uas_port", &dead_port, "-key", "expires", "1"])

@@ -8,8 +8,11 @@
 //! the node's application stream. SIP parsing is rsip's (a nom tokenizer); SIP itself
 //! stays standard: any UA can register and call through any node.
 
+pub mod auth;
+
 use crate::runtime::NodeClient;
 use anyhow::{anyhow, bail, Context};
+use auth::{Authenticator, Verdict};
 use dashmap::DashMap;
 use p2psip_algorithms::storage::KIND_SIP_REGISTRATION;
 use p2psip_algorithms::{Event, Id, NodeId};
@@ -54,6 +57,8 @@ pub struct SipSettings {
     pub domain: String,
     pub max_expires: u32,
     pub min_expires: u32,
+    /// Digest authentication of REGISTER (None: anyone may register any AOR).
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl SipSettings {
@@ -74,12 +79,31 @@ impl SipSettings {
             })?;
             advertise.set_ip(ip);
         }
+        let domain = c.domain.to_ascii_lowercase();
+        let auth = if c.auth {
+            let Some(file) = &c.users_file else {
+                bail!(
+                    "sip.auth is on (the default) and sip.users_file is not set: write one with \
+                     `p2psip sip add-user FILE USER --realm {domain}`, or set sip.auth = false \
+                     (then anyone who reaches the front-end can register any AOR)"
+                );
+            };
+            let users = auth::Users::load(std::path::Path::new(file))?;
+            Some(Arc::new(Authenticator::new(
+                &domain,
+                users,
+                auth::parse_algorithms(&c.digest_algorithms)?,
+            )))
+        } else {
+            None
+        };
         Ok(SipSettings {
             listen,
             advertise,
-            domain: c.domain.to_ascii_lowercase(),
+            domain,
             max_expires: c.max_expires_s,
             min_expires: c.min_expires_s,
+            auth,
         })
     }
 }
@@ -711,6 +735,53 @@ impl Inner {
             self.reply(&req, 400, vec![], src).await;
             bail!("REGISTER To has no user part");
         };
+        let user = to
+            .uri
+            .auth
+            .as_ref()
+            .map(|a| a.user.clone())
+            .unwrap_or_default();
+        if aor != format!("sip:{user}@{}", self.cfg.domain) {
+            self.reply(&req, 403, vec![], src).await;
+            bail!(
+                "REGISTER for {aor}: this front-end serves the domain {}",
+                self.cfg.domain
+            );
+        }
+        if let Some(auth) = &self.cfg.auth {
+            let header = req.headers.iter().find_map(|h| match h {
+                Header::Authorization(a) => Some(a.value().to_string()),
+                _ => None,
+            });
+            let ip = match src {
+                Hop::Udp(a) | Hop::Tcp(a) => a.ip(),
+                Hop::Node(_) => std::net::IpAddr::from([0, 0, 0, 0]),
+            };
+            match auth.check("REGISTER", header.as_deref(), ip) {
+                Verdict::Authenticated(who) if who == user => {}
+                Verdict::Authenticated(who) => {
+                    self.reply(&req, 403, vec![], src).await;
+                    bail!("{who} tried to register {aor}");
+                }
+                Verdict::Challenge { stale } => {
+                    let extra = auth
+                        .challenges(stale)
+                        .into_iter()
+                        .map(|c| Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(c)))
+                        .collect();
+                    self.reply(&req, 401, extra, src).await;
+                    if header.is_some() {
+                        crate::remote_log!(info, "sip_auth_failed", %aor, from = %src, "SIP: REGISTER not authenticated");
+                    }
+                    return Ok(());
+                }
+                Verdict::Refused(why) => {
+                    self.reply(&req, 403, vec![], src).await;
+                    crate::remote_log!(warn, "sip_auth_limited", %aor, from = %src, "SIP: REGISTER refused: {why}");
+                    return Ok(());
+                }
+            }
+        }
         let default_expires = req
             .expires_header()
             .and_then(|e| e.seconds().ok())

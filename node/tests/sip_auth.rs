@@ -1,0 +1,320 @@
+//! Digest authentication at the SIP front-end (docs/security.md, "SIP users"): one
+//! `p2psip node` with its front-end on 127.0.0.1 and a users file holding alice and bob;
+//! raw REGISTERs over UDP as a phone (or an attacker) sends them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use p2psip_node::sip::auth::Algorithm;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+const OVERLAY: &str = "sip-auth.test";
+const DOMAIN: &str = "p2psip";
+
+/// A UDP socket on 127.0.0.1 with a receive timeout.
+fn socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+/// Sends `msg` until a response to it arrives (at most 20 tries); returns it.
+fn transact(s: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    let mut buf = [0u8; 65535];
+    for _ in 0..20 {
+        s.send_to(msg.as_bytes(), to).unwrap();
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if r.starts_with("SIP/2.0 ") && !r.starts_with("SIP/2.0 100") {
+                return r;
+            }
+        }
+    }
+    panic!("no response to:\n{msg}");
+}
+
+fn status(r: &str) -> u16 {
+    r[8..11].parse().unwrap()
+}
+
+/// A REGISTER of `aor_user` at `domain` from socket `s`, with its Contact at `s`.
+fn register(s: &UdpSocket, aor_user: &str, domain: &str, cseq: u32, auth: Option<&str>) -> String {
+    let me = s.local_addr().unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:{domain} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bK{aor_user}{cseq}{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{aor_user}@{domain}>;tag=t{cseq}\r\n\
+         To: <sip:{aor_user}@{domain}>\r\n\
+         Call-ID: reg-{aor_user}-{}@test\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{aor_user}@{me}>\r\n\
+         Expires: 600\r\n\
+         {auth}Content-Length: 0\r\n\r\n",
+        me.port(),
+        me.port()
+    )
+}
+
+/// The `name="..."` parameter of the first challenge for `alg` in a 401.
+fn challenge_param(r: &str, alg: Algorithm, name: &str) -> String {
+    let line = r
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase().starts_with("www-authenticate:")
+                && l.contains(&format!("algorithm={}", alg.name()))
+        })
+        .unwrap_or_else(|| panic!("no {} challenge in:\n{r}", alg.name()));
+    let start = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+    line[start..].split('"').next().unwrap().to_string()
+}
+
+/// The Authorization a phone sends for `user`/`password` answering `nonce`.
+fn digest(alg: Algorithm, user: &str, password: &str, nonce: &str, nc: u32) -> String {
+    let uri = format!("sip:{DOMAIN}");
+    let ha1 = alg.hex(&format!("{user}:{DOMAIN}:{password}"));
+    let ha2 = alg.hex(&format!("REGISTER:{uri}"));
+    let nc = format!("{nc:08x}");
+    let response = alg.hex(&format!("{ha1}:{nonce}:{nc}:0a4f113b:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"0a4f113b\"",
+        alg.name()
+    )
+}
+
+/// An INVITE for alice from `s` through the front-end (no body).
+fn invite(s: &UdpSocket, n: u32) -> String {
+    let me = s.local_addr().unwrap();
+    format!(
+        "INVITE sip:alice@{DOMAIN} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKinv{n}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:carol@{DOMAIN}>;tag=c{n}\r\n\
+         To: <sip:alice@{DOMAIN}>\r\n\
+         Call-ID: inv-{n}@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:carol@{me}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Whether an INVITE arrives at `s` within 2 s.
+fn rings(s: &UdpSocket) -> bool {
+    let mut buf = [0u8; 65535];
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if buf[..n].starts_with(b"INVITE ") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A lone node with its SIP front-end (auth on, the users file holding alice and bob,
+/// `algorithms` offered), once it has formed its overlay; and the front-end's address.
+fn front_end(dir: &TempDir, algorithms: &str) -> (NodeProc, SocketAddr) {
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let users = dir.0.join("sip-users");
+    for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
+        let out = std::process::Command::new(BIN)
+            .args(["sip", "add-user"])
+            .arg(&users)
+            .args([u, "--realm", DOMAIN])
+            .env("P2PSIP_PASSWORD", p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = write_config(&dir.0, OVERLAY, &[], "127.0.0.1:0");
+    let fe = socket().local_addr().unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!(
+        "[sip]\nenabled = true\nlisten = \"{fe}\"\nusers_file = \"{}\"\n\
+         digest_algorithms = {algorithms}\n",
+        users.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let n = spawn_node(&dir.0, config);
+    assert!(
+        eventually(Duration::from_secs(20), || joined_alone(&n).then_some(())).is_some(),
+        "the node never formed its overlay"
+    );
+    (n, fe)
+}
+
+#[test]
+fn registrations_need_the_users_own_credentials() {
+    let dir = TempDir::new("sip-auth");
+    let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    let alice = socket();
+    // No credentials: 401 with a SHA-256 and an MD5 challenge, SHA-256 first.
+    let r = transact(&alice, fe, &register(&alice, "alice", DOMAIN, 1, None));
+    assert_eq!(status(&r), 401, "{r}");
+    let sha = r.find("algorithm=SHA-256").unwrap();
+    let md5 = r.find("algorithm=MD5").unwrap();
+    assert!(sha < md5, "SHA-256 is offered first: {r}");
+    assert!(r.contains("qop=\"auth\""), "{r}");
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    // A wrong password: 401 again.
+    let wrong = digest(Algorithm::Sha256, "alice", "rabbit-hole", &nonce, 1);
+    let r = transact(
+        &alice,
+        fe,
+        &register(&alice, "alice", DOMAIN, 2, Some(&wrong)),
+    );
+    assert_eq!(status(&r), 401, "{r}");
+    // The right one (SHA-256): 200.
+    let right = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 2);
+    let r = transact(
+        &alice,
+        fe,
+        &register(&alice, "alice", DOMAIN, 3, Some(&right)),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    // The same answer again (a replay): challenged, stale.
+    let r = transact(
+        &alice,
+        fe,
+        &register(&alice, "alice", DOMAIN, 4, Some(&right)),
+    );
+    assert_eq!(status(&r), 401, "{r}");
+    assert!(r.contains("stale=true"), "{r}");
+    // MD5 (what older phones answer) works too.
+    let md5_nonce = challenge_param(&r, Algorithm::Md5, "nonce");
+    let right_md5 = digest(Algorithm::Md5, "alice", "wonderland", &md5_nonce, 1);
+    let r = transact(
+        &alice,
+        fe,
+        &register(&alice, "alice", DOMAIN, 5, Some(&right_md5)),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+
+    // The take-over: mallory registers alice's AOR with her own Contact.
+    let mallory = socket();
+    let r = transact(&mallory, fe, &register(&mallory, "alice", DOMAIN, 1, None));
+    assert_eq!(status(&r), 401, "a REGISTER without credentials: {r}");
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    // bob's own valid credentials do not register alice.
+    let bobs = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
+    let r = transact(
+        &mallory,
+        fe,
+        &register(&mallory, "alice", DOMAIN, 2, Some(&bobs)),
+    );
+    assert_eq!(status(&r), 403, "bob's credentials for alice's AOR: {r}");
+    // A domain this front-end does not serve.
+    let r = transact(
+        &mallory,
+        fe,
+        &register(&mallory, "alice", "evil.example", 3, None),
+    );
+    assert_eq!(status(&r), 403, "another domain: {r}");
+    // Calls to alice still ring alice, not mallory.
+    let carol = socket();
+    carol.send_to(invite(&carol, 1).as_bytes(), fe).unwrap();
+    assert!(rings(&alice), "alice's phone did not ring");
+    assert!(!rings(&mallory), "the call went to mallory");
+
+    // Guessing: after 5 failed attempts in a minute, even the right password is refused.
+    let mut last = 0;
+    for i in 0..6u32 {
+        let r = transact(
+            &mallory,
+            fe,
+            &register(&mallory, "bob", DOMAIN, 10 + i, None),
+        );
+        if status(&r) == 403 {
+            last = 403;
+            break;
+        }
+        let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+        let guess = digest(Algorithm::Sha256, "bob", &format!("guess-{i}"), &nonce, 1);
+        let r = transact(
+            &mallory,
+            fe,
+            &register(&mallory, "bob", DOMAIN, 20 + i, Some(&guess)),
+        );
+        last = status(&r);
+        if last == 403 {
+            break;
+        }
+        assert_eq!(last, 401, "{r}");
+    }
+    assert_eq!(last, 403, "guessing is never limited");
+    let r = transact(&mallory, fe, &register(&mallory, "bob", DOMAIN, 40, None));
+    assert_eq!(
+        status(&r),
+        403,
+        "a limited source gets no new challenge: {r}"
+    );
+}
+
+/// baresip (Debian's, its default module set with uuid) registers alice with her
+/// password, the default MD5 challenge; with a wrong password it is refused.
+#[test]
+fn baresip_registers_with_its_password_and_not_without() {
+    if std::process::Command::new("baresip")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "baresip is not installed (.ci/run installs baresip-core)"
+        );
+        eprintln!("baresip not installed: test skipped");
+        return;
+    }
+    let dir = TempDir::new("sip-baresip");
+    let (_n, fe) = front_end(&dir, "[\"MD5\"]");
+    let run = |name: &str, password: &str| -> String {
+        let conf = dir.0.join(name);
+        std::fs::create_dir_all(&conf).unwrap();
+        let port = socket().local_addr().unwrap().port();
+        std::fs::write(
+            conf.join("accounts"),
+            format!("<sip:alice@{fe}>;auth_pass={password};regint=600\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            conf.join("config"),
+            format!(
+                "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
+                 audio_player aubridge,nil\naudio_source aubridge,nil\n\
+                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule account.so\n\
+                 module uuid.so\nmodule aubridge.so\nmodule_app menu.so\n"
+            ),
+        )
+        .unwrap();
+        // -t: quit after 4 s (baresip unregisters on the way out).
+        let out = std::process::Command::new("baresip")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-t", "4"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let good = run("alice", "wonderland");
+    assert!(good.contains("200 OK"), "baresip did not register:\n{good}");
+    let bad = run("mallory", "guess");
+    assert!(
+        !bad.contains("200 OK"),
+        "a wrong password registered:\n{bad}"
+    );
+    assert!(bad.contains("401") || bad.contains("403"), "{bad}");
+}
