@@ -1,4 +1,5 @@
-//! Digest authentication at the SIP front-end (docs/security.md, "SIP users"): one
+//! Digest authentication and abuse limits of the SIP front-end (docs/security.md, "SIP
+//! users"): one
 //! `p2psip node` with its front-end on 127.0.0.1 and a users file holding alice and bob;
 //! raw REGISTERs over UDP as a phone (or an attacker) sends them.
 #![allow(clippy::unwrap_used)]
@@ -317,4 +318,140 @@ fn baresip_registers_with_its_password_and_not_without() {
         "a wrong password registered:\n{bad}"
     );
     assert!(bad.contains("401") || bad.contains("403"), "{bad}");
+}
+
+// ---- the front-end cannot be abused ---------------------------------------------------
+
+/// A request with `method`, Request-URI `uri` and Max-Forwards `mf`, from `s`.
+fn request(s: &UdpSocket, method: &str, uri: &str, mf: u32, n: u32) -> String {
+    let me = s.local_addr().unwrap();
+    format!(
+        "{method} {uri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKabuse{n}\r\n\
+         Max-Forwards: {mf}\r\n\
+         From: <sip:mallory@{DOMAIN}>;tag=m{n}\r\n\
+         To: <{uri}>\r\n\
+         Call-ID: abuse-{n}@test\r\n\
+         CSeq: 1 {method}\r\n\
+         Contact: <sip:mallory@{me}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Registers alice (SHA-256 answer to the front-end's challenge) with Contact `contact`.
+fn register_alice_at(s: &UdpSocket, fe: SocketAddr, contact: &str) {
+    let r = transact(s, fe, &register(s, "alice", DOMAIN, 1, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 1);
+    let me = s.local_addr().unwrap().to_string();
+    let msg = register(s, "alice", DOMAIN, 2, Some(&auth)).replace(
+        &format!("Contact: <sip:alice@{me}>"),
+        &format!("Contact: <{contact}>"),
+    );
+    let r = transact(s, fe, &msg);
+    assert_eq!(status(&r), 200, "{r}");
+}
+
+/// A request naming a host that is neither a registered device nor a node of the overlay
+/// is refused with 403, and nothing is sent there (the front-end is no open relay).
+#[test]
+fn requests_to_arbitrary_hosts_are_refused_and_nothing_is_sent() {
+    let dir = TempDir::new("sip-relay");
+    let (_n, fe) = front_end(&dir, "[\"MD5\"]");
+    let victim = socket();
+    let target = victim.local_addr().unwrap();
+    let mallory = socket();
+    for (i, method) in ["OPTIONS", "INVITE", "MESSAGE"].into_iter().enumerate() {
+        let uri = format!("sip:service@{target}");
+        let r = transact(&mallory, fe, &request(&mallory, method, &uri, 70, i as u32));
+        assert_eq!(status(&r), 403, "{method} to {uri}: {r}");
+    }
+    let mut buf = [0u8; 2048];
+    assert!(
+        victim.recv_from(&mut buf).is_err(),
+        "a request reached the named host: {}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+/// alice's Contact names the front-end itself: a call to her would come back to it.
+/// It answers 482 (Loop Detected) at once instead of passing the INVITE round until
+/// Max-Forwards runs out, also when Max-Forwards is huge.
+#[test]
+fn a_request_that_would_loop_through_the_front_end_gets_482() {
+    let dir = TempDir::new("sip-loop");
+    let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    let alice = socket();
+    register_alice_at(&alice, fe, &format!("sip:alice@{fe}"));
+    let carol = socket();
+    for (i, mf) in [70u32, 5000].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let r = transact(
+            &carol,
+            fe,
+            &request(
+                &carol,
+                "INVITE",
+                &format!("sip:alice@{DOMAIN}"),
+                mf,
+                10 + i as u32,
+            ),
+        );
+        assert_eq!(status(&r), 482, "Max-Forwards {mf}: {r}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A response datagram whose next Via is a TCP address that never completes a handshake
+/// (a listener whose backlog is full drops further SYNs): the front-end still answers
+/// other requests at once, on UDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_towards_a_dead_tcp_address_does_not_stall_the_front_end() {
+    let dir = TempDir::new("sip-stall");
+    let (_n, fe) = front_end(&dir, "[\"MD5\"]");
+    // A listener with a backlog of 1, filled and never accepted from.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(1).unwrap();
+    let dead = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(dead),
+        )
+        .await
+        {
+            fillers.push(c);
+        }
+    }
+    let mallory = socket();
+    let response = format!(
+        "SIP/2.0 200 OK\r\n\
+         Via: SIP/2.0/UDP {fe};branch=z9hG4bKnotreallyours\r\n\
+         Via: SIP/2.0/TCP {dead};branch=z9hG4bKdead\r\n\
+         From: <sip:a@{DOMAIN}>;tag=1\r\nTo: <sip:b@{DOMAIN}>;tag=2\r\n\
+         Call-ID: stall@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    for _ in 0..3 {
+        mallory.send_to(response.as_bytes(), fe).unwrap();
+    }
+    let alice = socket();
+    let started = std::time::Instant::now();
+    let r = tokio::task::spawn_blocking(move || {
+        transact(&alice, fe, &register(&alice, "alice", DOMAIN, 1, None))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&r), 401, "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the front-end took {:?} to answer",
+        started.elapsed()
+    );
+    drop(listener);
 }

@@ -43,6 +43,17 @@ const EXPIRED_GRACE_S: u32 = 3600;
 const MAX_MESSAGE: usize = 65_535;
 /// Our Via branches start with the RFC 3261 magic cookie.
 const COOKIE: &str = "z9hG4bK";
+/// Max-Forwards of an arriving request is capped at this (RFC 3261 section 16.6).
+const MAX_FORWARDS: u32 = 70;
+/// TCP connections the front-end opens give up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages queued per TCP connection or node stream; past it one is dropped (SIP over
+/// UDP retransmits; a node stream that stays full is replaced).
+const STREAM_QUEUE: usize = 256;
+/// Device addresses the front-end may send requests to (registered contacts and where
+/// requests came from), remembered at most; and how long a request's source is.
+const KNOWN_MAX: usize = 65_536;
+const SOURCE_MEMORY: Duration = Duration::from_secs(3600);
 
 /// Settings of the front-end (the `[sip]` table of the node's configuration).
 #[derive(Debug, Clone)]
@@ -148,6 +159,9 @@ struct Inner {
     opening: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     /// Open TCP connections, by remote address: their writers.
     tcp: DashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Device addresses requests may be sent to directly, until when: registered
+    /// contacts and the sources of requests (the front-end is no open relay).
+    known: DashMap<SocketAddr, Instant>,
 }
 
 /// A running front-end.
@@ -193,6 +207,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         streams: DashMap::new(),
         opening: DashMap::new(),
         tcp: DashMap::new(),
+        known: DashMap::new(),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
@@ -449,7 +464,44 @@ impl Inner {
     }
 
     fn is_me(&self, uri: &rsip::Uri) -> bool {
-        uri_addr(uri).is_some_and(|a| a == self.cfg.advertise || a == self.cfg.listen)
+        uri_addr(uri).is_some_and(|a| self.is_own(a))
+    }
+
+    /// Whether `a` reaches this front-end's own socket.
+    fn is_own(&self, a: SocketAddr) -> bool {
+        a == self.cfg.advertise
+            || a == self.cfg.listen
+            || (a.port() == self.cfg.listen.port()
+                && (a.ip().is_loopback()
+                    && (self.cfg.listen.ip().is_unspecified()
+                        || self.cfg.listen.ip().is_loopback())
+                    || a.ip().is_unspecified()))
+    }
+
+    /// Remembers `a` as a device address requests may go to, until `until`.
+    fn know(&self, a: SocketAddr, until: Instant) {
+        if self.known.len() >= KNOWN_MAX && !self.known.contains_key(&a) {
+            let now = Instant::now();
+            self.known.retain(|_, t| *t > now);
+            if self.known.len() >= KNOWN_MAX {
+                return;
+            }
+        }
+        let mut e = self.known.entry(a).or_insert(until);
+        if *e < until {
+            *e = until;
+        }
+    }
+
+    /// Whether a request may be sent to `to`: a node of the overlay, or a device address
+    /// this front-end knows (a registered contact, or where a request came from).
+    fn may_send_to(&self, to: Hop) -> bool {
+        match to {
+            Hop::Node(_) => true,
+            Hop::Udp(a) | Hop::Tcp(a) => {
+                !self.is_own(a) && self.known.get(&a).is_some_and(|t| *t > Instant::now())
+            }
+        }
     }
 
     /// Sends a message; to a node, over its application stream (opened on demand).
@@ -468,28 +520,34 @@ impl Inner {
             }
             Hop::Tcp(a) => {
                 let w = self.tcp.get(&a).map(|w| w.clone());
-                let w = match w {
+                let w = match w.filter(|w| !w.is_closed()) {
                     Some(w) => w,
-                    None => {
-                        let s = TcpStream::connect(a)
-                            .await
-                            .with_context(|| format!("TCP to {a}"))?;
-                        self.register_tcp(s, a)
-                    }
+                    None => self.connect_tcp(a),
                 };
-                if w.send(bytes).await.is_err() {
-                    self.tcp.remove(&a);
-                    bail!("TCP connection to {a} closed");
+                match w.try_send(bytes) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        bail!("TCP connection to {a}: queue full, message dropped")
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.tcp.remove_if(&a, |_, s| s.same_channel(&w));
+                        bail!("TCP connection to {a} closed");
+                    }
                 }
             }
             Hop::Node(n) => {
-                // A stream that died since it was cached is replaced once.
+                // A stream that died since it was cached is replaced once; one whose queue
+                // stays full (stalled) is dropped, and the next message opens a new one.
                 let mut bytes = bytes;
                 for _ in 0..2 {
                     let w = self.stream_to(n).await?;
-                    match w.send(bytes).await {
+                    match w.try_send(bytes) {
                         Ok(()) => return Ok(()),
-                        Err(mpsc::error::SendError(b)) => {
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.streams.remove_if(&n, |_, s| s.same_channel(&w));
+                            bail!("application stream to {n} stalled: message dropped, stream replaced");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(b)) => {
                             self.streams.remove_if(&n, |_, s| s.same_channel(&w));
                             bytes = b;
                         }
@@ -499,6 +557,32 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// A writer for a new TCP connection to `a`: connected in the background (within
+    /// `CONNECT_TIMEOUT`), messages queued meanwhile; nothing waits for the handshake.
+    fn connect_tcp(self: &Arc<Self>, a: SocketAddr) -> mpsc::Sender<Vec<u8>> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        self.tcp.insert(a, tx.clone());
+        let me = self.clone();
+        let mine = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+                Ok(Ok(s)) => {
+                    let (rd, wr) = s.into_split();
+                    me.run_stream(rd, wr, Hop::Tcp(a), mine, rx);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%a, error = %e, "SIP: TCP connect failed");
+                    me.tcp.remove_if(&a, |_, s| s.same_channel(&mine));
+                }
+                Err(_) => {
+                    crate::remote_log!(info, "sip_connect_timeout", %a, "SIP: TCP connect timed out");
+                    me.tcp.remove_if(&a, |_, s| s.same_channel(&mine));
+                }
+            }
+        });
+        tx
     }
 
     fn register_tcp(self: &Arc<Self>, s: TcpStream, peer: SocketAddr) -> mpsc::Sender<Vec<u8>> {
@@ -524,11 +608,24 @@ impl Inner {
     /// Content-Length, RFC 3261 section 18.3); returns the writer's queue.
     fn spawn_stream(
         self: &Arc<Self>,
+        rd: impl AsyncReadExt + Unpin + Send + 'static,
+        wr: impl AsyncWriteExt + Unpin + Send + 'static,
+        peer: Hop,
+    ) -> mpsc::Sender<Vec<u8>> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        self.run_stream(rd, wr, peer, tx.clone(), rx);
+        tx
+    }
+
+    /// The writer and reader tasks of a stream whose queue is `mine` / `rx`.
+    fn run_stream(
+        self: &Arc<Self>,
         mut rd: impl AsyncReadExt + Unpin + Send + 'static,
         mut wr: impl AsyncWriteExt + Unpin + Send + 'static,
         peer: Hop,
-    ) -> mpsc::Sender<Vec<u8>> {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        mine: mpsc::Sender<Vec<u8>>,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) {
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if wr.write_all(&b).await.is_err() {
@@ -537,7 +634,6 @@ impl Inner {
             }
         });
         let me = self.clone();
-        let mine = tx.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
             while let Some(m) = read_message(&mut rd, &mut buf).await {
@@ -554,7 +650,6 @@ impl Inner {
                 Hop::Udp(_) => {}
             }
         });
-        tx
     }
 
     /// The application stream to node `n`: the open one, else AppAttach through the
@@ -573,10 +668,11 @@ impl Inner {
             }
         }
         let began = Instant::now();
+        let opened = tokio::time::timeout(OP_TIMEOUT, self.node.connect_app(n, APP_SIP)).await;
+        // Only while an attempt is under way (the map holds no entry per node ever tried).
+        self.opening.remove_if(&n, |_, l| Arc::ptr_eq(l, &lock));
         let (send, recv, path) =
-            tokio::time::timeout(OP_TIMEOUT, self.node.connect_app(n, APP_SIP))
-                .await
-                .map_err(|_| anyhow!("application connection to {n} timed out"))??;
+            opened.map_err(|_| anyhow!("application connection to {n} timed out"))??;
         tracing::debug!(node = %n, path = path.as_str(), ms = began.elapsed().as_millis() as u64, "SIP: application stream open");
         Ok(self.attach_stream(n, send, recv))
     }
@@ -672,7 +768,20 @@ impl Inner {
             return;
         };
         r.headers = headers;
-        if let Err(e) = self.send(r.to_string().into_bytes(), to).await {
+        let bytes = r.to_string().into_bytes();
+        if let Hop::Node(n) = to {
+            if self.streams.get(&n).is_none_or(|w| w.is_closed()) {
+                // Opening the stream waits for the overlay: not on the receive loop.
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.send(bytes, to).await {
+                        tracing::debug!(%to, error = %e, "SIP: response not forwarded");
+                    }
+                });
+                return;
+            }
+        }
+        if let Err(e) = self.send(bytes, to).await {
             tracing::debug!(%to, error = %e, "SIP: response not forwarded");
         }
     }
@@ -681,15 +790,39 @@ impl Inner {
         // Where the sender really is (RFC 3261 §18.2.1, RFC 3581); a node's Via names it.
         if let Hop::Udp(a) | Hop::Tcp(a) = src {
             self.mark_received(&mut req, a);
+            self.know(a, Instant::now() + SOURCE_MEMORY);
         }
         let mf = req
             .max_forwards_header()
             .ok()
             .and_then(|h| h.num().ok())
-            .unwrap_or(70);
+            .unwrap_or(MAX_FORWARDS);
         if mf == 0 {
             self.reply(&req, 483, vec![], src).await;
             return Ok(());
+        }
+        if mf > MAX_FORWARDS {
+            for h in req.headers.iter_mut() {
+                if let Header::MaxForwards(m) = h {
+                    *m = rsip::headers::MaxForwards::new(MAX_FORWARDS.to_string());
+                }
+            }
+        }
+        // Loop detection (RFC 3261 section 16.3 item 4): one of our own Vias whose loop
+        // part matches this very request (same Request-URI, dialog and CSeq) means it
+        // came round to us again.
+        let key = loop_key(&req);
+        let me = self.me();
+        let looped = req.headers.iter().any(|h| match h {
+            Header::Via(v) => v.value().split(',').any(|one| {
+                let one = one.trim();
+                one.starts_with("SIP/2.0/") && one.contains(&me) && one.contains(&format!(".{key}"))
+            }),
+            _ => false,
+        });
+        if looped {
+            self.reply(&req, 482, vec![], src).await;
+            bail!("loop detected: {} came back to this front-end", req.uri);
         }
         // Loose routing: a top Route naming us is consumed; another one is followed.
         let routes = route_uris(&req);
@@ -700,6 +833,10 @@ impl Inner {
         }
         if let Some(next) = routes.next() {
             let to = route_hop(&next).ok_or_else(|| anyhow!("Route {next} has no IP host"))?;
+            if !self.may_send_to(to) {
+                self.reply(&req, 403, vec![], src).await;
+                bail!("Route {next} names neither a node nor a device known here");
+            }
             return self.forward(req, to, false).await;
         }
         match req.method {
@@ -903,12 +1040,16 @@ impl Inner {
             (Hop::Udp(a), None) => Hop::Udp(a),
             (Hop::Node(_), None) => bail!("{aor}: Contact {contact_uri} has no address"),
         };
+        let until = Instant::now() + Duration::from_secs(u64::from(expires));
+        if let Hop::Udp(a) | Hop::Tcp(a) = hop {
+            self.know(a, until);
+        }
         self.bindings.insert(
             aor.clone(),
             Binding {
                 contact: contact_uri.clone(),
                 hop,
-                expires: Instant::now() + Duration::from_secs(u64::from(expires)),
+                expires: until,
             },
         );
         crate::remote_log!(info, "sip_registered", %aor, contact = %contact_uri, expires, "SIP: registered");
@@ -947,6 +1088,12 @@ impl Inner {
         // A device's own address (the remote target of a dialog): straight there.
         if matches!(req.uri.host_with_port.host, rsip::Host::IpAddr(_)) && !self.is_me(&req.uri) {
             let to = route_hop(&req.uri).ok_or_else(|| anyhow!("no address in {}", req.uri))?;
+            // Only to devices known here: no open relay, no requests to arbitrary hosts.
+            if !self.may_send_to(to) {
+                self.reply(&req, 403, vec![], src).await;
+                crate::remote_log!(info, "sip_relay_refused", %src, uri = %req.uri, "SIP: request to a host that is no device known here refused");
+                return Ok(());
+            }
             return self.forward(req, to, false).await;
         }
         let Some(mut aor) = aor_of(&req.uri, &self.cfg.domain) else {
@@ -1065,8 +1212,13 @@ impl Inner {
             .map(|v| v.value().to_string())
             .unwrap_or_default();
         // Stateless proxy branch (RFC 3261 §16.11): the same for retransmissions.
-        let branch = hex::encode(
-            &Sha256::digest(format!("{}|{top_branch}|{}", self.node.id, req.uri).as_bytes())[..10],
+        let branch = format!(
+            "{}.{}",
+            hex::encode(
+                &Sha256::digest(format!("{}|{top_branch}|{}", self.node.id, req.uri).as_bytes())
+                    [..10],
+            ),
+            loop_key(&req)
         );
         if top_branch.contains(&format!("{COOKIE}{branch}")) {
             bail!("loop: the request already went through us");
@@ -1103,6 +1255,37 @@ impl Inner {
         req.headers = headers;
         self.send(req.to_string().into_bytes(), to).await
     }
+}
+
+/// What identifies a request for loop detection (RFC 3261 section 16.3 item 4): its
+/// Request-URI, Call-ID, From tag and CSeq number (not its Vias).
+fn loop_key(req: &Request) -> String {
+    let call_id = req
+        .call_id_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let from = req
+        .from_header()
+        .map(|h| h.value().to_string())
+        .unwrap_or_default();
+    let tag = from
+        .split(";tag=")
+        .nth(1)
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("");
+    let cseq = req
+        .cseq_header()
+        .map(|h| {
+            h.value()
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    hex::encode(&Sha256::digest(format!("{}|{call_id}|{tag}|{cseq}", req.uri).as_bytes())[..6])
 }
 
 enum Resolved {
