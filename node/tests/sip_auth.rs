@@ -1,7 +1,6 @@
 //! Digest authentication and abuse limits of the SIP front-end (docs/security.md, "SIP
-//! users"): one
-//! `p2psip node` with its front-end on 127.0.0.1 and a users file holding alice and bob;
-//! raw REGISTERs over UDP as a phone (or an attacker) sends them.
+//! users"): one `p2psip node` with its front-end on 127.0.0.1 and a users file holding
+//! alice and bob; raw SIP over UDP as a phone (or an attacker) sends it, and baresip.
 #![allow(clippy::unwrap_used)]
 
 mod common;
