@@ -185,6 +185,13 @@ pub struct SipSection {
     /// MD5, and SIPp answers only the first; list "SHA-256" first where every phone
     /// takes the first challenge it supports (RFC 8760; linphone does).
     pub digest_algorithms: Vec<String>,
+    /// TCP connections from phones open at once, in all and from one IP address; more
+    /// are closed as they arrive (0: no limit).
+    pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_ip: usize,
+    /// A TCP connection that carries nothing for this long is closed, unless a device
+    /// is registered over it (seconds; RFC 5626 phones send CRLFCRLF keep-alives).
+    pub tcp_idle_timeout_s: u64,
 }
 
 impl Default for SipSection {
@@ -198,6 +205,9 @@ impl Default for SipSection {
             auth: true,
             users_file: None,
             digest_algorithms: vec!["MD5".into()],
+            tcp_max_connections: 4096,
+            tcp_max_connections_per_ip: 64,
+            tcp_idle_timeout_s: 32,
         }
     }
 }

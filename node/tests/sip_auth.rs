@@ -122,6 +122,11 @@ fn rings(s: &UdpSocket) -> bool {
 /// A lone node with its SIP front-end (auth on, the users file holding alice and bob,
 /// `algorithms` offered), once it has formed its overlay; and the front-end's address.
 fn front_end(dir: &TempDir, algorithms: &str) -> (NodeProc, SocketAddr) {
+    front_end_with(dir, algorithms, "")
+}
+
+/// [`front_end`], with `extra` lines added to its `[sip]` table.
+fn front_end_with(dir: &TempDir, algorithms: &str, extra: &str) -> (NodeProc, SocketAddr) {
     std::fs::create_dir_all(&dir.0).unwrap();
     let users = dir.0.join("sip-users");
     for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
@@ -143,7 +148,7 @@ fn front_end(dir: &TempDir, algorithms: &str) -> (NodeProc, SocketAddr) {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += &format!(
         "[sip]\nenabled = true\nlisten = \"{fe}\"\nusers_file = \"{}\"\n\
-         digest_algorithms = {algorithms}\n",
+         digest_algorithms = {algorithms}\n{extra}",
         users.display()
     );
     std::fs::write(&config, text).unwrap();
@@ -453,4 +458,67 @@ async fn a_response_towards_a_dead_tcp_address_does_not_stall_the_front_end() {
         started.elapsed()
     );
     drop(listener);
+}
+
+/// 1,100 idle TCP connections from one address, against caps of 1,000 in all and 200 per
+/// address and a 2 s idle timeout: connections past the caps are closed at once, idle
+/// ones after the timeout; a keep-alive CRLFCRLF gets CRLF (RFC 5626); UDP and TCP SIP
+/// from elsewhere keep being answered throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_are_capped_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("sip-tcp");
+    let (_n, fe) = front_end_with(
+        &dir,
+        "[\"MD5\"]",
+        "tcp_max_connections = 1000\ntcp_max_connections_per_ip = 200\ntcp_idle_timeout_s = 2\n",
+    );
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(fe)).await
+        {
+            Ok(Ok(c)) => held.push(c),
+            other => panic!("connect: {other:?}"),
+        }
+    }
+    // Past the per-address cap the front-end closes the connection at once: a read ends.
+    let mut closed = 0;
+    for c in held.iter_mut().skip(200) {
+        let mut b = [0u8; 16];
+        if let Ok(Ok(0)) | Ok(Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), c.read(&mut b)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 900,
+        "connections past 200 from one address left open"
+    );
+    // From another address, TCP still works (keep-alive answered) and UDP too.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut c = other.connect(fe).await.unwrap();
+    c.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(1), c.read_exact(&mut pong))
+        .await
+        .expect("no answer to CRLFCRLF")
+        .unwrap();
+    assert_eq!(&pong, b"\r\n");
+    let r = tokio::task::spawn_blocking(move || {
+        let alice = socket();
+        transact(&alice, fe, &register(&alice, "alice", DOMAIN, 1, None))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&r), 401, "{r}");
+    // The idle ones within the cap are closed after the idle timeout.
+    let mut first = held.swap_remove(0);
+    let mut b = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(5), first.read(&mut b)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection is still open after 5 s: {end:?}"
+    );
 }

@@ -11,6 +11,7 @@
 pub mod auth;
 
 use crate::runtime::NodeClient;
+use crate::transport::limits::{Slot, Slots};
 use anyhow::{anyhow, bail, Context};
 use auth::{Authenticator, Verdict};
 use dashmap::DashMap;
@@ -70,6 +71,11 @@ pub struct SipSettings {
     pub min_expires: u32,
     /// Digest authentication of REGISTER (None: anyone may register any AOR).
     pub auth: Option<Arc<Authenticator>>,
+    /// TCP connections at once, in all and per IP address (0: no limit).
+    pub tcp_max: usize,
+    pub tcp_max_per_ip: usize,
+    /// A TCP connection idle this long without a registration over it is closed.
+    pub tcp_idle: Duration,
 }
 
 impl SipSettings {
@@ -115,6 +121,9 @@ impl SipSettings {
             max_expires: c.max_expires_s,
             min_expires: c.min_expires_s,
             auth,
+            tcp_max: c.tcp_max_connections,
+            tcp_max_per_ip: c.tcp_max_connections_per_ip,
+            tcp_idle: Duration::from_secs(c.tcp_idle_timeout_s.max(1)),
         })
     }
 }
@@ -162,6 +171,8 @@ struct Inner {
     /// Device addresses requests may be sent to directly, until when: registered
     /// contacts and the sources of requests (the front-end is no open relay).
     known: DashMap<SocketAddr, Instant>,
+    /// Incoming TCP connections open now (for the caps in total and per address).
+    tcp_slots: Arc<Slots<std::net::IpAddr>>,
 }
 
 /// A running front-end.
@@ -208,6 +219,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         opening: DashMap::new(),
         tcp: DashMap::new(),
         known: DashMap::new(),
+        tcp_slots: Arc::default(),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
@@ -225,7 +237,18 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         loop {
             match tcp.accept().await {
                 Ok((s, src)) => {
-                    i.register_tcp(s, src);
+                    let slot = i
+                        .tcp_slots
+                        .take(src.ip(), i.cfg.tcp_max, i.cfg.tcp_max_per_ip);
+                    match slot {
+                        Some(slot) => {
+                            i.register_tcp(s, src, Some(slot));
+                        }
+                        None => {
+                            crate::remote_log!(info, "sip_tcp_refused", %src, "SIP: TCP connection refused (at the limit in all or for this address)");
+                            drop(s);
+                        }
+                    }
                 }
                 Err(e) => tracing::debug!(error = %e, "SIP: TCP accept"),
             }
@@ -570,7 +593,7 @@ impl Inner {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
                 Ok(Ok(s)) => {
                     let (rd, wr) = s.into_split();
-                    me.run_stream(rd, wr, Hop::Tcp(a), mine, rx);
+                    me.run_stream(rd, wr, Hop::Tcp(a), mine, rx, None);
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%a, error = %e, "SIP: TCP connect failed");
@@ -585,10 +608,16 @@ impl Inner {
         tx
     }
 
-    fn register_tcp(self: &Arc<Self>, s: TcpStream, peer: SocketAddr) -> mpsc::Sender<Vec<u8>> {
+    fn register_tcp(
+        self: &Arc<Self>,
+        s: TcpStream,
+        peer: SocketAddr,
+        slot: Option<Slot<std::net::IpAddr>>,
+    ) -> mpsc::Sender<Vec<u8>> {
         let (rd, wr) = s.into_split();
-        let tx = self.spawn_stream(rd, wr, Hop::Tcp(peer));
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
         self.tcp.insert(peer, tx.clone());
+        self.run_stream(rd, wr, Hop::Tcp(peer), tx.clone(), rx, slot);
         tx
     }
 
@@ -613,11 +642,14 @@ impl Inner {
         peer: Hop,
     ) -> mpsc::Sender<Vec<u8>> {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-        self.run_stream(rd, wr, peer, tx.clone(), rx);
+        self.run_stream(rd, wr, peer, tx.clone(), rx, None);
         tx
     }
 
-    /// The writer and reader tasks of a stream whose queue is `mine` / `rx`.
+    /// The writer and reader tasks of a stream whose queue is `mine` / `rx`; the reader
+    /// holds `slot` (an incoming connection's place under the caps) until it ends. A TCP
+    /// connection that carries nothing for `tcp_idle` is closed unless a device is
+    /// registered over it.
     fn run_stream(
         self: &Arc<Self>,
         mut rd: impl AsyncReadExt + Unpin + Send + 'static,
@@ -625,6 +657,7 @@ impl Inner {
         peer: Hop,
         mine: mpsc::Sender<Vec<u8>>,
         mut rx: mpsc::Receiver<Vec<u8>>,
+        slot: Option<Slot<std::net::IpAddr>>,
     ) {
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
@@ -635,8 +668,25 @@ impl Inner {
         });
         let me = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = Vec::new();
-            while let Some(m) = read_message(&mut rd, &mut buf).await {
+            loop {
+                let m = match peer {
+                    Hop::Tcp(_) => {
+                        match tokio::time::timeout(me.cfg.tcp_idle, read_message(&mut rd, &mut buf))
+                            .await
+                        {
+                            Ok(m) => m,
+                            Err(_) if me.bindings.iter().any(|b| b.hop == peer) => continue,
+                            Err(_) => {
+                                tracing::debug!(%peer, "SIP: idle TCP connection closed");
+                                break;
+                            }
+                        }
+                    }
+                    _ => read_message(&mut rd, &mut buf).await,
+                };
+                let Some(m) = m else { break };
                 me.clone().dispatch(m, peer).await;
             }
             tracing::debug!(%peer, "SIP: stream closed");
@@ -707,7 +757,11 @@ impl Inner {
 
     async fn handle(self: Arc<Self>, bytes: Vec<u8>, src: Hop) {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return; // keep-alive
+            // A keep-alive: CRLFCRLF on a stream is answered with CRLF (RFC 5626 3.5.1).
+            if bytes.as_slice() == b"\r\n\r\n" && matches!(src, Hop::Tcp(_)) {
+                let _ = self.send(b"\r\n".to_vec(), src).await;
+            }
+            return;
         }
         tracing::debug!(
             %src,

@@ -17,7 +17,7 @@ use p2psip_algorithms::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
 
-mod limits;
+pub(crate) mod limits;
 mod relay;
 use limits::{ByteWindows, ConnectionSlots, Queued, ReadRefusal, Slots, StreamBudget};
 use rustls::pki_types::CertificateDer;
