@@ -522,3 +522,31 @@ async fn idle_tcp_connections_are_capped_and_closed() {
         "an idle connection is still open after 5 s: {end:?}"
     );
 }
+
+/// A request whose Via carries `received` and `rport` naming a third party: the answer
+/// goes back to where the request came from (RFC 3581), not to the named address.
+#[test]
+fn received_and_rport_in_a_request_cannot_redirect_the_answer() {
+    let dir = TempDir::new("sip-rport");
+    let (_n, fe) = front_end(&dir, "[\"MD5\"]");
+    let victim = socket();
+    let v = victim.local_addr().unwrap();
+    let mallory = socket();
+    let m = mallory.local_addr().unwrap();
+    let msg = register(&mallory, "alice", DOMAIN, 1, None).replace(
+        &format!("Via: SIP/2.0/UDP {m};branch="),
+        &format!(
+            "Via: SIP/2.0/UDP {m};received={};rport={};branch=",
+            v.ip(),
+            v.port()
+        ),
+    );
+    assert!(msg.contains("rport="), "{msg}");
+    let r = transact(&mallory, fe, &msg);
+    assert_eq!(status(&r), 401, "{r}");
+    let mut buf = [0u8; 4096];
+    assert!(
+        victim.recv_from(&mut buf).is_err(),
+        "the answer went to the address the Via named"
+    );
+}

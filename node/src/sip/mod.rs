@@ -732,14 +732,9 @@ impl Inner {
             return; // an ACK is never answered
         }
         let r = response(req, code, extra);
-        // Over UDP to the Via's received/rport (RFC 3581); on a stream, back on it.
-        let to = match src {
-            Hop::Udp(a) => match req.via_header().ok().and_then(via_target) {
-                Some(Hop::Udp(v) | Hop::Tcp(v)) => Hop::Udp(v),
-                _ => Hop::Udp(a),
-            },
-            other => other,
-        };
+        // Over UDP back to where the request came from (RFC 3581: the received address
+        // and port, which only the packet tells); on a stream, back on it.
+        let to = src;
         if let Err(e) = self.send(r.to_string().into_bytes(), to).await {
             tracing::debug!(%to, error = %e, "SIP: response not sent");
         }
@@ -899,21 +894,39 @@ impl Inner {
         }
     }
 
+    /// Sets the top Via's `received` and `rport` to where the request really came from
+    /// (RFC 3261 section 18.2.1, RFC 3581); values the sender put there are dropped.
     fn mark_received(&self, req: &mut Request, src: SocketAddr) {
         for h in req.headers.iter_mut() {
             if let Header::Via(v) = h {
-                let Ok(t) = v.typed() else { return };
-                let sent = uri_addr(&t.uri);
-                if sent != Some(src) {
-                    let mut s = v.value().to_string();
-                    if sent.map(|a| a.ip()) != Some(src.ip()) {
-                        s.push_str(&format!(";received={}", src.ip()));
+                let value = v.value().to_string();
+                let (top, rest) = match value.split_once(',') {
+                    Some((t, r)) => (t.to_string(), Some(r.to_string())),
+                    None => (value.clone(), None),
+                };
+                let mut parts = top.split(';').map(str::trim);
+                let mut out = parts.next().unwrap_or("").to_string();
+                let mut rport = false;
+                for p in parts {
+                    let name = p.split('=').next().unwrap_or("").to_ascii_lowercase();
+                    match name.as_str() {
+                        "rport" => rport = true,
+                        "received" => {}
+                        _ => {
+                            out.push(';');
+                            out.push_str(p);
+                        }
                     }
-                    if s.contains(";rport") && !s.contains(";rport=") {
-                        s = s.replacen(";rport", &format!(";rport={}", src.port()), 1);
-                    }
-                    *v = rsip::headers::Via::new(s);
                 }
+                out.push_str(&format!(";received={}", src.ip()));
+                if rport {
+                    out.push_str(&format!(";rport={}", src.port()));
+                }
+                if let Some(r) = rest {
+                    out.push(',');
+                    out.push_str(&r);
+                }
+                *v = rsip::headers::Via::new(out);
                 return;
             }
         }
