@@ -177,6 +177,10 @@ pub struct SipSection {
     /// needs `users_file`. Off, anyone who reaches the front-end can register (and so
     /// take over) any AOR of the domain.
     pub auth: bool,
+    /// Challenge (407) initial INVITE, MESSAGE and SUBSCRIBE requests whose From is a
+    /// user of `domain`, from phones (not from other front-ends); calls from other domains
+    /// to this domain's users are taken unchallenged. Needs `auth`.
+    pub auth_requests: bool,
     /// Credentials, htdigest lines `user:realm:HA1` (realm = `domain`); `p2psip sip
     /// add-user FILE USER` writes them.
     pub users_file: Option<String>,
@@ -203,6 +207,7 @@ impl Default for SipSection {
             max_expires_s: 3600,
             min_expires_s: 10,
             auth: true,
+            auth_requests: true,
             users_file: None,
             digest_algorithms: vec!["MD5".into()],
             tcp_max_connections: 4096,

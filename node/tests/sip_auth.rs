@@ -89,14 +89,15 @@ fn digest(alg: Algorithm, user: &str, password: &str, nonce: &str, nc: u32) -> S
     )
 }
 
-/// An INVITE for alice from `s` through the front-end (no body).
+/// An INVITE for alice from `s` through the front-end (no body), from a caller of another
+/// domain (not challenged: calls into the domain are open).
 fn invite(s: &UdpSocket, n: u32) -> String {
     let me = s.local_addr().unwrap();
     format!(
         "INVITE sip:alice@{DOMAIN} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {me};branch=z9hG4bKinv{n}\r\n\
          Max-Forwards: 70\r\n\
-         From: <sip:carol@{DOMAIN}>;tag=c{n}\r\n\
+         From: <sip:carol@example.net>;tag=c{n}\r\n\
          To: <sip:alice@{DOMAIN}>\r\n\
          Call-ID: inv-{n}@test\r\n\
          CSeq: 1 INVITE\r\n\
@@ -333,7 +334,7 @@ fn request(s: &UdpSocket, method: &str, uri: &str, mf: u32, n: u32) -> String {
         "{method} {uri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {me};branch=z9hG4bKabuse{n}\r\n\
          Max-Forwards: {mf}\r\n\
-         From: <sip:mallory@{DOMAIN}>;tag=m{n}\r\n\
+         From: <sip:mallory@example.net>;tag=m{n}\r\n\
          To: <{uri}>\r\n\
          Call-ID: abuse-{n}@test\r\n\
          CSeq: 1 {method}\r\n\
@@ -549,4 +550,69 @@ fn received_and_rport_in_a_request_cannot_redirect_the_answer() {
         victim.recv_from(&mut buf).is_err(),
         "the answer went to the address the Via named"
     );
+}
+
+/// An INVITE (or MESSAGE) whose From is a user of the domain needs that user's
+/// credentials: none -> 407 with a challenge; bob's for a From of alice -> 403; alice's
+/// own -> the call goes on (here to bob's phone).
+#[test]
+fn calls_from_users_of_the_domain_are_challenged() {
+    let dir = TempDir::new("sip-407");
+    let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    let bob = socket();
+    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 1, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
+    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 2, Some(&auth)));
+    assert_eq!(status(&r), 200, "{r}");
+    let alice = socket();
+    let me = alice.local_addr().unwrap();
+    let call = |n: u32, proxy_auth: Option<&str>| {
+        let pa = proxy_auth
+            .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "INVITE sip:bob@{DOMAIN} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bKcall{n}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=a{n}\r\n\
+             To: <sip:bob@{DOMAIN}>\r\n\
+             Call-ID: call-{n}@test\r\n\
+             CSeq: {n} INVITE\r\n\
+             Contact: <sip:alice@{me}>\r\n\
+             {pa}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let r = transact(&alice, fe, &call(1, None));
+    assert_eq!(status(&r), 407, "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("proxy-authenticate: digest"),
+        "{r}"
+    );
+    let nonce = {
+        let start = r.find("nonce=\"").unwrap() + 7;
+        r[start..start + 64].to_string()
+    };
+    let answer = |user: &str, pass: &str, nc: u32| {
+        let alg = Algorithm::Sha256;
+        let uri = format!("sip:bob@{DOMAIN}");
+        let ha1 = alg.hex(&format!("{user}:{DOMAIN}:{pass}"));
+        let ha2 = alg.hex(&format!("INVITE:{uri}"));
+        let nc = format!("{nc:08x}");
+        let resp = alg.hex(&format!("{ha1}:{nonce}:{nc}:77:auth:{ha2}"));
+        format!(
+            "Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{resp}\", algorithm=SHA-256, qop=auth, nc={nc}, cnonce=\"77\""
+        )
+    };
+    let r = transact(&alice, fe, &call(2, Some(&answer("bob", "the-builder", 1))));
+    assert_eq!(status(&r), 403, "bob's credentials in alice's name: {r}");
+    alice
+        .send_to(
+            call(3, Some(&answer("alice", "wonderland", 2))).as_bytes(),
+            fe,
+        )
+        .unwrap();
+    assert!(rings(&bob), "alice's authenticated call did not reach bob");
 }

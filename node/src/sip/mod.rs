@@ -71,6 +71,8 @@ pub struct SipSettings {
     pub min_expires: u32,
     /// Digest authentication of REGISTER (None: anyone may register any AOR).
     pub auth: Option<Arc<Authenticator>>,
+    /// Also challenge initial INVITE, MESSAGE and SUBSCRIBE from users of the domain (407).
+    pub auth_requests: bool,
     /// TCP connections at once, in all and per IP address (0: no limit).
     pub tcp_max: usize,
     pub tcp_max_per_ip: usize,
@@ -120,6 +122,7 @@ impl SipSettings {
             domain,
             max_expires: c.max_expires_s,
             min_expires: c.min_expires_s,
+            auth_requests: c.auth_requests,
             auth,
             tcp_max: c.tcp_max_connections,
             tcp_max_per_ip: c.tcp_max_connections_per_ip,
@@ -873,6 +876,9 @@ impl Inner {
             self.reply(&req, 482, vec![], src).await;
             bail!("loop detected: {} came back to this front-end", req.uri);
         }
+        if !self.authorized(&req, src).await? {
+            return Ok(());
+        }
         // Loose routing: a top Route naming us is consumed; another one is followed.
         let routes = route_uris(&req);
         let mut routes = routes.into_iter().peekable();
@@ -891,6 +897,60 @@ impl Inner {
         match req.method {
             Method::Register => self.register(req, src).await,
             _ => self.route(req, src).await,
+        }
+    }
+
+    /// Whether `req` may go on: an initial INVITE, MESSAGE or SUBSCRIBE from a phone whose
+    /// From names a user of our domain must carry that user's credentials
+    /// (Proxy-Authorization); else it is answered 407 (challenge) or 403 here and false
+    /// returned.
+    async fn authorized(self: &Arc<Self>, req: &Request, src: Hop) -> anyhow::Result<bool> {
+        let Some(auth) = self.cfg.auth.as_ref().filter(|_| self.cfg.auth_requests) else {
+            return Ok(true);
+        };
+        let ip = match src {
+            Hop::Udp(a) | Hop::Tcp(a) => a.ip(),
+            Hop::Node(_) => return Ok(true),
+        };
+        if !matches!(
+            req.method,
+            Method::Invite | Method::Message | Method::Subscribe
+        ) {
+            return Ok(true);
+        }
+        let in_dialog = req.to_header().is_ok_and(|t| t.value().contains(";tag="));
+        let from = req.from_header()?.typed()?;
+        let user = from.uri.auth.as_ref().map(|a| a.user.clone());
+        let ours = aor_of(&from.uri, &self.cfg.domain)
+            .zip(user.as_ref())
+            .is_some_and(|(aor, u)| aor == format!("sip:{u}@{}", self.cfg.domain));
+        if in_dialog || !ours {
+            return Ok(true);
+        }
+        let header = req.headers.iter().find_map(|h| match h {
+            Header::ProxyAuthorization(a) => Some(a.value().to_string()),
+            _ => None,
+        });
+        match auth.check(&req.method.to_string(), header.as_deref(), ip) {
+            Verdict::Authenticated(who) if Some(&who) == user.as_ref() => Ok(true),
+            Verdict::Authenticated(who) => {
+                self.reply(req, 403, vec![], src).await;
+                bail!("{who} sent a {} in the name of {}", req.method, from.uri);
+            }
+            Verdict::Challenge { stale } => {
+                let extra = auth
+                    .challenges(stale)
+                    .into_iter()
+                    .map(|c| Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(c)))
+                    .collect();
+                self.reply(req, 407, extra, src).await;
+                Ok(false)
+            }
+            Verdict::Refused(why) => {
+                self.reply(req, 403, vec![], src).await;
+                crate::remote_log!(warn, "sip_auth_limited", from = %src, "SIP: {} refused: {why}", req.method);
+                Ok(false)
+            }
         }
     }
 
