@@ -196,6 +196,12 @@ pub struct SipSection {
     /// A TCP connection that carries nothing for this long is closed, unless a device
     /// is registered over it (seconds; RFC 5626 phones send CRLFCRLF keep-alives).
     pub tcp_idle_timeout_s: u64,
+    /// Requests a second taken from one IP address (a phone sends a few a minute; an
+    /// edge proxy in front sends all its phones'); more are answered 503 with
+    /// Retry-After. 0: no limit.
+    pub requests_per_s_per_source: u32,
+    /// Requests handled at once; more are answered 503 with Retry-After.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for SipSection {
@@ -213,6 +219,8 @@ impl Default for SipSection {
             tcp_max_connections: 4096,
             tcp_max_connections_per_ip: 64,
             tcp_idle_timeout_s: 32,
+            requests_per_s_per_source: 500,
+            max_requests_in_flight: 4096,
         }
     }
 }

@@ -1360,6 +1360,8 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
                     listen: format!("127.0.0.1:{port}"),
                     domain: DEVNET_DOMAIN.into(),
                     auth: false,
+                    // Every SIPp and phone here is 127.0.0.1: no per-address rate.
+                    requests_per_s_per_source: 0,
                     ..Default::default()
                 },
                 n.advertised,

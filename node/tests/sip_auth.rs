@@ -616,3 +616,52 @@ fn calls_from_users_of_the_domain_are_challenged() {
         .unwrap();
     assert!(rings(&bob), "alice's authenticated call did not reach bob");
 }
+
+/// One source sending 400 requests at once against a limit of 50 a second: at most about
+/// the limit are handled, the excess is answered 503 with Retry-After, and another source
+/// is still answered.
+#[test]
+fn a_flooding_source_gets_503_with_retry_after() {
+    let dir = TempDir::new("sip-rate");
+    let (_n, fe) = front_end_with(&dir, "[\"MD5\"]", "requests_per_s_per_source = 50\n");
+    let flood = socket();
+    for i in 0..400u32 {
+        let msg = request(
+            &flood,
+            "OPTIONS",
+            &format!("sip:nobody{i}@{DOMAIN}"),
+            70,
+            1000 + i,
+        );
+        flood.send_to(msg.as_bytes(), fe).unwrap();
+    }
+    let (mut limited, mut retry_after, mut other) = (0, 0, 0);
+    let mut buf = [0u8; 65535];
+    while let Ok((n, _)) = flood.recv_from(&mut buf) {
+        let r = String::from_utf8_lossy(&buf[..n]);
+        if r.starts_with("SIP/2.0 503") {
+            limited += 1;
+            if r.to_ascii_lowercase().contains("retry-after: ") {
+                retry_after += 1;
+            }
+        } else if !r.starts_with("SIP/2.0 100") {
+            other += 1;
+        }
+    }
+    // Some of a 400-datagram burst are lost in the kernel's receive buffer, before the
+    // front-end sees them: the bound is on what it answered.
+    eprintln!("  {limited} answered 503, {other} handled");
+    assert!(limited >= 100, "only {limited} of 400 answered 503");
+    assert_eq!(retry_after, limited, "503 without Retry-After");
+    assert!(
+        other <= 100,
+        "{other} handled within a limit of 50 a second"
+    );
+    // Another address (the limit is per IP address; the whole of 127/8 is loopback).
+    let alice = UdpSocket::bind("127.0.0.2:0").unwrap();
+    alice
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let r = transact(&alice, fe, &register(&alice, "alice", DOMAIN, 1, None));
+    assert_eq!(status(&r), 401, "another source: {r}");
+}

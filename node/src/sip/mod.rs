@@ -11,7 +11,7 @@
 pub mod auth;
 
 use crate::runtime::NodeClient;
-use crate::transport::limits::{Slot, Slots};
+use crate::transport::limits::{ByteWindows, Slot, Slots};
 use anyhow::{anyhow, bail, Context};
 use auth::{Authenticator, Verdict};
 use dashmap::DashMap;
@@ -78,6 +78,9 @@ pub struct SipSettings {
     pub tcp_max_per_ip: usize,
     /// A TCP connection idle this long without a registration over it is closed.
     pub tcp_idle: Duration,
+    /// Requests a second from one IP address (0: no limit), and handled at once.
+    pub requests_per_s: u32,
+    pub max_in_flight: usize,
 }
 
 impl SipSettings {
@@ -127,6 +130,8 @@ impl SipSettings {
             tcp_max: c.tcp_max_connections,
             tcp_max_per_ip: c.tcp_max_connections_per_ip,
             tcp_idle: Duration::from_secs(c.tcp_idle_timeout_s.max(1)),
+            requests_per_s: c.requests_per_s_per_source,
+            max_in_flight: c.max_requests_in_flight.max(1),
         })
     }
 }
@@ -176,6 +181,10 @@ struct Inner {
     known: DashMap<SocketAddr, Instant>,
     /// Incoming TCP connections open now (for the caps in total and per address).
     tcp_slots: Arc<Slots<std::net::IpAddr>>,
+    /// Requests taken per source address this second.
+    rate: ByteWindows<std::net::IpAddr>,
+    /// Requests being handled (each has a task).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running front-end.
@@ -213,6 +222,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         );
     }
     let mut incoming = node.serve_app(APP_SIP).await;
+    let cfg_in_flight = cfg.max_in_flight;
     let inner = Arc::new(Inner {
         node,
         cfg,
@@ -223,6 +233,8 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         tcp: DashMap::new(),
         known: DashMap::new(),
         tcp_slots: Arc::default(),
+        rate: ByteWindows::new(Duration::from_secs(1)),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(cfg_in_flight)),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
@@ -745,11 +757,44 @@ impl Inner {
 
     /// Responses are sent on at once, in the order they came (a 180 must not overtake its
     /// 200); requests, which may wait for the overlay, each get a task.
+    ///
+    /// A request beyond its source's rate (`sip.requests_per_s_per_source`), or beyond
+    /// the requests handled at once, is answered 503 with Retry-After instead.
     async fn dispatch(self: Arc<Self>, bytes: Vec<u8>, src: Hop) {
         if bytes.starts_with(b"SIP/") {
             self.handle(bytes, src).await;
-        } else {
-            tokio::spawn(self.handle(bytes, src));
+            return;
+        }
+        let within_rate = match src {
+            Hop::Udp(a) | Hop::Tcp(a) => self.rate.take(
+                a.ip(),
+                1,
+                u64::from(self.cfg.requests_per_s),
+                Instant::now(),
+            ),
+            Hop::Node(_) => true,
+        };
+        let permit = self.in_flight.clone().try_acquire_owned().ok();
+        match permit.filter(|_| within_rate) {
+            Some(permit) => {
+                tokio::spawn(async move {
+                    self.handle(bytes, src).await;
+                    drop(permit);
+                });
+            }
+            None => self.overloaded(&bytes, src).await,
+        }
+    }
+
+    /// Answers a request that is not handled now: 503 with Retry-After (never an ACK).
+    async fn overloaded(self: &Arc<Self>, bytes: &[u8], src: Hop) {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        crate::remote_log!(info, "sip_overloaded", %src, "SIP: request answered 503 (rate or load limit)");
+        if let Ok(SipMessage::Request(r)) = SipMessage::try_from(bytes) {
+            let retry = vec![Header::RetryAfter(rsip::headers::RetryAfter::new("1"))];
+            self.reply(&r, 503, retry, src).await;
         }
     }
 

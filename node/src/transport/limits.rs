@@ -181,38 +181,55 @@ impl<K: Hash + Eq + Copy> Slots<K> {
     }
 }
 
-/// Keys a [`ByteWindows`] remembers at most; past it, keys whose minute is over are
+/// Keys a [`ByteWindows`] remembers at most; past it, keys whose window is over are
 /// forgotten, and if none is, a new key is refused until one is.
 const WINDOW_KEYS_MAX: usize = 4096;
 
-/// Bytes carried per key (an originator) in the current minute of that key: a fixed
-/// window that starts with the key's first byte after the previous one ended.
-#[derive(Debug, Default)]
+/// Units (bytes, requests) taken per key (an originator, a source address) in the
+/// current window of that key: a fixed window (a minute unless said otherwise) that
+/// starts with the key's first unit after the previous one ended.
+#[derive(Debug)]
 pub struct ByteWindows<K> {
     windows: Mutex<HashMap<K, (Instant, u64)>>,
+    window: Duration,
+}
+
+impl<K> Default for ByteWindows<K> {
+    fn default() -> Self {
+        ByteWindows::new(Duration::from_secs(60))
+    }
+}
+
+impl<K> ByteWindows<K> {
+    pub fn new(window: Duration) -> Self {
+        ByteWindows {
+            windows: Mutex::new(HashMap::new()),
+            window,
+        }
+    }
 }
 
 impl<K: Hash + Eq + Copy> ByteWindows<K> {
-    /// Takes `n` bytes for `key` if its minute stays within `per_min` (0: no limit).
-    pub fn take(&self, key: K, n: u64, per_min: u64, now: Instant) -> bool {
-        if per_min == 0 {
+    /// Takes `n` units for `key` if its window stays within `per_window` (0: no limit).
+    pub fn take(&self, key: K, n: u64, per_window: u64, now: Instant) -> bool {
+        if per_window == 0 {
             return true;
         }
         let Ok(mut w) = self.windows.lock() else {
             return false;
         };
-        let minute = Duration::from_secs(60);
+        let window = self.window;
         if w.len() >= WINDOW_KEYS_MAX && !w.contains_key(&key) {
-            w.retain(|_, (start, _)| now.duration_since(*start) < minute);
+            w.retain(|_, (start, _)| now.duration_since(*start) < window);
             if w.len() >= WINDOW_KEYS_MAX {
                 return false;
             }
         }
         let (start, used) = w.entry(key).or_insert((now, 0));
-        if now.duration_since(*start) >= minute {
+        if now.duration_since(*start) >= window {
             (*start, *used) = (now, 0);
         }
-        match used.checked_add(n).filter(|t| *t <= per_min) {
+        match used.checked_add(n).filter(|t| *t <= per_window) {
             Some(t) => {
                 *used = t;
                 true
