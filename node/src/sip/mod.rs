@@ -953,10 +953,10 @@ impl Inner {
         let Some(auth) = self.cfg.auth.as_ref().filter(|_| self.cfg.auth_requests) else {
             return Ok(true);
         };
-        let ip = match src {
-            Hop::Udp(a) | Hop::Tcp(a) => a.ip(),
-            Hop::Node(_) => return Ok(true),
-        };
+        // Other front-ends authenticated their own phones.
+        if matches!(src, Hop::Node(_)) {
+            return Ok(true);
+        }
         if !matches!(
             req.method,
             Method::Invite | Method::Message | Method::Subscribe
@@ -972,28 +972,58 @@ impl Inner {
         if in_dialog || !ours {
             return Ok(true);
         }
+        let Some(user) = user else { return Ok(true) };
+        self.authenticate(req, src, auth, &user, true).await
+    }
+
+    /// Checks that `req` carries `user`'s credentials (Proxy-Authorization when `proxy`,
+    /// else Authorization). True if so; else it has been answered here (401 or 407 with
+    /// challenges, or 403 for another user's credentials and for a limited source or
+    /// user) and false is returned (an error for another user's credentials).
+    async fn authenticate(
+        self: &Arc<Self>,
+        req: &Request,
+        src: Hop,
+        auth: &Authenticator,
+        user: &str,
+        proxy: bool,
+    ) -> anyhow::Result<bool> {
         let header = req.headers.iter().find_map(|h| match h {
-            Header::ProxyAuthorization(a) => Some(a.value().to_string()),
+            Header::ProxyAuthorization(a) if proxy => Some(a.value().to_string()),
+            Header::Authorization(a) if !proxy => Some(a.value().to_string()),
             _ => None,
         });
+        let ip = match src {
+            Hop::Udp(a) | Hop::Tcp(a) => a.ip(),
+            Hop::Node(_) => std::net::IpAddr::from([0, 0, 0, 0]),
+        };
         match auth.check(&req.method.to_string(), header.as_deref(), ip) {
-            Verdict::Authenticated(who) if Some(&who) == user.as_ref() => Ok(true),
+            Verdict::Authenticated(who) if who == user => Ok(true),
             Verdict::Authenticated(who) => {
                 self.reply(req, 403, vec![], src).await;
-                bail!("{who} sent a {} in the name of {}", req.method, from.uri);
+                bail!("{who} sent a {} in the name of {user}", req.method);
             }
             Verdict::Challenge { stale } => {
-                let extra = auth
-                    .challenges(stale)
-                    .into_iter()
-                    .map(|c| Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(c)))
-                    .collect();
-                self.reply(req, 407, extra, src).await;
+                let challenges = auth.challenges(stale).into_iter();
+                let (code, extra) = if proxy {
+                    let h = challenges.map(|c| {
+                        Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(c))
+                    });
+                    (407, h.collect())
+                } else {
+                    let h = challenges
+                        .map(|c| Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(c)));
+                    (401, h.collect())
+                };
+                self.reply(req, code, extra, src).await;
+                if header.is_some() {
+                    crate::remote_log!(info, "sip_auth_failed", %user, from = %src, "SIP: {} not authenticated", req.method);
+                }
                 Ok(false)
             }
             Verdict::Refused(why) => {
                 self.reply(req, 403, vec![], src).await;
-                crate::remote_log!(warn, "sip_auth_limited", from = %src, "SIP: {} refused: {why}", req.method);
+                crate::remote_log!(warn, "sip_auth_limited", %user, from = %src, "SIP: {} refused: {why}", req.method);
                 Ok(false)
             }
         }
@@ -1058,37 +1088,8 @@ impl Inner {
             );
         }
         if let Some(auth) = &self.cfg.auth {
-            let header = req.headers.iter().find_map(|h| match h {
-                Header::Authorization(a) => Some(a.value().to_string()),
-                _ => None,
-            });
-            let ip = match src {
-                Hop::Udp(a) | Hop::Tcp(a) => a.ip(),
-                Hop::Node(_) => std::net::IpAddr::from([0, 0, 0, 0]),
-            };
-            match auth.check("REGISTER", header.as_deref(), ip) {
-                Verdict::Authenticated(who) if who == user => {}
-                Verdict::Authenticated(who) => {
-                    self.reply(&req, 403, vec![], src).await;
-                    bail!("{who} tried to register {aor}");
-                }
-                Verdict::Challenge { stale } => {
-                    let extra = auth
-                        .challenges(stale)
-                        .into_iter()
-                        .map(|c| Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(c)))
-                        .collect();
-                    self.reply(&req, 401, extra, src).await;
-                    if header.is_some() {
-                        crate::remote_log!(info, "sip_auth_failed", %aor, from = %src, "SIP: REGISTER not authenticated");
-                    }
-                    return Ok(());
-                }
-                Verdict::Refused(why) => {
-                    self.reply(&req, 403, vec![], src).await;
-                    crate::remote_log!(warn, "sip_auth_limited", %aor, from = %src, "SIP: REGISTER refused: {why}");
-                    return Ok(());
-                }
+            if !self.authenticate(&req, src, auth, &user, false).await? {
+                return Ok(());
             }
         }
         let default_expires = req
