@@ -665,3 +665,45 @@ fn a_flooding_source_gets_503_with_retry_after() {
     let r = transact(&alice, fe, &register(&alice, "alice", DOMAIN, 1, None));
     assert_eq!(status(&r), 401, "another source: {r}");
 }
+
+/// The Contact forms phones send by default (RFC 5626 `+sip.instance` and `reg-id`,
+/// quoted feature tags, a display name, comma lists) register (issue 23's item 1: they
+/// were dropped without an answer); `Contact: *` with a non-zero Expires gets 400.
+#[test]
+fn contacts_with_quoted_parameters_and_lists_register() {
+    let dir = TempDir::new("sip-contacts");
+    let (_n, fe) = front_end(&dir, "[\"MD5\"]");
+    let alice = socket();
+    let me = alice.local_addr().unwrap();
+    let forms = [
+        format!("<sip:alice@{me}>;+sip.instance=\"<urn:uuid:0f1e2d3c-aaaa-bbbb-cccc-000000000001>\";reg-id=1"),
+        format!("<sip:alice@{me};transport=udp>;methods=\"INVITE,ACK,BYE,CANCEL,OPTIONS\";expires=600"),
+        format!("\"Alice Liddell\" <sip:alice@{me}>;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.mmtel\""),
+        format!("<sip:alice@{me}>;expires=300, <sip:alice@{me}>;expires=300"),
+    ];
+    for (i, contact) in forms.iter().enumerate() {
+        let cseq = 10 * i as u32;
+        let r = transact(
+            &alice,
+            fe,
+            &register(&alice, "alice", DOMAIN, cseq + 1, None),
+        );
+        assert_eq!(status(&r), 401, "{r}");
+        let nonce = challenge_param(&r, Algorithm::Md5, "nonce");
+        let auth = digest(Algorithm::Md5, "alice", "wonderland", &nonce, 1);
+        let msg = register(&alice, "alice", DOMAIN, cseq + 2, Some(&auth)).replace(
+            &format!("Contact: <sip:alice@{me}>"),
+            &format!("Contact: {contact}"),
+        );
+        let r = transact(&alice, fe, &msg);
+        assert_eq!(status(&r), 200, "Contact: {contact}\n{r}");
+    }
+    // Contact: * is only for removing every binding (Expires: 0).
+    let r = transact(&alice, fe, &register(&alice, "alice", DOMAIN, 100, None));
+    let nonce = challenge_param(&r, Algorithm::Md5, "nonce");
+    let auth = digest(Algorithm::Md5, "alice", "wonderland", &nonce, 1);
+    let msg = register(&alice, "alice", DOMAIN, 101, Some(&auth))
+        .replace(&format!("Contact: <sip:alice@{me}>"), "Contact: *");
+    let r = transact(&alice, fe, &msg);
+    assert_eq!(status(&r), 400, "Contact: * with Expires 600: {r}");
+}

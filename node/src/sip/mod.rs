@@ -9,6 +9,7 @@
 //! stays standard: any UA can register and call through any node.
 
 pub mod auth;
+pub mod contact;
 
 use crate::runtime::NodeClient;
 use crate::transport::limits::{ByteWindows, Slot, Slots};
@@ -371,6 +372,12 @@ pub fn fuzz_sip(bytes: &[u8]) {
                     if let Ok(t) = c.typed() {
                         let _ = aor_of(&t.uri, "p2psip");
                         let _ = node_param(&t.params);
+                    }
+                    if let Some(contact::Contacts::List(l)) = contact::parse(c.value()) {
+                        for e in l {
+                            let _ = (e.expires(), e.params_text());
+                            let _ = rsip::Uri::try_from(e.uri.as_str());
+                        }
                     }
                 }
                 _ => {}
@@ -1102,26 +1109,36 @@ impl Inner {
             self.reply(&req, 200, extra, src).await;
             return Ok(());
         };
-        let (expires, contact_uri, prefs) = if contact.value().trim() == "*" {
-            (0, String::new(), String::new())
-        } else {
-            let c = contact.typed()?;
-            let exp = c
-                .params
-                .iter()
-                .find_map(|p| match p {
-                    rsip::Param::Expires(e) => e.value().parse().ok(),
-                    _ => None,
-                })
-                .unwrap_or(default_expires);
-            let prefs = c
-                .params
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("");
-            (exp, c.uri.to_string(), prefs)
+        let explicit_expires = req.expires_header().and_then(|e| e.seconds().ok());
+        let (expires, contact_uri, prefs) = match contact::parse(contact.value()) {
+            Some(contact::Contacts::Star) if explicit_expires == Some(0) => {
+                (0, String::new(), String::new())
+            }
+            Some(contact::Contacts::Star) => {
+                self.reply(&req, 400, vec![], src).await;
+                bail!("REGISTER of {aor}: Contact * without Expires: 0");
+            }
+            // One binding per AOR here (issue 23 item 6): the first entry.
+            Some(contact::Contacts::List(l)) => match l.into_iter().next() {
+                Some(c) => (
+                    c.expires().unwrap_or(default_expires),
+                    c.uri.clone(),
+                    c.params_text(),
+                ),
+                None => {
+                    self.reply(&req, 400, vec![], src).await;
+                    bail!("REGISTER of {aor}: empty Contact");
+                }
+            },
+            None => {
+                self.reply(&req, 400, vec![], src).await;
+                bail!("REGISTER of {aor}: malformed Contact {:?}", contact.value());
+            }
         };
+        if expires > 0 && rsip::Uri::try_from(contact_uri.as_str()).is_err() {
+            self.reply(&req, 400, vec![], src).await;
+            bail!("REGISTER of {aor}: Contact URI {contact_uri} not understood");
+        }
         if expires > 0 && expires < self.cfg.min_expires {
             let extra = vec![Header::MinExpires(rsip::headers::MinExpires::new(
                 self.cfg.min_expires.to_string(),
