@@ -707,3 +707,25 @@ fn contacts_with_quoted_parameters_and_lists_register() {
     let r = transact(&alice, fe, &msg);
     assert_eq!(status(&r), 400, "Contact: * with Expires 600: {r}");
 }
+
+/// OPTIONS addressed to the front-end itself (its address, or the domain) is answered
+/// 200 with Allow, as a dispatcher's health check wants (issue 23 item 2: it got 404);
+/// so is an OPTIONS with Max-Forwards 0.
+#[test]
+fn options_to_the_front_end_itself_get_200() {
+    let dir = TempDir::new("sip-options");
+    let (_n, fe) = front_end(&dir, "[\"MD5\"]");
+    let s = socket();
+    for (i, (uri, mf)) in [
+        (format!("sip:{fe}"), 70),
+        (format!("sip:{DOMAIN}"), 70),
+        (format!("sip:nobody@{DOMAIN}"), 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = transact(&s, fe, &request(&s, "OPTIONS", &uri, mf, 2000 + i as u32));
+        assert_eq!(status(&r), 200, "OPTIONS {uri} (Max-Forwards {mf}): {r}");
+        assert!(r.contains("Allow: "), "{r}");
+    }
+}

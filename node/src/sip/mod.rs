@@ -901,6 +901,17 @@ impl Inner {
             .ok()
             .and_then(|h| h.num().ok())
             .unwrap_or(MAX_FORWARDS);
+        // OPTIONS for the front-end itself (its address or the bare domain), or one that
+        // may go no further: answered here (RFC 3261 sections 11 and 16.3), as the
+        // health checks of dispatchers in front want.
+        let for_us = req.uri.auth.is_none()
+            && (self.is_me(&req.uri)
+                || matches!(&req.uri.host_with_port.host, rsip::Host::Domain(d)
+                    if d.to_string().eq_ignore_ascii_case(&self.cfg.domain)));
+        if req.method == Method::Options && (mf == 0 || for_us) {
+            self.reply(&req, 200, capabilities(), src).await;
+            return Ok(());
+        }
         if mf == 0 {
             self.reply(&req, 483, vec![], src).await;
             return Ok(());
@@ -1445,6 +1456,16 @@ impl Inner {
         req.headers = headers;
         self.send(req.to_string().into_bytes(), to).await
     }
+}
+
+/// What the front-end supports, for an OPTIONS answer.
+fn capabilities() -> Vec<Header> {
+    vec![
+        Header::Allow(rsip::headers::Allow::new(
+            "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK",
+        )),
+        Header::Accept(rsip::headers::Accept::new("application/sdp")),
+    ]
 }
 
 /// What identifies a request for loop detection (RFC 3261 section 16.3 item 4): its
