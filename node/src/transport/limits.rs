@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Bytes of a message waiting for the runtime, taken from the transport's queue budget
-/// and given back when the message is dropped (taken and handled, or refused).
+/// Bytes taken from a [`StreamBudget`] (an unfinished stream's, or a message's waiting
+/// for the runtime), given back on drop.
 #[derive(Debug)]
 pub struct Queued {
     budget: Arc<StreamBudget>,
@@ -28,10 +28,20 @@ impl Drop for Queued {
 impl Queued {
     /// `n` bytes of `budget`, if it has them within `limit`.
     pub fn take(budget: &Arc<StreamBudget>, n: usize, limit: usize) -> Option<Queued> {
-        budget.take(n, limit).then(|| Queued {
+        let mut q = Queued {
             budget: budget.clone(),
-            n,
-        })
+            n: 0,
+        };
+        q.grow(n, limit).then_some(q)
+    }
+
+    /// Takes `n` more bytes, if the budget has them within `limit`.
+    fn grow(&mut self, n: usize, limit: usize) -> bool {
+        let took = self.budget.take(n, limit);
+        if took {
+            self.n += n;
+        }
+        took
     }
 }
 
@@ -54,18 +64,6 @@ pub struct StreamBudget {
     held: AtomicUsize,
 }
 
-/// Bytes taken from a [`StreamBudget`], given back on drop.
-struct Taken<'a> {
-    budget: &'a StreamBudget,
-    n: usize,
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.n, Ordering::AcqRel);
-    }
-}
-
 impl StreamBudget {
     /// Bytes held now.
     #[cfg(test)]
@@ -74,7 +72,7 @@ impl StreamBudget {
     }
 
     /// Takes `n` bytes if that stays within `limit` (checked and taken in one step).
-    pub(super) fn take(&self, n: usize, limit: usize) -> bool {
+    fn take(&self, n: usize, limit: usize) -> bool {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
                 h.checked_add(n).filter(|t| *t <= limit)
@@ -89,13 +87,16 @@ impl StreamBudget {
 pub async fn read_message(
     recv: &mut quinn::RecvStream,
     max: usize,
-    budget: &StreamBudget,
+    budget: &Arc<StreamBudget>,
     limit: usize,
     deadline: Duration,
 ) -> Result<Vec<u8>, ReadRefusal> {
     let read = async {
         let mut buf = Vec::new();
-        let mut taken = Taken { budget, n: 0 };
+        let mut taken = Queued {
+            budget: budget.clone(),
+            n: 0,
+        };
         loop {
             match recv.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => {
@@ -103,10 +104,9 @@ pub async fn read_message(
                     if buf.len().saturating_add(n) > max {
                         return Err(ReadRefusal::TooLong);
                     }
-                    if !budget.take(n, limit) {
+                    if !taken.grow(n, limit) {
                         return Err(ReadRefusal::BufferFull);
                     }
-                    taken.n += n;
                     buf.extend_from_slice(&chunk.bytes);
                 }
                 Ok(None) => return Ok(buf),
@@ -307,11 +307,11 @@ mod tests {
 
     #[test]
     fn the_stream_budget_is_taken_and_given_back_atomically() {
-        let b = StreamBudget::default();
-        assert!(b.take(3, 4));
-        assert!(!b.take(2, 4), "over the limit: nothing taken");
+        let b = Arc::new(StreamBudget::default());
+        let mut q = Queued::take(&b, 3, 4).unwrap();
+        assert!(!q.grow(2, 4), "over the limit: nothing taken");
         assert_eq!(b.held(), 3);
-        drop(Taken { budget: &b, n: 3 });
+        drop(q);
         assert_eq!(b.held(), 0);
     }
 }
