@@ -512,6 +512,14 @@ impl Inner {
         uri_addr(uri).is_some_and(|a| self.is_own(a))
     }
 
+    /// The user part of `uri` if it names a user of this front-end's domain (its host
+    /// the domain, or an IP address, which stands for it).
+    fn domain_user(&self, uri: &rsip::Uri) -> Option<String> {
+        let user = &uri.auth.as_ref()?.user;
+        (aor_of(uri, &self.cfg.domain)? == format!("sip:{user}@{}", self.cfg.domain))
+            .then(|| user.clone())
+    }
+
     /// Whether `a` reaches this front-end's own socket.
     fn is_own(&self, a: SocketAddr) -> bool {
         a == self.cfg.advertise
@@ -983,14 +991,9 @@ impl Inner {
         }
         let in_dialog = req.to_header().is_ok_and(|t| t.value().contains(";tag="));
         let from = req.from_header()?.typed()?;
-        let user = from.uri.auth.as_ref().map(|a| a.user.clone());
-        let ours = aor_of(&from.uri, &self.cfg.domain)
-            .zip(user.as_ref())
-            .is_some_and(|(aor, u)| aor == format!("sip:{u}@{}", self.cfg.domain));
-        if in_dialog || !ours {
+        let Some(user) = self.domain_user(&from.uri).filter(|_| !in_dialog) else {
             return Ok(true);
-        }
-        let Some(user) = user else { return Ok(true) };
+        };
         self.authenticate(req, src, auth, &user, true).await
     }
 
@@ -1092,19 +1095,13 @@ impl Inner {
             self.reply(&req, 400, vec![], src).await;
             bail!("REGISTER To has no user part");
         };
-        let user = to
-            .uri
-            .auth
-            .as_ref()
-            .map(|a| a.user.clone())
-            .unwrap_or_default();
-        if aor != format!("sip:{user}@{}", self.cfg.domain) {
+        let Some(user) = self.domain_user(&to.uri) else {
             self.reply(&req, 403, vec![], src).await;
             bail!(
                 "REGISTER for {aor}: this front-end serves the domain {}",
                 self.cfg.domain
             );
-        }
+        };
         if let Some(auth) = &self.cfg.auth {
             if !self.authenticate(&req, src, auth, &user, false).await? {
                 return Ok(());
