@@ -184,6 +184,12 @@ pub struct SipSection {
     /// Credentials, htdigest lines `user:realm:HA1` (realm = `domain`); `p2psip sip
     /// add-user FILE USER` writes them.
     pub users_file: Option<String>,
+    /// In an enrolled overlay: a directory holding, for each user, `<user>.key` and
+    /// `<user>.pem`, a certificate the overlay's CA issued for `sip:<user>@<domain>`
+    /// (`p2psip ca issue-sip-users`). Registrations are signed with them, so the overlay
+    /// needs no `allow_self_signed`. Unset, they are signed with keys derived from the
+    /// node's key (self-signed overlays).
+    pub user_certificates: Option<String>,
     /// Digest algorithms offered, most preferred first: "SHA-256", "MD5". MD5 alone by
     /// default: Debian's baresip 1.0 (libre) fails a REGISTER when any challenge is not
     /// MD5, and SIPp answers only the first; list "SHA-256" first where every phone
@@ -215,6 +221,7 @@ impl Default for SipSection {
             auth: true,
             auth_requests: true,
             users_file: None,
+            user_certificates: None,
             digest_algorithms: vec!["MD5".into()],
             tcp_max_connections: 4096,
             tcp_max_connections_per_ip: 64,

@@ -231,6 +231,33 @@ enum CaCmd {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Issue certificates for a SIP front-end's users, for enrolled overlays: for each user
+    /// of DOMAIN in the users file, OUT/<user>.key (made if absent, mode 0600) and
+    /// OUT/<user>.pem binding sip:<user>@DOMAIN to it. Give OUT to that front-end as
+    /// sip.user_certificates (one directory per front-end). Prints a line per user.
+    IssueSipUsers {
+        /// Directory of the CA's files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The front-end's users file (sip.users_file): its users of DOMAIN get certificates.
+        #[arg(long, required_unless_present = "user")]
+        users_file: Option<PathBuf>,
+        /// A user (repeatable), instead of or besides the users file.
+        #[arg(long)]
+        user: Vec<String>,
+        /// The SIP domain (sip.domain, the users file's realm).
+        #[arg(long, default_value = "p2psip")]
+        domain: String,
+        /// The directory to write (created mode 0700).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace certificates already there (renewal); the keys are kept.
+        #[arg(long)]
+        renew: bool,
+    },
     /// Revoke a certificate by serial number: adds it to DIR/revoked.txt, the file nodes
     /// read at start as security.revoked (running nodes learn revocations from a signed
     /// overlay document's `revoked` list: `ca sign-config`, `client config-push`).
@@ -676,6 +703,38 @@ fn ca(c: CaCmd) -> anyhow::Result<()> {
             let pw = password.get()?;
             let f = p2psip_node::enroll_http::add_user(&dir, &user, &pw)?;
             println!("user {user} may enroll ({})", f.display());
+        }
+        CaCmd::IssueSipUsers {
+            dir,
+            users_file,
+            user,
+            domain,
+            out,
+            days,
+            renew,
+        } => {
+            let mut users = user;
+            if let Some(f) = &users_file {
+                users.extend(p2psip_node::sip::auth::Users::load(f)?.names(&domain));
+            }
+            users.sort();
+            users.dedup();
+            for done in
+                p2psip_node::sip::identities::issue(&dir, &domain, &users, &out, days, renew)?
+            {
+                match done {
+                    p2psip_node::sip::identities::SipUserIssued::Issued { aor, issued } => {
+                        println!(
+                            "{aor} issued node_id {:#} serial {} not_after {}",
+                            issued.node_id, issued.serial, issued.not_after
+                        )
+                    }
+                    p2psip_node::sip::identities::SipUserIssued::Kept { aor } => {
+                        println!("{aor} kept (has a certificate; --renew replaces it)")
+                    }
+                }
+            }
+            println!("sip.user_certificates = {:?}", out.display().to_string());
         }
         CaCmd::Serve { .. } => bail!("handled in main"),
         CaCmd::Revoke { dir, serial } => {

@@ -67,6 +67,7 @@ pub struct NodeHandle {
     pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
     transport: Arc<Transport>,
+    trust: Arc<crate::enroll::Trust>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,9 +91,15 @@ pub struct NodeClient {
     pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
     transport: Arc<Transport>,
+    trust: Arc<crate::enroll::Trust>,
 }
 
 impl NodeClient {
+    /// Which certificates the node accepts (its overlay's CA, if enrolled).
+    pub fn trust(&self) -> &Arc<crate::enroll::Trust> {
+        &self.trust
+    }
+
     /// Runs an operation on the node and waits for its completion.
     pub async fn op(
         &self,
@@ -169,6 +176,7 @@ impl NodeHandle {
             advertised: self.advertised,
             cmd: self.cmd.clone(),
             transport: self.transport.clone(),
+            trust: self.trust.clone(),
         }
     }
 
@@ -240,6 +248,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         None => DashStore::new(),
     };
     let docs = crate::overlay_config::DocState::startup(&mut cfg, creds.trust.clone(), &store)?;
+    let trust = creds.trust.clone();
     let listen: SocketAddr = match &role {
         Role::Peer => resolve(&cfg.listen)
             .await
@@ -395,6 +404,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         advertised: me,
         cmd: cmd_tx,
         transport,
+        trust,
         task,
     })
 }

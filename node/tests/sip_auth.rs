@@ -272,57 +272,196 @@ fn registrations_need_the_users_own_credentials() {
 /// password, the default MD5 challenge; with a wrong password it is refused.
 #[test]
 fn baresip_registers_with_its_password_and_not_without() {
-    if std::process::Command::new("baresip")
-        .arg("-h")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "baresip is not installed (.ci/run installs baresip-core)"
-        );
-        eprintln!("baresip not installed: test skipped");
+    if !baresip::available() {
         return;
     }
     let dir = TempDir::new("sip-baresip");
     let (_n, fe) = front_end(&dir, "[\"MD5\"]");
-    let run = |name: &str, password: &str| -> String {
-        let conf = dir.0.join(name);
-        std::fs::create_dir_all(&conf).unwrap();
-        let port = socket().local_addr().unwrap().port();
-        std::fs::write(
-            conf.join("accounts"),
-            format!("<sip:alice@{fe}>;auth_pass={password};regint=600\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            conf.join("config"),
-            format!(
-                "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
-                 audio_player aubridge,nil\naudio_source aubridge,nil\n\
-                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule account.so\n\
-                 module uuid.so\nmodule aubridge.so\nmodule_app menu.so\n"
-            ),
-        )
-        .unwrap();
-        // -t: quit after 4 s (baresip unregisters on the way out).
-        let out = std::process::Command::new("baresip")
-            .arg("-f")
-            .arg(&conf)
-            .args(["-t", "4"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    };
-    let good = run("alice", "wonderland");
+    let account = |pw: &str| format!("<sip:alice@{fe}>;auth_pass={pw};regint=600");
+    // -t: quit after 4 s (baresip unregisters on the way out).
+    let good = baresip::Phone::new(&dir.0, "alice", &account("wonderland")).run(4, &[]);
     assert!(good.contains("200 OK"), "baresip did not register:\n{good}");
-    let bad = run("mallory", "guess");
+    let bad = baresip::Phone::new(&dir.0, "mallory", &account("guess")).run(4, &[]);
     assert!(
         !bad.contains("200 OK"),
         "a wrong password registered:\n{bad}"
     );
     assert!(bad.contains("401") || bad.contains("403"), "{bad}");
+}
+
+/// Runs `p2psip ARGS`, asserting success; returns stdout.
+fn p2psip(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "p2psip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An enrolled overlay that admits only its CA's certificates (`allow_self_signed` off,
+/// the default): two front-ends, each with the certificates the CA issued for its SIP
+/// users (`p2psip ca issue-sip-users`). baresip phones register with their passwords (alice
+/// at one front-end, bob at the other), bob calls alice, she answers, he hangs up. Without
+/// the certificates the front-end refuses to start and says what to run (before, it
+/// started, and every registration was refused by the storing peers: 503).
+#[test]
+fn enrolled_overlay_registrations_are_signed_by_the_users_certificates() {
+    if !baresip::available() {
+        return;
+    }
+    use std::ffi::OsStr;
+    let dir = TempDir::new("sip-enrolled");
+    let ca = dir.0.join("ca");
+    let users = dir.0.join("sip-users");
+    p2psip(&[
+        OsStr::new("ca"),
+        OsStr::new("init"),
+        OsStr::new("--dir"),
+        ca.as_os_str(),
+        OsStr::new("--overlay"),
+        OsStr::new(OVERLAY),
+    ]);
+    for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
+        let out = std::process::Command::new(BIN)
+            .args(["sip", "add-user"])
+            .arg(&users)
+            .args([u, "--realm", DOMAIN])
+            .env("P2PSIP_PASSWORD", p)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // A node directory with its enrolled key and its users' certificates; the config's
+    // [sip] table with `sip_extra`.
+    let node_config =
+        |name: &str, boot: &[SocketAddr], sip_extra: &str| -> (std::path::PathBuf, SocketAddr) {
+            let d = dir.0.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let key = d.join("node.key");
+            p2psip(&[OsStr::new("keygen"), OsStr::new("-o"), key.as_os_str()]);
+            p2psip(&[
+                OsStr::new("ca"),
+                OsStr::new("issue"),
+                OsStr::new("--dir"),
+                ca.as_os_str(),
+                OsStr::new("--user"),
+                OsStr::new(name),
+                OsStr::new("--identity"),
+                key.as_os_str(),
+                OsStr::new("-o"),
+                d.join("node.pem").as_os_str(),
+            ]);
+            let config = write_config(&d, OVERLAY, boot, "127.0.0.1:0");
+            let fe = socket().local_addr().unwrap();
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            text += &format!(
+                "[security]\nca = {:?}\ncertificate = {:?}\n\
+             [sip]\nenabled = true\nlisten = \"{fe}\"\nusers_file = {:?}\n{sip_extra}",
+                ca.join("ca.pem"),
+                d.join("node.pem"),
+                users
+            );
+            std::fs::write(&config, text).unwrap();
+            (config, fe)
+        };
+    // Without certificates for its users: a clear refusal at start.
+    let (config, _) = node_config("bare", &[], "");
+    let mut c = std::process::Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.0.join("bare"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(20), || c.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = c.kill();
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        exited.is_some_and(|s| !s.success()) && err.contains("issue-sip-users"),
+        "a front-end whose registrations cannot be stored started (or said nothing useful): {err}"
+    );
+
+    let mut nodes = Vec::new();
+    let mut fes = Vec::new();
+    for name in ["fe1", "fe2"] {
+        let certs = dir.0.join(name).join("sip-certs");
+        let out = p2psip(&[
+            OsStr::new("ca"),
+            OsStr::new("issue-sip-users"),
+            OsStr::new("--dir"),
+            ca.as_os_str(),
+            OsStr::new("--users-file"),
+            users.as_os_str(),
+            OsStr::new("--domain"),
+            OsStr::new(DOMAIN),
+            OsStr::new("--out"),
+            certs.as_os_str(),
+        ]);
+        assert!(
+            out.contains("sip:alice@p2psip issued") && out.contains("sip:bob@p2psip issued"),
+            "{out}"
+        );
+        let boot: Vec<SocketAddr> = nodes.iter().map(|n: &NodeProc| n.addr).collect();
+        let (config, fe) = node_config(name, &boot, &format!("user_certificates = {certs:?}\n"));
+        nodes.push(spawn_node(&dir.0.join(name), config));
+        fes.push(fe);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || (joined_alone(&nodes[0])
+            && joined(&nodes[1]))
+        .then_some(()))
+        .is_some(),
+        "the enrolled front-ends never formed their overlay"
+    );
+    // No password: 401, as anywhere.
+    let s = socket();
+    assert_eq!(
+        status(&transact(
+            &s,
+            fes[0],
+            &register(&s, "alice", DOMAIN, 1, None)
+        )),
+        401
+    );
+
+    let account = |user: &str, pw: &str, fe: SocketAddr, extra: &str| {
+        format!("<sip:{user}@{DOMAIN}>;outbound=\"sip:{fe}\";auth_pass={pw};regint=600{extra}")
+    };
+    let mut alice = baresip::Phone::new(
+        &dir.0,
+        "alice",
+        &account("alice", "wonderland", fes[0], ";answermode=auto"),
+    );
+    let mut bob = baresip::Phone::new(&dir.0, "bob", &account("bob", "the-builder", fes[1], ""));
+    alice.start(20, &[]);
+    assert!(
+        alice.wait_for("200 OK", Duration::from_secs(10)),
+        "alice did not register in the enrolled overlay:\n{}\n{}",
+        alice.output(),
+        std::fs::read_to_string(&nodes[0].stderr_log).unwrap_or_default()
+    );
+    // bob dials at once (his INVITE is challenged: 407, answered with his password) and
+    // hangs up when he quits after 6 s.
+    let b = bob.run(6, &[&format!("/dial sip:alice@{DOMAIN}")]);
+    assert!(b.contains("200 OK"), "bob did not register:\n{b}");
+    assert!(
+        b.contains("Call established: sip:alice@p2psip"),
+        "bob's call was not answered:\n{b}"
+    );
+    assert!(
+        alice.wait_for("terminated", Duration::from_secs(10)),
+        "alice's call did not end with bob's BYE:\n{}",
+        alice.output()
+    );
+    let a = alice.finish(Duration::from_secs(20));
+    assert!(a.contains("Call established: sip:bob@p2psip"), "{a}");
 }
 
 // ---- the front-end cannot be abused ---------------------------------------------------

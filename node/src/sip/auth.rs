@@ -157,6 +157,17 @@ impl Users {
         self.ha1.get(&(user.to_string(), realm.to_string(), alg))
     }
 
+    /// The users of `realm`, sorted.
+    pub fn names(&self, realm: &str) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self
+            .ha1
+            .keys()
+            .filter(|(_, r, _)| r == realm)
+            .map(|(u, _, _)| u)
+            .collect();
+        set.into_iter().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.ha1.len()
     }

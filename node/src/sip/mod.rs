@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod contact;
+pub mod identities;
 
 use crate::runtime::NodeClient;
 use crate::transport::limits::{ByteWindows, Slot, Slots};
@@ -82,6 +83,9 @@ pub struct SipSettings {
     /// Requests a second from one IP address (0: no limit), and handled at once.
     pub requests_per_s: u32,
     pub max_in_flight: usize,
+    /// Keys and CA certificates of the users (`<user>.key`, `<user>.pem`), signing their
+    /// registrations in an enrolled overlay (None: keys derived from the node's key).
+    pub user_certificates: Option<std::path::PathBuf>,
 }
 
 impl SipSettings {
@@ -133,6 +137,7 @@ impl SipSettings {
             tcp_idle: Duration::from_secs(c.tcp_idle_timeout_s.max(1)),
             requests_per_s: c.requests_per_s_per_source,
             max_in_flight: c.max_requests_in_flight.max(1),
+            user_certificates: c.user_certificates.as_ref().map(std::path::PathBuf::from),
         })
     }
 }
@@ -186,6 +191,8 @@ struct Inner {
     rate: ByteWindows<std::net::IpAddr>,
     /// Requests being handled (each has a task).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The users' certified identities (enrolled overlays).
+    certified: Option<identities::UserCertificates>,
 }
 
 /// A running front-end.
@@ -222,6 +229,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
             "SIP: the node advertises no address, so other nodes cannot deliver calls here"
         );
     }
+    let certified = signers(&node, &cfg)?;
     let mut incoming = node.serve_app(APP_SIP).await;
     let cfg_in_flight = cfg.max_in_flight;
     let inner = Arc::new(Inner {
@@ -236,6 +244,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         tcp_slots: Arc::default(),
         rate: ByteWindows::new(Duration::from_secs(1)),
         in_flight: Arc::new(tokio::sync::Semaphore::new(cfg_in_flight)),
+        certified,
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
@@ -281,6 +290,45 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         addr,
         tasks: vec![udp_task, tcp_task, app_task],
     })
+}
+
+/// Who will sign the users' registrations: their CA certificates in an enrolled overlay.
+/// Refuses to start where registrations could not be stored (an enrolled overlay that takes
+/// only its CA's certificates, without them) or the directory cannot be used.
+fn signers(
+    node: &NodeClient,
+    cfg: &SipSettings,
+) -> anyhow::Result<Option<identities::UserCertificates>> {
+    use p2psip_proto::security::CertificateCheck as _;
+    let trust = node.trust();
+    match &cfg.user_certificates {
+        Some(dir) => {
+            if !trust.is_enrolled() {
+                bail!(
+                    "sip.user_certificates is set but this node is not enrolled (no security.ca): \
+                     certificates of a CA mean nothing in a self-signed overlay"
+                );
+            }
+            if !dir.is_dir() {
+                bail!(
+                    "sip.user_certificates {}: not a directory (`p2psip ca issue-sip-users` \
+                     writes one)",
+                    dir.display()
+                );
+            }
+            tracing::info!(dir = %dir.display(), "SIP: registrations signed with the users' certificates");
+            Ok(Some(identities::UserCertificates::new(
+                dir.clone(),
+                trust.clone(),
+            )))
+        }
+        None if trust.is_enrolled() && !trust.allows_self_signed() => bail!(
+            "this overlay admits only its CA's certificates, so SIP registrations must be \
+             signed by certificates of the users: issue them with `p2psip ca issue-sip-users \
+             --dir CA --users-file FILE --out DIR` and set sip.user_certificates = DIR"
+        ),
+        None => Ok(None),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -1169,18 +1217,22 @@ impl Inner {
         .encode_to_vec();
         let resource = Id::hash_of(aor.as_bytes());
         let lifetime = expires + EXPIRED_GRACE_S;
+        let signer = match &self.certified {
+            Some(c) => match c.identity(&user, &aor) {
+                Ok(who) => Some(who),
+                Err(why) => {
+                    self.reply(&req, 500, vec![], src).await;
+                    bail!("REGISTER of {aor}: {why}");
+                }
+            },
+            None => None,
+        };
         let name = aor.clone();
         let stored = tokio::time::timeout(
             OP_TIMEOUT,
             self.node.op(move |n, t| {
-                // USER-NODE-MATCH wants the AOR as the signer's user name: the binding is
-                // signed by an identity for this AOR derived from the node's own key (the
-                // same one for every refresh, so a refresh replaces the entry).
-                let mut h = Sha256::new();
-                h.update(b"p2psip sip aor\0");
-                h.update(n.identity().key.to_bytes());
-                h.update(name.as_bytes());
-                let who = p2psip_proto::security::Identity::from_seed(h.finalize().into(), &name);
+                let who = signer
+                    .unwrap_or_else(|| identities::derived(&n.identity().key.to_bytes(), &name));
                 let (res, v) = crate::cli_ops::build_value(
                     &who,
                     &name,

@@ -1,6 +1,8 @@
 //! Helpers of the process-level tests: real `p2psip` processes on 127.0.0.1, killed on drop.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod baresip;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
