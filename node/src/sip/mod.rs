@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod contact;
 pub mod identities;
+pub mod raw;
 
 use crate::runtime::NodeClient;
 use crate::transport::limits::{ByteWindows, Slot, Slots};
@@ -806,10 +807,23 @@ impl Inner {
     }
 
     async fn reply(self: &Arc<Self>, req: &Request, code: u16, extra: Vec<Header>, src: Hop) {
+        self.reply_status(req, StatusCode::from(code), extra, src)
+            .await
+    }
+
+    /// [`Inner::reply`] with a status of our own wording.
+    async fn reply_status(
+        self: &Arc<Self>,
+        req: &Request,
+        status: StatusCode,
+        extra: Vec<Header>,
+        src: Hop,
+    ) {
         if req.method == Method::Ack {
             return; // an ACK is never answered
         }
-        let r = response(req, code, extra);
+        let mut r = response(req, status.code(), extra);
+        r.status_code = status;
         // Over UDP back to where the request came from (RFC 3581: the received address
         // and port, which only the packet tells); on a stream, back on it.
         let to = src;
@@ -881,13 +895,22 @@ impl Inner {
                     crate::remote_log!(info, "sip_not_handled", %src, %method, error = %e, "SIP: request not handled");
                 }
             }
-            Ok(SipMessage::Response(r)) => self.response(r).await,
-            Err(e) => tracing::debug!(%src, error = %e, "SIP: unparsable message dropped"),
+            Ok(SipMessage::Response(r)) => {
+                let line = raw::first_line(&bytes).unwrap_or_default().to_string();
+                self.response(r, &line).await
+            }
+            Err(e) => match raw::answer_unparsable(&bytes) {
+                Some(answer) => {
+                    crate::remote_log!(info, "sip_malformed", %src, error = %e, "SIP: unparsable request answered {}", answer.get(8..11).unwrap_or(""));
+                    let _ = self.send(answer.into_bytes(), src).await;
+                }
+                None => tracing::debug!(%src, error = %e, "SIP: unparsable message dropped"),
+            },
         }
     }
 
-    /// A response: pop our Via, send it on to the next one.
-    async fn response(self: &Arc<Self>, mut r: Response) {
+    /// A response: pop our Via, send it on to the next one, its status line as it came.
+    async fn response(self: &Arc<Self>, mut r: Response, status_line: &str) {
         // One Via per header (a UA may fold them into one, comma-separated: 1#via-parm).
         let mut headers = Headers::default();
         let mut vias = Vec::new();
@@ -928,7 +951,7 @@ impl Inner {
             return;
         };
         r.headers = headers;
-        let bytes = r.to_string().into_bytes();
+        let bytes = raw::with_status_line(r.to_string(), status_line).into_bytes();
         if let Hop::Node(n) = to {
             if self.streams.get(&n).is_none_or(|w| w.is_closed()) {
                 // Opening the stream waits for the overlay: not on the receive loop.
@@ -951,6 +974,11 @@ impl Inner {
         if let Hop::Udp(a) | Hop::Tcp(a) = src {
             self.mark_received(&mut req, a);
             self.know(a, Instant::now() + SOURCE_MEMORY);
+        }
+        if let Some(why) = malformed(&req) {
+            let status = StatusCode::Other(400, raw::phrase(&why));
+            self.reply_status(&req, status, vec![], src).await;
+            bail!("{} answered 400: {why}", req.method);
         }
         let mf = req
             .max_forwards_header()
@@ -1508,11 +1536,47 @@ impl Inner {
 }
 
 /// What the front-end supports, for an OPTIONS answer.
+/// What is wrong with a request's mandatory headers (RFC 3261 section 8.1.1), if anything.
+fn malformed(req: &Request) -> Option<String> {
+    let missing = |h: &str| Some(format!("Missing {h} header"));
+    let bad = |h: &str| Some(format!("Malformed {h} header"));
+    match req.via_header() {
+        Err(_) => return missing("Via"),
+        Ok(v) if v.typed().is_err() => return bad("Via"),
+        _ => {}
+    }
+    match req.from_header() {
+        Err(_) => return missing("From"),
+        Ok(v) if v.typed().is_err() => return bad("From"),
+        _ => {}
+    }
+    match req.to_header() {
+        Err(_) => return missing("To"),
+        Ok(v) if v.typed().is_err() => return bad("To"),
+        _ => {}
+    }
+    if req.call_id_header().is_err() {
+        return missing("Call-ID");
+    }
+    match req.cseq_header() {
+        Err(_) => return missing("CSeq"),
+        Ok(c) => match c.typed() {
+            Err(_) => return bad("CSeq"),
+            Ok(c) if c.method != req.method => {
+                return Some("CSeq method is not the request's".into())
+            }
+            _ => {}
+        },
+    }
+    match req.max_forwards_header() {
+        Ok(m) if m.num().is_err() => bad("Max-Forwards"),
+        _ => None,
+    }
+}
+
 fn capabilities() -> Vec<Header> {
     vec![
-        Header::Allow(rsip::headers::Allow::new(
-            "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK",
-        )),
+        Header::Allow(rsip::headers::Allow::new(raw::ALLOW)),
         Header::Accept(rsip::headers::Accept::new("application/sdp")),
     ]
 }
