@@ -128,8 +128,19 @@ fn front_end(dir: &TempDir, algorithms: &str) -> (NodeProc, SocketAddr) {
 
 /// [`front_end`], with `extra` lines added to its `[sip]` table.
 fn front_end_with(dir: &TempDir, algorithms: &str, extra: &str) -> (NodeProc, SocketAddr) {
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let users = dir.0.join("sip-users");
+    front_end_in(&dir.0, &[], algorithms, extra)
+}
+
+/// [`front_end_with`] in the directory `dir`, joining the overlay of `boot` (none: a new
+/// overlay), once joined.
+fn front_end_in(
+    dir: &std::path::Path,
+    boot: &[SocketAddr],
+    algorithms: &str,
+    extra: &str,
+) -> (NodeProc, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let users = dir.join("sip-users");
     for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
         let out = std::process::Command::new(BIN)
             .args(["sip", "add-user"])
@@ -144,7 +155,7 @@ fn front_end_with(dir: &TempDir, algorithms: &str, extra: &str) -> (NodeProc, So
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let config = write_config(&dir.0, OVERLAY, &[], "127.0.0.1:0");
+    let config = write_config(dir, OVERLAY, boot, "127.0.0.1:0");
     let fe = socket().local_addr().unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += &format!(
@@ -153,12 +164,31 @@ fn front_end_with(dir: &TempDir, algorithms: &str, extra: &str) -> (NodeProc, So
         users.display()
     );
     std::fs::write(&config, text).unwrap();
-    let n = spawn_node(&dir.0, config);
+    let n = spawn_node(dir, config);
+    let up = |n: &NodeProc| {
+        if boot.is_empty() {
+            joined_alone(n)
+        } else {
+            joined(n)
+        }
+    };
     assert!(
-        eventually(Duration::from_secs(20), || joined_alone(&n).then_some(())).is_some(),
-        "the node never formed its overlay"
+        eventually(Duration::from_secs(20), || up(&n).then_some(())).is_some(),
+        "the node never joined its overlay"
     );
     (n, fe)
+}
+
+/// Two front-ends of one overlay.
+fn two_front_ends(dir: &TempDir) -> [(NodeProc, SocketAddr); 2] {
+    let a = front_end_in(&dir.0.join("fe1"), &[], "[\"SHA-256\", \"MD5\"]", "");
+    let b = front_end_in(
+        &dir.0.join("fe2"),
+        &[a.0.addr],
+        "[\"SHA-256\", \"MD5\"]",
+        "",
+    );
+    [a, b]
 }
 
 #[test]
@@ -972,4 +1002,47 @@ fn reason_phrases_pass_through_untouched() {
         "SIP/2.0 486 Rejected by Alice, Sorry",
         "{got}"
     );
+}
+
+/// A call to an AOR written with a front-end's IP:port (`sip:alice@<fe1>`, what a user
+/// tries first without a domain), alice registered at the other front-end: it rings her
+/// (issue 23 item 3: it bounced between the two front-ends 72 times to a 483).
+#[test]
+fn an_aor_naming_a_front_end_address_reaches_the_user_registered_elsewhere() {
+    let dir = TempDir::new("sip-aor-ip");
+    let [(_a, fe1), (_b, fe2)] = two_front_ends(&dir);
+    let alice = socket();
+    let me = alice.local_addr().unwrap();
+    register_alice_at(&alice, fe2, &format!("sip:alice@{me}"));
+    let carol = socket();
+    let msg = invite(&carol, 7).replace(
+        &format!("INVITE sip:alice@{DOMAIN} "),
+        &format!("INVITE sip:alice@{fe1} "),
+    );
+    carol.send_to(msg.as_bytes(), fe1).unwrap();
+    let mut buf = [0u8; 65535];
+    let got = eventually(Duration::from_secs(8), || {
+        if let Ok((n, _)) = carol.recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with("SIP/2.0 4") || m.starts_with("SIP/2.0 5") {
+                return Some(Err(m));
+            }
+        }
+        alice.recv_from(&mut buf).ok().and_then(|(n, _)| {
+            buf[..n]
+                .starts_with(b"INVITE ")
+                .then(|| Ok(String::from_utf8_lossy(&buf[..n]).into_owned()))
+        })
+    });
+    match got {
+        Some(Ok(inv)) => {
+            let hops = inv
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with("via:"))
+                .count();
+            assert!(hops <= 3, "the INVITE went round: {hops} Vias\n{inv}");
+        }
+        Some(Err(answer)) => panic!("carol got an error instead of ringing alice:\n{answer}"),
+        None => panic!("the INVITE never reached alice"),
+    }
 }

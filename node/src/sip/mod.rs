@@ -1379,6 +1379,16 @@ impl Inner {
             bail!("request URI {} names no user", req.uri);
         };
         let gr = gr_param(&req.uri);
+        // A URI naming this front-end by address means the user of our domain: the
+        // request goes on for the AOR itself (else the front-end holding the binding
+        // would take the URI for a device and send it back here).
+        if self.is_me(&req.uri) {
+            let canonical = match &gr {
+                Some(g) => format!("{aor};gr={g}"),
+                None => aor.clone(),
+            };
+            req.uri = rsip::Uri::try_from(canonical.as_str())?;
+        }
         // A device bound here.
         if gr
             .as_deref()
