@@ -179,15 +179,10 @@ fn front_end_in(
     (n, fe)
 }
 
-/// Two front-ends of one overlay.
-fn two_front_ends(dir: &TempDir) -> [(NodeProc, SocketAddr); 2] {
-    let a = front_end_in(&dir.0.join("fe1"), &[], "[\"SHA-256\", \"MD5\"]", "");
-    let b = front_end_in(
-        &dir.0.join("fe2"),
-        &[a.0.addr],
-        "[\"SHA-256\", \"MD5\"]",
-        "",
-    );
+/// Two front-ends of one overlay, offering the digest `algorithms`.
+fn two_front_ends(dir: &TempDir, algorithms: &str) -> [(NodeProc, SocketAddr); 2] {
+    let a = front_end_in(&dir.0.join("fe1"), &[], algorithms, "");
+    let b = front_end_in(&dir.0.join("fe2"), &[a.0.addr], algorithms, "");
     [a, b]
 }
 
@@ -461,21 +456,55 @@ fn enrolled_overlay_registrations_are_signed_by_the_users_certificates() {
         401
     );
 
-    let account = |user: &str, pw: &str, fe: SocketAddr, extra: &str| {
-        format!("<sip:{user}@{DOMAIN}>;outbound=\"sip:{fe}\";auth_pass={pw};regint=600{extra}")
+    baresip_call(&dir, fes[0], fes[1], "", "", &nodes);
+}
+
+/// baresip alice (answering by herself) registered at front-end `fe_a` and bob at `fe_b`
+/// (`alice_uri_params` / `bob_uri_params` added to their outbound proxy URIs, e.g.
+/// `;transport=tcp`): bob calls alice, she answers, he hangs up after a few seconds.
+/// Asserts both saw the call established and alice saw it end.
+fn baresip_call(
+    dir: &TempDir,
+    fe_a: SocketAddr,
+    fe_b: SocketAddr,
+    alice_uri_params: &str,
+    bob_uri_params: &str,
+    nodes: &[NodeProc],
+) {
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(&n.stderr_log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let account = |user: &str, pw: &str, fe: SocketAddr, params: &str, extra: &str| {
+        format!(
+            "<sip:{user}@{DOMAIN}>;outbound=\"sip:{fe}{params}\";auth_pass={pw};regint=600{extra}"
+        )
     };
     let mut alice = baresip::Phone::new(
         &dir.0,
         "alice",
-        &account("alice", "wonderland", fes[0], ";answermode=auto"),
+        &account(
+            "alice",
+            "wonderland",
+            fe_a,
+            alice_uri_params,
+            ";answermode=auto",
+        ),
     );
-    let mut bob = baresip::Phone::new(&dir.0, "bob", &account("bob", "the-builder", fes[1], ""));
+    let mut bob = baresip::Phone::new(
+        &dir.0,
+        "bob",
+        &account("bob", "the-builder", fe_b, bob_uri_params, ""),
+    );
     alice.start(20, &[]);
     assert!(
         alice.wait_for("200 OK", Duration::from_secs(10)),
-        "alice did not register in the enrolled overlay:\n{}\n{}",
+        "alice did not register:\n{}\n{}",
         alice.output(),
-        std::fs::read_to_string(&nodes[0].stderr_log).unwrap_or_default()
+        logs()
     );
     // bob dials at once (his INVITE is challenged: 407, answered with his password) and
     // hangs up when he quits after 6 s.
@@ -483,7 +512,8 @@ fn enrolled_overlay_registrations_are_signed_by_the_users_certificates() {
     assert!(b.contains("200 OK"), "bob did not register:\n{b}");
     assert!(
         b.contains("Call established: sip:alice@p2psip"),
-        "bob's call was not answered:\n{b}"
+        "bob's call was not answered:\n{b}\n{}",
+        logs()
     );
     assert!(
         alice.wait_for("terminated", Duration::from_secs(10)),
@@ -492,6 +522,33 @@ fn enrolled_overlay_registrations_are_signed_by_the_users_certificates() {
     );
     let a = alice.finish(Duration::from_secs(20));
     assert!(a.contains("Call established: sip:bob@p2psip"), "{a}");
+}
+
+/// The same call with both phones on TCP (issue 23 item 5: the Record-Route named no
+/// transport, so TCP phones sent ACK and BYE over UDP).
+#[test]
+fn baresip_phones_call_each_other_over_tcp() {
+    if !baresip::available() {
+        return;
+    }
+    let dir = TempDir::new("sip-baresip-tcp");
+    let [a, b] = two_front_ends(&dir, "[\"MD5\"]");
+    let (fe_a, fe_b) = (a.1, b.1);
+    let nodes = [a.0, b.0];
+    baresip_call(&dir, fe_a, fe_b, ";transport=tcp", ";transport=tcp", &nodes);
+}
+
+/// Across two front-ends with mixed transports: alice on TCP, bob on UDP.
+#[test]
+fn baresip_phones_call_each_other_over_mixed_transports() {
+    if !baresip::available() {
+        return;
+    }
+    let dir = TempDir::new("sip-baresip-mixed");
+    let [a, b] = two_front_ends(&dir, "[\"MD5\"]");
+    let (fe_a, fe_b) = (a.1, b.1);
+    let nodes = [a.0, b.0];
+    baresip_call(&dir, fe_a, fe_b, ";transport=tcp", "", &nodes);
 }
 
 // ---- the front-end cannot be abused ---------------------------------------------------
@@ -1010,7 +1067,7 @@ fn reason_phrases_pass_through_untouched() {
 #[test]
 fn an_aor_naming_a_front_end_address_reaches_the_user_registered_elsewhere() {
     let dir = TempDir::new("sip-aor-ip");
-    let [(_a, fe1), (_b, fe2)] = two_front_ends(&dir);
+    let [(_a, fe1), (_b, fe2)] = two_front_ends(&dir, "[\"SHA-256\", \"MD5\"]");
     let alice = socket();
     let me = alice.local_addr().unwrap();
     register_alice_at(&alice, fe2, &format!("sip:alice@{me}"));
@@ -1045,4 +1102,122 @@ fn an_aor_naming_a_front_end_address_reaches_the_user_registered_elsewhere() {
         Some(Err(answer)) => panic!("carol got an error instead of ringing alice:\n{answer}"),
         None => panic!("the INVITE never reached alice"),
     }
+}
+
+/// Reads one SIP message from a TCP stream (head, then Content-Length bytes), within 5 s.
+fn read_tcp_message(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => panic!(
+                "no full message on TCP: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        }
+        if buf == b"\r\n" {
+            buf.clear(); // a keep-alive answer
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Each leg keeps its transport (issue 23 item 5): a phone registered over TCP gets the
+/// INVITE on its connection with a Record-Route that says `transport=tcp` (and, the caller
+/// being on UDP, a second one without it: RFC 5658 double record-routing); a Contact with
+/// `;transport=tcp` registered over UDP is called over TCP.
+#[test]
+fn record_route_and_contact_keep_the_transport() {
+    use std::io::Write;
+    let dir = TempDir::new("sip-transport");
+    let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    // alice registers over TCP.
+    let mut alice = std::net::TcpStream::connect(fe).unwrap();
+    let me = alice.local_addr().unwrap();
+    let reg = |cseq: u32, auth: Option<&str>| {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {me};branch=z9hG4bKtcpreg{cseq}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=t{cseq}\r\n\
+             To: <sip:alice@{DOMAIN}>\r\n\
+             Call-ID: tcp-reg@test\r\n\
+             CSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:alice@{me};transport=tcp>\r\n\
+             Expires: 600\r\n\
+             {auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    alice.write_all(reg(1, None).as_bytes()).unwrap();
+    let r = read_tcp_message(&mut alice);
+    assert_eq!(status(&r), 401, "{r}");
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 1);
+    alice.write_all(reg(2, Some(&auth)).as_bytes()).unwrap();
+    let r = read_tcp_message(&mut alice);
+    assert_eq!(status(&r), 200, "{r}");
+    // carol calls over UDP; the INVITE reaches alice on her connection.
+    let carol = socket();
+    carol.send_to(invite(&carol, 1).as_bytes(), fe).unwrap();
+    let inv = read_tcp_message(&mut alice);
+    assert!(inv.starts_with("INVITE "), "{inv}");
+    let rr: Vec<&str> = inv
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("record-route:"))
+        .collect();
+    let all = rr.join(" | ");
+    assert!(
+        rr.first()
+            .is_some_and(|l| l.to_ascii_lowercase().contains("transport=tcp")),
+        "the Record-Route alice uses names no TCP: {all}"
+    );
+    assert!(
+        all.matches(&fe.to_string()).count() == 2,
+        "one Record-Route for a TCP and a UDP leg: {all}"
+    );
+    // bob registers over UDP with a TCP Contact: the call to him comes over TCP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_contact = listener.local_addr().unwrap();
+    let bob = socket();
+    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 1, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
+    let bob_me = bob.local_addr().unwrap();
+    let msg = register(&bob, "bob", DOMAIN, 2, Some(&auth)).replace(
+        &format!("Contact: <sip:bob@{bob_me}>"),
+        &format!("Contact: <sip:bob@{tcp_contact};transport=tcp>"),
+    );
+    assert_eq!(status(&transact(&bob, fe, &msg)), 200);
+    carol
+        .send_to(
+            invite(&carol, 2)
+                .replace("INVITE sip:alice@", "INVITE sip:bob@")
+                .replace("To: <sip:alice@", "To: <sip:bob@")
+                .as_bytes(),
+            fe,
+        )
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let conn = eventually(Duration::from_secs(5), || listener.accept().ok());
+    let (mut conn, _) = conn.expect("the call to a TCP Contact did not come over TCP");
+    conn.set_nonblocking(false).unwrap();
+    let inv = read_tcp_message(&mut conn);
+    assert!(inv.starts_with("INVITE sip:bob@"), "{inv}");
 }

@@ -1029,7 +1029,8 @@ impl Inner {
         // Loose routing: a top Route naming us is consumed; another one is followed.
         let routes = route_uris(&req);
         let mut routes = routes.into_iter().peekable();
-        if routes.peek().is_some_and(|u| self.is_me(u)) {
+        // Our entries, two where we double-record-routed.
+        while routes.peek().is_some_and(|u| self.is_me(u)) {
             routes.next();
             pop_route(&mut req);
         }
@@ -1039,7 +1040,7 @@ impl Inner {
                 self.reply(&req, 403, vec![], src).await;
                 bail!("Route {next} names neither a node nor a device known here");
             }
-            return self.forward(req, to, false).await;
+            return self.forward(req, to, None).await;
         }
         match req.method {
             Method::Register => self.register(req, src).await,
@@ -1312,9 +1313,16 @@ impl Inner {
         }
         let curi = rsip::Uri::try_from(contact_uri.as_str())?;
         // A device on TCP is reached on its connection; else at its Contact address.
-        let hop = match (src, uri_addr(&curi)) {
+        // A Contact asking for TCP is called over TCP, wherever the REGISTER came from.
+        let hop = match (src, route_hop(&curi)) {
             (Hop::Tcp(a), _) => Hop::Tcp(a),
-            (_, Some(a)) => Hop::Udp(a),
+            (_, Some(h @ Hop::Tcp(_))) => h,
+            (_, Some(Hop::Udp(a))) => Hop::Udp(a),
+            // A `node` parameter in a phone's Contact means nothing: its address counts.
+            (_, Some(Hop::Node(_))) => match uri_addr(&curi) {
+                Some(a) => Hop::Udp(a),
+                None => bail!("{aor}: Contact {contact_uri} has no address"),
+            },
             (Hop::Udp(a), None) => Hop::Udp(a),
             (Hop::Node(_), None) => bail!("{aor}: Contact {contact_uri} has no address"),
         };
@@ -1372,7 +1380,7 @@ impl Inner {
                 crate::remote_log!(info, "sip_relay_refused", %src, uri = %req.uri, "SIP: request to a host that is no device known here refused");
                 return Ok(());
             }
-            return self.forward(req, to, false).await;
+            return self.forward(req, to, None).await;
         }
         let Some(mut aor) = aor_of(&req.uri, &self.cfg.domain) else {
             self.reply(&req, 404, vec![], src).await;
@@ -1400,7 +1408,7 @@ impl Inner {
                     bail!("{aor}: registration expired");
                 }
                 req.uri = rsip::Uri::try_from(b.contact.as_str())?;
-                return self.forward(req, b.hop, true).await;
+                return self.forward(req, b.hop, Some(src)).await;
             }
         }
         // Else through the overlay, following URI indirections a few times.
@@ -1425,7 +1433,7 @@ impl Inner {
                         self.reply(&req, 480, vec![], src).await;
                         return Err(e);
                     }
-                    return self.forward(req, Hop::Node(n), true).await;
+                    return self.forward(req, Hop::Node(n), Some(src)).await;
                 }
             }
         }
@@ -1482,12 +1490,15 @@ impl Inner {
         })
     }
 
-    /// Sends a request on with our Via (and, when `record`, our Record-Route) on top.
+    /// Sends a request on with our Via on top; and, when it came from `record`, our
+    /// Record-Route: one naming the transport of each leg (RFC 5658 double record-routing
+    /// when the leg towards `to` and the one it came from differ), the top one for the
+    /// side `to` is on.
     async fn forward(
         self: &Arc<Self>,
         mut req: Request,
         to: Hop,
-        record: bool,
+        record: Option<Hop>,
     ) -> anyhow::Result<()> {
         let mf = req
             .max_forwards_header()
@@ -1524,10 +1535,23 @@ impl Inner {
             "SIP/2.0/{transport} {};branch={COOKIE}{branch}{via_node}",
             self.me()
         ))));
-        if record && req.method != Method::Register {
+        if let Some(from) = record.filter(|_| req.method != Method::Register) {
+            let entry = |leg: Hop| {
+                let t = if matches!(leg, Hop::Tcp(_)) {
+                    ";transport=tcp"
+                } else {
+                    ""
+                };
+                format!("<sip:{}{t};lr{node}>", self.me())
+            };
+            let (towards, back) = (entry(to), entry(from));
+            let same = towards == back;
             headers.push(Header::RecordRoute(rsip::headers::RecordRoute::new(
-                format!("<sip:{};lr{node}>", self.me()),
+                towards,
             )));
+            if !same {
+                headers.push(Header::RecordRoute(rsip::headers::RecordRoute::new(back)));
+            }
         }
         for h in req.headers.iter() {
             match h {
@@ -1545,7 +1569,6 @@ impl Inner {
     }
 }
 
-/// What the front-end supports, for an OPTIONS answer.
 /// What is wrong with a request's mandatory headers (RFC 3261 section 8.1.1), if anything.
 fn malformed(req: &Request) -> Option<String> {
     let missing = |h: &str| Some(format!("Missing {h} header"));
@@ -1584,6 +1607,7 @@ fn malformed(req: &Request) -> Option<String> {
     }
 }
 
+/// What the front-end supports, for an OPTIONS answer.
 fn capabilities() -> Vec<Header> {
     vec![
         Header::Allow(rsip::headers::Allow::new(raw::ALLOW)),
