@@ -10,8 +10,11 @@
 
 pub mod auth;
 pub mod contact;
+mod fork;
+mod forking;
 pub mod identities;
 pub mod raw;
+mod registrar;
 
 use crate::runtime::NodeClient;
 use crate::transport::limits::{ByteWindows, Slot, Slots};
@@ -143,15 +146,6 @@ impl SipSettings {
     }
 }
 
-/// A device bound at this node.
-#[derive(Debug, Clone)]
-struct Binding {
-    contact: String,
-    /// Where requests for the device go.
-    hop: Hop,
-    expires: Instant,
-}
-
 /// Where a SIP message came from or goes: a device over UDP or TCP, or another node over
 /// an application stream (QUIC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +169,8 @@ struct Inner {
     node: NodeClient,
     cfg: SipSettings,
     udp: UdpSocket,
-    /// Bindings registered at this node, by AOR.
-    bindings: DashMap<String, Binding>,
+    /// Devices registered at this node, by AOR.
+    bindings: DashMap<String, Vec<registrar::Device>>,
     /// Application streams to and from other nodes: their writers.
     streams: DashMap<NodeId, mpsc::Sender<Vec<u8>>>,
     /// Held while a stream to that node is being opened (one AppAttach at a time).
@@ -194,6 +188,10 @@ struct Inner {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// The users' certified identities (enrolled overlays).
     certified: Option<identities::UserCertificates>,
+    /// Forked requests: by our branch of each (with its index), and by the request as
+    /// it came from upstream (`forking::upstream_key`).
+    forks: DashMap<String, (Arc<std::sync::Mutex<forking::ForkCtx>>, usize)>,
+    forks_in: DashMap<String, Arc<std::sync::Mutex<forking::ForkCtx>>>,
 }
 
 /// A running front-end.
@@ -246,6 +244,8 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         rate: ByteWindows::new(Duration::from_secs(1)),
         in_flight: Arc::new(tokio::sync::Semaphore::new(cfg_in_flight)),
         certified,
+        forks: DashMap::new(),
+        forks_in: DashMap::new(),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
@@ -756,7 +756,14 @@ impl Inner {
                             .await
                         {
                             Ok(m) => m,
-                            Err(_) if me.bindings.iter().any(|b| b.hop == peer) => continue,
+                            Err(_)
+                                if me
+                                    .bindings
+                                    .iter()
+                                    .any(|e| e.value().iter().any(|d| d.hop == peer)) =>
+                            {
+                                continue
+                            }
                             Err(_) => {
                                 tracing::debug!(%peer, "SIP: idle TCP connection closed");
                                 break;
@@ -909,8 +916,16 @@ impl Inner {
         }
     }
 
+    /// A response: to its fork if it answers a forked request; else relayed.
+    async fn response(self: &Arc<Self>, r: Response, status_line: &str) {
+        if !self.forks.is_empty() && self.fork_response(&r, status_line).await {
+            return;
+        }
+        self.relay_response(r, status_line).await
+    }
+
     /// A response: pop our Via, send it on to the next one, its status line as it came.
-    async fn response(self: &Arc<Self>, mut r: Response, status_line: &str) {
+    async fn relay_response(self: &Arc<Self>, mut r: Response, status_line: &str) {
         // One Via per header (a UA may fold them into one, comma-separated: 1#via-parm).
         let mut headers = Headers::default();
         let mut vias = Vec::new();
@@ -979,6 +994,10 @@ impl Inner {
             let status = StatusCode::Other(400, raw::phrase(&why));
             self.reply_status(&req, status, vec![], src).await;
             bail!("{} answered 400: {why}", req.method);
+        }
+        // The CANCEL, ACK or retransmission of a request we forked.
+        if !self.forks_in.is_empty() && self.fork_request(&req, src).await {
+            return Ok(());
         }
         let mf = req
             .max_forwards_header()
@@ -1188,75 +1207,186 @@ impl Inner {
             .expires_header()
             .and_then(|e| e.seconds().ok())
             .unwrap_or(3600);
-        let Some(contact) = req.contact_headers().first().map(|c| (*c).clone()) else {
-            // A query: answer with the current binding.
+        let explicit_expires = req.expires_header().and_then(|e| e.seconds().ok());
+        // Every Contact of every Contact header, each a change of one binding.
+        let mut changes = Vec::new();
+        let mut star = false;
+        for h in req.contact_headers() {
+            match contact::parse(h.value()) {
+                Some(contact::Contacts::Star) => star = true,
+                Some(contact::Contacts::List(l)) if !l.is_empty() => {
+                    for c in l {
+                        let expires = c.expires().unwrap_or(default_expires);
+                        changes.push((c, expires));
+                    }
+                }
+                _ => {
+                    self.reply(&req, 400, vec![], src).await;
+                    bail!("REGISTER of {aor}: malformed Contact {:?}", h.value());
+                }
+            }
+        }
+        let now = Instant::now();
+        let changes: Vec<registrar::Change> = if star {
+            // RFC 3261 section 10.3 step 6: `*` only alone, with Expires 0.
+            if explicit_expires != Some(0) || !changes.is_empty() {
+                self.reply(&req, 400, vec![], src).await;
+                bail!("REGISTER of {aor}: Contact * needs Expires: 0 and no other Contact");
+            }
+            self.bindings
+                .get(&aor)
+                .map(|v| v.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| registrar::Change {
+                    contact: d.contact,
+                    prefs: d.prefs,
+                    instance: d.instance,
+                    hop: d.hop,
+                    expires: 0,
+                })
+                .collect()
+        } else {
+            let mut out = Vec::with_capacity(changes.len());
+            for (c, expires) in changes {
+                let curi = match rsip::Uri::try_from(c.uri.as_str()) {
+                    Ok(u) => u,
+                    Err(_) if expires == 0 => rsip::Uri::default(),
+                    Err(_) => {
+                        self.reply(&req, 400, vec![], src).await;
+                        bail!("REGISTER of {aor}: Contact URI {} not understood", c.uri);
+                    }
+                };
+                if expires > 0 && expires < self.cfg.min_expires {
+                    let extra = vec![Header::MinExpires(rsip::headers::MinExpires::new(
+                        self.cfg.min_expires.to_string(),
+                    ))];
+                    self.reply(&req, 423, extra, src).await;
+                    return Ok(());
+                }
+                // A device on TCP is reached on its connection; a Contact asking for TCP
+                // over TCP wherever the REGISTER came from; else at its Contact address.
+                let hop = match (src, route_hop(&curi)) {
+                    (Hop::Tcp(a), _) => Hop::Tcp(a),
+                    (_, Some(h @ Hop::Tcp(_))) => h,
+                    (_, Some(Hop::Udp(a))) => Hop::Udp(a),
+                    // A `node` parameter in a phone's Contact means nothing.
+                    (_, Some(Hop::Node(_))) | (_, None) => match (uri_addr(&curi), src) {
+                        (Some(a), _) | (None, Hop::Udp(a)) => Hop::Udp(a),
+                        _ if expires == 0 => src,
+                        _ => {
+                            self.reply(&req, 400, vec![], src).await;
+                            bail!("{aor}: Contact {} has no address", c.uri);
+                        }
+                    },
+                };
+                out.push(registrar::Change {
+                    instance: registrar::instance_of(&c),
+                    prefs: c.params_text(),
+                    contact: c.uri,
+                    hop,
+                    expires: expires.min(self.cfg.max_expires),
+                });
+            }
+            out
+        };
+        if changes.is_empty() {
+            // A query: answer with the current bindings.
             let extra = self.contact_header_for(&aor);
             self.reply(&req, 200, extra, src).await;
             return Ok(());
-        };
-        let explicit_expires = req.expires_header().and_then(|e| e.seconds().ok());
-        let (expires, contact_uri, prefs) = match contact::parse(contact.value()) {
-            Some(contact::Contacts::Star) if explicit_expires == Some(0) => {
-                (0, String::new(), String::new())
-            }
-            Some(contact::Contacts::Star) => {
-                self.reply(&req, 400, vec![], src).await;
-                bail!("REGISTER of {aor}: Contact * without Expires: 0");
-            }
-            // One binding per AOR here (issue 23 item 6): the first entry.
-            Some(contact::Contacts::List(l)) => match l.into_iter().next() {
-                Some(c) => (
-                    c.expires().unwrap_or(default_expires),
-                    c.uri.clone(),
-                    c.params_text(),
-                ),
-                None => {
-                    self.reply(&req, 400, vec![], src).await;
-                    bail!("REGISTER of {aor}: empty Contact");
+        }
+        let devices = {
+            let mut e = self.bindings.entry(aor.clone()).or_default();
+            match registrar::apply(&e, &changes, now) {
+                Ok(d) => {
+                    *e = d.clone();
+                    d
                 }
-            },
-            None => {
-                self.reply(&req, 400, vec![], src).await;
-                bail!("REGISTER of {aor}: malformed Contact {:?}", contact.value());
+                Err(registrar::Refused::TooManyDevices) => {
+                    drop(e);
+                    let status = StatusCode::Other(403, "Too Many Devices".into());
+                    self.reply_status(&req, status, vec![], src).await;
+                    bail!(
+                        "REGISTER of {aor}: more than {} devices",
+                        registrar::MAX_DEVICES
+                    );
+                }
             }
         };
-        if expires > 0 && rsip::Uri::try_from(contact_uri.as_str()).is_err() {
-            self.reply(&req, 400, vec![], src).await;
-            bail!("REGISTER of {aor}: Contact URI {contact_uri} not understood");
+        if devices.is_empty() {
+            self.bindings.remove_if(&aor, |_, v| v.is_empty());
         }
-        if expires > 0 && expires < self.cfg.min_expires {
-            let extra = vec![Header::MinExpires(rsip::headers::MinExpires::new(
-                self.cfg.min_expires.to_string(),
-            ))];
-            self.reply(&req, 423, extra, src).await;
-            return Ok(());
+        let stored = self.store_bindings(&aor, &user, &devices, now).await;
+        if let Err(why) = stored {
+            self.reply(&req, 503, vec![], src).await;
+            bail!("storing the registration of {aor} failed: {why}");
         }
-        let expires = expires.min(self.cfg.max_expires);
-        let expires_at = now_ms() + u64::from(expires) * 1000;
-        let gruu = format!("{aor};gr={:#}", self.node.id);
+        for d in &devices {
+            if let Hop::Udp(a) | Hop::Tcp(a) = d.hop {
+                self.know(a, d.expires);
+            }
+        }
+        for c in &changes {
+            if c.expires == 0 {
+                crate::remote_log!(info, "sip_unregistered", %aor, contact = %c.contact, "SIP: unregistered");
+            } else {
+                crate::remote_log!(info, "sip_registered", %aor, contact = %c.contact, expires = c.expires, devices = devices.len(), "SIP: registered");
+            }
+        }
+        let extra = self.contact_header_for(&aor);
+        self.reply(&req, 200, extra, src).await;
+        Ok(())
+    }
+
+    /// The GRUU of device `d` of `aor` here (RFC 5627 pub-gruu).
+    fn gruu(&self, aor: &str, d: &registrar::Device) -> String {
+        format!("{aor};gr={:#}-{}", self.node.id, d.id)
+    }
+
+    /// Stores this front-end's entry of `aor` in the overlay: every device bound here
+    /// (none: an expired entry, so that calls get 480), signed for the AOR.
+    async fn store_bindings(
+        self: &Arc<Self>,
+        aor: &str,
+        user: &str,
+        devices: &[registrar::Device],
+        now: Instant,
+    ) -> Result<(), String> {
+        let now_wall = now_ms();
+        let at = |i: Instant| now_wall + i.saturating_duration_since(now).as_millis() as u64;
+        let pb_devices: Vec<pb::SipDevice> = devices
+            .iter()
+            .map(|d| pb::SipDevice {
+                contact: d.contact.clone(),
+                instance: d.instance.clone().unwrap_or_default(),
+                expires_at: at(d.expires),
+                gruu: self.gruu(aor, d),
+            })
+            .collect();
+        let first = pb_devices.first().cloned().unwrap_or_default();
+        let latest = devices.iter().map(|d| d.expires).max().unwrap_or(now);
         let value = pb::SipRegistration {
             target: Some(RegTarget::Destination(pb::SipDestination {
                 node: self.node.id.to_bytes().to_vec(),
-                contact: contact_uri.clone(),
-                contact_prefs: prefs,
-                expires_at,
-                gruu: gruu.clone(),
+                contact: first.contact,
+                contact_prefs: devices.first().map(|d| d.prefs.clone()).unwrap_or_default(),
+                expires_at: at(latest),
+                gruu: first.gruu,
+                devices: pb_devices,
             })),
         }
         .encode_to_vec();
         let resource = Id::hash_of(aor.as_bytes());
-        let lifetime = expires + EXPIRED_GRACE_S;
+        let left = latest.saturating_duration_since(now).as_secs();
+        let lifetime = u32::try_from(left)
+            .unwrap_or(u32::MAX)
+            .saturating_add(EXPIRED_GRACE_S);
         let signer = match &self.certified {
-            Some(c) => match c.identity(&user, &aor) {
-                Ok(who) => Some(who),
-                Err(why) => {
-                    self.reply(&req, 500, vec![], src).await;
-                    bail!("REGISTER of {aor}: {why}");
-                }
-            },
+            Some(c) => Some(c.identity(user, aor)?),
             None => None,
         };
-        let name = aor.clone();
+        let name = aor.to_string();
         let stored = tokio::time::timeout(
             OP_TIMEOUT,
             self.node.op(move |n, t| {
@@ -1276,91 +1406,42 @@ impl Inner {
         )
         .await;
         match stored {
+            Ok(Ok(Event::Completed { outcome: Ok(_), .. })) => Ok(()),
+            Err(_) => Err("timed out".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(Event::Completed {
-                outcome: Ok(ans),
-                responder,
-                ..
-            })) => {
-                if let Body::StoreAns(a) = &ans {
-                    let replicas: Vec<String> = a
-                        .kind_responses
-                        .iter()
-                        .flat_map(|k| k.replicas.iter())
-                        .filter_map(|r| Id::from_slice(r))
-                        .map(|r| r.to_string())
-                        .collect();
-                    tracing::debug!(%aor, responder = ?responder, ?replicas, "SIP: binding stored");
-                }
-            }
-            other => {
-                let why = match other {
-                    Err(_) => "timed out".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(Event::Completed {
-                        outcome: Err(e), ..
-                    })) => format!("{e:?}"),
-                    Ok(Ok(_)) => "unexpected event".into(),
-                };
-                self.reply(&req, 503, vec![], src).await;
-                bail!("storing the registration of {aor} failed: {why}");
-            }
+                outcome: Err(e), ..
+            })) => Err(format!("{e:?}")),
+            Ok(Ok(_)) => Err("unexpected event".into()),
         }
-        if expires == 0 {
-            self.bindings.remove(&aor);
-            crate::remote_log!(info, "sip_unregistered", %aor, "SIP: unregistered");
-            self.reply(&req, 200, vec![], src).await;
-            return Ok(());
-        }
-        let curi = rsip::Uri::try_from(contact_uri.as_str())?;
-        // A device on TCP is reached on its connection; else at its Contact address.
-        // A Contact asking for TCP is called over TCP, wherever the REGISTER came from.
-        let hop = match (src, route_hop(&curi)) {
-            (Hop::Tcp(a), _) => Hop::Tcp(a),
-            (_, Some(h @ Hop::Tcp(_))) => h,
-            (_, Some(Hop::Udp(a))) => Hop::Udp(a),
-            // A `node` parameter in a phone's Contact means nothing: its address counts.
-            (_, Some(Hop::Node(_))) => match uri_addr(&curi) {
-                Some(a) => Hop::Udp(a),
-                None => bail!("{aor}: Contact {contact_uri} has no address"),
-            },
-            (Hop::Udp(a), None) => Hop::Udp(a),
-            (Hop::Node(_), None) => bail!("{aor}: Contact {contact_uri} has no address"),
-        };
-        let until = Instant::now() + Duration::from_secs(u64::from(expires));
-        if let Hop::Udp(a) | Hop::Tcp(a) = hop {
-            self.know(a, until);
-        }
-        self.bindings.insert(
-            aor.clone(),
-            Binding {
-                contact: contact_uri.clone(),
-                hop,
-                expires: until,
-            },
-        );
-        crate::remote_log!(info, "sip_registered", %aor, contact = %contact_uri, expires, "SIP: registered");
-        let extra = vec![Header::Contact(rsip::headers::Contact::new(format!(
-            "<{contact_uri}>;expires={expires};pub-gruu=\"{gruu}\""
-        )))];
-        self.reply(&req, 200, extra, src).await;
-        Ok(())
     }
 
+    /// The Contact headers of the 200 to a REGISTER: every binding of `aor` here, with
+    /// its expiry and GRUU.
     fn contact_header_for(&self, aor: &str) -> Vec<Header> {
-        self.bindings
+        let now = Instant::now();
+        let devices = self
+            .bindings
             .get(aor)
-            .filter(|b| b.expires > Instant::now())
-            .map(|b| {
-                let left = b
-                    .expires
-                    .saturating_duration_since(Instant::now())
-                    .as_secs();
-                vec![Header::Contact(rsip::headers::Contact::new(format!(
-                    "<{}>;expires={left}",
-                    b.contact
-                )))]
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        devices
+            .iter()
+            .filter(|d| d.expires > now)
+            .map(|d| {
+                let left = d.expires.saturating_duration_since(now).as_secs();
+                let instance = d
+                    .instance
+                    .as_ref()
+                    .map(|i| format!(";+sip.instance=\"<{i}>\""))
+                    .unwrap_or_default();
+                Header::Contact(rsip::headers::Contact::new(format!(
+                    "<{}>;expires={left}{instance};pub-gruu=\"{}\"",
+                    d.contact,
+                    self.gruu(aor, d)
+                )))
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// A request for an AOR: delivered to a device bound here, or carried to the node
@@ -1397,48 +1478,75 @@ impl Inner {
             };
             req.uri = rsip::Uri::try_from(canonical.as_str())?;
         }
-        // A device bound here.
-        if gr
-            .as_deref()
-            .is_none_or(|g| g == format!("{:#}", self.node.id))
+        // Where the AOR is: its devices here and the other front-ends holding some
+        // (following URI indirections a few times). A GRUU names one node and device.
+        let (gr_node, gr_device) = match gr.as_deref().map(|g| g.split_once('-').unwrap_or((g, "")))
         {
-            if let Some(b) = self.bindings.get(&aor).map(|b| b.clone()) {
-                if b.expires <= Instant::now() {
-                    self.reply(&req, 480, vec![], src).await;
-                    bail!("{aor}: registration expired");
-                }
-                req.uri = rsip::Uri::try_from(b.contact.as_str())?;
-                return self.forward(req, b.hop, Some(src)).await;
+            Some((n, d)) => (Some(n.to_string()), (!d.is_empty()).then(|| d.to_string())),
+            None => (None, None),
+        };
+        let here = gr_node
+            .as_deref()
+            .is_none_or(|n| n == format!("{:#}", self.node.id));
+        let now = Instant::now();
+        let mut targets: Vec<(Hop, rsip::Uri)> = Vec::new();
+        let mut expired = false;
+        if here {
+            let mut devices = self
+                .bindings
+                .get(&aor)
+                .map(|v| v.clone())
+                .unwrap_or_default();
+            devices.retain(|d| gr_device.as_deref().is_none_or(|g| g == d.id));
+            expired = devices.iter().any(|d| d.expires <= now);
+            // The most recently refreshed first.
+            devices.retain(|d| d.expires > now);
+            devices.sort_by_key(|d| std::cmp::Reverse(d.expires));
+            for d in devices {
+                targets.push((d.hop, rsip::Uri::try_from(d.contact.as_str())?));
             }
         }
-        // Else through the overlay, following URI indirections a few times.
+        let mut resolved = Resolved::Nobody;
         for _ in 0..4 {
-            match self.resolve(&aor, gr.as_deref()).await? {
-                Resolved::Uri(u) => aor = u,
-                Resolved::Nobody => {
-                    self.reply(&req, 404, vec![], src).await;
-                    bail!("{aor}: not registered");
-                }
-                Resolved::Expired => {
-                    self.reply(&req, 480, vec![], src).await;
-                    bail!("{aor}: registration expired");
-                }
-                Resolved::Node(n) if n == self.node.id => {
-                    // Our own record, but the binding is gone (this node restarted).
-                    self.reply(&req, 480, vec![], src).await;
-                    bail!("{aor}: registered here before a restart");
-                }
-                Resolved::Node(n) => {
-                    if let Err(e) = self.stream_to(n).await {
-                        self.reply(&req, 480, vec![], src).await;
-                        return Err(e);
-                    }
-                    return self.forward(req, Hop::Node(n), Some(src)).await;
-                }
+            resolved = self.resolve(&aor, gr_node.as_deref()).await?;
+            match &resolved {
+                Resolved::Uri(u) => aor = u.clone(),
+                _ => break,
             }
         }
-        self.reply(&req, 482, vec![], src).await;
-        bail!("{aor}: too many URI indirections")
+        match resolved {
+            Resolved::Uri(_) if targets.is_empty() => {
+                self.reply(&req, 482, vec![], src).await;
+                bail!("{aor}: too many URI indirections");
+            }
+            Resolved::Nodes(nodes) => {
+                for n in nodes.into_iter().filter(|n| *n != self.node.id) {
+                    targets.push((Hop::Node(n), req.uri.clone()));
+                }
+            }
+            Resolved::Expired => expired = true,
+            _ => {}
+        }
+        if targets.is_empty() {
+            if expired {
+                self.reply(&req, 480, vec![], src).await;
+                bail!("{aor}: registration expired");
+            }
+            self.reply(&req, 404, vec![], src).await;
+            bail!("{aor}: not registered");
+        }
+        if targets.len() > 1 && matches!(req.method, Method::Invite | Method::Message) {
+            return self.fork(req, src, targets).await;
+        }
+        let (hop, uri) = targets.swap_remove(0);
+        if let Hop::Node(n) = hop {
+            if let Err(e) = self.stream_to(n).await {
+                self.reply(&req, 480, vec![], src).await;
+                return Err(e);
+            }
+        }
+        req.uri = uri;
+        self.forward(req, hop, Some(src)).await
     }
 
     async fn resolve(&self, aor: &str, gr: Option<&str>) -> anyhow::Result<Resolved> {
@@ -1459,7 +1567,7 @@ impl Inner {
             Err(e) => bail!("fetching {aor}: {e:?}"),
         };
         let now = now_ms();
-        let mut best: Option<(u64, NodeId)> = None;
+        let mut nodes: Vec<(u64, NodeId)> = Vec::new();
         let mut expired = false;
         for v in crate::cli_ops::values_of(&ans) {
             let Ok(reg) = pb::SipRegistration::decode(v.as_slice()) else {
@@ -1476,17 +1584,22 @@ impl Inner {
                     }
                     if d.expires_at <= now {
                         expired = true;
-                    } else if best.is_none_or(|(e, _)| d.expires_at > e) {
-                        best = Some((d.expires_at, node));
+                    } else {
+                        nodes.push((d.expires_at, node));
                     }
                 }
                 None => {}
             }
         }
-        Ok(match best {
-            Some((_, n)) => Resolved::Node(n),
-            None if expired => Resolved::Expired,
-            None => Resolved::Nobody,
+        // The freshest first.
+        nodes.sort_by_key(|(e, _)| std::cmp::Reverse(*e));
+        nodes.dedup_by_key(|(_, n)| *n);
+        Ok(if !nodes.is_empty() {
+            Resolved::Nodes(nodes.into_iter().map(|(_, n)| n).collect())
+        } else if expired {
+            Resolved::Expired
+        } else {
+            Resolved::Nobody
         })
     }
 
@@ -1496,10 +1609,21 @@ impl Inner {
     /// side `to` is on.
     async fn forward(
         self: &Arc<Self>,
-        mut req: Request,
+        req: Request,
         to: Hop,
         record: Option<Hop>,
     ) -> anyhow::Result<()> {
+        let (_, req) = self.prepare(req, to, record)?;
+        self.send(req.to_string().into_bytes(), to).await
+    }
+
+    /// The request [`Inner::forward`] sends, and the branch of our Via in it.
+    fn prepare(
+        &self,
+        mut req: Request,
+        to: Hop,
+        record: Option<Hop>,
+    ) -> anyhow::Result<(String, Request)> {
         let mf = req
             .max_forwards_header()
             .ok()
@@ -1514,8 +1638,9 @@ impl Inner {
         let branch = format!(
             "{}.{}",
             hex::encode(
-                &Sha256::digest(format!("{}|{top_branch}|{}", self.node.id, req.uri).as_bytes())
-                    [..10],
+                &Sha256::digest(
+                    format!("{}|{top_branch}|{}|{to}", self.node.id, req.uri).as_bytes()
+                )[..10],
             ),
             loop_key(&req)
         );
@@ -1565,7 +1690,7 @@ impl Inner {
             headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("69")));
         }
         req.headers = headers;
-        self.send(req.to_string().into_bytes(), to).await
+        Ok((format!("{COOKIE}{branch}"), req))
     }
 }
 
@@ -1647,7 +1772,8 @@ fn loop_key(req: &Request) -> String {
 }
 
 enum Resolved {
-    Node(NodeId),
+    /// Nodes holding unexpired bindings, the freshest first.
+    Nodes(Vec<NodeId>),
     Uri(String),
     Expired,
     Nobody,
