@@ -1221,3 +1221,214 @@ fn record_route_and_contact_keep_the_transport() {
     let inv = read_tcp_message(&mut conn);
     assert!(inv.starts_with("INVITE sip:bob@"), "{inv}");
 }
+
+// ---- several devices per AOR, forking ---------------------------------------------------
+
+/// A device of alice: a UDP socket registered at `fe` with RFC 5626 instance `instance`
+/// (SHA-256 digest answered); returns the 200.
+fn register_device(
+    s: &UdpSocket,
+    fe: SocketAddr,
+    instance: &str,
+    expires: u32,
+    cseq: u32,
+) -> String {
+    let me = s.local_addr().unwrap();
+    let with = |cseq: u32, auth: Option<&str>| {
+        register(s, "alice", DOMAIN, cseq, auth)
+            .replace(
+                &format!("Contact: <sip:alice@{me}>"),
+                &format!(
+                    "Contact: <sip:alice@{me}>;+sip.instance=\"<urn:uuid:{instance}>\";reg-id=1"
+                ),
+            )
+            .replace("Expires: 600", &format!("Expires: {expires}"))
+    };
+    let r = transact(s, fe, &with(cseq, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 1);
+    let r = transact(s, fe, &with(cseq + 1, Some(&auth)));
+    assert_eq!(status(&r), 200, "{r}");
+    r
+}
+
+/// The next request arriving at `s` within 5 s whose method is `method`.
+fn next_request(s: &UdpSocket, method: &str) -> Option<String> {
+    let mut buf = [0u8; 65535];
+    eventually(Duration::from_secs(5), || {
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        m.starts_with(&format!("{method} ")).then_some(m)
+    })
+}
+
+/// The answer `code reason` a device sends to `req` (its Vias, From, To with a tag,
+/// Call-ID, CSeq), to `fe`.
+fn answer(s: &UdpSocket, fe: SocketAddr, req: &str, code: u16, reason: &str, tag: &str) {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in req.lines() {
+        let lower = l.to_ascii_lowercase();
+        if ["via:", "from:", "call-id:", "cseq:"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+        {
+            out += &format!("{l}\r\n");
+        } else if lower.starts_with("to:") {
+            out += &format!("{l};tag={tag}\r\n");
+        }
+    }
+    let me = s.local_addr().unwrap();
+    out += &format!("Contact: <sip:alice@{me}>\r\nContent-Length: 0\r\n\r\n");
+    s.send_to(out.as_bytes(), fe).unwrap();
+}
+
+/// The next response at `s` within 5 s with a final status (not 1xx).
+fn next_final(s: &UdpSocket) -> Option<String> {
+    let mut buf = [0u8; 65535];
+    eventually(Duration::from_secs(5), || {
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        (m.starts_with("SIP/2.0 ") && !m.starts_with("SIP/2.0 1")).then_some(m)
+    })
+}
+
+/// Three devices of alice: d1 at one front-end, d2 and d3 at the other (issue 23 item 6:
+/// a second device replaced the first, across front-ends the freshest binding took every
+/// call). One INVITE rings all three; d3 answers, the caller gets its 200 and the others
+/// a CANCEL. d2 unregisters its own Contact: calls still ring d1 and d3. Each device has
+/// its own GRUU, and a call to d1's rings d1 alone.
+#[test]
+fn an_invite_forks_to_every_device_and_the_first_answer_wins() {
+    let dir = TempDir::new("sip-fork");
+    let [(_a, fe1), (_b, fe2)] = two_front_ends(&dir, "[\"SHA-256\", \"MD5\"]");
+    let (d1, d2, d3) = (socket(), socket(), socket());
+    let r1 = register_device(&d1, fe1, "d1", 600, 1);
+    register_device(&d2, fe2, "d2", 600, 1);
+    let r3 = register_device(&d3, fe2, "d3", 600, 1);
+    let contacts = r3
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("contact:"))
+        .count();
+    assert_eq!(contacts, 2, "the 200 lists both of fe2's devices:\n{r3}");
+    let gruu_of = |r: &str| {
+        let start = r.find("pub-gruu=\"").unwrap() + 10;
+        r[start..].split('"').next().unwrap().to_string()
+    };
+    let g1 = gruu_of(&r1);
+    assert_ne!(g1, gruu_of(&r3), "two devices with one GRUU");
+    let carol = socket();
+    carol.send_to(invite(&carol, 1).as_bytes(), fe1).unwrap();
+    let i1 = next_request(&d1, "INVITE").expect("d1 did not ring");
+    let i2 = next_request(&d2, "INVITE").expect("d2 did not ring");
+    let i3 = next_request(&d3, "INVITE").expect("d3 did not ring");
+    answer(&d3, fe2, &i3, 200, "OK", "d3");
+    let got = next_final(&carol).expect("carol got no final answer");
+    assert!(got.starts_with("SIP/2.0 200"), "{got}");
+    assert!(got.contains("tag=d3"), "the 200 is not d3's: {got}");
+    // The others are cancelled; they answer 487 as phones do, and are ACKed.
+    for (d, inv, fe, tag) in [(&d1, &i1, fe1, "d1"), (&d2, &i2, fe2, "d2")] {
+        let c = next_request(d, "CANCEL").unwrap_or_else(|| panic!("{tag} got no CANCEL"));
+        answer(d, fe, &c, 200, "OK", tag);
+        answer(d, fe, inv, 487, "Request Terminated", tag);
+        assert!(
+            next_request(d, "ACK").is_some(),
+            "{tag}'s 487 was not ACKed"
+        );
+    }
+    let mut buf = [0u8; 4096];
+    carol
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .unwrap();
+    while let Ok((n, _)) = carol.recv_from(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            !m.starts_with("SIP/2.0 487"),
+            "the cancelled branches' 487 reached the caller"
+        );
+    }
+    carol
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // d2 removes its own binding: d1 and d3 still ring.
+    register_device(&d2, fe2, "d2", 0, 10);
+    carol.send_to(invite(&carol, 2).as_bytes(), fe1).unwrap();
+    let i1 = next_request(&d1, "INVITE").expect("d1 no longer rings after d2 left");
+    let i3 = next_request(&d3, "INVITE").expect("d3 no longer rings after d2 left");
+    assert!(
+        next_request(&d2, "INVITE").is_none(),
+        "d2 rang after unregistering"
+    );
+    // Both busy: the caller gets one 486.
+    answer(&d1, fe1, &i1, 486, "Busy Here", "d1");
+    answer(&d3, fe2, &i3, 486, "Busy Here", "d3");
+    let got = next_final(&carol).expect("carol got no final answer");
+    assert!(got.starts_with("SIP/2.0 486"), "{got}");
+    // d1's GRUU reaches d1 alone.
+    let to_gruu = invite(&carol, 3).replacen(
+        &format!("INVITE sip:alice@{DOMAIN} "),
+        &format!("INVITE {g1} "),
+        1,
+    );
+    carol.send_to(to_gruu.as_bytes(), fe2).unwrap();
+    assert!(
+        next_request(&d1, "INVITE").is_some(),
+        "d1's GRUU did not reach d1"
+    );
+    assert!(next_request(&d3, "INVITE").is_none(), "d1's GRUU rang d3");
+}
+
+/// Two baresip phones registered as alice (their own instances, the uuid module), at two
+/// front-ends, and bob at a third place: his call rings both; the one answering gets the
+/// call, the other is cancelled.
+#[test]
+fn baresip_two_devices_of_one_user_both_ring() {
+    if !baresip::available() {
+        return;
+    }
+    let dir = TempDir::new("sip-baresip-fork");
+    let [(_a, fe1), (_b, fe2)] = two_front_ends(&dir, "[\"MD5\"]");
+    let account = |user: &str, pw: &str, fe: SocketAddr, extra: &str| {
+        format!("<sip:{user}@{DOMAIN}>;outbound=\"sip:{fe}\";auth_pass={pw};regint=600{extra}")
+    };
+    let mut answering = baresip::Phone::new(
+        &dir.0,
+        "alice-desk",
+        &account("alice", "wonderland", fe1, ";answermode=auto"),
+    );
+    let mut ringing = baresip::Phone::new(
+        &dir.0,
+        "alice-mobile",
+        &account("alice", "wonderland", fe2, ""),
+    );
+    let mut bob = baresip::Phone::new(&dir.0, "bob", &account("bob", "the-builder", fe2, ""));
+    ringing.start(20, &[]);
+    assert!(
+        ringing.wait_for("200 OK", Duration::from_secs(10)),
+        "{}",
+        ringing.output()
+    );
+    // The one answering registers last: it would have replaced the other before.
+    answering.start(20, &[]);
+    assert!(
+        answering.wait_for("200 OK", Duration::from_secs(10)),
+        "{}",
+        answering.output()
+    );
+    let b = bob.run(6, &[&format!("/dial sip:alice@{DOMAIN}")]);
+    assert!(
+        b.contains("Call established: sip:alice@p2psip"),
+        "bob's call was not answered:\n{b}"
+    );
+    let a = answering.finish(Duration::from_secs(30));
+    assert!(a.contains("Call established: sip:bob@p2psip"), "{a}");
+    let r = ringing.finish(Duration::from_secs(30));
+    assert!(
+        r.contains("Incoming call from"),
+        "the other device of alice did not ring:\n{r}"
+    );
+    assert!(
+        !r.contains("Call established"),
+        "the other device got the call too:\n{r}"
+    );
+    assert!(r.contains("session closed"), "the ringing device was not cancelled:\n{r}");
+}
