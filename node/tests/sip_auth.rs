@@ -1430,5 +1430,57 @@ fn baresip_two_devices_of_one_user_both_ring() {
         !r.contains("Call established"),
         "the other device got the call too:\n{r}"
     );
-    assert!(r.contains("session closed"), "the ringing device was not cancelled:\n{r}");
+    assert!(
+        r.contains("session closed"),
+        "the ringing device was not cancelled:\n{r}"
+    );
+}
+
+/// Path (RFC 3327): a REGISTER relayed by an edge proxy that adds `Path: <sip:EDGE;lr>`
+/// is stored with the binding; a call to alice goes to the edge proxy with that Route and
+/// her Contact as Request-URI (issue 23 item 4: it went straight to her Contact, around the
+/// proxy, which fails for phones behind it). The 200 returns the Path.
+#[test]
+fn calls_to_a_device_registered_through_an_edge_proxy_go_through_it() {
+    let dir = TempDir::new("sip-path");
+    let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    let edge = socket();
+    let e = edge.local_addr().unwrap();
+    // alice's phone, behind the edge: an address the front-end cannot reach.
+    let phone = socket();
+    let p = phone.local_addr().unwrap();
+    let path = format!("Path: <sip:{e};lr>\r\n");
+    let reg = |cseq: u32, auth: Option<&str>| {
+        register(&edge, "alice", DOMAIN, cseq, auth)
+            .replace(
+                &format!("Contact: <sip:alice@{e}>"),
+                &format!("Contact: <sip:alice@{p}>"),
+            )
+            .replace(
+                "Expires: 600\r\n",
+                &format!("Expires: 600\r\n{path}Supported: path\r\n"),
+            )
+    };
+    let r = transact(&edge, fe, &reg(1, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 1);
+    let r = transact(&edge, fe, &reg(2, Some(&auth)));
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(
+        r.contains(&format!("Path: <sip:{e};lr>")),
+        "the 200 lacks the Path: {r}"
+    );
+    let carol = socket();
+    carol.send_to(invite(&carol, 1).as_bytes(), fe).unwrap();
+    let inv = next_request(&edge, "INVITE").expect("the INVITE did not go through the edge proxy");
+    assert!(inv.starts_with(&format!("INVITE sip:alice@{p} ")), "{inv}");
+    assert!(
+        inv.contains(&format!("Route: <sip:{e};lr>")),
+        "no Route to the edge: {inv}"
+    );
+    let mut buf = [0u8; 2048];
+    assert!(
+        phone.recv_from(&mut buf).is_err(),
+        "the INVITE went around the edge proxy"
+    );
 }

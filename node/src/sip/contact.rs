@@ -24,7 +24,7 @@ pub enum Contacts {
 }
 
 /// Splits `s` at each `sep` that is outside a quoted string and outside `<...>`.
-fn split_outside(s: &str, sep: char) -> Vec<&str> {
+pub(crate) fn split_outside(s: &str, sep: char) -> Vec<&str> {
     let (mut parts, mut start) = (Vec::new(), 0);
     let (mut quoted, mut angle, mut escaped) = (false, false, false);
     for (i, c) in s.char_indices() {

@@ -100,12 +100,13 @@ impl Inner {
         self: &Arc<Self>,
         req: Request,
         src: Hop,
-        targets: Vec<(Hop, rsip::Uri)>,
+        targets: Vec<super::Target>,
     ) -> anyhow::Result<()> {
         let key = upstream_key(&req).ok_or_else(|| anyhow::anyhow!("no Call-ID or Via"))?;
         let invite = req.method == Method::Invite;
         let mut branches = Vec::with_capacity(targets.len());
-        for (hop, uri) in targets {
+        for t in targets {
+            let hop = t.hop;
             if self.forks_in.len() >= MAX_FORKS && !branches.is_empty() {
                 tracing::debug!("SIP: fork limit reached, one target only");
                 break;
@@ -117,7 +118,7 @@ impl Inner {
                 }
             }
             let mut r = req.clone();
-            r.uri = uri;
+            t.apply(&mut r);
             let (branch, sent) = self.prepare(r, hop, Some(src))?;
             branches.push((branch, hop, sent));
         }

@@ -1227,6 +1227,39 @@ impl Inner {
             }
         }
         let now = Instant::now();
+        // The proxies the REGISTER came through (RFC 3327), nearest the phone last.
+        let path: Vec<String> = req
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                Header::Other(n, v) if n.eq_ignore_ascii_case("path") => Some(v.clone()),
+                _ => None,
+            })
+            .flat_map(|v| {
+                contact::split_outside(&v, ',')
+                    .into_iter()
+                    .map(|e| e.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let path_hop = match path.first() {
+            Some(first) => {
+                let uri = first
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or("");
+                match rsip::Uri::try_from(uri).ok().as_ref().and_then(route_hop) {
+                    Some(h @ (Hop::Udp(_) | Hop::Tcp(_))) => Some(h),
+                    _ => {
+                        self.reply(&req, 400, vec![], src).await;
+                        bail!("REGISTER of {aor}: Path {first} names no address");
+                    }
+                }
+            }
+            None => None,
+        };
         let changes: Vec<registrar::Change> = if star {
             // RFC 3261 section 10.3 step 6: `*` only alone, with Expires 0.
             if explicit_expires != Some(0) || !changes.is_empty() {
@@ -1244,6 +1277,7 @@ impl Inner {
                     instance: d.instance,
                     hop: d.hop,
                     expires: 0,
+                    path: d.path,
                 })
                 .collect()
         } else {
@@ -1286,6 +1320,7 @@ impl Inner {
                     contact: c.uri,
                     hop,
                     expires: expires.min(self.cfg.max_expires),
+                    path: path.clone(),
                 });
             }
             out
@@ -1327,6 +1362,11 @@ impl Inner {
                 self.know(a, d.expires);
             }
         }
+        if let (Some(Hop::Udp(a) | Hop::Tcp(a)), Some(until)) =
+            (path_hop, devices.iter().map(|d| d.expires).max())
+        {
+            self.know(a, until);
+        }
         for c in &changes {
             if c.expires == 0 {
                 crate::remote_log!(info, "sip_unregistered", %aor, contact = %c.contact, "SIP: unregistered");
@@ -1334,7 +1374,10 @@ impl Inner {
                 crate::remote_log!(info, "sip_registered", %aor, contact = %c.contact, expires = c.expires, devices = devices.len(), "SIP: registered");
             }
         }
-        let extra = self.contact_header_for(&aor);
+        let mut extra = self.contact_header_for(&aor);
+        if !path.is_empty() {
+            extra.push(Header::Other("Path".into(), path.join(", ")));
+        }
         self.reply(&req, 200, extra, src).await;
         Ok(())
     }
@@ -1489,7 +1532,7 @@ impl Inner {
             .as_deref()
             .is_none_or(|n| n == format!("{:#}", self.node.id));
         let now = Instant::now();
-        let mut targets: Vec<(Hop, rsip::Uri)> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         let mut expired = false;
         if here {
             let mut devices = self
@@ -1503,7 +1546,7 @@ impl Inner {
             devices.retain(|d| d.expires > now);
             devices.sort_by_key(|d| std::cmp::Reverse(d.expires));
             for d in devices {
-                targets.push((d.hop, rsip::Uri::try_from(d.contact.as_str())?));
+                targets.push(Target::device(&d)?);
             }
         }
         let mut resolved = Resolved::Nobody;
@@ -1521,7 +1564,11 @@ impl Inner {
             }
             Resolved::Nodes(nodes) => {
                 for n in nodes.into_iter().filter(|n| *n != self.node.id) {
-                    targets.push((Hop::Node(n), req.uri.clone()));
+                    targets.push(Target {
+                        hop: Hop::Node(n),
+                        uri: req.uri.clone(),
+                        routes: Vec::new(),
+                    });
                 }
             }
             Resolved::Expired => expired = true,
@@ -1538,14 +1585,15 @@ impl Inner {
         if targets.len() > 1 && matches!(req.method, Method::Invite | Method::Message) {
             return self.fork(req, src, targets).await;
         }
-        let (hop, uri) = targets.swap_remove(0);
-        if let Hop::Node(n) = hop {
+        let t = targets.swap_remove(0);
+        if let Hop::Node(n) = t.hop {
             if let Err(e) = self.stream_to(n).await {
                 self.reply(&req, 480, vec![], src).await;
                 return Err(e);
             }
         }
-        req.uri = uri;
+        let hop = t.hop;
+        t.apply(&mut req);
         self.forward(req, hop, Some(src)).await
     }
 
@@ -1769,6 +1817,39 @@ fn loop_key(req: &Request) -> String {
         })
         .unwrap_or_default();
     hex::encode(&Sha256::digest(format!("{}|{call_id}|{tag}|{cseq}", req.uri).as_bytes())[..6])
+}
+
+/// Where a request for an AOR goes: a device here (through its Path, if it has one) or
+/// another front-end.
+struct Target {
+    hop: Hop,
+    uri: rsip::Uri,
+    /// Route entries to add (a device's Path).
+    routes: Vec<String>,
+}
+
+impl Target {
+    fn device(d: &registrar::Device) -> anyhow::Result<Target> {
+        let uri = rsip::Uri::try_from(d.contact.as_str())?;
+        let via_path = d.path.first().and_then(|p| {
+            let u = p.trim_start_matches('<').split('>').next()?;
+            route_hop(&rsip::Uri::try_from(u).ok()?)
+        });
+        Ok(Target {
+            hop: via_path.unwrap_or(d.hop),
+            uri,
+            routes: d.path.clone(),
+        })
+    }
+
+    /// Sets the Request-URI and adds the Route entries.
+    fn apply(self, req: &mut Request) {
+        req.uri = self.uri;
+        for r in self.routes {
+            req.headers
+                .push(Header::Route(rsip::headers::Route::new(r)));
+        }
+    }
 }
 
 enum Resolved {

@@ -24,6 +24,9 @@ pub struct Device {
     pub expires: Instant,
     /// What names the device in its GRUU (`gr=<node>-<this>`).
     pub id: String,
+    /// The Path (RFC 3327) the REGISTER came through: requests for the device go through
+    /// these proxies, as Route entries, in order.
+    pub path: Vec<String>,
 }
 
 impl Device {
@@ -65,6 +68,7 @@ pub struct Change {
     pub instance: Option<String>,
     pub hop: Hop,
     pub expires: u32,
+    pub path: Vec<String>,
 }
 
 /// Why a REGISTER was not applied.
@@ -96,6 +100,7 @@ pub fn apply(devices: &[Device], changes: &[Change], now: Instant) -> Result<Vec
             hop: c.hop,
             expires: now + Duration::from_secs(u64::from(c.expires)),
             id: device_id(&c.instance, &c.contact),
+            path: c.path.clone(),
         };
         match at {
             Some(i) => out[i] = d,
@@ -117,6 +122,7 @@ mod tests {
             instance: instance.map(str::to_string),
             hop: Hop::Udp("127.0.0.1:5060".parse().unwrap()),
             expires,
+            path: Vec::new(),
         }
     }
 
