@@ -1484,3 +1484,151 @@ fn calls_to_a_device_registered_through_an_edge_proxy_go_through_it() {
         "the INVITE went around the edge proxy"
     );
 }
+
+/// The ACK for a final answer the front-end gave itself (a 407 challenge, a 404) ends
+/// there (RFC 3261 section 17.2.1): it reached the callee before, and linphone answered
+/// such a stray ACK with 405, which came back to the caller.
+#[test]
+fn the_ack_of_a_local_answer_is_not_forwarded() {
+    let dir = TempDir::new("sip-ack");
+    let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    let bob = socket();
+    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 1, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
+    assert_eq!(
+        status(&transact(
+            &bob,
+            fe,
+            &register(&bob, "bob", DOMAIN, 2, Some(&auth))
+        )),
+        200
+    );
+    // alice@p2psip calls bob without credentials: 407 from the front-end.
+    let alice = socket();
+    let me = alice.local_addr().unwrap();
+    let inv = format!(
+        "INVITE sip:bob@{DOMAIN} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKack1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@{DOMAIN}>;tag=a1\r\n\
+         To: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: ack-1@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{me}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let r = transact(&alice, fe, &inv);
+    assert_eq!(status(&r), 407, "{r}");
+    let to = r
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("to:"))
+        .unwrap()
+        .to_string();
+    let ack = inv
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(&format!("To: <sip:bob@{DOMAIN}>"), to.trim());
+    alice.send_to(ack.as_bytes(), fe).unwrap();
+    assert!(
+        next_request(&bob, "ACK").is_none(),
+        "the ACK of the 407 reached bob"
+    );
+}
+
+/// linphonec with its default configuration (one account, its own Contact with
+/// +sip.instance, GRUU support) registers with its password, answers bob's call
+/// (baresip) and, calling bob itself, hangs up.
+#[test]
+fn linphonec_registers_answers_calls_and_hangs_up() {
+    if !linphone::available() || !baresip::available() {
+        return;
+    }
+    let dir = TempDir::new("sip-linphone");
+    let (n, fe) = front_end(&dir, "[\"MD5\"]");
+    let mut alice = linphone::Linphone::start(&dir.0, "alice", "alice", DOMAIN, "wonderland", fe);
+    assert!(
+        alice.wait_log("LinphoneRegistrationOk", Duration::from_secs(15)),
+        "linphonec did not register:\n{}",
+        alice
+            .log()
+            .lines()
+            .filter(|l| l.starts_with("SIP/2.0") || l.starts_with("REGISTER"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let bob_account = |extra: &str| {
+        format!("<sip:bob@{DOMAIN}>;outbound=\"sip:{fe}\";auth_pass=the-builder;regint=600{extra}")
+    };
+    // bob calls alice; linphonec answers; bob hangs up when he quits.
+    let b = baresip::Phone::new(&dir.0, "bob", &bob_account(""))
+        .run(6, &[&format!("/dial sip:alice@{DOMAIN}")]);
+    assert!(
+        b.contains("Call established: sip:alice@p2psip"),
+        "linphonec did not answer bob:\n{b}\n{}",
+        std::fs::read_to_string(&n.stderr_log).unwrap_or_default()
+    );
+    assert!(
+        !b.contains("405"),
+        "a stray request reached linphonec:\n{b}"
+    );
+    assert!(
+        alice.wait_output("ended", Duration::from_secs(10)),
+        "bob's hang-up did not reach linphonec:\n{}",
+        alice.output()
+    );
+    // alice calls bob (answering by himself) and hangs up.
+    let mut bob = baresip::Phone::new(&dir.0, "bob2", &bob_account(";answermode=auto"));
+    bob.start(10, &[]);
+    assert!(
+        bob.wait_for("200 OK", Duration::from_secs(10)),
+        "{}",
+        bob.output()
+    );
+    alice.command(&format!("call sip:bob@{DOMAIN}"));
+    assert!(
+        bob.wait_for(
+            "Call established: sip:alice@p2psip",
+            Duration::from_secs(10)
+        ),
+        "linphonec's call did not reach bob:\n{}\n{}",
+        bob.output(),
+        alice.output()
+    );
+    // Hang up once linphonec has the call's media up (its own event).
+    assert!(
+        alice.wait_output(
+            "Media streams established with sip:bob@p2psip",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        alice.output()
+    );
+    alice.command("terminate");
+    // bob's answer to alice's BYE (From alice: the call she made), in linphonec's SIP
+    // log (baresip does not always print the end of a call hung up this soon).
+    let bye_answered = |log: &str| {
+        let lines: Vec<&str> = log.lines().collect();
+        lines.iter().enumerate().any(|(i, l)| {
+            let block = &lines[i..lines.len().min(i + 16)];
+            l.starts_with("SIP/2.0 200")
+                && block
+                    .iter()
+                    .any(|h| h.starts_with("CSeq:") && h.ends_with(" BYE"))
+                && block
+                    .iter()
+                    .any(|h| h.starts_with("From:") && h.contains("sip:alice@"))
+        })
+    };
+    assert!(
+        !bye_answered(&alice.log()),
+        "a BYE of alice's before she hung up"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || bye_answered(&alice.log())
+            .then_some(()))
+        .is_some(),
+        "linphonec's BYE was not answered:\n{}",
+        bob.finish(Duration::from_secs(20))
+    );
+}

@@ -530,7 +530,7 @@ fn response(req: &Request, code: u16, extra: Vec<Header>) -> Response {
                 let mut v = t.value().to_string();
                 if code > 100 && !v.contains(";tag=") {
                     let tag = hex::encode(&Sha256::digest(req.to_string().as_bytes())[..6]);
-                    v.push_str(&format!(";tag={tag}"));
+                    v.push_str(&format!(";tag={}{tag}", raw::LOCAL_TAG));
                 }
                 headers.push(Header::To(rsip::headers::To::new(v)));
             }
@@ -994,6 +994,14 @@ impl Inner {
             let status = StatusCode::Other(400, raw::phrase(&why));
             self.reply_status(&req, status, vec![], src).await;
             bail!("{} answered 400: {why}", req.method);
+        }
+        // The ACK of a final answer we gave ourselves ends here (its To tag is ours).
+        if req.method == Method::Ack
+            && req
+                .to_header()
+                .is_ok_and(|t| t.value().contains(&format!(";tag={}", raw::LOCAL_TAG)))
+        {
+            return Ok(());
         }
         // The CANCEL, ACK or retransmission of a request we forked.
         if !self.forks_in.is_empty() && self.fork_request(&req, src).await {
@@ -1708,7 +1716,9 @@ impl Inner {
             "SIP/2.0/{transport} {};branch={COOKIE}{branch}{via_node}",
             self.me()
         ))));
-        if let Some(from) = record.filter(|_| req.method != Method::Register) {
+        // Only requests that may start a dialog (no To tag yet) are record-routed.
+        let initial = req.to_header().is_ok_and(|t| !t.value().contains(";tag="));
+        if let Some(from) = record.filter(|_| req.method != Method::Register && initial) {
             let entry = |leg: Hop| {
                 let t = if matches!(leg, Hop::Tcp(_)) {
                     ";transport=tcp"

@@ -4,6 +4,10 @@
 //! 8.2: 505 for another version, 405 with Allow for an unknown method, 400 with the reason
 //! otherwise).
 
+/// The start of every To tag the front-end puts in answers of its own (so that their
+/// ACKs are recognised and end here).
+pub const LOCAL_TAG: &str = "p2psip-";
+
 /// The methods the front-end takes (the Allow header's value).
 pub const ALLOW: &str =
     "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, PUBLISH";
@@ -151,7 +155,7 @@ pub fn answer_unparsable(bytes: &[u8]) -> Option<String> {
                 via = true;
                 out += &format!("Via: {value}\r\n");
             }
-            "To" if !value.contains(";tag=") => out += &format!("To: {value};tag=p2psip-e\r\n"),
+            "To" if !value.contains(";tag=") => out += &format!("To: {value};tag={LOCAL_TAG}e\r\n"),
             "From" | "To" | "Call-ID" | "CSeq" => out += &format!("{name}: {value}\r\n"),
             _ => {}
         }
