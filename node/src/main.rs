@@ -497,6 +497,38 @@ struct DevnetArgs {
     log: LogArgs,
 }
 
+/// Sends an INVITE for `user` at devnet's domain to front-end `fe` (from a caller of
+/// another domain, so unchallenged) and returns the first final answer's status line.
+async fn devnet_call(fe: SocketAddr, user: &str) -> anyhow::Result<String> {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let me = s.local_addr()?;
+    let invite = format!(
+        "INVITE sip:{user}@{DEVNET_DOMAIN} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKdevnet{}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:devnet@devnet.example>;tag=d\r\n\
+         To: <sip:{user}@{DEVNET_DOMAIN}>\r\nCall-ID: devnet-{}@127.0.0.1\r\n\
+         CSeq: 1 INVITE\r\nContact: <sip:devnet@{me}>\r\nContent-Length: 0\r\n\r\n",
+        me.port(),
+        me.port()
+    );
+    let mut buf = vec![0u8; 65_535];
+    for _ in 0..4 {
+        s.send_to(invite.as_bytes(), fe).await?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(until, s.recv_from(&mut buf)).await {
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if line.starts_with("SIP/2.0 ") && !line.starts_with("SIP/2.0 1") {
+                return Ok(line.trim_start_matches("SIP/2.0 ").to_string());
+            }
+        }
+    }
+    bail!("no final answer")
+}
+
 /// Standard error for the logs, where a failed write (a full disk under a log file) drops
 /// the line and counts it (`p2psip_log_write_failures_total`) instead of failing: the
 /// subscriber would report it with `eprintln!`, which panics when standard error fails.
@@ -1449,41 +1481,81 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
-    // Sample SIP registrations, stored through one peer and looked up through another.
+    // Sample SIP users: registered at the front-ends when there are some (real bindings,
+    // a stand-in phone answering them), else stored directly as SIP-REGISTRATION values;
+    // each looked up through another peer.
     let kind = kind_of("sip-registration")?;
     let mut stored = 0;
     let mut store_ms = Vec::new();
+    let sample_phone = if front_ends.is_empty() {
+        None
+    } else {
+        Some(p2psip_node::sip::sample::spawn().await?)
+    };
     for u in 0..a.users {
-        let aor = format!("sip:user{u}@devnet.example");
-        let mut seed = [7u8; 32];
-        seed[..8].copy_from_slice(&(u as u64).to_be_bytes());
-        let who = Identity::from_seed(seed, aor.clone());
-        let contact = format!("sip:user{u}@127.0.0.1:{}", 5060 + u);
-        let (res, v) = build_value(&who, &aor, kind, contact.as_bytes(), runtime::now(), 3600);
-        let via = &nodes[u % nodes.len()];
-        match via
-            .op(move |n, t| n.store(t, res, kind, vec![v], 0))
-            .await?
-        {
-            Event::Completed {
-                outcome: Ok(_),
-                latency,
-                ..
-            } => {
-                stored += 1;
-                store_ms.push(latency.as_secs_f64() * 1000.0);
+        let user = format!("sample{u}");
+        let aor = format!("sip:{user}@{DEVNET_DOMAIN}");
+        let started = Instant::now();
+        let ok = match &sample_phone {
+            Some((phone, _)) => {
+                let contact = format!("sip:{user}@{phone}");
+                match front_ends[u % front_ends.len()]
+                    .register_device(&user, &contact, 3600)
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        println!("  register {aor}: {e:#}");
+                        false
+                    }
+                }
             }
-            Event::Completed {
-                outcome: Err(e), ..
-            } => println!("  register {aor}: {e}"),
-            _ => {}
+            None => {
+                let via = &nodes[u % nodes.len()];
+                let value = p2psip_proto::pb::SipRegistration {
+                    target: Some(p2psip_proto::pb::sip_registration::Target::Destination(
+                        p2psip_proto::pb::SipDestination {
+                            node: via.id.to_bytes().to_vec(),
+                            contact: format!("sip:{user}@127.0.0.1:{}", 5060 + u),
+                            expires_at: (runtime::now().0 / 1000).saturating_add(3_600_000),
+                            ..Default::default()
+                        },
+                    )),
+                };
+                let who = p2psip_node::sip::identities::derived(&identity::generate_seed(), &aor);
+                let (res, v) = build_value(
+                    &who,
+                    &aor,
+                    kind,
+                    &prost::Message::encode_to_vec(&value),
+                    runtime::now(),
+                    3600,
+                );
+                match via
+                    .op(move |n, t| n.store(t, res, kind, vec![v], 0))
+                    .await?
+                {
+                    Event::Completed { outcome: Ok(_), .. } => true,
+                    Event::Completed {
+                        outcome: Err(e), ..
+                    } => {
+                        println!("  register {aor}: {e}");
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if ok {
+            stored += 1;
+            store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         }
     }
     let mut found = 0;
     let mut fetch_ms = Vec::new();
     let mut hops_sum = 0;
     for u in 0..a.users {
-        let aor = format!("sip:user{u}@devnet.example");
+        let aor = format!("sip:sample{u}@{DEVNET_DOMAIN}");
         let res = Id::hash_of(aor.as_bytes());
         let via = &nodes[(u + 1 + nodes.len() / 2) % nodes.len()];
         if let Event::Completed {
@@ -1493,15 +1565,21 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
             ..
         } = via.op(move |n, t| n.fetch_kind(t, res, kind)).await?
         {
-            let vals = values_of(&f);
-            if let Some(v) = vals.first() {
+            let contact = values_of(&f).iter().find_map(|v| {
+                match prost::Message::decode(v.as_slice()) {
+                    Ok(p2psip_proto::pb::SipRegistration {
+                        target: Some(p2psip_proto::pb::sip_registration::Target::Destination(d)),
+                    }) => Some(d.contact),
+                    _ => None,
+                }
+            });
+            if let Some(contact) = contact {
                 found += 1;
                 hops_sum += hops;
                 fetch_ms.push(latency.as_secs_f64() * 1000.0);
                 if u < 3 {
                     println!(
-                        "    {aor} -> {} (via peer {}, {hops} hops, {:.2} ms)",
-                        String::from_utf8_lossy(v),
+                        "    {aor} -> {contact} (via peer {}, {hops} hops, {:.2} ms)",
                         via.id,
                         latency.as_secs_f64() * 1000.0
                     );
@@ -1521,8 +1599,22 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
         med(&mut fetch_ms),
         hops_sum as f64 / found.max(1) as f64
     );
+    if a.users > 0 && front_ends.len() > 1 {
+        // A call to a sample user through a front-end that does not hold its binding.
+        let fe = front_ends[front_ends.len() - 1].addr;
+        match devnet_call(fe, "sample0").await {
+            Ok(answer) => println!("  call sip:sample0@{DEVNET_DOMAIN} through {fe}: {answer} (the sample phone's answer)"),
+            Err(e) => println!("  call sip:sample0@{DEVNET_DOMAIN} through {fe}: {e:#}"),
+        }
+    }
     println!("  metrics: http://{metrics_addr}/metrics");
-    println!("  try: cargo run -p p2psip-node -- client --peer {} --overlay devnet.p2psip fetch sip:user0@devnet.example --kind sip-registration", nodes[0].addr);
+    println!("  try: cargo run --release -p p2psip-node --bin p2psip -- client --peer {} --overlay devnet.p2psip fetch sip:sample0@{DEVNET_DOMAIN} --kind sip-registration", nodes[0].addr);
+    if let Some(fe) = front_ends.first() {
+        println!(
+            "  phones: account <sip:user0@{DEVNET_DOMAIN}>;outbound=\"sip:{}\";auth_pass=PASSWORD (baresip); call sip:sample0@{DEVNET_DOMAIN} (answers 486 Busy Here)",
+            fe.addr
+        );
+    }
     match a.duration {
         Some(d) => {
             println!("  running for {d:?}");

@@ -94,3 +94,43 @@ fn bad_arguments_are_explained() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/p2psip.toml"), "{err}");
 }
+
+/// With front-ends, devnet's sample users are real registrations: calling one through a
+/// front-end that does not hold its binding reaches the stand-in phone, which answers 486
+/// (issue 23 item 8: they were raw strings in the overlay, and a call got 404).
+#[test]
+fn devnet_sample_users_are_callable_registrations() {
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let out = Command::new(BIN)
+        .args([
+            "devnet",
+            "--nodes",
+            "3",
+            "--users",
+            "10",
+            "--sip",
+            "0",
+            "--duration",
+            "1s",
+            "--metrics",
+            &metrics,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("registered 10/10 SIP users"), "{stdout}");
+    assert!(
+        stdout.contains("found 10/10 through other peers"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("call sip:sample0@p2psip through") && stdout.contains(": 486 Busy Here"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cargo run --release"), "{stdout}");
+}

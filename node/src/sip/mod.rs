@@ -15,6 +15,7 @@ mod forking;
 pub mod identities;
 pub mod raw;
 mod registrar;
+pub mod sample;
 
 use crate::runtime::NodeClient;
 use crate::transport::limits::{ByteWindows, Slot, Slots};
@@ -198,6 +199,45 @@ struct Inner {
 pub struct SipFrontEnd {
     pub addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    inner: Arc<Inner>,
+}
+
+impl SipFrontEnd {
+    /// Registers `contact` (a UDP device) as `sip:<user>@<domain>` for `expires` seconds,
+    /// as a REGISTER through this front-end would (no credentials asked: for the local
+    /// tools that start the front-end, such as devnet's sample users).
+    pub async fn register_device(
+        &self,
+        user: &str,
+        contact: &str,
+        expires: u32,
+    ) -> anyhow::Result<()> {
+        let i = &self.inner;
+        let aor = format!("sip:{user}@{}", i.cfg.domain);
+        let uri = rsip::Uri::try_from(contact)?;
+        let a = uri_addr(&uri).ok_or_else(|| anyhow!("Contact {contact} has no address"))?;
+        let change = registrar::Change {
+            contact: contact.to_string(),
+            prefs: String::new(),
+            instance: None,
+            hop: Hop::Udp(a),
+            expires,
+            path: Vec::new(),
+        };
+        let now = Instant::now();
+        let devices = {
+            let mut e = i.bindings.entry(aor.clone()).or_default();
+            let d = registrar::apply(&e, &[change], now)
+                .map_err(|_| anyhow!("{aor}: too many devices"))?;
+            *e = d.clone();
+            d
+        };
+        i.store_bindings(&aor, user, &devices, now)
+            .await
+            .map_err(|e| anyhow!("storing {aor}: {e}"))?;
+        i.know(a, now + Duration::from_secs(u64::from(expires)));
+        Ok(())
+    }
 }
 
 impl Drop for SipFrontEnd {
@@ -290,6 +330,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
     Ok(SipFrontEnd {
         addr,
         tasks: vec![udp_task, tcp_task, app_task],
+        inner,
     })
 }
 

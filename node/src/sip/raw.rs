@@ -146,16 +146,25 @@ pub fn answer_unparsable(bytes: &[u8]) -> Option<String> {
             String::new(),
         )
     };
+    answer(&head, &status, &extra, "e")
+}
+
+/// A response `status` (`486 Busy Here`) to the request whose head is `head`: its Vias,
+/// From, To (with the tag `LOCAL_TAG` + `tag` if it has none), Call-ID and CSeq, then
+/// `extra` header lines; None without a Via.
+pub fn answer(head: &str, status: &str, extra: &str, tag: &str) -> Option<String> {
     let mut out = format!("SIP/2.0 {status}\r\n");
     let mut via = false;
-    for (name, value) in header_lines(&head) {
+    for (name, value) in header_lines(head) {
         let name = canonical(&name);
         match name.as_str() {
             "Via" => {
                 via = true;
                 out += &format!("Via: {value}\r\n");
             }
-            "To" if !value.contains(";tag=") => out += &format!("To: {value};tag={LOCAL_TAG}e\r\n"),
+            "To" if !value.contains(";tag=") => {
+                out += &format!("To: {value};tag={LOCAL_TAG}{tag}\r\n")
+            }
             "From" | "To" | "Call-ID" | "CSeq" => out += &format!("{name}: {value}\r\n"),
             _ => {}
         }
@@ -163,7 +172,7 @@ pub fn answer_unparsable(bytes: &[u8]) -> Option<String> {
     if !via {
         return None;
     }
-    out += &extra;
+    out += extra;
     out += "Server: p2psip\r\nContent-Length: 0\r\n\r\n";
     Some(out)
 }
