@@ -1632,3 +1632,62 @@ fn linphonec_registers_answers_calls_and_hangs_up() {
         bob.finish(Duration::from_secs(20))
     );
 }
+
+/// Kamailio's dispatcher in front of three front-ends (issue 23 item 2: OPTIONS to a
+/// front-end got 404, so the dispatcher marked every one down and answered calls 503):
+/// its OPTIONS pings mark all three up; baresip phones registered through Kamailio
+/// (which adds Path) call each other, and the call to the phone goes through Kamailio
+/// (issue 23 item 4: it went around it, to the Contact).
+#[test]
+fn kamailio_dispatches_to_the_front_ends_and_the_call_goes_through_it() {
+    if !kamailio::available() || !baresip::available() {
+        return;
+    }
+    let dir = TempDir::new("sip-kamailio");
+    let a = front_end_in(&dir.0.join("fe1"), &[], "[\"MD5\"]", "");
+    let boot = [a.0.addr];
+    let b = front_end_in(&dir.0.join("fe2"), &boot, "[\"MD5\"]", "");
+    let c = front_end_in(&dir.0.join("fe3"), &boot, "[\"MD5\"]", "");
+    let kam = kamailio::Kamailio::start(&dir.0.join("kamailio"), &[a.1, b.1, c.1]);
+    assert!(
+        kam.all_up(3, Duration::from_secs(15)),
+        "the dispatcher did not mark the front-ends up: {:?}\n{}",
+        kam.destinations(),
+        kam.log()
+    );
+    let account = |user: &str, pw: &str, extra: &str| {
+        format!(
+            "<sip:{user}@{DOMAIN}>;outbound=\"sip:{}\";auth_pass={pw};regint=600{extra}",
+            kam.addr
+        )
+    };
+    let mut alice = baresip::Phone::new(
+        &dir.0,
+        "alice",
+        &account("alice", "wonderland", ";answermode=auto"),
+    );
+    alice.start(20, &[]);
+    assert!(
+        alice.wait_for("200 OK", Duration::from_secs(10)),
+        "alice did not register through Kamailio:\n{}\n{}",
+        alice.output(),
+        kam.log()
+    );
+    let bob = baresip::Phone::new(&dir.0, "bob", &account("bob", "the-builder", ""))
+        .run(6, &[&format!("/dial sip:alice@{DOMAIN}")]);
+    let logs = [&a.0, &b.0, &c.0]
+        .iter()
+        .map(|n| std::fs::read_to_string(&n.stderr_log).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n----\n");
+    assert!(
+        bob.contains("Call established: sip:alice@p2psip"),
+        "the call through Kamailio was not answered:\n{bob}\n{}\n{logs}",
+        kam.log()
+    );
+    assert!(
+        kam.log().contains("kamailio: routed INVITE to sip:alice"),
+        "the INVITE to alice's phone did not go through Kamailio (her Path):\n{}",
+        kam.log()
+    );
+}

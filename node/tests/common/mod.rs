@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod baresip;
+pub mod kamailio;
 pub mod linphone;
 
 use std::io::{BufRead, BufReader, Read, Write};
