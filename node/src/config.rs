@@ -208,6 +208,11 @@ pub struct SipSection {
     pub requests_per_s_per_source: u32,
     /// Requests handled at once; more are answered 503 with Retry-After.
     pub max_requests_in_flight: usize,
+    /// IP addresses of SIP proxies in front of the front-end (a Kamailio dispatcher):
+    /// every phone behind one shares its address, so neither `requests_per_s_per_source`
+    /// nor the limit of failed authentications per address applies to them (failures
+    /// still count per user).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for SipSection {
@@ -228,6 +233,7 @@ impl Default for SipSection {
             tcp_idle_timeout_s: 32,
             requests_per_s_per_source: 500,
             max_requests_in_flight: 4096,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -1691,3 +1691,65 @@ fn kamailio_dispatches_to_the_front_ends_and_the_call_goes_through_it() {
         kam.log()
     );
 }
+
+/// Behind a proxy every phone shares its address: one phone with a wrong password got
+/// the proxy's address limited (5 failures a minute), and every other user behind it was
+/// refused with it. Listed in `sip.trusted_proxies`, the proxy's failures count per user
+/// only: bob is limited, alice still registers.
+#[test]
+fn failures_through_a_trusted_proxy_count_per_user() {
+    let run = |dir: &TempDir, extra: &str| -> (u16, u16) {
+        let (_n, fe) = front_end_with(dir, "[\"SHA-256\", \"MD5\"]", extra);
+        let s = socket();
+        for i in 0..6 {
+            let r = transact(&s, fe, &register(&s, "bob", DOMAIN, 10 * i + 1, None));
+            if status(&r) == 403 {
+                break;
+            }
+            let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+            let auth = digest(Algorithm::Sha256, "bob", "wrong-guess", &nonce, 1);
+            transact(
+                &s,
+                fe,
+                &register(&s, "bob", DOMAIN, 10 * i + 2, Some(&auth)),
+            );
+        }
+        // bob now, with his right password: refused while limited.
+        let r = transact(&s, fe, &register(&s, "bob", DOMAIN, 99, None));
+        let bob = if status(&r) == 401 {
+            let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+            let auth = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
+            status(&transact(
+                &s,
+                fe,
+                &register(&s, "bob", DOMAIN, 100, Some(&auth)),
+            ))
+        } else {
+            status(&r)
+        };
+        let r = transact(&s, fe, &register(&s, "alice", DOMAIN, 101, None));
+        if status(&r) != 401 {
+            return (bob, status(&r));
+        }
+        let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+        let auth = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 1);
+        let alice = status(&transact(
+            &s,
+            fe,
+            &register(&s, "alice", DOMAIN, 102, Some(&auth)),
+        ));
+        (bob, alice)
+    };
+    let plain = TempDir::new("sip-proxy-plain");
+    assert_eq!(
+        run(&plain, ""),
+        (403, 403),
+        "without the setting the address is limited"
+    );
+    let trusted = TempDir::new("sip-proxy-trusted");
+    assert_eq!(
+        run(&trusted, "trusted_proxies = [\"127.0.0.1\"]\n"),
+        (403, 200),
+        "through a trusted proxy bob is limited, alice is not"
+    );
+}

@@ -295,6 +295,9 @@ pub struct Authenticator {
     /// Highest nonce count seen per nonce still alive.
     counts: Mutex<HashMap<String, u32>>,
     failures: Mutex<Failures>,
+    /// Proxies in front (`sip.trusted_proxies`): every phone behind one shares its
+    /// address, so failures from it count per user only.
+    trusted: Vec<IpAddr>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -321,7 +324,14 @@ impl Authenticator {
             secret: rand::random(),
             counts: Mutex::default(),
             failures: Mutex::default(),
+            trusted: Vec::new(),
         }
+    }
+
+    /// Failed attempts from these addresses count per user, not per address.
+    pub fn with_trusted_proxies(mut self, trusted: Vec<IpAddr>) -> Authenticator {
+        self.trusted = trusted;
+        self
     }
 
     fn mac(&self, issued: u64, salt: u64) -> String {
@@ -379,7 +389,7 @@ impl Authenticator {
                 now.saturating_sub(*start) < FAILURE_WINDOW.as_secs() && *n >= FAILURES_MAX
             })
         };
-        if over(f.by_ip.get(&src)) {
+        if !self.trusted.contains(&src) && over(f.by_ip.get(&src)) {
             return Some("too many failed attempts from this address");
         }
         if user.is_some_and(|u| over(f.by_user.get(u))) {
@@ -406,7 +416,9 @@ impl Authenticator {
             }
             e.1 = e.1.saturating_add(1);
         }
-        bump(&mut f.by_ip, src, now, window);
+        if !self.trusted.contains(&src) {
+            bump(&mut f.by_ip, src, now, window);
+        }
         bump(&mut f.by_user, user.to_string(), now, window);
     }
 

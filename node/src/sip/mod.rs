@@ -88,6 +88,8 @@ pub struct SipSettings {
     /// Requests a second from one IP address (0: no limit), and handled at once.
     pub requests_per_s: u32,
     pub max_in_flight: usize,
+    /// Proxies in front: no per-address rate or failure limit for them.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Keys and CA certificates of the users (`<user>.key`, `<user>.pem`), signing their
     /// registrations in an enrolled overlay (None: keys derived from the node's key).
     pub user_certificates: Option<std::path::PathBuf>,
@@ -112,6 +114,14 @@ impl SipSettings {
             advertise.set_ip(ip);
         }
         let domain = c.domain.to_ascii_lowercase();
+        let trusted_proxies = c
+            .trusted_proxies
+            .iter()
+            .map(|a| {
+                a.parse::<std::net::IpAddr>()
+                    .with_context(|| format!("sip.trusted_proxies: {a:?} is not an IP address"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let auth = if c.auth {
             let Some(file) = &c.users_file else {
                 bail!(
@@ -121,11 +131,14 @@ impl SipSettings {
                 );
             };
             let users = auth::Users::load(std::path::Path::new(file))?;
-            Some(Arc::new(Authenticator::new(
-                &domain,
-                users,
-                auth::parse_algorithms(&c.digest_algorithms)?,
-            )))
+            Some(Arc::new(
+                Authenticator::new(
+                    &domain,
+                    users,
+                    auth::parse_algorithms(&c.digest_algorithms)?,
+                )
+                .with_trusted_proxies(trusted_proxies.clone()),
+            ))
         } else {
             None
         };
@@ -142,6 +155,7 @@ impl SipSettings {
             tcp_idle: Duration::from_secs(c.tcp_idle_timeout_s.max(1)),
             requests_per_s: c.requests_per_s_per_source,
             max_in_flight: c.max_requests_in_flight.max(1),
+            trusted_proxies,
             user_certificates: c.user_certificates.as_ref().map(std::path::PathBuf::from),
         })
     }
@@ -891,6 +905,7 @@ impl Inner {
             return;
         }
         let within_rate = match src {
+            Hop::Udp(a) | Hop::Tcp(a) if self.cfg.trusted_proxies.contains(&a.ip()) => true,
             Hop::Udp(a) | Hop::Tcp(a) => self.rate.take(
                 a.ip(),
                 1,
