@@ -19,30 +19,28 @@ fn devnet_runs_every_optional_algorithm() {
     }
 }
 
-fn devnet_with(algorithm: &str) {
+/// Runs `p2psip devnet ARGS --duration 1s --metrics <a free port>`, asserting success;
+/// returns its standard output and the metrics address.
+fn run_devnet(args: &[&str]) -> (String, String) {
     let metrics = format!("127.0.0.1:{}", free_tcp_port());
     let out = Command::new(BIN)
-        .args([
-            "devnet",
-            "--algorithm",
-            algorithm,
-            "--nodes",
-            "5",
-            "--users",
-            "30",
-            "--duration",
-            "1s",
-            "--metrics",
-            &metrics,
-        ])
+        .arg("devnet")
+        .args(args)
+        .args(["--duration", "1s", "--metrics", &metrics])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "devnet --algorithm {algorithm} failed:\n{stdout}\n{stderr}"
+        "devnet {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    (stdout, metrics)
+}
+
+fn devnet_with(algorithm: &str) {
+    let (stdout, metrics) =
+        run_devnet(&["--algorithm", algorithm, "--nodes", "5", "--users", "30"]);
     assert!(
         stdout.contains("5 peers joined, ring consistent"),
         "{stdout}"
@@ -100,29 +98,7 @@ fn bad_arguments_are_explained() {
 /// (issue 23 item 8: they were raw strings in the overlay, and a call got 404).
 #[test]
 fn devnet_sample_users_are_callable_registrations() {
-    let metrics = format!("127.0.0.1:{}", free_tcp_port());
-    let out = Command::new(BIN)
-        .args([
-            "devnet",
-            "--nodes",
-            "3",
-            "--users",
-            "10",
-            "--sip",
-            "0",
-            "--duration",
-            "1s",
-            "--metrics",
-            &metrics,
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = run_devnet(&["--nodes", "3", "--users", "10", "--sip", "0"]);
     assert!(stdout.contains("registered 10/10 SIP users"), "{stdout}");
     assert!(
         stdout.contains("found 10/10 through other peers"),

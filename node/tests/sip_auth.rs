@@ -156,15 +156,20 @@ fn front_end_in(
         );
     }
     let config = write_config(dir, OVERLAY, boot, "127.0.0.1:0");
-    let fe = socket().local_addr().unwrap();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += &format!(
-        "[sip]\nenabled = true\nlisten = \"{fe}\"\nusers_file = \"{}\"\n\
+        "[sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\nusers_file = \"{}\"\n\
          digest_algorithms = {algorithms}\n{extra}",
         users.display()
     );
     std::fs::write(&config, text).unwrap();
     let n = spawn_node(dir, config);
+    let fe = n.sip_addr().unwrap_or_else(|| {
+        panic!(
+            "no SIP front-end: {}",
+            std::fs::read_to_string(&n.stderr_log).unwrap_or_default()
+        )
+    });
     let up = |n: &NodeProc| {
         if boot.is_empty() {
             joined_alone(n)
@@ -360,39 +365,37 @@ fn enrolled_overlay_registrations_are_signed_by_the_users_certificates() {
     }
     // A node directory with its enrolled key and its users' certificates; the config's
     // [sip] table with `sip_extra`.
-    let node_config =
-        |name: &str, boot: &[SocketAddr], sip_extra: &str| -> (std::path::PathBuf, SocketAddr) {
-            let d = dir.0.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            let key = d.join("node.key");
-            p2psip(&[OsStr::new("keygen"), OsStr::new("-o"), key.as_os_str()]);
-            p2psip(&[
-                OsStr::new("ca"),
-                OsStr::new("issue"),
-                OsStr::new("--dir"),
-                ca.as_os_str(),
-                OsStr::new("--user"),
-                OsStr::new(name),
-                OsStr::new("--identity"),
-                key.as_os_str(),
-                OsStr::new("-o"),
-                d.join("node.pem").as_os_str(),
-            ]);
-            let config = write_config(&d, OVERLAY, boot, "127.0.0.1:0");
-            let fe = socket().local_addr().unwrap();
-            let mut text = std::fs::read_to_string(&config).unwrap();
-            text += &format!(
-                "[security]\nca = {:?}\ncertificate = {:?}\n\
-             [sip]\nenabled = true\nlisten = \"{fe}\"\nusers_file = {:?}\n{sip_extra}",
-                ca.join("ca.pem"),
-                d.join("node.pem"),
-                users
-            );
-            std::fs::write(&config, text).unwrap();
-            (config, fe)
-        };
+    let node_config = |name: &str, boot: &[SocketAddr], sip_extra: &str| -> std::path::PathBuf {
+        let d = dir.0.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = d.join("node.key");
+        p2psip(&[OsStr::new("keygen"), OsStr::new("-o"), key.as_os_str()]);
+        p2psip(&[
+            OsStr::new("ca"),
+            OsStr::new("issue"),
+            OsStr::new("--dir"),
+            ca.as_os_str(),
+            OsStr::new("--user"),
+            OsStr::new(name),
+            OsStr::new("--identity"),
+            key.as_os_str(),
+            OsStr::new("-o"),
+            d.join("node.pem").as_os_str(),
+        ]);
+        let config = write_config(&d, OVERLAY, boot, "127.0.0.1:0");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text += &format!(
+            "[security]\nca = {:?}\ncertificate = {:?}\n\
+             [sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\nusers_file = {:?}\n{sip_extra}",
+            ca.join("ca.pem"),
+            d.join("node.pem"),
+            users
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    };
     // Without certificates for its users: a clear refusal at start.
-    let (config, _) = node_config("bare", &[], "");
+    let config = node_config("bare", &[], "");
     let mut c = std::process::Command::new(BIN)
         .args(["node", "--config"])
         .arg(&config)
@@ -434,9 +437,10 @@ fn enrolled_overlay_registrations_are_signed_by_the_users_certificates() {
             "{out}"
         );
         let boot: Vec<SocketAddr> = nodes.iter().map(|n: &NodeProc| n.addr).collect();
-        let (config, fe) = node_config(name, &boot, &format!("user_certificates = {certs:?}\n"));
-        nodes.push(spawn_node(&dir.0.join(name), config));
-        fes.push(fe);
+        let config = node_config(name, &boot, &format!("user_certificates = {certs:?}\n"));
+        let n = spawn_node(&dir.0.join(name), config);
+        fes.push(n.sip_addr().expect("no SIP front-end"));
+        nodes.push(n);
     }
     assert!(
         eventually(Duration::from_secs(30), || (joined_alone(&nodes[0])
@@ -567,6 +571,16 @@ fn request(s: &UdpSocket, method: &str, uri: &str, mf: u32, n: u32) -> String {
          Contact: <sip:mallory@{me}>\r\n\
          Content-Length: 0\r\n\r\n"
     )
+}
+
+/// Registers `user` (its Contact at `s`) at `fe`, answering the SHA-256 challenge with
+/// `password`; asserts the 200.
+fn register_user(s: &UdpSocket, fe: SocketAddr, user: &str, password: &str) {
+    let r = transact(s, fe, &register(s, user, DOMAIN, 1, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, user, password, &nonce, 1);
+    let r = transact(s, fe, &register(s, user, DOMAIN, 2, Some(&auth)));
+    assert_eq!(status(&r), 200, "{r}");
 }
 
 /// Registers alice (SHA-256 answer to the front-end's challenge) with Contact `contact`.
@@ -787,11 +801,7 @@ fn calls_from_users_of_the_domain_are_challenged() {
     let dir = TempDir::new("sip-407");
     let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
     let bob = socket();
-    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 1, None));
-    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
-    let auth = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
-    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 2, Some(&auth)));
-    assert_eq!(status(&r), 200, "{r}");
+    register_user(&bob, fe, "bob", "the-builder");
     let alice = socket();
     let me = alice.local_addr().unwrap();
     let call = |n: u32, proxy_auth: Option<&str>| {
@@ -1493,17 +1503,7 @@ fn the_ack_of_a_local_answer_is_not_forwarded() {
     let dir = TempDir::new("sip-ack");
     let (_n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
     let bob = socket();
-    let r = transact(&bob, fe, &register(&bob, "bob", DOMAIN, 1, None));
-    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
-    let auth = digest(Algorithm::Sha256, "bob", "the-builder", &nonce, 1);
-    assert_eq!(
-        status(&transact(
-            &bob,
-            fe,
-            &register(&bob, "bob", DOMAIN, 2, Some(&auth))
-        )),
-        200
-    );
+    register_user(&bob, fe, "bob", "the-builder");
     // alice@p2psip calls bob without credentials: 407 from the front-end.
     let alice = socket();
     let me = alice.local_addr().unwrap();

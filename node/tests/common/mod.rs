@@ -64,6 +64,22 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub stderr_log: PathBuf,
+    /// What it printed on standard output after its first line.
+    pub stdout_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NodeProc {
+    /// The address of its SIP front-end, from its `SIP front-end on udp/tcp ADDR` line
+    /// (within 10 s; the front-end may be given port 0 and so never races for a port).
+    pub fn sip_addr(&self) -> Option<SocketAddr> {
+        eventually(Duration::from_secs(10), || {
+            let lines = self.stdout_lines.lock().ok()?;
+            lines.iter().find_map(|l| {
+                l.strip_prefix("SIP front-end on udp/tcp ")
+                    .and_then(|a| a.trim().parse().ok())
+            })
+        })
+    }
 }
 
 impl Drop for NodeProc {
@@ -122,10 +138,19 @@ pub fn spawn_node(dir: &Path, config: PathBuf) -> NodeProc {
     let words: Vec<&str> = line.split_whitespace().collect();
     let id = words[2].to_string();
     let addr: SocketAddr = words[5].parse().unwrap();
-    // Keep draining stdout so the child never blocks on a full pipe.
+    // Keep draining stdout so the child never blocks on a full pipe; its lines are kept.
+    let stdout_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = stdout_lines.clone();
     std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = out.read_to_end(&mut sink);
+        let mut line = String::new();
+        while matches!(out.read_line(&mut line), Ok(n) if n > 0) {
+            if let Ok(mut v) = keep.lock() {
+                if v.len() < 1000 {
+                    v.push(line.trim_end().to_string());
+                }
+            }
+            line.clear();
+        }
     });
     NodeProc {
         child,
@@ -135,6 +160,7 @@ pub fn spawn_node(dir: &Path, config: PathBuf) -> NodeProc {
         data_dir: dir.to_path_buf(),
         config,
         stderr_log,
+        stdout_lines,
     }
 }
 
