@@ -146,7 +146,9 @@ def start_kamailio(work):
     with open(cfg, "w") as f:
         f.write(KAMAILIO_CFG.format(port=port, modules=MODULES, password=PASSWORD))
     log = open(os.path.join(work, "kamailio.log"), "w")
-    p = subprocess.Popen(["kamailio", "-f", cfg, "-DD", "-E"], stdout=log, stderr=subprocess.STDOUT)
+    # -m / -M: shared and private memory (MB); the defaults (64 / 8) run out of
+    # transactions past a few hundred calls a second.
+    p = subprocess.Popen(["kamailio", "-f", cfg, "-DD", "-E", "-m", "1024", "-M", "32"], stdout=log, stderr=subprocess.STDOUT)
     time.sleep(2)
     if p.poll() is not None:
         sys.exit("kamailio did not start; see " + log.name)
@@ -193,6 +195,12 @@ def calls(system, count, rate, rtt):
         head, last = lines[0], lines[-1]
         ok = int(last[head.index("SuccessfulCall(C)")])
         failed = int(last[head.index("FailedCall(C)")])
+        why = {k: int(last[head.index(k + "(C)")]) for k in
+               ("FailedMaxUDPRetrans", "FailedUnexpectedMessage", "FailedTimeoutOnRecv",
+                "FailedCallRejected", "Retransmissions") if k + "(C)" in head}
+        if failed:
+            print(f"    failed calls at {rate}/s: " + ", ".join(f"{k} {v}" for k, v in why.items() if v),
+                  flush=True)
     times = []
     for t in glob.glob(os.path.join(d, "uac_*_rtt.csv")):
         with open(t) as f:
@@ -237,10 +245,14 @@ def main():
     ap.add_argument("--latency-calls", type=int, default=1000)
     ap.add_argument("--latency-rate", type=int, default=50)
     ap.add_argument("--json")
+    ap.add_argument("--only", choices=["p2psip", "kamailio"], help="run one side only")
+    ap.add_argument("--keep", action="store_true", help="keep the work directories (logs)")
     a = ap.parse_args()
     a.rates = [int(x) for x in a.rates.split(",")]
     results = {}
     for name, start in (("p2psip", start_p2psip), ("kamailio", start_kamailio)):
+        if a.only and a.only != name:
+            continue
         work = tempfile.mkdtemp(prefix=f"bench-{name}-")
         s = start(work)
         try:
@@ -248,7 +260,13 @@ def main():
             results[name] = measure(s, a)
         finally:
             s.stop()
-            shutil.rmtree(work, ignore_errors=True)
+            if a.keep:
+                print(f"  kept {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    if a.only:
+        print(json.dumps(results, indent=2))
+        return
     ours, theirs = results["p2psip"], results["kamailio"]
     ratio = lambda x, y: f"{x / y:.2f}" if y else "-"
     print()
