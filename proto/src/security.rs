@@ -267,12 +267,47 @@ impl KeyCache {
     }
 }
 
+/// Signatures already verified, by SHA-256 of (public key, signature, signed input): a value
+/// fetched or copied again is not verified again (its signer's certificate still is, on
+/// every use). At most [`VerifiedMemo::CAP`], emptied when full. For stored values, which
+/// come back unchanged; messages are each new.
+#[derive(Default)]
+pub struct VerifiedMemo {
+    seen: std::collections::HashSet<[u8; 32]>,
+}
+
+impl VerifiedMemo {
+    /// Signatures remembered at most.
+    pub const CAP: usize = 16_384;
+
+    fn digest(pk: &[u8; 32], sig: &[u8; 64], input: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(pk);
+        h.update(sig);
+        h.update(input);
+        h.finalize().into()
+    }
+}
+
 /// [`verify_bound`] with decoded keys taken from (and added to) `keys`.
 pub fn verify_bound_with<'s>(
     sig: &'s pb::Signature,
     input: &[u8],
     how: Binding<'_>,
     keys: &mut KeyCache,
+) -> Result<&'s pb::SignerIdentity, SignatureError> {
+    verify_bound_memo(sig, input, how, keys, None)
+}
+
+/// [`verify_bound_with`] that skips the Ed25519 verification of a signature `memo` has
+/// seen verify (the signer binding is checked all the same), and remembers new ones.
+pub fn verify_bound_memo<'s>(
+    sig: &'s pb::Signature,
+    input: &[u8],
+    how: Binding<'_>,
+    keys: &mut KeyCache,
+    memo: Option<&mut VerifiedMemo>,
 ) -> Result<&'s pb::SignerIdentity, SignatureError> {
     if sig.algorithm != pb::SignatureAlgorithm::Ed25519 as i32 {
         return Err(SignatureError::UnsupportedAlgorithm(sig.algorithm));
@@ -314,14 +349,81 @@ pub fn verify_bound_with<'s>(
         .as_slice()
         .try_into()
         .map_err(|_| SignatureError::BadSignature)?;
+    let digest = memo.as_ref().map(|_| VerifiedMemo::digest(&pk, &s, input));
+    if let (Some(m), Some(d)) = (&memo, &digest) {
+        if m.seen.contains(d) {
+            return Ok(signer);
+        }
+    }
     vk.verify(input, &ed25519_dalek::Signature::from_bytes(&s))
         .map_err(|_| SignatureError::BadSignature)?;
+    if let (Some(m), Some(d)) = (memo, digest) {
+        if m.seen.len() >= VerifiedMemo::CAP {
+            m.seen.clear();
+        }
+        m.seen.insert(d);
+    }
     Ok(signer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_signature_is_taken_only_for_the_same_input() {
+        let id = Identity::from_seed([7; 32], "alice");
+        let input = b"resource|kind|time|value".to_vec();
+        let sig = id.sign(&input);
+        let (mut keys, mut memo) = (KeyCache::default(), VerifiedMemo::default());
+        for _ in 0..2 {
+            verify_bound_memo(
+                &sig,
+                &input,
+                Binding::SelfSigned,
+                &mut keys,
+                Some(&mut memo),
+            )
+            .unwrap();
+        }
+        assert_eq!(memo.seen.len(), 1);
+        let mut other = input.clone();
+        other[0] ^= 1;
+        assert!(
+            verify_bound_memo(
+                &sig,
+                &other,
+                Binding::SelfSigned,
+                &mut keys,
+                Some(&mut memo)
+            )
+            .is_err(),
+            "a remembered signature vouched for another input"
+        );
+        let mut forged = sig.clone();
+        forged.value[0] ^= 1;
+        assert!(verify_bound_memo(
+            &forged,
+            &input,
+            Binding::SelfSigned,
+            &mut keys,
+            Some(&mut memo)
+        )
+        .is_err());
+        // The signer binding is checked even for a remembered signature.
+        let mut renamed = sig.clone();
+        if let Some(s) = renamed.signer.as_mut() {
+            s.node_id = vec![0; 16];
+        }
+        assert!(verify_bound_memo(
+            &renamed,
+            &input,
+            Binding::SelfSigned,
+            &mut keys,
+            Some(&mut memo)
+        )
+        .is_err());
+    }
 
     #[test]
     fn sign_then_verify_and_tamper() {

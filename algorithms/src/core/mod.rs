@@ -174,6 +174,8 @@ pub struct OverlayNode {
     copy_recheck_armed: bool,
     /// Signers' public keys already decoded (message signatures).
     keys: p2psip_proto::security::KeyCache,
+    /// Stored values' signatures already verified (the fetcher's check of what it gets).
+    verified: p2psip_proto::security::VerifiedMemo,
 }
 
 impl OverlayNode {
@@ -228,6 +230,7 @@ impl OverlayNode {
             held_replication: Vec::new(),
             copy_recheck_armed: false,
             keys: Default::default(),
+            verified: Default::default(),
         }
         .with_writer_bytes_counted()
     }

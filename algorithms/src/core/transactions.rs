@@ -5,7 +5,7 @@
 use super::recovery::Resend;
 use super::{Event, OpError, OverlayNode, TimerKind};
 use crate::id::{Id, NodeId};
-use crate::storage::check_signed;
+use crate::storage::check_signed_with;
 use crate::time::Time;
 use crate::topology::{NextHop, Target};
 use p2psip_proto::pb::{self, ErrorCode};
@@ -124,7 +124,16 @@ impl OverlayNode {
                 continue;
             };
             for sd in &kr.values {
-                if check_signed(kind, resource, sd, &self.cfg.verify).is_err() {
+                if check_signed_with(
+                    kind,
+                    resource,
+                    sd,
+                    &self.cfg.verify,
+                    &mut self.keys,
+                    &mut self.verified,
+                )
+                .is_err()
+                {
                     bad += 1;
                 }
             }

@@ -12,8 +12,8 @@ pub use kinds::{Kind, KindRegistry, KIND_NODE_MULTIPLE, KIND_NODE_VALUE, KIND_SI
 pub use kinds::{KIND_USER_ARRAY, KIND_USER_VALUE};
 pub use memory::MemoryStore;
 pub use rules::{
-    apply_store, check_signed, fetch, find_closest, is_expired, stat, too_large, Budget, StoreMode,
-    VerifyMode,
+    apply_store, check_signed, check_signed_with, fetch, find_closest, is_expired, stat, too_large,
+    Budget, StoreMode, VerifyMode,
 };
 
 use crate::id::Id;

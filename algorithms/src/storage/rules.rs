@@ -4,7 +4,9 @@
 use super::{check_policy, value_len, Kind, KindData, SlotKey};
 use crate::id::{distance, Id};
 use p2psip_proto::pb::{self, stored_data_value::Model, DataModel, ErrorCode};
-use p2psip_proto::security::{stored_data_signing_input, verify_bound, Binding, CertificateCheck};
+use p2psip_proto::security::{
+    stored_data_signing_input, verify_bound_memo, Binding, CertificateCheck, KeyCache, VerifiedMemo,
+};
 use sha2::{Digest, Sha256};
 
 /// How a store is applied.
@@ -78,6 +80,26 @@ pub fn check_signed(
     sd: &pb::StoredData,
     verify_mode: &VerifyMode,
 ) -> Result<(), (ErrorCode, String)> {
+    check_signed_with(
+        kind,
+        resource,
+        sd,
+        verify_mode,
+        &mut KeyCache::default(),
+        &mut VerifiedMemo::default(),
+    )
+}
+
+/// [`check_signed`] with the caller's decoded keys and memo of verified signatures (a
+/// fetcher's: the same values come back fetch after fetch).
+pub fn check_signed_with(
+    kind: &Kind,
+    resource: Id,
+    sd: &pb::StoredData,
+    verify_mode: &VerifyMode,
+    keys: &mut KeyCache,
+    memo: &mut VerifiedMemo,
+) -> Result<(), (ErrorCode, String)> {
     let Some(value) = sd.value.as_ref() else {
         return Err((
             ErrorCode::InvalidMessage,
@@ -95,7 +117,7 @@ pub fn check_signed(
         m => {
             let how = m.binding();
             let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
-            match verify_bound(sig, &input, how) {
+            match verify_bound_memo(sig, &input, how, keys, Some(memo)) {
                 Ok(s) => s,
                 // An appended array entry was signed with index 0xFFFFFFFF and is stored
                 // under the index the responsible peer gave it (SPEC 6.2).
@@ -103,7 +125,7 @@ pub fn check_signed(
                     .and_then(|v| {
                         let input =
                             stored_data_signing_input(resource, kind.id, sd.storage_time, &v);
-                        verify_bound(sig, &input, how).ok()
+                        verify_bound_memo(sig, &input, how, keys, Some(memo)).ok()
                     })
                     .ok_or_else(|| (ErrorCode::Forbidden, format!("value signature: {e}")))?,
             }
