@@ -187,8 +187,11 @@ def calls(system, count, rate, rtt):
             "-recv_timeout", "5000", "-l", str(max(rate * 8, 100))]
     if rtt:
         args += ["-trace_rtt", "-rtt_freq", "1"]
+    if os.environ.get("BENCH_TRACE_ERR"):
+        args += ["-trace_err"]
     sipp(args, d, count / rate + 60)
     ok = failed = 0
+    why = {}
     for stat in glob.glob(os.path.join(d, "uac_*_.csv")):
         with open(stat) as f:
             lines = [l.rstrip("\n").split(";") for l in f if l.strip()]
@@ -211,8 +214,11 @@ def calls(system, count, rate, rtt):
                         times.append(float(parts[1]))
                     except ValueError:
                         pass
+    for e in glob.glob(os.path.join(d, "uac_*_errors.log")):
+        shutil.copy(e, os.path.join(system.work, f"errors-{rate}.log"))
     shutil.rmtree(d, ignore_errors=True)
     missing = count - ok - failed
+    calls.unexpected = why.get("FailedUnexpectedMessage", 0) if failed else 0
     return ok, failed + max(missing, 0), sorted(times)
 
 
@@ -222,19 +228,29 @@ def measure(system, a):
     ok, failed, t = calls(system, a.latency_calls, a.latency_rate, True)
     out = {"latency_ok": ok, "latency_failed": failed, "median_ms": pct(t, 0.5),
            "p99_ms": pct(t, 0.99), "steps": []}
-    best = 0
+    strict_ok, lenient_ok = True, True
+    best = best_lenient = 0
     for rate in a.rates:
         n = rate * a.step_seconds
         ok, failed, _ = calls(system, n, rate, False)
         share = failed / n
-        out["steps"].append({"rate": rate, "calls": n, "ok": ok, "failed": failed})
+        # SIPp aborts a call on a response out of the scenario's order (a 180 after the
+        # 200, which a proxy with several workers may pass on): counted apart too.
+        lenient = (failed - calls.unexpected) / n
+        out["steps"].append({"rate": rate, "calls": n, "ok": ok, "failed": failed,
+                             "unexpected_message": calls.unexpected})
         print(f"  {system.name}: {rate}/s: {ok}/{n} completed, {100 * share:.2f}% failed",
               flush=True)
-        if share < 0.01:
+        strict_ok = strict_ok and share < 0.01
+        lenient_ok = lenient_ok and lenient < 0.01
+        if strict_ok:
             best = rate
+        if lenient_ok:
+            best_lenient = rate
         else:
             break
     out["max_rate"] = best
+    out["max_rate_lenient"] = best_lenient
     return out
 
 
@@ -276,6 +292,7 @@ def main():
     print(f"| set-up p99 at {a.latency_rate}/s (ms) | {ours['p99_ms']:.0f} | {theirs['p99_ms']:.0f} | {ratio(ours['p99_ms'], theirs['p99_ms'])} |")
     print(f"| calls completed at {a.latency_rate}/s | {ours['latency_ok']}/{a.latency_calls} | {theirs['latency_ok']}/{a.latency_calls} | |")
     print(f"| highest rate with < 1% failed (calls/s, steps {','.join(map(str, a.rates))}) | {ours['max_rate']} | {theirs['max_rate']} | {ratio(ours['max_rate'], theirs['max_rate'])} |")
+    print(f"| the same, calls aborted on an out-of-order response counted as completed | {ours['max_rate_lenient']} | {theirs['max_rate_lenient']} | {ratio(ours['max_rate_lenient'], theirs['max_rate_lenient'])} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
