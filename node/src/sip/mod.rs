@@ -238,19 +238,11 @@ impl SipFrontEnd {
             expires,
             path: Vec::new(),
         };
-        let now = Instant::now();
-        let devices = {
-            let mut e = i.bindings.entry(aor.clone()).or_default();
-            let d = registrar::apply(&e, &[change], now)
-                .map_err(|_| anyhow!("{aor}: too many devices"))?;
-            *e = d.clone();
-            d
-        };
-        i.store_bindings(&aor, user, &devices, now)
-            .await
-            .map_err(|e| anyhow!("storing {aor}: {e}"))?;
-        i.know(a, now + Duration::from_secs(u64::from(expires)));
-        Ok(())
+        match i.bind(&aor, user, &[change]).await {
+            Ok(_) => Ok(()),
+            Err(Unbound::TooManyDevices) => bail!("{aor}: too many devices"),
+            Err(Unbound::NotStored(e)) => bail!("storing {aor}: {e}"),
+        }
     }
 }
 
@@ -544,6 +536,23 @@ fn route_hop(uri: &rsip::Uri) -> Option<Hop> {
             || p.to_string().eq_ignore_ascii_case(";transport=tcp")
     });
     Some(if tcp { Hop::Tcp(a) } else { Hop::Udp(a) })
+}
+
+/// Where a request following Path entry `entry` (`<sip:proxy;lr>`) goes.
+fn path_hop(entry: &str) -> Option<Hop> {
+    let uri = entry.trim_start_matches('<').split('>').next()?;
+    route_hop(&rsip::Uri::try_from(uri).ok()?)
+}
+
+/// The tag of a request's To header: none before a dialog exists.
+fn to_tag(req: &Request) -> Option<String> {
+    let to = req.to_header().ok()?.value().to_string();
+    to.split(';').skip(1).find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        n.trim()
+            .eq_ignore_ascii_case("tag")
+            .then(|| v.trim().to_string())
+    })
 }
 
 /// Where a response goes after we pop our Via: the node the next Via names, else its
@@ -1052,10 +1061,7 @@ impl Inner {
             bail!("{} answered 400: {why}", req.method);
         }
         // The ACK of a final answer we gave ourselves ends here (its To tag is ours).
-        if req.method == Method::Ack
-            && req
-                .to_header()
-                .is_ok_and(|t| t.value().contains(&format!(";tag={}", raw::LOCAL_TAG)))
+        if req.method == Method::Ack && to_tag(&req).is_some_and(|t| t.starts_with(raw::LOCAL_TAG))
         {
             return Ok(());
         }
@@ -1149,7 +1155,7 @@ impl Inner {
         ) {
             return Ok(true);
         }
-        let in_dialog = req.to_header().is_ok_and(|t| t.value().contains(";tag="));
+        let in_dialog = to_tag(req).is_some();
         let from = req.from_header()?.typed()?;
         let Some(user) = self.domain_user(&from.uri).filter(|_| !in_dialog) else {
             return Ok(true);
@@ -1290,7 +1296,6 @@ impl Inner {
                 }
             }
         }
-        let now = Instant::now();
         // The proxies the REGISTER came through (RFC 3327), nearest the phone last.
         let path: Vec<String> = req
             .headers
@@ -1308,20 +1313,13 @@ impl Inner {
             })
             .collect();
         let path_hop = match path.first() {
-            Some(first) => {
-                let uri = first
-                    .trim_start_matches('<')
-                    .split('>')
-                    .next()
-                    .unwrap_or("");
-                match rsip::Uri::try_from(uri).ok().as_ref().and_then(route_hop) {
-                    Some(h @ (Hop::Udp(_) | Hop::Tcp(_))) => Some(h),
-                    _ => {
-                        self.reply(&req, 400, vec![], src).await;
-                        bail!("REGISTER of {aor}: Path {first} names no address");
-                    }
+            Some(first) => match path_hop(first) {
+                Some(h @ (Hop::Udp(_) | Hop::Tcp(_))) => Some(h),
+                _ => {
+                    self.reply(&req, 400, vec![], src).await;
+                    bail!("REGISTER of {aor}: Path {first} names no address");
                 }
-            }
+            },
             None => None,
         };
         let changes: Vec<registrar::Change> = if star {
@@ -1330,10 +1328,7 @@ impl Inner {
                 self.reply(&req, 400, vec![], src).await;
                 bail!("REGISTER of {aor}: Contact * needs Expires: 0 and no other Contact");
             }
-            self.bindings
-                .get(&aor)
-                .map(|v| v.clone())
-                .unwrap_or_default()
+            self.devices_of(&aor)
                 .into_iter()
                 .map(|d| registrar::Change {
                     contact: d.contact,
@@ -1395,37 +1390,21 @@ impl Inner {
             self.reply(&req, 200, extra, src).await;
             return Ok(());
         }
-        let devices = {
-            let mut e = self.bindings.entry(aor.clone()).or_default();
-            match registrar::apply(&e, &changes, now) {
-                Ok(d) => {
-                    *e = d.clone();
-                    d
-                }
-                Err(registrar::Refused::TooManyDevices) => {
-                    drop(e);
-                    let status = StatusCode::Other(403, "Too Many Devices".into());
-                    self.reply_status(&req, status, vec![], src).await;
-                    bail!(
-                        "REGISTER of {aor}: more than {} devices",
-                        registrar::MAX_DEVICES
-                    );
-                }
+        let devices = match self.bind(&aor, &user, &changes).await {
+            Ok(d) => d,
+            Err(Unbound::TooManyDevices) => {
+                let status = StatusCode::Other(403, "Too Many Devices".into());
+                self.reply_status(&req, status, vec![], src).await;
+                bail!(
+                    "REGISTER of {aor}: more than {} devices",
+                    registrar::MAX_DEVICES
+                );
+            }
+            Err(Unbound::NotStored(why)) => {
+                self.reply(&req, 503, vec![], src).await;
+                bail!("storing the registration of {aor} failed: {why}");
             }
         };
-        if devices.is_empty() {
-            self.bindings.remove_if(&aor, |_, v| v.is_empty());
-        }
-        let stored = self.store_bindings(&aor, &user, &devices, now).await;
-        if let Err(why) = stored {
-            self.reply(&req, 503, vec![], src).await;
-            bail!("storing the registration of {aor} failed: {why}");
-        }
-        for d in &devices {
-            if let Hop::Udp(a) | Hop::Tcp(a) = d.hop {
-                self.know(a, d.expires);
-            }
-        }
         if let (Some(Hop::Udp(a) | Hop::Tcp(a)), Some(until)) =
             (path_hop, devices.iter().map(|d| d.expires).max())
         {
@@ -1444,6 +1423,43 @@ impl Inner {
         }
         self.reply(&req, 200, extra, src).await;
         Ok(())
+    }
+
+    /// Applies `changes` to `aor`'s devices here, stores the result in the overlay and
+    /// remembers the devices' addresses as ones requests may go to; the devices after.
+    async fn bind(
+        self: &Arc<Self>,
+        aor: &str,
+        user: &str,
+        changes: &[registrar::Change],
+    ) -> Result<Vec<registrar::Device>, Unbound> {
+        let now = Instant::now();
+        let devices = {
+            let mut e = self.bindings.entry(aor.to_string()).or_default();
+            let d = registrar::apply(&e, changes, now).map_err(|_| Unbound::TooManyDevices)?;
+            *e = d.clone();
+            d
+        };
+        if devices.is_empty() {
+            self.bindings.remove_if(aor, |_, v| v.is_empty());
+        }
+        self.store_bindings(aor, user, &devices, now)
+            .await
+            .map_err(Unbound::NotStored)?;
+        for d in &devices {
+            if let Hop::Udp(a) | Hop::Tcp(a) = d.hop {
+                self.know(a, d.expires);
+            }
+        }
+        Ok(devices)
+    }
+
+    /// The devices of `aor` bound here (expired ones included).
+    fn devices_of(&self, aor: &str) -> Vec<registrar::Device> {
+        self.bindings
+            .get(aor)
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// The GRUU of device `d` of `aor` here (RFC 5627 pub-gruu).
@@ -1527,12 +1543,7 @@ impl Inner {
     /// its expiry and GRUU.
     fn contact_header_for(&self, aor: &str) -> Vec<Header> {
         let now = Instant::now();
-        let devices = self
-            .bindings
-            .get(aor)
-            .map(|v| v.clone())
-            .unwrap_or_default();
-        devices
+        self.devices_of(aor)
             .iter()
             .filter(|d| d.expires > now)
             .map(|d| {
@@ -1599,11 +1610,7 @@ impl Inner {
         let mut targets: Vec<Target> = Vec::new();
         let mut expired = false;
         if here {
-            let mut devices = self
-                .bindings
-                .get(&aor)
-                .map(|v| v.clone())
-                .unwrap_or_default();
+            let mut devices = self.devices_of(&aor);
             devices.retain(|d| gr_device.as_deref().is_none_or(|g| g == d.id));
             expired = devices.iter().any(|d| d.expires <= now);
             // The most recently refreshed first.
@@ -1773,7 +1780,7 @@ impl Inner {
             self.me()
         ))));
         // Only requests that may start a dialog (no To tag yet) are record-routed.
-        let initial = req.to_header().is_ok_and(|t| !t.value().contains(";tag="));
+        let initial = to_tag(&req).is_none();
         if let Some(from) = record.filter(|_| req.method != Method::Register && initial) {
             let entry = |leg: Hop| {
                 let t = if matches!(leg, Hop::Tcp(_)) {
@@ -1897,12 +1904,8 @@ struct Target {
 impl Target {
     fn device(d: &registrar::Device) -> anyhow::Result<Target> {
         let uri = rsip::Uri::try_from(d.contact.as_str())?;
-        let via_path = d.path.first().and_then(|p| {
-            let u = p.trim_start_matches('<').split('>').next()?;
-            route_hop(&rsip::Uri::try_from(u).ok()?)
-        });
         Ok(Target {
-            hop: via_path.unwrap_or(d.hop),
+            hop: d.path.first().and_then(|p| path_hop(p)).unwrap_or(d.hop),
             uri,
             routes: d.path.clone(),
         })
@@ -1916,6 +1919,12 @@ impl Target {
                 .push(Header::Route(rsip::headers::Route::new(r)));
         }
     }
+}
+
+/// Why [`Inner::bind`] bound nothing.
+enum Unbound {
+    TooManyDevices,
+    NotStored(String),
 }
 
 enum Resolved {
