@@ -1753,3 +1753,28 @@ fn failures_through_a_trusted_proxy_count_per_user() {
         "through a trusted proxy bob is limited, alice is not"
     );
 }
+
+/// A front-end that restarted lost its bindings, but its entry of alice's is still in the
+/// overlay: a call to her gets 480 (Temporarily Unavailable: her phone will register again),
+/// not 404, as before several devices per AOR.
+#[test]
+fn a_call_to_a_binding_lost_in_a_restart_gets_480() {
+    let dir = TempDir::new("sip-restart");
+    let (mut n, fe) = front_end(&dir, "[\"SHA-256\", \"MD5\"]");
+    let alice = socket();
+    let me = alice.local_addr().unwrap();
+    register_alice_at(&alice, fe, &format!("sip:alice@{me}"));
+    let config = n.config.clone();
+    let _ = n.child.kill();
+    let _ = n.child.wait();
+    drop(n);
+    let n = spawn_node(&dir.0, config);
+    assert!(
+        eventually(Duration::from_secs(20), || joined_alone(&n).then_some(())).is_some(),
+        "the node did not come back"
+    );
+    let fe = n.sip_addr().expect("no SIP front-end after the restart");
+    let carol = socket();
+    let r = transact(&carol, fe, &invite(&carol, 1));
+    assert_eq!(status(&r), 480, "{r}");
+}

@@ -1620,8 +1620,10 @@ impl Inner {
                 targets.push(Target::device(&d)?);
             }
         }
+        // A GRUU naming this node needs no overlay lookup: its device is here or gone.
+        let only_here = gr_node.is_some() && here;
         let mut resolved = Resolved::Nobody;
-        for _ in 0..4 {
+        for _ in 0..(if only_here { 0 } else { 4 }) {
             resolved = self.resolve(&aor, gr_node.as_deref()).await?;
             match &resolved {
                 Resolved::Uri(u) => aor = u.clone(),
@@ -1634,6 +1636,11 @@ impl Inner {
                 bail!("{aor}: too many URI indirections");
             }
             Resolved::Nodes(nodes) => {
+                // Our own entry with no device here: they were lost in a restart (the
+                // phones will register again).
+                if nodes.contains(&self.node.id) && targets.is_empty() {
+                    expired = true;
+                }
                 for n in nodes.into_iter().filter(|n| *n != self.node.id) {
                     targets.push(Target {
                         hop: Hop::Node(n),

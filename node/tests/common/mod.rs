@@ -70,9 +70,10 @@ pub struct NodeProc {
 
 impl NodeProc {
     /// The address of its SIP front-end, from its `SIP front-end on udp/tcp ADDR` line
-    /// (within 10 s; the front-end may be given port 0 and so never races for a port).
+    /// (within 20 s, as long as a node is given to join; the front-end may be given port 0
+    /// and so never races for a port).
     pub fn sip_addr(&self) -> Option<SocketAddr> {
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(20), || {
             let lines = self.stdout_lines.lock().ok()?;
             lines.iter().find_map(|l| {
                 l.strip_prefix("SIP front-end on udp/tcp ")
