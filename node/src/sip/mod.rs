@@ -254,17 +254,43 @@ impl Drop for SipFrontEnd {
     }
 }
 
+/// How many ports `bind_sockets` tries when the kernel picks one.
+const BIND_TRIES: usize = 64;
+
+/// Binds UDP with `udp` and TCP on the same address. With port 0 the kernel picks a UDP
+/// port that may be taken for TCP: then another one is tried, `BIND_TRIES` at most.
+fn bind_sockets(
+    listen: SocketAddr,
+    mut udp: impl FnMut() -> std::io::Result<std::net::UdpSocket>,
+) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let tries = if listen.port() == 0 { BIND_TRIES } else { 1 };
+    for _ in 0..tries {
+        let u = udp().with_context(|| format!("SIP: binding UDP {listen}"))?;
+        let addr = u.local_addr()?;
+        match std::net::TcpListener::bind(addr) {
+            Ok(t) => return Ok((u, t)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() == 0 => {
+                tracing::debug!(%addr, "SIP: TCP port taken, trying another");
+            }
+            Err(e) => return Err(e).with_context(|| format!("SIP: binding TCP {addr}")),
+        }
+    }
+    anyhow::bail!(
+        "SIP: no port on {} was free for both UDP and TCP in {tries} tries",
+        listen.ip()
+    )
+}
+
 /// Starts the front-end on `cfg.listen` (UDP and TCP), serves SIP streams from other
 /// nodes and tells the node to answer AppAttach for SIP with its QUIC endpoint.
 pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFrontEnd> {
-    let udp = UdpSocket::bind(cfg.listen)
-        .await
-        .with_context(|| format!("SIP: binding UDP {}", cfg.listen))?;
+    let (udp, tcp) = bind_sockets(cfg.listen, || std::net::UdpSocket::bind(cfg.listen))?;
+    udp.set_nonblocking(true)?;
+    tcp.set_nonblocking(true)?;
+    let (udp, tcp) = (UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?);
     let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("SIP: binding TCP {addr}"))?;
     let mut cfg = cfg;
+    cfg.listen = addr;
     if cfg.advertise.port() == 0 {
         cfg.advertise.set_port(addr.port());
     }
@@ -1978,6 +2004,30 @@ fn pop_route(req: &mut Request) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_picked_port_taken_for_tcp_is_skipped() {
+        // The kernel's first UDP port is one whose TCP port is taken (as happened in CI).
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap();
+        let mut calls = 0;
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (u, t) = bind_sockets(listen, || {
+            calls += 1;
+            if calls == 1 {
+                std::net::UdpSocket::bind(taken)
+            } else {
+                std::net::UdpSocket::bind(listen)
+            }
+        })
+        .expect("another port is tried");
+        assert_ne!(u.local_addr().unwrap(), taken);
+        assert_eq!(u.local_addr().unwrap(), t.local_addr().unwrap());
+        assert_eq!(calls, 2);
+        // A port the operator chose is not silently replaced.
+        let err = bind_sockets(taken, || std::net::UdpSocket::bind(taken)).unwrap_err();
+        assert!(format!("{err:#}").contains("binding TCP"), "{err:#}");
+    }
 
     const INVITE: &str = "INVITE sip:alice@10.0.0.5:5060 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 10.0.0.9:5070;branch=z9hG4bK-1;rport\r\n\
