@@ -117,7 +117,7 @@ def start_p2psip(work):
         base = free_port()
     log = open(os.path.join(work, "devnet.log"), "w")
     p = subprocess.Popen([P2PSIP, "devnet", "--sip", str(base), "--sip-users", users,
-                          "--users", "0", "--metrics", f"127.0.0.1:{free_port()}"],
+                          "--users", "0", "--metrics", "127.0.0.1:0"],
                          stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -304,7 +304,8 @@ struct NodeArgs {
     /// Directory for stored data and the bootstrap cache.
     #[arg(long, env = "P2PSIP_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Address of the Prometheus /metrics endpoint, e.g. 0.0.0.0:9470.
+    /// Address of the Prometheus /metrics endpoint, e.g. 0.0.0.0:9470 (port 0: one the
+    /// kernel picks, printed as "metrics on http://ADDR/metrics" after the listening line).
     #[arg(long, env = "P2PSIP_METRICS")]
     metrics: Option<String>,
     /// Turns the SIP front-end (registrar and proxy) on at this UDP/TCP address, e.g.
@@ -477,7 +478,8 @@ struct DevnetArgs {
     /// Stop after this long (e.g. 30s); default: run until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Prometheus endpoint for all peers (each series has a node label).
+    /// Prometheus endpoint for all peers (each series has a node label); port 0: one the
+    /// kernel picks, printed in the "metrics:" line.
     #[arg(long, default_value = "127.0.0.1:9470")]
     metrics: String,
     /// First UDP port; peers take consecutive ports (0: any free ports).
@@ -850,16 +852,22 @@ async fn node(a: NodeArgs) -> anyhow::Result<()> {
             identity::generate_seed()
         }
     };
-    if !cfg.metrics.is_empty() {
+    let metrics_at = if cfg.metrics.is_empty() {
+        None
+    } else {
         let addr: SocketAddr = runtime::resolve(&cfg.metrics).await?;
-        metrics::install(addr)?;
+        let addr = metrics::install(addr).await?;
         tracing::info!("metrics on http://{addr}/metrics");
-    }
+        Some(addr)
+    };
     let h = runtime::spawn(cfg.clone(), Role::Peer, seed).await?;
     println!(
         "p2psip node {:#} listening on {} (overlay {:?}, algorithm {})",
         h.id, h.addr, cfg.overlay, cfg.algorithm
     );
+    if let Some(addr) = metrics_at {
+        println!("metrics on http://{addr}/metrics");
+    }
     if cfg.nat.echo {
         p2psip_node::echo::serve(&h.client()).await;
     }
@@ -1359,7 +1367,7 @@ async fn devnet(a: DevnetArgs) -> anyhow::Result<()> {
         bail!("--nodes must be at least 1");
     }
     let metrics_addr: SocketAddr = a.metrics.parse().context("--metrics")?;
-    metrics::install(metrics_addr)?;
+    let metrics_addr = metrics::install(metrics_addr).await?;
     let base = Config {
         algorithm: a.algorithm.clone(),
         overlay: "devnet.p2psip".into(),

@@ -28,16 +28,84 @@ fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Installs the Prometheus exporter serving `GET /metrics` on `addr`.
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
-    ENABLED.store(true, Ordering::Relaxed);
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// Most scrapes served at once; more connections wait to be accepted.
+const SCRAPES_AT_ONCE: usize = 16;
+/// A scrape connection that sends no complete request in this long is closed.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Installs the Prometheus recorder and serves `GET /metrics` on `addr` (port 0: one the
+/// kernel picks); returns the address it listens on. The exposition is the exporter's
+/// own rendering; this only answers HTTP with it.
+pub async fn install(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let handle = PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
-        .install()
-        .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr}: {e}"))
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+    ENABLED.store(true, Ordering::Relaxed);
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(SCRAPES_AT_ONCE));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let tcp = match listener.accept().await {
+                Ok((t, _)) => t,
+                Err(e) => {
+                    tracing::warn!("metrics endpoint: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let svc = hyper::service::service_fn(move |r| {
+                    std::future::ready(Ok::<_, std::convert::Infallible>(scrape(&handle, &r)))
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+                let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// The answer to one request to the metrics endpoint.
+fn scrape<B>(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    req: &hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, body) = if req.method() != hyper::Method::GET {
+        (hyper::StatusCode::METHOD_NOT_ALLOWED, String::new())
+    } else if req.uri().path() != "/metrics" {
+        (
+            hyper::StatusCode::NOT_FOUND,
+            "metrics are at /metrics\n".to_string(),
+        )
+    } else {
+        (hyper::StatusCode::OK, handle.render())
+    };
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 /// Counts one message by direction and method (and error code for Error answers).

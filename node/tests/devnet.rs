@@ -19,14 +19,14 @@ fn devnet_runs_every_optional_algorithm() {
     }
 }
 
-/// Runs `p2psip devnet ARGS --duration 1s --metrics <a free port>`, asserting success;
-/// returns its standard output and the metrics address.
+/// Runs `p2psip devnet ARGS --duration 1s --metrics 127.0.0.1:0`, asserting success;
+/// returns its standard output and the metrics address it printed (the port the kernel
+/// picked: never one a second run could collide on).
 fn run_devnet(args: &[&str]) -> (String, String) {
-    let metrics = format!("127.0.0.1:{}", free_tcp_port());
     let out = Command::new(BIN)
         .arg("devnet")
         .args(args)
-        .args(["--duration", "1s", "--metrics", &metrics])
+        .args(["--duration", "1s", "--metrics", "127.0.0.1:0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -34,6 +34,18 @@ fn run_devnet(args: &[&str]) -> (String, String) {
         out.status.success(),
         "devnet {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("metrics: http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics line: {stdout}"))
+        .to_string();
+    let addr: std::net::SocketAddr = metrics.parse().unwrap();
+    assert_ne!(
+        addr.port(),
+        0,
+        "the port it listens on, not the one asked for"
     );
     (stdout, metrics)
 }

@@ -64,11 +64,6 @@ fn alert_rules_and_dashboard_use_real_metrics() {
     })
     .collect();
     // A devnet's peers export every metric of a node.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_p2psip"))
         .args([
             "devnet",
@@ -79,11 +74,28 @@ fn alert_rules_and_dashboard_use_real_metrics() {
             "--duration",
             "20s",
         ])
-        .args(["--metrics", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Its "metrics: http://ADDR/metrics" line names the port the kernel gave it.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut port = 0;
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).is_ok_and(|n| n > 0) {
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("metrics: http://")
+            .and_then(|l| l.strip_suffix("/metrics"))
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        {
+            port = a.port();
+            break;
+        }
+        line.clear();
+    }
+    assert_ne!(port, 0, "devnet printed no metrics address");
     let mut text = String::new();
     for _ in 0..100 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {

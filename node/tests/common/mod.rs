@@ -6,7 +6,7 @@ pub mod kamailio;
 pub mod linphone;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -44,15 +44,6 @@ fn rand_suffix() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     h.finish()
-}
-
-/// A free TCP port on 127.0.0.1 (for a metrics endpoint).
-pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `p2psip node`; SIGKILLed on drop if still running.
@@ -114,15 +105,13 @@ pub fn start_node(dir: &Path, overlay: &str, bootstrap: &[SocketAddr], listen: &
 }
 
 pub fn spawn_node(dir: &Path, config: PathBuf) -> NodeProc {
-    let metrics_port = free_tcp_port();
-    let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let stderr_log = dir.join("stderr.log");
     let mut child = Command::new(BIN)
         .args(["node", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(dir)
-        .args(["--metrics", &metrics.to_string()])
+        .args(["--metrics", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_log).unwrap())
         .spawn()
@@ -139,6 +128,15 @@ pub fn spawn_node(dir: &Path, config: PathBuf) -> NodeProc {
     let words: Vec<&str> = line.split_whitespace().collect();
     let id = words[2].to_string();
     let addr: SocketAddr = words[5].parse().unwrap();
+    // "metrics on http://<addr>/metrics": the port the kernel gave it.
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let metrics: SocketAddr = line
+        .trim()
+        .strip_prefix("metrics on http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics line: {line:?}"));
     // Keep draining stdout so the child never blocks on a full pipe; its lines are kept.
     let stdout_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = stdout_lines.clone();
