@@ -48,6 +48,10 @@ const MAX_EVENTS: usize = 4096;
 const DEPARTED_CAP: usize = 64;
 /// Levels are capped (2^40 members is beyond any fleet).
 const MAX_LEVELS: usize = 40;
+/// Reported arrivals and failures being checked at once; reports beyond are not taken (a
+/// real failure is still noticed by this node's own traffic and its successor checks, a
+/// real arrival by the joiner's own Updates).
+const CONFIRM_MAX: usize = 1024;
 
 /// Parameters of the one-hop algorithm (the `[onehop]` table of a node's configuration).
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +104,8 @@ enum Pending {
     Stabilize(Id),
     SelfLookup,
     Leave,
+    /// Our own probe of a member another peer reported failed.
+    Confirm(Id),
 }
 
 /// One membership event.
@@ -159,6 +165,10 @@ pub struct OneHop {
     join_attempt: usize,
     /// While joining: the admitting peer and the members paged so far.
     joining: Option<(Id, Vec<Id>)>,
+    /// Events other peers sent that would change our membership (the failure of a member
+    /// we hold, the arrival of one we do not), with the ring positions the report asks us
+    /// to cover: applied only once our own probe of the node agrees.
+    confirming: HashMap<Id, (Ev, usize)>,
 }
 
 impl OneHop {
@@ -181,6 +191,7 @@ impl OneHop {
             bootstrap: Vec::new(),
             join_attempt: 0,
             joining: None,
+            confirming: HashMap::new(),
         }
     }
 
@@ -358,6 +369,53 @@ impl OneHop {
             } else {
                 (e.span as usize).min(full)
             };
+            self.hear(ctx, ev, cover);
+        }
+    }
+
+    /// An event another peer sent. One that would change our membership is only a
+    /// report: a peer can sign only as itself, so it could make up anyone's failure or a
+    /// node that does not exist. We probe the node and take the event (and pass it on)
+    /// only if the probe agrees: an answer the node signed for an arrival, none for a
+    /// failure. Events that change nothing here are taken as they come.
+    fn hear(&mut self, ctx: &mut Ctx<'_>, ev: Ev, cover: usize) {
+        if ev.node == self.me || ev.alive == self.members.contains(&ev.node) {
+            return self.learn(ctx, ev, Some(cover));
+        }
+        if self
+            .known
+            .get(&ev.node)
+            .is_some_and(|k| k.alive != ev.alive && k.stamp > ev.stamp)
+        {
+            return; // older than what we know
+        }
+        if let Some((e, c)) = self.confirming.get_mut(&ev.node) {
+            if e.alive == ev.alive {
+                e.stamp = e.stamp.max(ev.stamp);
+                *c = (*c).max(cover);
+            }
+            return;
+        }
+        if self.confirming.len() >= CONFIRM_MAX {
+            return;
+        }
+        let tok = ctx.request(
+            Target::Direct(ev.node),
+            pb::ProbeReq {
+                requested_info: vec![],
+            },
+        );
+        self.pending.insert(tok, Pending::Confirm(ev.node));
+        self.confirming.insert(ev.node, (ev, cover));
+    }
+
+    /// The outcome of our probe of `x` (`answered`: an answer `x` signed came back): the
+    /// reported event is applied and passed on if the probe agrees with it.
+    fn confirmed(&mut self, ctx: &mut Ctx<'_>, x: Id, answered: bool) {
+        let Some((ev, cover)) = self.confirming.remove(&x) else {
+            return;
+        };
+        if answered == ev.alive && self.members.contains(&x) != ev.alive {
             self.learn(ctx, ev, Some(cover));
         }
     }
@@ -715,6 +773,10 @@ impl Topology for OneHop {
         let Some(p) = self.pending.remove(&token) else {
             return;
         };
+        if let Pending::Confirm(x) = p {
+            // Any answer `x` signed, an Error included, shows it alive.
+            return self.confirmed(ctx, x, responder == Some(x));
+        }
         let decoded = match answer {
             Ok(Body::JoinAns(j)) => pb::OneHopUpdate::decode(j.overlay_specific.as_slice()).ok(),
             Ok(Body::UpdateAns(u)) => pb::OneHopUpdate::decode(u.overlay_specific.as_slice()).ok(),
@@ -808,7 +870,7 @@ impl Topology for OneHop {
                     self.request_page(ctx, r, Id(0));
                 }
             }
-            (Pending::Leave, _) => {}
+            (Pending::Leave | Pending::Confirm(_), _) => {}
         }
     }
 
@@ -1025,6 +1087,25 @@ mod tests {
                 let ans = nodes[to]
                     .on_request(&mut ctx, origin, &body)
                     .map_err(|e| e.1);
+                // The receiver's probes of members reported failed: answered by the member
+                // if it is among `nodes`, else failed, before the round goes on.
+                for probe in std::mem::take(&mut actions) {
+                    if let TopologyAction::Request {
+                        token,
+                        target: Target::Direct(x),
+                        body: Body::ProbeReq(_),
+                    } = probe
+                    {
+                        let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
+                        match index.get(&x) {
+                            Some(_) => {
+                                let ok = Body::ProbeAns(pb::ProbeAns::default());
+                                nodes[to].on_answer(&mut ctx, token, Some(x), Ok(&ok));
+                            }
+                            None => nodes[to].on_answer(&mut ctx, token, None, Err(&timeout())),
+                        }
+                    }
+                }
                 let mut ctx = Ctx::new(now, &mut rng, &mut actions, &mut tok);
                 let ans = ans.map_err(|e| pb::ErrorAns {
                     code: ErrorCode::Unspecified as i32,
@@ -1034,6 +1115,92 @@ mod tests {
             }
         }
         got
+    }
+
+    fn timeout() -> pb::ErrorAns {
+        pb::ErrorAns {
+            code: ErrorCode::RequestTimeout as i32,
+            info: b"no answer".to_vec(),
+        }
+    }
+
+    /// The probes `actions` hold, as (token, member probed).
+    fn probes(actions: &[TopologyAction]) -> Vec<(u64, Id)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                TopologyAction::Request {
+                    token,
+                    target: Target::Direct(x),
+                    body: Body::ProbeReq(_),
+                } => Some((*token, *x)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reported_failure_or_arrival_is_applied_only_when_our_own_probe_agrees() {
+        let mut nodes = fleet(16);
+        let node = &mut nodes[0];
+        let (live, dead) = (node.after(node.me, 5)[4], node.after(node.me, 9)[8]);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let (mut actions, mut tok) = (Vec::new(), 1_000_000);
+        let report = |x: Id, stamp: u64| {
+            Ev {
+                node: x,
+                alive: false,
+                stamp,
+                span: 0,
+            }
+            .wire()
+        };
+        let mut ctx = Ctx::new(Time(500), &mut rng, &mut actions, &mut tok);
+        node.receive_events(&mut ctx, &[report(live, 400), report(dead, 400)], 3);
+        // Reported again while the probes wait: no second probe.
+        node.receive_events(&mut ctx, &[report(live, 450)], 3);
+        let sent = probes(&actions);
+        assert_eq!(sent.iter().map(|p| p.1).collect::<Vec<_>>(), [live, dead]);
+        assert_eq!(node.members(), 16, "nothing is applied on a report alone");
+        assert!(node.outgoing.iter().all(Vec::is_empty), "nor passed on");
+        let mut ctx = Ctx::new(Time(600), &mut rng, &mut actions, &mut tok);
+        // The live member answers (an Error it signed would do as well).
+        let ok = Body::ProbeAns(pb::ProbeAns::default());
+        node.on_answer(&mut ctx, sent[0].0, Some(live), Ok(&ok));
+        // The dead one does not; an answer in someone else's name is no answer from it.
+        node.on_answer(&mut ctx, sent[1].0, Some(live), Err(&timeout()));
+        assert!(node.members.contains(&live));
+        assert!(!node.members.contains(&dead));
+        assert!(queued(node, live).is_empty());
+        // Passed on at the levels below the report's (3): 0, 1 and 2.
+        assert_eq!(queued(node, dead), vec![0, 1, 2]);
+        // Arrivals likewise: a node that answers is taken, one that does not is not.
+        let (real, made_up) = (Id(dead.0 + 1), Id(dead.0 + 2));
+        let arrival = |x: Id| {
+            Ev {
+                node: x,
+                alive: true,
+                stamp: 700,
+                span: 0,
+            }
+            .wire()
+        };
+        let mut actions = Vec::new();
+        let mut ctx = Ctx::new(Time(700), &mut rng, &mut actions, &mut tok);
+        node.receive_events(&mut ctx, &[arrival(real), arrival(made_up)], 2);
+        let sent = probes(&actions);
+        assert_eq!(
+            sent.iter().map(|p| p.1).collect::<Vec<_>>(),
+            [real, made_up]
+        );
+        assert!(!node.members.contains(&real) && !node.members.contains(&made_up));
+        let mut ctx = Ctx::new(Time(800), &mut rng, &mut actions, &mut tok);
+        node.on_answer(&mut ctx, sent[0].0, Some(real), Ok(&ok));
+        node.on_answer(&mut ctx, sent[1].0, None, Err(&timeout()));
+        assert!(node.members.contains(&real));
+        assert!(!node.members.contains(&made_up));
+        assert_eq!(queued(node, real), vec![0, 1]);
+        assert!(queued(node, made_up).is_empty());
     }
 
     fn fleet(n: usize) -> Vec<OneHop> {
