@@ -2,10 +2,10 @@
 //!
 //! Drives the sans-IO overlay core of `p2psip-algorithms` with tokio: QUIC transport
 //! (quinn + rustls, mutual TLS 1.3, Node-ID bound to the certificate key), a dashmap
-//! read cache over a redb database for storage, configuration, metrics and the CLI in `main.rs`.
+//! read cache over a redb database for storage, configuration, metrics and the command line (`cli`, a module per command).
 
 pub mod bench;
-pub mod cli_ops;
+pub mod cli;
 pub mod config;
 pub mod echo;
 pub mod enroll;

@@ -1541,7 +1541,7 @@ impl Inner {
             self.node.op(move |n, t| {
                 let who = signer
                     .unwrap_or_else(|| identities::derived(&n.identity().key.to_bytes(), &name));
-                let (res, v) = crate::cli_ops::build_value(
+                let (res, v) = crate::cli::ops::build_value(
                     &who,
                     &name,
                     KIND_SIP_REGISTRATION,
@@ -1721,7 +1721,7 @@ impl Inner {
         let now = now_ms();
         let mut nodes: Vec<(u64, NodeId)> = Vec::new();
         let mut expired = false;
-        for v in crate::cli_ops::values_of(&ans) {
+        for v in crate::cli::ops::values_of(&ans) {
             let Ok(reg) = pb::SipRegistration::decode(v.as_slice()) else {
                 continue;
             };
