@@ -1,0 +1,415 @@
+//! The driver loop: network events, commands, timers and the core's output, one at a
+//! time; messages to nodes without a link wait for an Attach.
+
+use super::*;
+
+impl Runtime {
+    pub(super) async fn run(
+        mut self,
+        mut net: mpsc::Receiver<NetEvent>,
+        mut cmds: mpsc::Receiver<Command>,
+    ) {
+        metrics::config_sequence(&self.label, self.docs.sequence());
+        if self.boot.is_empty() {
+            self.start_core();
+        } else {
+            self.dial_bootstrap();
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut boot_retry = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(3),
+            Duration::from_secs(3),
+        );
+        let mut ticks: u64 = 0;
+        loop {
+            let deadline = self.core.poll_timeout().map(|t| {
+                let n = now();
+                Instant::now() + t.since(n)
+            });
+            tokio::select! {
+                ev = net.recv() => match ev {
+                    Some(ev) => {
+                        self.on_net(ev);
+                        // Group commit: what has already arrived is handled before the
+                        // flush, so the stores among it share one commit.
+                        if self.sync != SyncMode::Always {
+                            for _ in 1..GROUP_COMMIT_MAX {
+                                match net.try_recv() {
+                                    Ok(ev) => self.on_net(ev),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                cmd = cmds.recv() => match cmd {
+                    Some(c) => self.on_cmd(c),
+                    None => {
+                        // Every handle is gone: stop as on a shutdown request.
+                        if self.shutdown.is_none() {
+                            let (tx, _rx) = oneshot::channel();
+                            self.begin_shutdown(tx);
+                        }
+                    }
+                },
+                _ = sleep_until(deadline) => self.core.handle_timeout(now()),
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.maybe_start();
+                    self.locate_responsible();
+                    metrics::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
+                    // sync = "none": the second's commits reach the disk.
+                    self.store.sync_now();
+                    if ticks.is_multiple_of(10) {
+                        self.save_peers();
+                    }
+                }
+                _ = boot_retry.tick(), if self.is_peer && !self.started && !self.boot.is_empty() => {
+                    if self.form_at.is_some_and(|t| Instant::now() >= t) {
+                        tracing::info!("no other bootstrap peer answered: forming the overlay");
+                        self.boot_ids.clear();
+                        self.start_core();
+                    } else {
+                        self.dial_bootstrap();
+                    }
+                }
+            }
+            self.flush();
+            if let Some((_, since)) = &self.shutdown {
+                let done = self.core.state() == p2psip_algorithms::NodeState::Left
+                    || since.elapsed() > Duration::from_secs(5);
+                if done {
+                    break;
+                }
+            }
+        }
+        self.flush();
+        self.store.sync_now();
+        self.save_peers();
+        self.transport.shutdown().await;
+        metrics::overlay_event(&self.label, "stopped");
+        if let Some((tx, _)) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub(super) fn dial_bootstrap(&mut self) {
+        for a in self.boot.clone() {
+            self.transport.connect(a, None);
+        }
+    }
+
+    /// Starts the core once a bootstrap peer is linked and, for a peer in auto mode, its
+    /// reachability is known (or the wait for it is over).
+    pub(super) fn maybe_start(&mut self) {
+        if self.started || self.boot_ids.is_empty() {
+            return;
+        }
+        if self.nat_mode == NatMode::Auto && self.behind_nat.is_none() {
+            let until = *self
+                .observe_until
+                .get_or_insert_with(|| Instant::now() + OBSERVE_WAIT);
+            if Instant::now() < until {
+                return;
+            }
+            tracing::warn!(
+                "no bootstrap peer reported this node's address: assuming it is reachable"
+            );
+            self.behind_nat = Some(false);
+        }
+        self.start_core();
+    }
+
+    pub(super) fn start_core(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.export_nat();
+        if !self.is_peer {
+            self.admitting = self.boot_ids.first().copied();
+            self.refresh_candidates();
+        }
+        let ids = self.boot_ids.clone();
+        self.core.start(now(), &ids);
+        if ids.is_empty() {
+            tracing::info!(node = %self.core.id(), "forming a new overlay");
+        }
+    }
+
+    pub(super) fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Message { from, bytes, .. } => {
+                metrics::message(&self.label, "in", &bytes);
+                self.core.handle_message(now(), from, &bytes);
+            }
+            NetEvent::LinkUp {
+                node,
+                addr,
+                dialled,
+            } => {
+                tracing::debug!(%node, %addr, dialled, "link up");
+                self.addrs.insert(node, addr);
+                if dialled {
+                    // The bootstrap cache holds peers this node reached at the address it
+                    // dialled (the handshake proved the Node-ID), newest last.
+                    self.reached.retain(|(n, _)| *n != node);
+                    self.reached.push((node, addr));
+                    if self.reached.len() > PEER_CACHE_MAX {
+                        self.reached.remove(0);
+                    }
+                }
+                if self.boot.contains(&addr) && !self.boot_ids.contains(&node) {
+                    self.boot_ids.push(node);
+                }
+                if let Some(msgs) = self.pending.remove(&node) {
+                    for m in msgs {
+                        self.send_now(node, m);
+                    }
+                }
+                self.core.handle_link(now(), LinkEvent::Up(node));
+                self.send_config(node);
+                self.maybe_start();
+                if self.started
+                    && !self.is_peer
+                    && self.daemon
+                    && (self.moving_to == Some(node) || self.admitting.is_none())
+                {
+                    self.readmit(node);
+                }
+            }
+            NetEvent::Observed { by, addr } => self.on_observed(by, addr),
+            NetEvent::LinkDown { node, refused } => {
+                tracing::debug!(%node, "link down");
+                if !self.is_peer && self.daemon && self.admitting == Some(node) {
+                    tracing::warn!(%node, "lost the admitting peer: reconnecting through the bootstrap peers");
+                    self.admitting = None;
+                    self.located = false;
+                    self.export_nat();
+                    self.dial_bootstrap();
+                } else if !self.is_peer && !self.daemon && self.admitting == Some(node) {
+                    // A client has only its admitting peer: without it every operation
+                    // fails, at once and with the peer's reason.
+                    let why = match refused {
+                        Some(r) => format!("the admitting peer refused us: {r}"),
+                        None => "the admitting peer closed the connection".into(),
+                    };
+                    for (op, tx) in self.waiters.drain() {
+                        let _ = tx.send(failed(op, &why));
+                    }
+                    self.fatal = Some(why);
+                }
+                self.core.handle_link(now(), LinkEvent::Failed(node));
+            }
+            NetEvent::ConnectFailed { node, addr, reason } => {
+                if !self.is_peer && !self.daemon && self.boot.contains(&addr) {
+                    self.fatal = Some(format!("admitting peer {addr} unreachable: {reason}"));
+                }
+                if self.boot.contains(&addr) && !self.started {
+                    tracing::warn!(%addr, "bootstrap peer unreachable: {reason}");
+                } else {
+                    tracing::debug!(%addr, "connect failed: {reason}");
+                }
+                if let Some(n) = node {
+                    if self.moving_to == Some(n) {
+                        // The move failed: the next lookup of the responsible peer retries.
+                        self.moving_to = None;
+                    }
+                    self.pending.remove(&n);
+                    self.addrs.remove(&n);
+                    self.core.handle_link(now(), LinkEvent::Failed(n));
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_cmd(&mut self, c: Command) {
+        match c {
+            Command::Op(f, tx) => {
+                let op = f(&mut self.core, now());
+                match &self.fatal {
+                    Some(why) if !self.is_peer => {
+                        let _ = tx.send(failed(op, why));
+                    }
+                    _ => {
+                        self.waiters.insert(op, tx);
+                    }
+                }
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(Status {
+                    id: self.core.id(),
+                    joined: self.core.is_joined(),
+                    routing: self.core.routing_table(),
+                    stats: self.core.stats().clone(),
+                    connections: self.transport.connection_count(),
+                    stored_values: self.core.storage().value_count(),
+                    fatal: self.fatal.clone(),
+                    reflexive: self.reflexive,
+                    behind_nat: self.behind_nat,
+                });
+            }
+            Command::Core(f) => f(&mut self.core),
+            Command::ServeApp(app) => {
+                if !self.apps.contains(&app) {
+                    self.apps.push(app);
+                }
+                self.refresh_candidates();
+            }
+            Command::Shutdown(tx) => self.begin_shutdown(tx),
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, tx: oneshot::Sender<()>) {
+        tracing::info!(node = %self.core.id(), "leaving the overlay");
+        self.core.leave(now());
+        metrics::overlay_event(&self.label, "leave");
+        self.shutdown = Some((tx, Instant::now()));
+    }
+
+    pub(super) fn send_now(&mut self, to: NodeId, bytes: Vec<u8>) {
+        metrics::message(&self.label, "out", &bytes);
+        if let Err(b) = self.transport.send(to, bytes) {
+            self.queue_for(to, b);
+        }
+    }
+
+    /// Holds a message for a node without a link, and sets one up: connect to a known
+    /// address, or ask the node for its candidates through the overlay (Attach).
+    pub(super) fn queue_for(&mut self, to: NodeId, bytes: Vec<u8>) {
+        let fresh = !self.pending.contains_key(&to);
+        let q = self.pending.entry(to).or_default();
+        if q.len() >= PENDING_CAP {
+            q.remove(0);
+        }
+        q.push(bytes);
+        if !fresh {
+            return;
+        }
+        if let Some(a) = self.addrs.get(&to).copied() {
+            self.transport.connect(a, Some(to));
+        } else if let Some(via) = self.attach_via(to).filter(|_| self.is_peer) {
+            let op = self.core.attach(now(), to, Some(via));
+            self.attaching.insert(op, to);
+        } else {
+            self.pending.remove(&to);
+            self.core.handle_link(now(), LinkEvent::Failed(to));
+        }
+    }
+
+    /// The node an Attach to `to` goes through: a linked peer of the routing table or a
+    /// bootstrap peer, and only when there is none, any link. Not any link first: a client
+    /// linked to us (one that chose this node as its admitting peer) does not route, and
+    /// every Attach sent through it was lost (a just-joined peer then timed out on all its
+    /// neighbours at once and went on alone).
+    pub(super) fn attach_via(&self, to: NodeId) -> Option<NodeId> {
+        let rt = self.core.routing_table();
+        rt.successors
+            .iter()
+            .chain(&rt.predecessors)
+            .chain(&rt.fingers)
+            .chain(&self.boot_ids)
+            .copied()
+            .find(|n| *n != to && self.transport.is_linked(*n))
+            .or_else(|| self.transport.any_link(to))
+    }
+
+    pub(super) fn flush(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.core.poll_transmit() {
+                progressed = true;
+                self.send_now(t.to, t.bytes);
+            }
+            while let Some(e) = self.core.poll_event() {
+                progressed = true;
+                self.on_event(e);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Joined => {
+                tracing::info!(node = %self.core.id(), algorithm = self.core.algorithm(), "joined the overlay");
+                metrics::overlay_event(&self.label, "join");
+            }
+            Event::JoinFailed(why) => {
+                crate::remote_log!(warn, "join_failed", node = %self.core.id(), "join failed: {why}");
+                metrics::overlay_event(&self.label, "join_failed");
+            }
+            Event::Left => tracing::info!(node = %self.core.id(), "left the overlay"),
+            Event::ConfigUpdate { from, update } => self.on_config_update(from, update),
+            Event::PeerCandidates { node, candidates } => {
+                let reach = reach_of(&candidates);
+                if self.behind_nat == Some(true) {
+                    // Open our NAT towards the requester before our answer reaches it: its
+                    // connection attempt then finds the way in (proto/SPEC.md 2.8).
+                    for a in &reach.direct {
+                        self.transport.punch(*a);
+                    }
+                }
+                if self.is_peer {
+                    if let Some(a) = reach.direct.first() {
+                        self.addrs.insert(node, *a);
+                    }
+                }
+            }
+            Event::Completed {
+                op,
+                method,
+                outcome,
+                hops,
+                latency,
+                responder,
+            } => {
+                if self.locating == Some(op) {
+                    self.on_located(responder.filter(|_| outcome.is_ok()));
+                    return;
+                }
+                if let Some(node) = self.attaching.remove(&op) {
+                    let addr = match &outcome {
+                        Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
+                        _ => None,
+                    };
+                    if addr.is_none() && self.moving_to == Some(node) {
+                        self.moving_to = None;
+                    }
+                    match addr {
+                        Some(a) => {
+                            self.addrs.insert(node, a);
+                            self.transport.connect(a, Some(node));
+                        }
+                        None => {
+                            tracing::debug!(%node, "attach gave no usable address");
+                            self.pending.remove(&node);
+                            self.core.handle_link(now(), LinkEvent::Failed(node));
+                        }
+                    }
+                    return;
+                }
+                metrics::transaction(
+                    &self.label,
+                    method,
+                    latency.as_secs_f64(),
+                    hops,
+                    outcome.is_ok(),
+                );
+                if let Some(tx) = self.waiters.remove(&op) {
+                    let _ = tx.send(Event::Completed {
+                        op,
+                        method,
+                        outcome,
+                        hops,
+                        latency,
+                        responder,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The runtime: drives one sans-IO `OverlayNode` with tokio — real time, the QUIC
+//! transport, timers — and serves in-process commands (the CLI client and devnet use them).
+
+mod candidates;
+mod document;
+mod driver;
+mod nat;
+mod peer_cache;
+mod start;
+
+pub use self::candidates::{candidate, candidate_addr, reach_of};
+use self::peer_cache::*;
+pub use self::start::spawn;
+
+use crate::config::Config;
+use crate::identity;
+use crate::metrics;
+use crate::storage::{DashStore, OnCorruption, SyncMode};
+use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
+use anyhow::{anyhow, bail, Context};
+use p2psip_algorithms::client::ClientTopology;
+use p2psip_algorithms::storage::VerifyMode;
+use p2psip_algorithms::{
+    Event, LinkEvent, NodeId, OpId, OverlayNode, RoutingSnapshot, Stats, Time,
+};
+use p2psip_proto::pb;
+use p2psip_proto::Body;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Whether the node routes for others.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A peer of the overlay.
+    Peer,
+    /// A client of one admitting peer.
+    Client { admitting: SocketAddr },
+}
+
+/// A node's state as the runtime reports it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub id: NodeId,
+    pub joined: bool,
+    pub routing: RoutingSnapshot,
+    pub stats: Stats,
+    pub connections: usize,
+    pub stored_values: usize,
+    /// Why a client cannot work (its admitting peer refused it or is unreachable).
+    pub fatal: Option<String>,
+    /// The address a peer sees this node at, once one has said.
+    pub reflexive: Option<SocketAddr>,
+    /// Whether a NAT sits between this node and the peers (None: not known yet).
+    pub behind_nat: Option<bool>,
+}
+
+type OpFn = Box<dyn FnOnce(&mut OverlayNode, Time) -> OpId + Send>;
+
+type CoreFn = Box<dyn FnOnce(&mut OverlayNode) + Send>;
+
+enum Command {
+    Op(OpFn, oneshot::Sender<Event>),
+    Core(CoreFn),
+    /// An application is served: advertise the node's candidates for it.
+    ServeApp(u32),
+    Status(oneshot::Sender<Status>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on a running node.
+pub struct NodeHandle {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    /// The address given to other nodes (None: none could be found).
+    pub advertised: Option<SocketAddr>,
+    cmd: mpsc::Sender<Command>,
+    transport: Arc<Transport>,
+    trust: Arc<crate::enroll::Trust>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Wall-clock time as the core counts it.
+pub fn now() -> Time {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Time(d.as_micros().min(u64::MAX as u128) as u64)
+}
+
+pub(crate) fn label(id: NodeId) -> String {
+    format!("{id}")
+}
+
+/// A cloneable handle for applications on a node (the SIP front-end): operations only.
+#[derive(Clone)]
+pub struct NodeClient {
+    pub id: NodeId,
+    /// The node's QUIC endpoint as given to other nodes.
+    pub advertised: Option<SocketAddr>,
+    cmd: mpsc::Sender<Command>,
+    transport: Arc<Transport>,
+    trust: Arc<crate::enroll::Trust>,
+}
+
+impl NodeClient {
+    /// Which certificates the node accepts (its overlay's CA, if enrolled).
+    pub fn trust(&self) -> &Arc<crate::enroll::Trust> {
+        &self.trust
+    }
+
+    /// Runs an operation on the node and waits for its completion.
+    pub async fn op(
+        &self,
+        f: impl FnOnce(&mut OverlayNode, Time) -> OpId + Send + 'static,
+    ) -> anyhow::Result<Event> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Op(Box::new(f), tx))
+            .await
+            .map_err(|_| anyhow!("node stopped"))?;
+        rx.await
+            .map_err(|_| anyhow!("node stopped before answering"))
+    }
+
+    /// Changes the node's core (no answer awaited beyond the hand-over).
+    pub async fn with_core(&self, f: impl FnOnce(&mut OverlayNode) + Send + 'static) {
+        let _ = self.cmd.send(Command::Core(Box::new(f))).await;
+    }
+
+    /// Serves application `app`: streams other nodes open for it (AppAttach) arrive on
+    /// the returned channel, and AppAttach requests for it are answered with this node's
+    /// candidates.
+    pub async fn serve_app(&self, app: u32) -> mpsc::Receiver<AppStream> {
+        let rx = self.transport.serve_app(app);
+        let _ = self.cmd.send(Command::ServeApp(app)).await;
+        rx
+    }
+
+    /// Asks `node` (AppAttach through the overlay) where its application `app` is
+    /// reached; the request carries our candidates, so a node behind a NAT punches it
+    /// towards us before it answers (proto/SPEC.md 2.8).
+    pub async fn attach_app(&self, node: NodeId, app: u32) -> anyhow::Result<Reach> {
+        let ev = self
+            .op(move |core, t| core.app_attach(t, node, app))
+            .await?;
+        let Event::Completed { outcome, .. } = ev else {
+            bail!("unexpected event");
+        };
+        match outcome {
+            Ok(Body::AppAttachAns(a)) => Ok(reach_of(&a.candidates)),
+            Ok(b) => bail!("unexpected answer {}", b.method_name()),
+            Err(e) => bail!("AppAttach to {node}: {}", e.info),
+        }
+    }
+
+    /// Opens a stream of application `app` to `node`, reached as `reach` says: directly
+    /// (over an open application connection, or a new one punched through the NATs), or
+    /// through its relay when no direct connection comes up within the punch timeout.
+    pub async fn open_app(
+        &self,
+        node: NodeId,
+        reach: &Reach,
+        app: u32,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, AppPath)> {
+        self.transport.open_app(node, reach, app).await
+    }
+
+    /// AppAttach, then a stream of application `app` to `node`.
+    pub async fn connect_app(
+        &self,
+        node: NodeId,
+        app: u32,
+    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, AppPath)> {
+        let reach = self.attach_app(node, app).await?;
+        self.open_app(node, &reach, app).await
+    }
+}
+
+impl NodeHandle {
+    /// A cloneable handle for applications on this node.
+    pub fn client(&self) -> NodeClient {
+        NodeClient {
+            id: self.id,
+            advertised: self.advertised,
+            cmd: self.cmd.clone(),
+            transport: self.transport.clone(),
+            trust: self.trust.clone(),
+        }
+    }
+
+    /// Runs an operation on the node and waits for its completion.
+    pub async fn op(
+        &self,
+        f: impl FnOnce(&mut OverlayNode, Time) -> OpId + Send + 'static,
+    ) -> anyhow::Result<Event> {
+        self.client().op(f).await
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| anyhow!("node stopped"))?;
+        rx.await.map_err(|_| anyhow!("node stopped"))
+    }
+
+    /// Waits until the node has joined, at most `limit`.
+    pub async fn wait_joined(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let st = self.status().await?;
+            if st.joined {
+                return Ok(());
+            }
+            if let Some(why) = st.fatal {
+                bail!("{why}");
+            }
+            if Instant::now() > deadline {
+                bail!("node {} did not join within {limit:?}", self.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Leaves gracefully (data handed over, neighbours told), saves the store, stops.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+
+    /// Whether the node's task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// The completion of an operation that a client cannot carry out (its admitting peer is
+/// gone), with the reason.
+fn failed(op: OpId, why: &str) -> Event {
+    Event::Completed {
+        op,
+        method: "",
+        outcome: Err(p2psip_algorithms::OpError {
+            code: pb::ErrorCode::Unspecified,
+            info: why.to_string(),
+        }),
+        hops: 0,
+        latency: Duration::ZERO,
+        responder: None,
+    }
+}
+
+/// Resolves "host:port": an address, or a name through a DNS resolver of our own
+/// (/etc/resolv.conf and /etc/hosts; no libc NSS, so a static binary in an empty container
+/// resolves the same way).
+pub async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{s:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow!("{s:?}: {port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let resolver = hickory_resolver::Resolver::builder_tokio()
+        .context("reading the resolver configuration")?
+        .build();
+    let ips = resolver
+        .lookup_ip(host)
+        .await
+        .with_context(|| format!("resolving {host:?}"))?;
+    let ip = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.iter().next())
+        .ok_or_else(|| anyhow!("{host:?} resolves to no address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The key of the bootstrap cache in the database's `meta` table, and its size.
+const PEER_CACHE_KEY: &str = "peers";
+const PEER_CACHE_MAX: usize = 64;
+/// Messages handled before one flush (and so one storage commit) at most.
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// Peers whose reports of this node's address are kept (the first ones; later ones are
+/// not needed to decide).
+const REPORTERS_MAX: usize = 8;
+
+/// Messages held back for a node while a link to it is being set up.
+const PENDING_CAP: usize = 256;
+/// How long a peer in `nat.mode = "auto"` waits for its first bootstrap peer to report its
+/// address before it assumes it is reachable.
+const OBSERVE_WAIT: Duration = Duration::from_secs(2);
+/// How often a node behind a NAT checks that its admitting peer is still the peer
+/// responsible for its Node-ID (through which requests addressed to it arrive).
+const LOCATE_INTERVAL: Duration = Duration::from_secs(30);
+
+type ClientCoreFn = Box<dyn FnOnce() -> OverlayNode + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NatMode {
+    /// Route unless the first bootstrap peer sees another address than our own.
+    Auto,
+    Peer,
+    Client,
+}
+
+struct Runtime {
+    label: String,
+    core: OverlayNode,
+    transport: std::sync::Arc<Transport>,
+    store: DashStore,
+    sync: SyncMode,
+    /// The bootstrap cache as last written to the database.
+    saved_peers: Vec<SocketAddr>,
+    /// Whether this node routes for others (a peer) or not (a client).
+    is_peer: bool,
+    /// A long-running node (not a CLI client): behind a NAT it moves to the peer
+    /// responsible for its Node-ID and recovers when its admitting peer goes.
+    daemon: bool,
+    nat_mode: NatMode,
+    /// The address this node advertises as its host candidate.
+    host: Option<SocketAddr>,
+    /// The address peers see this node at (reported on the links it opens).
+    reflexive: Option<SocketAddr>,
+    behind_nat: Option<bool>,
+    /// Two peers saw this node at two different addresses: its NAT maps each destination
+    /// anew ("symmetric"), so its reflexive address is of no use to others.
+    symmetric: bool,
+    /// What each peer this node dialled reported seeing it at (at most
+    /// [`REPORTERS_MAX`]): two distinct ones must agree that it is not at its own address
+    /// before it concludes it is behind a NAT (proto/SPEC.md 2.8).
+    reports: HashMap<NodeId, SocketAddr>,
+    /// Peers this node dialled and reached, with the address (at most `PEER_CACHE_MAX`,
+    /// newest last): the bootstrap cache.
+    reached: Vec<(NodeId, SocketAddr)>,
+    /// This client's admitting peer is the peer responsible for its Node-ID (requests
+    /// addressed to it arrive there).
+    located: bool,
+    /// A peer in auto mode starts when its address is known, or at this time.
+    observe_until: Option<Instant>,
+    /// Builds the client core a peer behind a NAT runs instead of its algorithm.
+    client_core: Option<ClientCoreFn>,
+    /// A client's admitting peer.
+    admitting: Option<NodeId>,
+    /// The lookup of the peer responsible for this client's Node-ID.
+    locating: Option<OpId>,
+    /// The peer this client is moving to (an Attach to it is under way).
+    moving_to: Option<NodeId>,
+    next_locate: Instant,
+    /// Applications served here (their AppAttach candidates follow the node's).
+    apps: Vec<u32>,
+    boot: Vec<SocketAddr>,
+    boot_ids: Vec<NodeId>,
+    started: bool,
+    /// The first bootstrap peer starts the overlay itself at this time if no other
+    /// bootstrap peer has answered by then.
+    form_at: Option<Instant>,
+    addrs: HashMap<NodeId, SocketAddr>,
+    pending: HashMap<NodeId, Vec<Vec<u8>>>,
+    attaching: HashMap<OpId, NodeId>,
+    waiters: HashMap<OpId, oneshot::Sender<Event>>,
+    shutdown: Option<(oneshot::Sender<()>, Instant)>,
+    began: Instant,
+    fatal: Option<String>,
+    /// The overlay configuration document (proto/SPEC.md 5.3).
+    docs: crate::overlay_config::DocState,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,208 @@
+//! Starting a node: identity, trust, storage, the QUIC transport, the advertised address,
+//! then the driver task.
+
+use super::*;
+
+/// Starts a node. `seed` is its identity key.
+pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<NodeHandle> {
+    cfg.validate()?;
+    let creds = identity::credentials(&cfg, seed)?;
+    let mut cfg = cfg;
+    let ident = creds.identity.clone();
+    let id = ident.node_id;
+    let sync = SyncMode::parse(&cfg.storage.sync).unwrap_or(SyncMode::Batch);
+    let store = match &cfg.data_dir {
+        Some(dir) => DashStore::open(
+            dir,
+            sync,
+            OnCorruption::parse(&cfg.storage.on_corruption).unwrap_or(OnCorruption::Refuse),
+            &label(id),
+        )?,
+        None => DashStore::new(),
+    };
+    let docs = crate::overlay_config::DocState::startup(&mut cfg, creds.trust.clone(), &store)?;
+    let trust = creds.trust.clone();
+    let listen: SocketAddr = match &role {
+        Role::Peer => resolve(&cfg.listen)
+            .await
+            .with_context(|| format!("listen address {:?}", cfg.listen))?,
+        Role::Client { admitting } => {
+            if admitting.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            }
+        }
+    };
+    let (ev_tx, ev_rx) = mpsc::channel(cfg.limits.event_queue.max(1));
+    let transport = Transport::bind(&cfg, listen, &creds, ev_tx)?;
+    let addr = transport.local_addr()?;
+    let nat_mode = match (&role, cfg.nat.mode.as_str()) {
+        (Role::Client { .. }, _) => NatMode::Client,
+        (Role::Peer, "client") => NatMode::Client,
+        (Role::Peer, "peer") => NatMode::Peer,
+        (Role::Peer, _) if cfg.bootstrap.is_empty() => NatMode::Peer,
+        (Role::Peer, _) => NatMode::Auto,
+    };
+    let mut core_cfg = cfg.core();
+    for k in &docs.kinds {
+        core_cfg.kinds.add(k.clone());
+    }
+    if creds.trust.is_enrolled() {
+        core_cfg.verify = VerifyMode::Certificates(creds.trust.clone());
+    }
+    let client_core: ClientCoreFn = {
+        let (core_cfg, ident, store) = (core_cfg.clone(), ident.clone(), store.clone());
+        Box::new(move || {
+            OverlayNode::new(
+                core_cfg,
+                ident,
+                Box::new(ClientTopology::new(id)),
+                Box::new(store),
+                rand::random(),
+            )
+        })
+    };
+    let routes = matches!(role, Role::Peer) && nat_mode != NatMode::Client;
+    let topology = if routes {
+        cfg.algorithm_params()?.build(id)
+    } else {
+        Box::new(ClientTopology::new(id))
+    };
+    let node_seed: u64 = rand::random();
+    let mut core = OverlayNode::new(
+        core_cfg,
+        ident,
+        topology,
+        Box::new(store.clone()),
+        node_seed,
+    );
+    let mut boot: Vec<SocketAddr> = Vec::new();
+    let mut form_at = None;
+    match &role {
+        Role::Peer => {
+            // Names may not resolve yet (a container fleet starting together): retry for
+            // a while before giving up.
+            let give_up = Instant::now() + Duration::from_secs(30);
+            loop {
+                boot.clear();
+                let mut errors = Vec::new();
+                for b in &cfg.bootstrap {
+                    match resolve(b).await {
+                        Ok(a) => boot.push(a),
+                        Err(e) => errors.push(format!("{b:?}: {e:#}")),
+                    }
+                }
+                if cfg.bootstrap.is_empty() || !boot.is_empty() || Instant::now() > give_up {
+                    for e in &errors {
+                        tracing::warn!("bootstrap {e}");
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if !cfg.bootstrap.is_empty() {
+                boot.extend(read_peer_cache(&store, cfg.data_dir.as_deref()));
+            }
+        }
+        Role::Client { admitting } => boot.push(*admitting),
+    }
+    let me = advertised(&cfg, addr, &boot);
+    match me {
+        Some(a) => core.set_candidates(vec![candidate(a, pb::candidate::Type::Host)]),
+        None => {
+            tracing::warn!(%addr, "no address to advertise: other nodes can reach this one only on links it opens")
+        }
+    }
+    if let Role::Peer = role {
+        let first_is_me = boot.first().is_some_and(|b| Some(*b) == me || *b == addr);
+        boot.retain(|a| *a != addr && Some(*a) != me);
+        boot.dedup();
+        if first_is_me {
+            if boot.is_empty() {
+                tracing::info!("this node is the first bootstrap peer and the only one");
+            } else {
+                form_at = Some(Instant::now() + Duration::from_secs(cfg.form_after_s));
+                tracing::info!(
+                    "this node is the first bootstrap peer: joining through the others if one answers within {} s",
+                    cfg.form_after_s
+                );
+            }
+        } else if !cfg.bootstrap.is_empty() && boot.is_empty() {
+            bail!("no bootstrap address could be resolved");
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let rt = Runtime {
+        label: label(id),
+        core,
+        transport: transport.clone(),
+        store,
+        sync,
+        saved_peers: Vec::new(),
+        is_peer: routes,
+        daemon: matches!(role, Role::Peer),
+        nat_mode,
+        host: me,
+        reflexive: None,
+        behind_nat: None,
+        symmetric: false,
+        reports: HashMap::new(),
+        reached: Vec::new(),
+        located: false,
+        observe_until: None,
+        client_core: Some(client_core),
+        admitting: None,
+        locating: None,
+        moving_to: None,
+        next_locate: Instant::now(),
+        apps: Vec::new(),
+        boot,
+        boot_ids: Vec::new(),
+        started: false,
+        addrs: HashMap::new(),
+        pending: HashMap::new(),
+        attaching: HashMap::new(),
+        waiters: HashMap::new(),
+        shutdown: None,
+        began: Instant::now(),
+        fatal: None,
+        form_at,
+        docs,
+    };
+    let task = tokio::spawn(rt.run(ev_rx, cmd_rx));
+    Ok(NodeHandle {
+        id,
+        addr,
+        advertised: me,
+        cmd: cmd_tx,
+        transport,
+        trust,
+        task,
+    })
+}
+
+/// The address this node tells others to reach it at.
+pub(super) fn advertised(
+    cfg: &Config,
+    bound: SocketAddr,
+    boot: &[SocketAddr],
+) -> Option<SocketAddr> {
+    if !cfg.advertise.is_empty() {
+        if let Ok(a) = cfg.advertise.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        if let Ok(ip) = cfg.advertise.parse::<IpAddr>() {
+            return Some(SocketAddr::new(ip, bound.port()));
+        }
+        tracing::warn!(advertise = %cfg.advertise, "advertise is neither ip:port nor ip; ignored");
+    }
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let towards = boot
+        .first()
+        .copied()
+        .or_else(|| "192.0.2.1:9".parse().ok())?;
+    local_ip_towards(towards).map(|ip| SocketAddr::new(ip, bound.port()))
+}
