@@ -13,6 +13,7 @@
 //! - [`security`]: Ed25519 signatures over messages and stored data.
 
 pub mod body;
+pub mod control;
 pub mod error;
 pub mod header;
 pub mod id;

@@ -1,0 +1,278 @@
+//! Peer links: accepting and dialling QUIC connections, admitting them (overlay and
+//! Node-ID checks), one writer and one reader per link, the observed-address frame.
+
+use super::*;
+
+impl Transport {
+    pub(super) async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let addr = incoming.remote_address();
+            let slot = self.slots.take(
+                addr.ip(),
+                self.limits.max_connections,
+                self.limits.max_connections_per_ip,
+            );
+            let Some(slot) = slot else {
+                self.stats
+                    .connection_limit_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        // The slot is held as long as the connection is open.
+                        let c = conn.clone();
+                        tokio::spawn(async move {
+                            c.closed().await;
+                            drop(slot);
+                        });
+                        if let Err(e) = me.admit(conn, None, true).await {
+                            me.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                            crate::remote_log!(info, "incoming_refused", %addr, "refused incoming connection: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        me.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%addr, "incoming handshake failed: {e}");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Connects to `addr`; with `expect`, the node there must be that Node-ID.
+    pub fn connect(self: &Arc<Self>, addr: SocketAddr, expect: Option<NodeId>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let res = async {
+                let conn = me
+                    .endpoint
+                    .connect(addr, &me.sni)
+                    .map_err(|e| anyhow!("{e}"))?
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                me.admit(conn, expect, false).await
+            }
+            .await;
+            if let Err(e) = res {
+                let _ = me
+                    .events
+                    .send(NetEvent::ConnectFailed {
+                        node: expect,
+                        addr,
+                        reason: e.to_string(),
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Checks a fresh connection (overlay, Node-ID) and starts its reader and writer.
+    pub(super) async fn admit(
+        self: &Arc<Self>,
+        conn: Connection,
+        expect: Option<NodeId>,
+        incoming: bool,
+    ) -> anyhow::Result<()> {
+        let peer = peer_node_id(&conn)?;
+        let mut app = false;
+        if let Some(hd) = conn
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        {
+            app = hd.protocol.as_deref() == Some(tls::ALPN_APP);
+            // On the accepting side the SNI names the overlay the peer wants.
+            if let Some(sni) = hd.server_name.as_deref() {
+                if sni != self.sni {
+                    let reason =
+                        format!("incompatible overlay: this peer serves {:?}", self.overlay);
+                    conn.close(VarInt::from_u32(CLOSE_WRONG_OVERLAY), reason.as_bytes());
+                    anyhow::bail!("peer {peer} asked for another overlay ({sni})");
+                }
+            }
+        }
+        if let Some(want) = expect {
+            if want != peer {
+                conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"unexpected node");
+                anyhow::bail!(
+                    "{} is node {peer}, not the expected {want}",
+                    conn.remote_address()
+                );
+            }
+        }
+        if peer == self.me {
+            conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"connected to self");
+            anyhow::bail!("connected to itself");
+        }
+        if app {
+            self.serve_app_connection(peer, conn);
+            return Ok(());
+        }
+        let addr = conn.remote_address();
+        if incoming {
+            // Tell the peer where its packets come from (its reflexive address).
+            let frame = observed_frame(addr);
+            let c = conn.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = c.open_uni().await {
+                    let _ = s.write_all(&frame).await;
+                    let _ = s.finish();
+                }
+            });
+        } else {
+            // The peer we dialled may relay application streams to us on this connection.
+            self.serve_relayed(conn.clone());
+        }
+        if self.links.contains_key(&peer) {
+            // Both ends connected at once: keep the existing link for sending, but read
+            // from this one too until it closes.
+            self.spawn_reader(peer, conn, false, !incoming);
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel(self.limits.send_queue.max(1));
+        self.links.insert(
+            peer,
+            Link {
+                conn: conn.clone(),
+                tx,
+            },
+        );
+        self.spawn_writer(conn.clone(), rx);
+        self.spawn_reader(peer, conn, true, !incoming);
+        let _ = self
+            .events
+            .send(NetEvent::LinkUp {
+                node: peer,
+                addr,
+                dialled: !incoming,
+            })
+            .await;
+        Ok(())
+    }
+
+    pub(super) fn spawn_writer(&self, conn: Connection, mut rx: mpsc::Receiver<Vec<u8>>) {
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                let sent = async {
+                    let mut s = conn.open_uni().await?;
+                    s.write_all(&bytes).await?;
+                    s.finish()?;
+                    anyhow::Ok(())
+                }
+                .await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Reads the messages of a link. `dialled`: this node opened it, so the peer's link
+    /// control frame (our observed address) is taken; on a link the peer opened, such a
+    /// frame is a claim of a node that merely connected, and is ignored.
+    pub(super) fn spawn_reader(
+        self: &Arc<Self>,
+        peer: NodeId,
+        conn: Connection,
+        primary: bool,
+        dialled: bool,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let max = me.limits.max_message_bytes;
+            let budget = Arc::new(StreamBudget::default());
+            let mut refused = None;
+            loop {
+                match conn.accept_uni().await {
+                    Ok(mut recv) => {
+                        let me2 = me.clone();
+                        let budget = budget.clone();
+                        tokio::spawn(async move {
+                            let limit = me2.limits.max_connection_buffer_bytes;
+                            let deadline = Duration::from_millis(me2.limits.stream_read_timeout_ms);
+                            match limits::read_message(&mut recv, max, &budget, limit, deadline)
+                                .await
+                            {
+                                Ok(bytes) if bytes.starts_with(&CONTROL_MAGIC) => {
+                                    if let Some(addr) = parse_observed(&bytes).filter(|_| dialled) {
+                                        let _ = me2
+                                            .events
+                                            .try_send(NetEvent::Observed { by: peer, addr });
+                                    }
+                                }
+                                Ok(bytes) => me2.queue_message(peer, bytes),
+                                Err(ReadRefusal::TooLong) => {
+                                    me2.stats.oversized_drops.fetch_add(1, Ordering::Relaxed);
+                                    let _ = recv.stop(VarInt::from_u32(0));
+                                }
+                                Err(ReadRefusal::BufferFull) => {
+                                    me2.stats.buffer_full_drops.fetch_add(1, Ordering::Relaxed);
+                                    let _ = recv.stop(VarInt::from_u32(0));
+                                }
+                                Err(ReadRefusal::Timeout) => {
+                                    me2.stats.stream_timeouts.fetch_add(1, Ordering::Relaxed);
+                                    let _ = recv.stop(VarInt::from_u32(0));
+                                }
+                                Err(ReadRefusal::Failed) => {}
+                            }
+                        });
+                    }
+                    Err(quinn::ConnectionError::ApplicationClosed(ac))
+                        if ac.error_code == VarInt::from_u32(CLOSE_WRONG_OVERLAY)
+                            || ac.error_code == VarInt::from_u32(CLOSE_WRONG_NODE) =>
+                    {
+                        let reason = String::from_utf8_lossy(&ac.reason).into_owned();
+                        crate::remote_log!(warn, "peer_refused", %peer, "peer refused the connection: {reason}");
+                        refused = Some(reason);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, "link closed: {e}");
+                        break;
+                    }
+                }
+            }
+            if primary {
+                let same = me
+                    .links
+                    .get(&peer)
+                    .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+                if same {
+                    me.links.remove(&peer);
+                    let _ = me
+                        .events
+                        .send(NetEvent::LinkDown {
+                            node: peer,
+                            refused,
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// Hands a received message to the runtime, or drops it (counted) when the messages
+    /// waiting there already hold `limits.event_queue` entries or
+    /// `limits.event_queue_bytes` bytes.
+    pub(super) fn queue_message(&self, from: NodeId, bytes: Vec<u8>) {
+        let limit = self.limits.event_queue_bytes;
+        let sent = Queued::take(&self.queued, bytes.len(), limit).is_some_and(|queued| {
+            let ev = NetEvent::Message {
+                from,
+                bytes,
+                queued,
+            };
+            self.events.try_send(ev).is_ok()
+        });
+        if !sent {
+            self.stats.event_queue_drops.fetch_add(1, Ordering::Relaxed);
+            crate::remote_log!(debug, "event_queue_full", %from, "message dropped: the queue to the runtime is full");
+        }
+    }
+}
