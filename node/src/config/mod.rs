@@ -1,0 +1,269 @@
+//! The node configuration: one TOML file (every field documented in
+//! `deploy/p2psip.toml`), overridden by `P2PSIP_*` environment variables and flags.
+
+mod sections;
+
+pub use self::sections::*;
+
+use anyhow::{bail, Context};
+use p2psip_algorithms::chord::ChordConfig;
+use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::kademlia::KademliaConfig;
+use p2psip_algorithms::onehop::OneHopConfig;
+use p2psip_algorithms::AlgorithmParams;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Overlay name; peers of other overlays are refused.
+    pub overlay: String,
+    /// DHT algorithm: every peer of an overlay must run the same one.
+    pub algorithm: String,
+    /// UDP address the QUIC endpoint listens on.
+    pub listen: String,
+    /// Peers to join through, as "host:port" (names resolve with a built-in DNS resolver
+    /// reading /etc/resolv.conf and /etc/hosts). Empty: this node starts a new overlay. When
+    /// the first entry is this node itself (a StatefulSet's first pod), it joins through
+    /// the others if one answers within `form_after_s`, and else starts the overlay.
+    pub bootstrap: Vec<String>,
+    /// Seconds the first bootstrap peer waits for the others before starting the overlay.
+    pub form_after_s: u64,
+    /// The address other nodes reach this one at, "ip:port" or "ip". Empty: the listen
+    /// address, or, when that is unspecified (0.0.0.0), the address of the interface
+    /// that routes towards the first bootstrap peer (or the default route).
+    pub advertise: String,
+    /// File holding the node's Ed25519 key (created on first start).
+    pub identity: Option<PathBuf>,
+    /// User name bound to the identity (for USER-MATCH kinds written by this node).
+    pub user: String,
+    /// Directory for the stored data and the bootstrap cache; none: memory only.
+    pub data_dir: Option<PathBuf>,
+    /// TCP address of the Prometheus `/metrics` endpoint; empty: no metrics endpoint.
+    pub metrics: String,
+    pub timers: Timers,
+    pub limits: Limits,
+    pub chord: ChordSection,
+    pub kademlia: KademliaSection,
+    pub onehop: OneHopSection,
+    pub sip: SipSection,
+    pub nat: NatSection,
+    pub security: SecuritySection,
+    pub storage: StorageSection,
+    pub log: LogSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            overlay: "p2psip.example".into(),
+            algorithm: "chord".into(),
+            listen: "0.0.0.0:4700".into(),
+            bootstrap: Vec::new(),
+            form_after_s: 10,
+            advertise: String::new(),
+            identity: None,
+            user: String::new(),
+            data_dir: None,
+            metrics: String::new(),
+            timers: Timers::default(),
+            limits: Limits::default(),
+            chord: ChordSection::default(),
+            kademlia: KademliaSection::default(),
+            onehop: OneHopSection::default(),
+            sip: SipSection::default(),
+            nat: NatSection::default(),
+            security: SecuritySection::default(),
+            storage: StorageSection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown fields are errors (a typo must not be ignored).
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.overlay.is_empty() {
+            bail!("overlay: the overlay name must not be empty");
+        }
+        AlgorithmParams::default_for(&self.algorithm)
+            .map_err(|e| anyhow::anyhow!("algorithm: {e}"))?;
+        if self.limits.max_message_bytes > p2psip_proto::limits::MAX_MESSAGE_LEN {
+            bail!(
+                "limits.max_message_bytes: at most {} (the protocol limit)",
+                p2psip_proto::limits::MAX_MESSAGE_LEN
+            );
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            bail!(
+                "log.format: \"human\" or \"json\", not {:?}",
+                self.log.format
+            );
+        }
+        if self.sip.enabled {
+            self.sip
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("sip.listen {:?}: {e}", self.sip.listen))?;
+            if self.sip.domain.is_empty() {
+                bail!("sip.domain must not be empty");
+            }
+            if self.sip.min_expires_s > self.sip.max_expires_s {
+                bail!("sip.min_expires_s must not exceed sip.max_expires_s");
+            }
+        }
+        if !matches!(self.nat.mode.as_str(), "auto" | "peer" | "client") {
+            bail!(
+                "nat.mode: \"auto\", \"peer\" or \"client\", not {:?}",
+                self.nat.mode
+            );
+        }
+        if self.security.ca.is_some() != self.security.certificate.is_some() {
+            bail!("security.ca and security.certificate go together (an enrolled node needs both)");
+        }
+        if crate::storage::SyncMode::parse(&self.storage.sync).is_none() {
+            bail!(
+                "storage.sync: \"always\", \"batch\" or \"none\", not {:?}",
+                self.storage.sync
+            );
+        }
+        if crate::storage::OnCorruption::parse(&self.storage.on_corruption).is_none() {
+            bail!(
+                "storage.on_corruption: \"refuse\" or \"quarantine\", not {:?}",
+                self.storage.on_corruption
+            );
+        }
+        if self.limits.event_queue_bytes < self.limits.max_message_bytes {
+            bail!(
+                "limits.event_queue_bytes ({}) must be at least limits.max_message_bytes ({}): a message that size could never wait for the node",
+                self.limits.event_queue_bytes,
+                self.limits.max_message_bytes
+            );
+        }
+        if self.nat.relay_idle_timeout_s == 0 {
+            bail!("nat.relay_idle_timeout_s must be positive");
+        }
+        if self.nat.punch_timeout_ms == 0 {
+            bail!("nat.punch_timeout_ms must be positive");
+        }
+        if self.timers.request_timeout_ms == 0 {
+            bail!("timers.request_timeout_ms must be positive");
+        }
+        if self.timers.max_request_timeout_ms < self.timers.request_timeout_ms {
+            bail!(
+                "timers.max_request_timeout_ms ({}) must be at least timers.request_timeout_ms ({})",
+                self.timers.max_request_timeout_ms,
+                self.timers.request_timeout_ms
+            );
+        }
+        Ok(())
+    }
+
+    /// The overlay core's configuration.
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            overlay: self.overlay.clone(),
+            request_timeout: Duration::from_millis(self.timers.request_timeout_ms),
+            retransmissions: self.timers.retransmissions,
+            max_request_timeout: Duration::from_millis(self.timers.max_request_timeout_ms),
+            reroute_window: Duration::from_millis(self.timers.reroute_window_ms),
+            replication_interval: Duration::from_secs(self.timers.replication_interval_s.max(1)),
+            expiry_interval: Duration::from_secs(self.timers.expiry_interval_s.max(1)),
+            origin_rate: self.limits.origin_requests_per_s,
+            origin_burst: self.limits.origin_burst,
+            link_rate: self.limits.link_requests_per_s,
+            link_burst: self.limits.link_burst,
+            sign_messages: self.security.sign_messages,
+            origin_max_in_flight: self.limits.origin_max_in_flight,
+            writer_kind_bytes: self.limits.writer_kind_bytes,
+            max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),
+            store_bytes: self.limits.store_bytes,
+            successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
+            ..CoreConfig::default()
+        }
+    }
+
+    /// The algorithm and its parameters (the one place configuration picks it).
+    pub fn algorithm_params(&self) -> anyhow::Result<AlgorithmParams> {
+        let mut p =
+            AlgorithmParams::default_for(&self.algorithm).map_err(|e| anyhow::anyhow!("{e}"))?;
+        match &mut p {
+            AlgorithmParams::Chord(c) => {
+                let s = &self.chord;
+                *c = ChordConfig {
+                    successors: s.successors,
+                    predecessors: s.predecessors,
+                    fingers: s.fingers,
+                    replicas: s.replicas,
+                    stabilize_interval: secs_or_off(s.stabilize_interval_s),
+                    reactive_recovery: s.reactive_recovery,
+                    finger_interval: Duration::from_secs(s.finger_interval_s.max(1)),
+                    self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    ..ChordConfig::default()
+                };
+            }
+            AlgorithmParams::Kademlia(c) => {
+                let s = &self.kademlia;
+                *c = KademliaConfig {
+                    k: s.k,
+                    replicas: s.replicas,
+                    stabilize_interval: secs_or_off(s.stabilize_interval_s),
+                    refresh_interval: Duration::from_secs(s.refresh_interval_s.max(1)),
+                    buckets_per_round: s.buckets_per_round,
+                    self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    ..KademliaConfig::default()
+                }
+                .normalized();
+            }
+            AlgorithmParams::OneHop(c) => {
+                let s = &self.onehop;
+                *c = OneHopConfig {
+                    replicas: s.replicas,
+                    gossip_interval: Duration::from_millis(s.gossip_interval_ms.max(10)),
+                    stabilize_interval: secs_or_off(s.stabilize_interval_s),
+                    self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    ..OneHopConfig::default()
+                }
+                .normalized();
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// An interval in seconds where 0 means off.
+fn secs_or_off(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let text = include_str!("../../../deploy/p2psip.toml");
+        let cfg: Config = toml::from_str(text).expect("deploy/p2psip.toml parses");
+        cfg.validate().expect("and validates");
+        assert_eq!(cfg.algorithm, "chord");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Config>("overlay = \"x\"\nalgorthm = \"chord\"").is_err());
+        let cfg: Config = toml::from_str("algorithm = \"pastry\"").unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pastry"), "{e}");
+    }
+}
