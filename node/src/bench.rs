@@ -4,8 +4,8 @@
 //! put+get throughput with a window of requests in flight. Every value is a signed
 //! USER-VALUE under its own name, as `client store` writes it.
 
-use crate::cli::ops::{build_value, name_seed, values_of};
 use crate::config::Config;
+use crate::ops::{build_value, name_seed, values_of};
 use crate::runtime::{self, NodeClient, Role};
 use anyhow::bail;
 use p2psip_algorithms::storage::KIND_USER_VALUE;

@@ -87,7 +87,7 @@ pub struct Credentials {
     pub identity: Identity,
     pub certs: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
-    pub trust: std::sync::Arc<crate::enroll::Trust>,
+    pub trust: std::sync::Arc<crate::security::trust::Trust>,
 }
 
 impl Clone for Credentials {
@@ -105,7 +105,7 @@ impl Clone for Credentials {
 /// The credentials of key `seed` under `cfg.security`: self-signed, or enrolled with the
 /// certificate the overlay's CA issued for this key (checked here as peers will check it).
 pub fn credentials(cfg: &crate::config::Config, seed: [u8; 32]) -> anyhow::Result<Credentials> {
-    use crate::enroll::{read_cert, read_revoked, Trust};
+    use crate::security::trust::{read_cert, read_revoked, Trust};
     let sec = &cfg.security;
     let (Some(ca), Some(cert)) = (&sec.ca, &sec.certificate) else {
         let (certs, key) = tls_credentials(&seed)?;

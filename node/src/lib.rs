@@ -5,13 +5,13 @@
 //! read cache over a redb database for storage, configuration, metrics and the command line (`cli`, a module per command).
 
 pub mod bench;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod echo;
-pub mod enroll;
-pub mod enroll_http;
 pub mod identity;
 pub mod metrics;
+pub mod ops;
 pub mod overlay_config;
 pub mod remote_log;
 pub mod runtime;

@@ -127,7 +127,7 @@ pub fn parse(text: &str) -> anyhow::Result<OverlayDoc> {
 /// Signs the document `text` with the CA key of `ca_dir`; returns the signed form.
 pub fn sign(ca_dir: &Path, text: &str) -> anyhow::Result<String> {
     parse(text)?;
-    let files = crate::enroll::CaFiles::new(ca_dir);
+    let files = crate::ca::CaFiles::new(ca_dir);
     let key = SigningKey::from_bytes(&crate::identity::read_seed(&files.key)?);
     let mut body = text.trim_end().to_string();
     body.push('\n');
@@ -198,7 +198,7 @@ pub fn incompatible(
         ));
     }
     if let Some(pem) = &doc.ca {
-        match crate::enroll::pem_to_der(pem.as_bytes()) {
+        match crate::security::trust::pem_to_der(pem.as_bytes()) {
             Ok(d) if d == ca_der => {}
             Ok(_) => return Some("document names another CA than this node's".into()),
             Err(e) => return Some(format!("document's CA: {e}")),
@@ -215,7 +215,7 @@ mod tests {
     fn signed_documents_verify_and_tampered_ones_do_not() {
         let dir = std::env::temp_dir().join(format!("p2psip-doc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        crate::enroll::ca_init(&dir, "doc.test", 30).unwrap();
+        crate::ca::ca_init(&dir, "doc.test", 30).unwrap();
         let text = "overlay = \"doc.test\"\nsequence = 2\nrevoked = [\"0a0b\"]\n\
                     [limits]\nwriter_kind_bytes = 4096\n\
                     [[kinds]]\nid = 40\nname = \"PRESENCE\"\nmodel = \"dictionary\"\n\
@@ -261,7 +261,7 @@ const META_KEY: &str = "overlay-config";
 
 /// The document a node holds and the rules to replace it.
 pub struct DocState {
-    trust: std::sync::Arc<crate::enroll::Trust>,
+    trust: std::sync::Arc<crate::security::trust::Trust>,
     overlay: String,
     algorithm: String,
     /// The signed form of the current document and its sequence number.
@@ -280,7 +280,7 @@ impl DocState {
     /// a node must not start against its overlay's configuration.
     pub fn startup(
         cfg: &mut crate::config::Config,
-        trust: std::sync::Arc<crate::enroll::Trust>,
+        trust: std::sync::Arc<crate::security::trust::Trust>,
         store: &crate::storage::DashStore,
     ) -> anyhow::Result<DocState> {
         let persist = cfg.data_dir.as_ref().map(|_| store.clone());

@@ -4,7 +4,7 @@
 //! nor revoked, the Node-ID the one the CA chose) and the handshake signature proves the
 //! peer holds its key.
 
-use crate::enroll::Trust;
+use crate::security::trust::Trust;
 use p2psip_algorithms::NodeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, verify_tls13_signature, WebPkiSupportedAlgorithms};
@@ -21,7 +21,7 @@ pub const ALPN_APP: &[u8] = b"p2psip-app/1";
 /// The Node-ID a certificate the handshake accepted binds: the one its CA chose, or for a
 /// self-signed certificate SHA-256 of its Ed25519 public key, first 128 bits.
 pub fn node_id_of_cert(cert: &CertificateDer<'_>) -> Result<NodeId, Error> {
-    crate::enroll::node_id_of_cert(cert.as_ref()).map_err(Error::General)
+    crate::security::trust::node_id_of_cert(cert.as_ref()).map_err(Error::General)
 }
 
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use p2psip_node::enroll::Trust;
+use p2psip_node::security::trust::Trust;
 use p2psip_node::{identity, tls};
 use p2psip_proto::{pb, Body, Destination, Id, Message, OwnedHeader};
 use quinn::crypto::rustls::QuicClientConfig;
@@ -116,7 +116,7 @@ fn creds(dir: &Path, enrolled: bool) -> (Vec<CertificateDer<'static>>, PrivateKe
     if !enrolled {
         return identity::tls_credentials(&seed).unwrap();
     }
-    let der = p2psip_node::enroll::read_cert(&dir.join("node.pem")).unwrap();
+    let der = p2psip_node::security::trust::read_cert(&dir.join("node.pem")).unwrap();
     (
         vec![CertificateDer::from(der)],
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity::pkcs8_of(&seed))),
@@ -129,7 +129,7 @@ async fn raw_connect(
     addr: SocketAddr,
     (certs, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
 ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
-    let ca_der = p2psip_node::enroll::read_cert(&ca.join("ca.pem")).unwrap();
+    let ca_der = p2psip_node::security::trust::read_cert(&ca.join("ca.pem")).unwrap();
     let trust = Trust::enrolled(OVERLAY, ca_der, Default::default(), true).unwrap();
     let (_, client) = tls::configs(certs, key, Arc::new(trust), "test".into()).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -205,7 +205,7 @@ fn only_enrolled_nodes_join_and_write() {
             .collect::<Vec<_>>(),
     );
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let endpoint = rt.spawn(p2psip_node::enroll_http::serve(
+    let endpoint = rt.spawn(p2psip_node::ca::enrollment::serve(
         ca.clone(),
         "127.0.0.1:0".parse().unwrap(),
         "127.0.0.1",

@@ -8,8 +8,8 @@
 
 use p2psip_algorithms::storage::KIND_USER_VALUE;
 use p2psip_algorithms::{Event, Id};
-use p2psip_node::cli::ops::{build_value, name_seed};
 use p2psip_node::config::Config;
+use p2psip_node::ops::{build_value, name_seed};
 use p2psip_node::runtime::{self, NodeHandle, Role};
 use p2psip_proto::pb::ErrorCode;
 use p2psip_proto::security::Identity;

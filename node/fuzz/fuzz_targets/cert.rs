@@ -3,7 +3,7 @@
 //! self-signed and in an enrolled overlay. Bad input must be refused, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use p2psip_node::enroll::{node_id_of_cert, Trust};
+use p2psip_node::security::trust::{node_id_of_cert, Trust};
 use std::sync::OnceLock;
 
 fn enrolled() -> &'static Trust {
@@ -11,8 +11,8 @@ fn enrolled() -> &'static Trust {
     T.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("p2psip-fuzz-ca-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let pem = p2psip_node::enroll::ca_init(&dir, "fuzz.test", 30).expect("CA");
-        let der = p2psip_node::enroll::read_cert(&pem).expect("CA cert");
+        let pem = p2psip_node::ca::ca_init(&dir, "fuzz.test", 30).expect("CA");
+        let der = p2psip_node::security::trust::read_cert(&pem).expect("CA cert");
         Trust::enrolled("fuzz.test", der, Default::default(), false).expect("trust")
     })
 }

@@ -142,10 +142,10 @@ pub(crate) enum CaCmd {
 }
 
 pub(crate) fn run(c: CaCmd) -> anyhow::Result<()> {
-    use crate::enroll;
+    use crate::ca;
     match c {
         CaCmd::Init { dir, overlay, days } => {
-            let cert = enroll::ca_init(&dir, &overlay, days)?;
+            let cert = ca::ca_init(&dir, &overlay, days)?;
             println!("CA for overlay {overlay:?}: {}", cert.display());
         }
         CaCmd::Issue {
@@ -166,14 +166,12 @@ pub(crate) fn run(c: CaCmd) -> anyhow::Result<()> {
                     .key
                     .verifying_key()
                     .as_bytes(),
-                (None, Some(h)) => enroll::parse_public_key(&h)
+                (None, Some(h)) => ca::parse_public_key(&h)
                     .ok_or_else(|| anyhow::anyhow!("--public-key: 64 hex digits"))?,
                 (None, None) => bail!("--identity or --public-key is required"),
             };
-            let node_id = node_id
-                .map(|h| crate::cli::ops::parse_node_id(&h))
-                .transpose()?;
-            let issued = enroll::ca_issue(&dir, &user, &key, node_id, days, backdate_days)?;
+            let node_id = node_id.map(|h| crate::ops::parse_node_id(&h)).transpose()?;
+            let issued = ca::ca_issue(&dir, &user, &key, node_id, days, backdate_days)?;
             std::fs::write(&out, &issued.pem)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
@@ -201,7 +199,7 @@ pub(crate) fn run(c: CaCmd) -> anyhow::Result<()> {
             password,
         } => {
             let pw = password.get()?;
-            let f = crate::enroll_http::add_user(&dir, &user, &pw)?;
+            let f = crate::ca::enrollment::add_user(&dir, &user, &pw)?;
             println!("user {user} may enroll ({})", f.display());
         }
         CaCmd::IssueSipUsers {
@@ -236,7 +234,7 @@ pub(crate) fn run(c: CaCmd) -> anyhow::Result<()> {
         }
         CaCmd::Serve { .. } => bail!("handled in main"),
         CaCmd::Revoke { dir, serial } => {
-            let list = enroll::ca_revoke(&dir, &serial)?;
+            let list = ca::ca_revoke(&dir, &serial)?;
             println!(
                 "revoked {serial}: {} (nodes read it as security.revoked)",
                 list.display()

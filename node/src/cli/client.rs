@@ -1,9 +1,9 @@
 //! `p2psip client`: one operation (or a batch) through an admitting peer.
 
 use super::LogArgs;
-use crate::cli::ops::{build_value, kind_of, name_seed, parse_duration, values_json, values_of};
 use crate::config::Config;
 use crate::identity;
+use crate::ops::{build_value, kind_of, name_seed, parse_duration, values_json, values_of};
 use crate::runtime::{self, NodeHandle, Role};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -509,7 +509,7 @@ pub(crate) async fn app_echo(
     message: &str,
     rounds: usize,
 ) -> anyhow::Result<i32> {
-    let to = crate::cli::ops::parse_node_id(node)?;
+    let to = crate::ops::parse_node_id(node)?;
     let cfg = Config {
         overlay: a.overlay.clone(),
         user: "echo".into(),

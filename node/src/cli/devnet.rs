@@ -1,8 +1,8 @@
 //! `p2psip devnet`: a local overlay doing real work (the README's main command).
 
 use super::{init_logs, LogArgs};
-use crate::cli::ops::{build_value, kind_of, parse_duration, values_of};
 use crate::config::Config;
+use crate::ops::{build_value, kind_of, parse_duration, values_of};
 use crate::runtime::{self, NodeHandle, Role};
 use crate::{identity, metrics};
 use anyhow::{bail, Context};

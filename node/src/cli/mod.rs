@@ -5,14 +5,13 @@ mod ca;
 mod client;
 mod devnet;
 mod node;
-pub mod ops;
 
 use self::ca::CaCmd;
 use self::client::ClientArgs;
 use self::devnet::DevnetArgs;
 use self::node::NodeArgs;
-use crate::cli::ops::parse_duration;
 use crate::identity;
+use crate::ops::parse_duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use p2psip_proto::security::Identity;
@@ -208,7 +207,7 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Health { metrics, timeout } => {
-            let code = match rt.block_on(crate::cli::ops::health(&metrics, timeout)) {
+            let code = match rt.block_on(crate::ops::health(&metrics, timeout)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("unhealthy: {e:#}");
@@ -243,7 +242,7 @@ pub fn main() -> anyhow::Result<()> {
             );
             rt.block_on(async move {
                 tokio::select! {
-                    r = crate::enroll_http::serve(dir, listen, &name, days, None) => r,
+                    r = crate::ca::enrollment::serve(dir, listen, &name, days, None) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             })
@@ -274,7 +273,7 @@ pub fn main() -> anyhow::Result<()> {
             let password = password.get()?;
             let id = identity::load_or_create(&key_path, &user, true)?;
             let key = *id.key.verifying_key().as_bytes();
-            let e = rt.block_on(crate::enroll_http::enroll(
+            let e = rt.block_on(crate::ca::enrollment::enroll(
                 &url, &ca, &user, &password, &key,
             ))?;
             std::fs::write(&out, &e.certificate)

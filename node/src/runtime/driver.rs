@@ -58,7 +58,7 @@ impl Runtime {
                     ticks += 1;
                     self.maybe_start();
                     self.locate_responsible();
-                    metrics::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
+                    export::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
                     // sync = "none": the second's commits reach the disk.
                     self.store.sync_now();
                     if ticks.is_multiple_of(10) {

@@ -4,6 +4,7 @@
 mod candidates;
 mod document;
 mod driver;
+mod export;
 mod nat;
 mod peer_cache;
 mod start;
@@ -14,7 +15,7 @@ pub use self::start::spawn;
 
 use crate::config::Config;
 use crate::identity;
-use crate::metrics;
+use crate::metrics::{self, label};
 use crate::storage::{DashStore, OnCorruption, SyncMode};
 use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
 use anyhow::{anyhow, bail, Context};
@@ -78,7 +79,7 @@ pub struct NodeHandle {
     pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
     transport: Arc<Transport>,
-    trust: Arc<crate::enroll::Trust>,
+    trust: Arc<crate::security::trust::Trust>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,10 +91,6 @@ pub fn now() -> Time {
     Time(d.as_micros().min(u64::MAX as u128) as u64)
 }
 
-pub(crate) fn label(id: NodeId) -> String {
-    format!("{id}")
-}
-
 /// A cloneable handle for applications on a node (the SIP front-end): operations only.
 #[derive(Clone)]
 pub struct NodeClient {
@@ -102,12 +99,12 @@ pub struct NodeClient {
     pub advertised: Option<SocketAddr>,
     cmd: mpsc::Sender<Command>,
     transport: Arc<Transport>,
-    trust: Arc<crate::enroll::Trust>,
+    trust: Arc<crate::security::trust::Trust>,
 }
 
 impl NodeClient {
     /// Which certificates the node accepts (its overlay's CA, if enrolled).
-    pub fn trust(&self) -> &Arc<crate::enroll::Trust> {
+    pub fn trust(&self) -> &Arc<crate::security::trust::Trust> {
         &self.trust
     }
 

@@ -1,4 +1,5 @@
-//! Security of what the node keeps on its own host: private files and directories.
-//! (Keys, certificates, trust and TLS join this folder with the node layout of issue 27.)
+//! Security: the trust rules applied to every certificate (`trust`) and what the node keeps
+//! on its own host (`private_files`: keys and data files 0600, directories 0700).
 
 pub mod private_files;
+pub mod trust;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::enroll::Trust;
+use crate::security::trust::Trust;
 
 /// Whether `user` may name files of a user-certificates directory: letters, digits and
 /// `.` `_` `+` `-`, not starting with a dot, at most 128 bytes.
@@ -103,7 +103,7 @@ impl UserCertificates {
         );
         let seed = crate::identity::read_seed(&key)
             .map_err(|e| format!("no key for {aor}: {e:#} {hint}"))?;
-        let der = crate::enroll::read_cert(&pem)
+        let der = crate::security::trust::read_cert(&pem)
             .map_err(|e| format!("no certificate for {aor}: {e:#} {hint}"))?;
         let binding = self
             .trust
@@ -131,7 +131,7 @@ impl UserCertificates {
 pub enum SipUserIssued {
     Issued {
         aor: String,
-        issued: crate::enroll::Issued,
+        issued: crate::ca::Issued,
     },
     /// The user already had a certificate there (kept; `renew` replaces it).
     Kept { aor: String },
@@ -175,7 +175,7 @@ pub fn issue(
             .key
             .verifying_key()
             .as_bytes();
-        let issued = crate::enroll::ca_issue(dir, &aor, &public, None, valid_days, 0)?;
+        let issued = crate::ca::ca_issue(dir, &aor, &public, None, valid_days, 0)?;
         let tmp = pem.with_extension("pem.new");
         std::fs::write(&tmp, &issued.pem).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &pem).with_context(|| format!("writing {}", pem.display()))?;

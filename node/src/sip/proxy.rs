@@ -179,7 +179,7 @@ impl Inner {
         let now = now_ms();
         let mut nodes: Vec<(u64, NodeId)> = Vec::new();
         let mut expired = false;
-        for v in crate::cli::ops::values_of(&ans) {
+        for v in crate::ops::values_of(&ans) {
             let Ok(reg) = pb::SipRegistration::decode(v.as_slice()) else {
                 continue;
             };

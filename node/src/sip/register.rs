@@ -264,7 +264,7 @@ impl Inner {
             self.node.op(move |n, t| {
                 let who = signer
                     .unwrap_or_else(|| identities::derived(&n.identity().key.to_bytes(), &name));
-                let (res, v) = crate::cli::ops::build_value(
+                let (res, v) = crate::ops::build_value(
                     &who,
                     &name,
                     KIND_SIP_REGISTRATION,

@@ -233,7 +233,7 @@ impl Transport {
             creds.certs.clone(),
             creds.key.clone_key(),
             creds.trust.clone(),
-            crate::runtime::label(me),
+            crate::metrics::label(me),
         )?;
         let mut t = TransportConfig::default();
         t.max_concurrent_uni_streams(VarInt::from_u32(cfg.limits.max_streams_per_connection));

@@ -356,7 +356,7 @@ async fn connect_with_alpn(
 ) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
     use quinn::crypto::rustls::QuicClientConfig;
     let (certs, key) = p2psip_node::identity::tls_credentials(&seed).unwrap();
-    let trust = std::sync::Arc::new(p2psip_node::enroll::Trust::self_signed(overlay));
+    let trust = std::sync::Arc::new(p2psip_node::security::trust::Trust::self_signed(overlay));
     let (_, mut client) = p2psip_node::tls::configs(certs, key, trust, "test".into()).unwrap();
     if let Some(a) = alpn {
         client.alpn_protocols = vec![a.to_vec()];

@@ -98,7 +98,7 @@ fn server_credentials(
     dir: &Path,
     name: &str,
 ) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let (issuer, _) = crate::enroll::ca_issuer(dir)?;
+    let (issuer, _) = crate::ca::ca_issuer(dir)?;
     let seed = crate::identity::generate_seed();
     let key = crate::identity::key_pair(&seed).context("server key")?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -160,7 +160,7 @@ async fn handle(
             .to_string()
     };
     let (user, password, pk) = (field("user"), field("password"), field("public_key"));
-    let Some(key) = crate::enroll::parse_public_key(&pk) else {
+    let Some(key) = crate::ca::parse_public_key(&pk) else {
         return bad(
             StatusCode::BAD_REQUEST,
             "public_key: 64 hex digits (an Ed25519 key)",
@@ -181,7 +181,7 @@ async fn handle(
         crate::remote_log!(warn, "enrollment_refused", %peer, user = %user, "enrollment refused: unknown user or wrong password");
         return bad(StatusCode::UNAUTHORIZED, "unknown user or wrong password");
     }
-    match crate::enroll::ca_issue(&ctx.dir, &user, &key, None, ctx.days, 0) {
+    match crate::ca::ca_issue(&ctx.dir, &user, &key, None, ctx.days, 0) {
         Ok(i) => {
             tracing::info!(%peer, user = %user, node_id = %format!("{:#}", i.node_id), serial = %i.serial, "enrolled");
             Ok(reply(
@@ -286,7 +286,9 @@ pub async fn enroll(
     };
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from(crate::enroll::read_cert(ca_pem)?))
+        .add(CertificateDer::from(crate::security::trust::read_cert(
+            ca_pem,
+        )?))
         .map_err(|e| anyhow!("{}: {e}", ca_pem.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
