@@ -184,19 +184,8 @@ pub fn nat(node: &str, st: NatState) {
 
 /// A peer certificate the handshake refused, by reason: not_enrolled, expired, revoked,
 /// not_yet_valid, invalid (wrong CA, wrong overlay, malformed).
-pub fn cert_refused(node: &str, why: &str) {
-    let reason = if why.contains("not enrolled") {
-        "not_enrolled"
-    } else if why.contains("expired") {
-        "expired"
-    } else if why.contains("revoked") {
-        "revoked"
-    } else if why.contains("not valid before") {
-        "not_yet_valid"
-    } else {
-        "invalid"
-    };
-    counter!("p2psip_certificates_refused_total", "node" => node.to_string(), "reason" => reason)
+pub fn cert_refused(node: &str, why: &crate::security::trust::TrustError) {
+    counter!("p2psip_certificates_refused_total", "node" => node.to_string(), "reason" => why.reason())
         .increment(1);
 }
 

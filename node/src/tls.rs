@@ -49,7 +49,7 @@ impl NodeCertVerifier {
                 "peer certificate refused: {why}"
             );
             crate::metrics::cert_refused(&self.label, &why);
-            Error::General(why)
+            Error::General(why.to_string())
         })
     }
 

@@ -13,6 +13,55 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use x509_parser::prelude::*;
 
+/// Why a certificate is refused. Its `reason` is the `reason` label of
+/// `p2psip_certificates_refused_total`, so a reworded message changes no metric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    #[error("certificate does not parse")]
+    Unparsable,
+    /// Its key, or its Node-ID URI, is not what a certificate of this overlay carries.
+    #[error("{0}")]
+    Malformed(String),
+    #[error("not enrolled: this overlay accepts only certificates of its CA")]
+    NotEnrolled,
+    #[error("certificate of an overlay CA, but this overlay is self-signed")]
+    CaInSelfSigned,
+    #[error("CA does not parse")]
+    CaUnparsable,
+    #[error("issued by {0}, not by this overlay's CA")]
+    OtherIssuer(String),
+    #[error("not signed by this overlay's CA")]
+    BadSignature,
+    #[error("certificate expired on {0}")]
+    Expired(String),
+    #[error("certificate not valid before {0}")]
+    NotYetValid(String),
+    #[error("certificate {0} is revoked")]
+    Revoked(String),
+    #[error("certificate is for overlay {got:?}, not {want:?}")]
+    OtherOverlay { got: String, want: String },
+}
+
+impl TrustError {
+    /// The refusal's `reason` label: not_enrolled, expired, revoked, not_yet_valid or
+    /// invalid.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TrustError::NotEnrolled => "not_enrolled",
+            TrustError::Expired(_) => "expired",
+            TrustError::Revoked(_) => "revoked",
+            TrustError::NotYetValid(_) => "not_yet_valid",
+            _ => "invalid",
+        }
+    }
+}
+
+impl From<String> for TrustError {
+    fn from(s: String) -> TrustError {
+        TrustError::Malformed(s)
+    }
+}
+
 /// id-Ed25519.
 pub(crate) const OID_ED25519: &str = "1.3.101.112";
 
@@ -215,14 +264,19 @@ impl Trust {
         self.ca.is_some()
     }
 
-    /// Checks a certificate and returns what it binds, or why it is refused.
-    pub fn check(&self, der: &[u8]) -> Result<CertBinding, String> {
-        let (_, x) = X509Certificate::from_der(der).map_err(|_| "certificate does not parse")?;
+    /// Checks a certificate and returns what it binds, or why it is refused, now.
+    pub fn check(&self, der: &[u8]) -> Result<CertBinding, TrustError> {
+        self.check_at(der, ASN1Time::now())
+    }
+
+    /// [`Trust::check`] at time `now` (validity is judged against it).
+    pub fn check_at(&self, der: &[u8], now: ASN1Time) -> Result<CertBinding, TrustError> {
+        let (_, x) = X509Certificate::from_der(der).map_err(|_| TrustError::Unparsable)?;
         let key = ed25519_key(&x)?;
         let Some((node_id, overlay)) = node_id_uri(&x)? else {
             return match &self.ca {
                 Some(ca) if !ca.allow_self_signed.load(Ordering::Relaxed) => {
-                    Err("not enrolled: this overlay accepts only certificates of its CA".into())
+                    Err(TrustError::NotEnrolled)
                 }
                 _ => Ok(CertBinding {
                     node_id: node_id_of_key(&key),
@@ -232,24 +286,20 @@ impl Trust {
             };
         };
         let Some(ca) = &self.ca else {
-            return Err("certificate of an overlay CA, but this overlay is self-signed".into());
+            return Err(TrustError::CaInSelfSigned);
         };
-        let (_, cax) = X509Certificate::from_der(&ca.der).map_err(|_| "CA does not parse")?;
+        let (_, cax) = X509Certificate::from_der(&ca.der).map_err(|_| TrustError::CaUnparsable)?;
         if x.issuer().as_raw() != cax.subject().as_raw() {
-            return Err(format!(
-                "issued by {}, not by this overlay's CA",
-                x.issuer()
-            ));
+            return Err(TrustError::OtherIssuer(x.issuer().to_string()));
         }
         x.verify_signature(Some(cax.public_key()))
-            .map_err(|_| "not signed by this overlay's CA".to_string())?;
-        let now = ASN1Time::now();
+            .map_err(|_| TrustError::BadSignature)?;
         let v = x.validity();
         if now > v.not_after {
-            return Err(format!("certificate expired on {}", v.not_after));
+            return Err(TrustError::Expired(v.not_after.to_string()));
         }
         if now < v.not_before {
-            return Err(format!("certificate not valid before {}", v.not_before));
+            return Err(TrustError::NotYetValid(v.not_before.to_string()));
         }
         let serial = canonical_serial(&hex::encode(x.raw_serial()));
         if ca
@@ -258,13 +308,13 @@ impl Trust {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&serial)
         {
-            return Err(format!("certificate {serial} is revoked"));
+            return Err(TrustError::Revoked(serial));
         }
         if overlay != self.overlay {
-            return Err(format!(
-                "certificate is for overlay {overlay:?}, not {:?}",
-                self.overlay
-            ));
+            return Err(TrustError::OtherOverlay {
+                got: overlay,
+                want: self.overlay.clone(),
+            });
         }
         Ok(CertBinding {
             node_id,
@@ -276,7 +326,7 @@ impl Trust {
 
 impl Trust {
     /// [`Trust::check`] through the memory of certificates already checked.
-    fn check_remembered(&self, der: &[u8]) -> Result<CertBinding, String> {
+    fn check_remembered(&self, der: &[u8]) -> Result<CertBinding, TrustError> {
         use sha2::Digest as _;
         let Some(ca) = &self.ca else {
             return self.check(der);
@@ -289,8 +339,12 @@ impl Trust {
             .get(&digest)
             .cloned();
         if let Some(v) = seen {
-            if ASN1Time::now().timestamp() > v.not_after {
-                return Err("certificate expired".into());
+            let now = ASN1Time::now();
+            if now.timestamp() > v.not_after {
+                return Err(TrustError::Expired(
+                    ASN1Time::from_timestamp(v.not_after)
+                        .map_or_else(|_| v.not_after.to_string(), |t| t.to_string()),
+                ));
             }
             if ca
                 .revoked
@@ -298,11 +352,11 @@ impl Trust {
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(&v.serial)
             {
-                return Err(format!("certificate {} is revoked", v.serial));
+                return Err(TrustError::Revoked(v.serial));
             }
             return Ok(v.binding);
         }
-        let binding = self.check(der)?;
+        let binding = self.check_at(der, ASN1Time::now())?;
         // Only CA-issued certificates are remembered (a self-signed one's acceptance
         // depends on a setting that may change).
         if let Ok((_, x)) = X509Certificate::from_der(der) {
@@ -327,7 +381,7 @@ impl Trust {
 
 impl CertificateCheck for Trust {
     fn binding(&self, der: &[u8]) -> Result<CertBinding, String> {
-        self.check_remembered(der)
+        self.check_remembered(der).map_err(|e| e.to_string())
     }
 
     fn allows_self_signed(&self) -> bool {
@@ -356,4 +410,67 @@ pub(crate) struct Verified {
     binding: CertBinding,
     serial: String,
     not_after: i64,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Every refusal has its own error, and its metric label follows from the kind of
+    /// refusal, not from the message's words.
+    #[test]
+    fn each_refusal_is_its_own_error_with_its_metric_reason() {
+        let dir = std::env::temp_dir().join(format!("p2psip-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca_pem = crate::ca::ca_init(&dir, "trust.test", 30).unwrap();
+        let ca_der = read_cert(&ca_pem).unwrap();
+        let seed = crate::identity::generate_seed();
+        let key = *p2psip_proto::security::Identity::from_seed(seed, "")
+            .key
+            .verifying_key()
+            .as_bytes();
+        let issued = crate::ca::ca_issue(&dir, "alice", &key, None, 10, 0).unwrap();
+        let der = pem_to_der(issued.pem.as_bytes()).unwrap();
+        let trust = Trust::enrolled("trust.test", ca_der.clone(), HashSet::new(), false).unwrap();
+        let now = ASN1Time::now();
+        let b = trust.check_at(&der, now).unwrap();
+        assert_eq!(b.node_id, issued.node_id);
+        let day = 86_400;
+        let later = ASN1Time::from_timestamp(now.timestamp() + 11 * day).unwrap();
+        let earlier = ASN1Time::from_timestamp(now.timestamp() - day).unwrap();
+        let cases = [
+            (trust.check_at(&der, later), "expired"),
+            (trust.check_at(&der, earlier), "not_yet_valid"),
+            (trust.check_at(b"junk", now), "invalid"),
+        ];
+        for (r, reason) in cases {
+            assert_eq!(r.unwrap_err().reason(), reason);
+        }
+        assert!(matches!(
+            trust.check_at(&der, later),
+            Err(TrustError::Expired(_))
+        ));
+        let self_signed = crate::identity::tls_credentials(&seed).unwrap().0[0].to_vec();
+        assert_eq!(
+            trust.check_at(&self_signed, now),
+            Err(TrustError::NotEnrolled)
+        );
+        assert_eq!(
+            Trust::self_signed("trust.test").check_at(&der, now),
+            Err(TrustError::CaInSelfSigned)
+        );
+        let other = Trust::enrolled("other.test", ca_der.clone(), HashSet::new(), false).unwrap();
+        assert!(matches!(
+            other.check_at(&der, now),
+            Err(TrustError::OtherOverlay { .. })
+        ));
+        trust.revoke(std::slice::from_ref(&issued.serial));
+        let e = trust.check_at(&der, now).unwrap_err();
+        assert_eq!(
+            (e.reason(), matches!(e, TrustError::Revoked(_))),
+            ("revoked", true)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
