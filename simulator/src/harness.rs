@@ -170,6 +170,29 @@ fn is_forwarded(me: NodeId, bytes: &[u8]) -> bool {
     }
 }
 
+/// A message with `header` and `body`, signed by `identity` (as a node signs what it
+/// originates), encoded; None if it cannot be encoded.
+pub fn signed_message(
+    identity: &p2psip_proto::security::Identity,
+    header: p2psip_proto::OwnedHeader,
+    body: p2psip_proto::Body,
+) -> Option<Vec<u8>> {
+    let block = p2psip_proto::security::sign_message(
+        identity,
+        header.overlay,
+        header.transaction_id,
+        body.code(),
+        &body.encode_to_vec(),
+    );
+    p2psip_proto::Message {
+        header,
+        body,
+        security: prost::Message::decode(block.as_slice()).ok(),
+    }
+    .encode()
+    .ok()
+}
+
 /// What a forger makes up beside a message `t` it sends (docs/security.md, "forgers"),
 /// signed with its own key, as it cannot sign with anyone else's:
 /// - beside each request it passes on, an answer back down the path in the name of the
@@ -182,7 +205,7 @@ fn forge(
     node: &OverlayNode,
     t: &p2psip_algorithms::Transmit,
 ) -> Vec<p2psip_algorithms::Transmit> {
-    use p2psip_proto::{pb, Body, Destination, Message, OwnedHeader};
+    use p2psip_proto::{pb, Body, Destination, OwnedHeader};
     let Ok(h) = p2psip_proto::parse_header(&t.bytes) else {
         return Vec::new();
     };
@@ -190,22 +213,7 @@ fn forge(
         return Vec::new();
     };
     let overlay = h.overlay;
-    let signed = |header: OwnedHeader, body: Body| -> Option<Vec<u8>> {
-        let block = p2psip_proto::security::sign_message(
-            me,
-            overlay,
-            header.transaction_id,
-            body.code(),
-            &body.encode_to_vec(),
-        );
-        Message {
-            header,
-            body,
-            security: prost::Message::decode(block.as_slice()).ok(),
-        }
-        .encode()
-        .ok()
-    };
+    let signed = |header: OwnedHeader, body: Body| signed_message(me, header, body);
     let mut out = Vec::new();
     let via: Vec<Destination> = h.via().map(|d| d.to_owned()).collect();
     if p2psip_proto::is_request(c.code) && via.len() > 1 {

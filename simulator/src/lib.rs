@@ -12,7 +12,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 
-pub use harness::{LogEntry, Sim, Traffic, EPOCH};
+pub use harness::{signed_message, LogEntry, Sim, Traffic, EPOCH};
 pub use net::{Latency, NetConfig};
 pub use report::Report;
 pub use runner::Runner;

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use p2psip_algorithms::{AlgorithmParams, NextHop, NodeId};
-use p2psip_proto::{pb, Body, Destination, Message, OwnedHeader};
-use p2psip_simulator::{NetConfig, Sim};
+use p2psip_proto::{pb, Body, Destination, OwnedHeader};
+use p2psip_simulator::{signed_message, NetConfig, Sim};
 use prost::Message as _;
 use std::time::Duration;
 
@@ -63,20 +63,7 @@ fn gossip(
         via: vec![Destination::Node(sim.id(from))],
         ..OwnedHeader::new(overlay, tx, Destination::Node(sim.id(to)))
     };
-    let block = p2psip_proto::security::sign_message(
-        sim.identity(from),
-        overlay,
-        tx,
-        body.code(),
-        &body.encode_to_vec(),
-    );
-    Message {
-        header,
-        body,
-        security: prost::Message::decode(block.as_slice()).ok(),
-    }
-    .encode()
-    .unwrap()
+    signed_message(sim.identity(from), header, body).unwrap()
 }
 
 #[test]
