@@ -67,6 +67,11 @@ pub struct OneHopConfig {
     pub self_lookup_interval: Duration,
     /// Delay before a failed join is retried with the next bootstrap peer.
     pub join_retry: Duration,
+    /// Whether another peer's report of a failure or an arrival is applied only after this
+    /// node's own probe of the node agrees (proto/SPEC.md 5.1). Off, reports are taken as
+    /// they come: cheaper (no probe per peer per membership change) but any member can
+    /// then evict or invent members everywhere. For simulations at scale.
+    pub confirm_reports: bool,
     /// Ids the membership tables of many nodes in one process may share (a simulator's
     /// peers): each table keeps one bit per universe id instead of the id. Empty in a
     /// daemon; what a table contains is the same either way.
@@ -81,6 +86,7 @@ impl Default for OneHopConfig {
             stabilize_interval: Some(Duration::from_secs(10)),
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
+            confirm_reports: true,
             universe: Universe::default(),
         }
     }
@@ -379,7 +385,10 @@ impl OneHop {
     /// only if the probe agrees: an answer the node signed for an arrival, none for a
     /// failure. Events that change nothing here are taken as they come.
     fn hear(&mut self, ctx: &mut Ctx<'_>, ev: Ev, cover: usize) {
-        if ev.node == self.me || ev.alive == self.members.contains(&ev.node) {
+        if !self.cfg.confirm_reports
+            || ev.node == self.me
+            || ev.alive == self.members.contains(&ev.node)
+        {
             return self.learn(ctx, ev, Some(cover));
         }
         if self
@@ -1201,6 +1210,26 @@ mod tests {
         assert!(!node.members.contains(&made_up));
         assert_eq!(queued(node, real), vec![0, 1]);
         assert!(queued(node, made_up).is_empty());
+    }
+
+    #[test]
+    fn with_confirm_reports_off_a_report_is_taken_at_once() {
+        let mut node = fleet(8).swap_remove(0);
+        node.cfg.confirm_reports = false;
+        let x = node.after(node.me, 3)[2];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let (mut actions, mut tok) = (Vec::new(), 1_000_000);
+        let mut ctx = Ctx::new(Time(500), &mut rng, &mut actions, &mut tok);
+        let report = Ev {
+            node: x,
+            alive: false,
+            stamp: 400,
+            span: 0,
+        };
+        node.receive_events(&mut ctx, &[report.wire()], 2);
+        assert!(probes(&actions).is_empty());
+        assert!(!node.members.contains(&x));
+        assert_eq!(queued(&node, x), vec![0, 1]);
     }
 
     fn fleet(n: usize) -> Vec<OneHop> {

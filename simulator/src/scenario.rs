@@ -151,6 +151,9 @@ pub struct OneHopParams {
     /// "" turns the successor check off.
     pub stabilize_interval: String,
     pub self_lookup_interval: String,
+    /// Reports of failures and arrivals wait for the receiver's own probe (the daemon's
+    /// default); off for runs at scale that measure routing, not attacks.
+    pub confirm_reports: bool,
 }
 
 impl Default for OneHopParams {
@@ -160,6 +163,7 @@ impl Default for OneHopParams {
             gossip_interval: "5s".into(),
             stabilize_interval: "30s".into(),
             self_lookup_interval: "300s".into(),
+            confirm_reports: true,
         }
     }
 }
@@ -424,6 +428,7 @@ impl Scenario {
                         "onehop.self_lookup_interval",
                         &o.self_lookup_interval,
                     )?,
+                    confirm_reports: o.confirm_reports,
                     ..OneHopConfig::default()
                 }
                 .normalized();

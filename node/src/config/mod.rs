@@ -233,6 +233,7 @@ impl Config {
                     gossip_interval: Duration::from_millis(s.gossip_interval_ms.max(10)),
                     stabilize_interval: secs_or_off(s.stabilize_interval_s),
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    confirm_reports: s.confirm_reports,
                     ..OneHopConfig::default()
                 }
                 .normalized();

@@ -376,6 +376,9 @@ pub struct OneHopSection {
     /// Successor check, seconds; 0 turns it off.
     pub stabilize_interval_s: u64,
     pub self_lookup_interval_s: u64,
+    /// Another peer's report of a failure or arrival is applied only once this node's own
+    /// probe agrees (proto/SPEC.md 5.1). Turning it off lets any member evict others.
+    pub confirm_reports: bool,
 }
 
 impl Default for OneHopSection {
@@ -386,6 +389,7 @@ impl Default for OneHopSection {
             gossip_interval_ms: c.gossip_interval.as_millis() as u64,
             stabilize_interval_s: c.stabilize_interval.map_or(0, |d| d.as_secs()),
             self_lookup_interval_s: c.self_lookup_interval.as_secs(),
+            confirm_reports: c.confirm_reports,
         }
     }
 }
