@@ -17,12 +17,15 @@ pub mod id;
 pub mod idset;
 pub mod kademlia;
 pub mod onehop;
+pub mod path_walk;
 pub mod storage;
 pub mod time;
 pub mod topology;
 mod values;
 
-pub use crate::core::{CoreConfig, Event, NodeState, OpError, OpId, OverlayNode, Stats, Transmit};
+pub use crate::core::{
+    CoreConfig, Event, HostInfo, NodeState, OpError, OpId, OverlayNode, Stats, Transmit,
+};
 pub use id::{Id, NodeId};
 pub use time::Time;
 pub use topology::{LinkEvent, NextHop, RoutingSnapshot, Target, Topology};

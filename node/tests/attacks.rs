@@ -526,6 +526,7 @@ async fn a_flood_of_big_messages_waits_in_a_bounded_queue() {
             .map(|k| {
                 let body = pb::PingReq {
                     padding: vec![0x33; 900_000],
+                    ..Default::default()
                 }
                 .into();
                 let dest = p2psip_proto::Destination::Node(victim_id);
@@ -763,7 +764,11 @@ fn message(
 }
 
 fn ping() -> p2psip_proto::Body {
-    pb::PingReq { padding: vec![] }.into()
+    pb::PingReq {
+        padding: vec![],
+        ..Default::default()
+    }
+    .into()
 }
 
 /// Sends `n` Pings to `to` over `conn`, each built by `build(i, txid)`; counts the

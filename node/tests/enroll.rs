@@ -161,7 +161,10 @@ fn ping(via: Id) -> Vec<u8> {
                 Destination::Resource(Id(77)),
             )
         },
-        body: Body::PingReq(pb::PingReq { padding: vec![] }),
+        body: Body::PingReq(pb::PingReq {
+            padding: vec![],
+            ..Default::default()
+        }),
         security: None,
     }
     .encode()

@@ -91,7 +91,10 @@ fn bad_peers_are_refused_and_the_node_stays_up() {
         let forged = request(
             &p2psip_proto::security::Identity::from_seed([0x43; 32], ""),
             Destination::Resource(Id(77)),
-            Body::PingReq(pb::PingReq { padding: vec![] }),
+            Body::PingReq(pb::PingReq {
+                padding: vec![],
+                ..Default::default()
+            }),
         );
         send_raw(&conn, &forged).await;
         let seen = eventually(Duration::from_secs(5), || {

@@ -73,6 +73,7 @@ bodies! {
     StatReq = 25, StatAns = 26,
     AppAttachReq = 29, AppAttachAns = 30,
     ConfigUpdateReq = 33, ConfigUpdateAns = 34,
+    PathTrackReq = 39, PathTrackAns = 40,
     ErrorAns = 0xffff,
 }
 
@@ -97,6 +98,7 @@ pub fn method_name(code: u16) -> &'static str {
         25 | 26 => "stat",
         29 | 30 => "app_attach",
         33 | 34 => "config_update",
+        39 | 40 => "path_track",
         ERROR_CODE => "error",
         _ => "unknown",
     }

@@ -14,6 +14,7 @@
 
 pub mod body;
 pub mod control;
+pub mod diagnostics;
 pub mod error;
 pub mod header;
 pub mod id;

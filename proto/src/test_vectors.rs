@@ -75,7 +75,10 @@ pub fn all() -> Vec<(&'static str, Message)> {
             vec![Destination::Node(NODE_A)],
             vec![Destination::Node(NODE_B)],
         ),
-        body: Body::PingReq(pb::PingReq { padding: vec![] }),
+        body: Body::PingReq(pb::PingReq {
+            padding: vec![],
+            ..Default::default()
+        }),
         security: None,
     };
 
@@ -148,7 +151,10 @@ pub fn all() -> Vec<(&'static str, Message)> {
                 vec![Destination::Resource(resource)],
             )
         },
-        body: Body::PingReq(pb::PingReq { padding: vec![] }),
+        body: Body::PingReq(pb::PingReq {
+            padding: vec![],
+            ..Default::default()
+        }),
         security: None,
     };
 
@@ -164,12 +170,16 @@ pub fn all() -> Vec<(&'static str, Message)> {
         body: Body::PingAns(pb::PingAns {
             response_id: 42,
             time: STORAGE_TIME,
+            ..Default::default()
         }),
         security: None,
     };
 
     let ping_txid = 0x0102_0304_0506_0710;
-    let ping_body = Body::PingReq(pb::PingReq { padding: vec![] });
+    let ping_body = Body::PingReq(pb::PingReq {
+        padding: vec![],
+        ..Default::default()
+    });
     let ping_block = crate::security::sign_message(
         &a,
         overlay_id(OVERLAY),

@@ -323,10 +323,14 @@ fn body() -> impl Strategy<Value = Body> {
             next_peer: n,
             overlay_specific: o
         })),
-        bytes().prop_map(|p| Body::PingReq(pb::PingReq { padding: p })),
+        bytes().prop_map(|p| Body::PingReq(pb::PingReq {
+            padding: p,
+            ..Default::default()
+        })),
         (any::<u64>(), any::<u64>()).prop_map(|(r, t)| Body::PingAns(pb::PingAns {
             response_id: r,
-            time: t
+            time: t,
+            ..Default::default()
         })),
         (idb(), vec(specifier(), 0..3)).prop_map(|(resource, specifiers)| Body::StatReq(
             pb::StatReq {

@@ -227,6 +227,7 @@ fn forge(
             23 => pb::PingAns {
                 response_id: 1,
                 time: 0,
+                ..Default::default()
             }
             .into(),
             9 => pb::FetchAns {

@@ -132,7 +132,10 @@ fn a_request_out_of_ttl_is_answered_ttl_exceeded() {
         via: vec![Destination::Node(aid)],
         ..OwnedHeader::new(overlay_id, 99, Destination::Resource(target))
     };
-    let body = Body::PingReq(pb::PingReq { padding: vec![] });
+    let body = Body::PingReq(pb::PingReq {
+        padding: vec![],
+        ..Default::default()
+    });
     let bytes =
         p2psip_proto::encode_parts(&header, body.code(), &body.encode_to_vec(), &[]).unwrap();
     let before = sim.node(a).unwrap().stats().stray_answers;

@@ -72,6 +72,11 @@ pub struct CoreConfig {
     /// metadata; copies included); a store beyond it is refused with Error_Out_Of_Space.
     /// 0: no limit.
     pub store_bytes: u64,
+    /// Any node may ask this one for every diagnostic kind (proto/SPEC.md 4.1); off, the
+    /// operators' kinds are answered only to `operators` and the node itself.
+    pub diagnostics_open: bool,
+    /// Nodes that may ask for the operators' diagnostic kinds.
+    pub operators: Vec<crate::id::NodeId>,
 }
 
 impl Default for CoreConfig {
@@ -98,6 +103,8 @@ impl Default for CoreConfig {
             writer_kind_bytes: 1 << 20,
             max_clock_skew: Duration::from_secs(300),
             store_bytes: 256 << 20,
+            diagnostics_open: false,
+            operators: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! [`OverlayNode::poll_timeout`], in the manner of quinn-proto.
 
 mod config;
+mod diagnostics;
 mod recovery;
 mod replication;
 mod routing;
@@ -15,6 +16,7 @@ mod stats;
 mod transactions;
 
 pub use config::CoreConfig;
+pub use diagnostics::HostInfo;
 pub use stats::Stats;
 pub use transactions::OpId;
 
@@ -176,6 +178,8 @@ pub struct OverlayNode {
     keys: p2psip_proto::security::KeyCache,
     /// Stored values' signatures already verified (the fetcher's check of what it gets).
     verified: p2psip_proto::security::VerifiedMemo,
+    /// What diagnostic answers are made of (proto/SPEC.md 4.1).
+    diag: diagnostics::DiagState,
 }
 
 impl OverlayNode {
@@ -231,6 +235,7 @@ impl OverlayNode {
             copy_recheck_armed: false,
             keys: Default::default(),
             verified: Default::default(),
+            diag: Default::default(),
         }
         .with_writer_bytes_counted()
     }
@@ -405,6 +410,7 @@ impl OverlayNode {
     fn launch(&mut self, now: Time, f: impl FnOnce(&mut dyn Topology, &mut Ctx<'_>)) {
         self.now = now;
         self.state = NodeState::Running;
+        self.diag.started.get_or_insert(now);
         self.with_topology(f);
         let (r, e) = (self.cfg.replication_interval, self.cfg.expiry_interval);
         self.set_timer(now + r, TimerKind::Replication);
@@ -639,7 +645,15 @@ impl OverlayNode {
 
     /// Pings the node responsible for `target` (a lookup: the answer names the responder).
     pub fn lookup(&mut self, now: Time, target: Id) -> OpId {
-        self.client_request(now, route(target), pb::PingReq { padding: vec![] }.into())
+        self.client_request(
+            now,
+            route(target),
+            pb::PingReq {
+                padding: vec![],
+                ..Default::default()
+            }
+            .into(),
+        )
     }
 
     /// Asks the node `node` for its transport candidates, giving it ours; the answer is an

@@ -302,7 +302,7 @@ impl OverlayNode {
             let answer = match Body::decode(code, body) {
                 Ok(b) => {
                     self.stats.served += 1;
-                    self.serve(origin, b, h.max_response_len, direct)
+                    self.serve(origin, b, h, direct)
                 }
                 Err(e) => Err((ErrorCode::InvalidMessage, e.to_string())),
             };

@@ -9,7 +9,7 @@ use crate::storage::{
 use crate::topology::Origin;
 use p2psip_proto::limits::{ANSWER_HEADROOM, MAX_MESSAGE_LEN, MAX_SPECIFIERS};
 use p2psip_proto::pb::{self, ErrorCode};
-use p2psip_proto::Body;
+use p2psip_proto::{Body, Header};
 use prost::Message as _;
 use rand::Rng;
 
@@ -55,10 +55,10 @@ impl OverlayNode {
         &mut self,
         origin: NodeId,
         body: Body,
-        max_len: u32,
+        h: &Header<'_>,
         direct: bool,
     ) -> Served {
-        let mut budget = answer_budget(max_len);
+        let mut budget = answer_budget(h.max_response_len);
         if !self.topology.is_peer()
             && !matches!(
                 body,
@@ -174,10 +174,15 @@ impl OverlayNode {
                     candidates: c,
                 }))
             }
-            Body::PingReq(_) => Ok(Body::PingAns(pb::PingAns {
+            Body::PingReq(p) => Ok(Body::PingAns(pb::PingAns {
                 response_id: self.rng.random(),
                 time: self.now.as_millis(),
+                diagnostics: self.diagnostics(origin, &p.diagnostic_kinds)?,
             })),
+            Body::PathTrackReq(p) => {
+                let via = h.via().filter_map(|d| d.id()).collect();
+                self.serve_path_track(origin, p, via)
+            }
             other => Err((
                 ErrorCode::InvalidMessage,
                 format!("{} is not served by this peer", other.method_name()),
