@@ -36,6 +36,17 @@ pub fn kind_of(name: &str) -> anyhow::Result<u32> {
     })
 }
 
+/// The command-line name of a kind ("other" for kinds without one).
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        KIND_USER_VALUE => "user-value",
+        KIND_SIP_REGISTRATION => "sip-registration",
+        KIND_USER_ARRAY => "user-array",
+        KIND_NODE_VALUE => "node-value",
+        _ => "other",
+    }
+}
+
 /// The value `writer` stores under `name` for `kind`: the resource is hash(name) (the
 /// writer's Node-ID for node-value), and a SIP registration is keyed by the writer's
 /// Node-ID.

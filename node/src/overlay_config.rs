@@ -43,6 +43,20 @@ pub struct OverlayDoc {
     /// built-in definition.
     #[serde(default)]
     pub kinds: Vec<DocKind>,
+    /// Node-IDs (32 hex digits) that may ask every peer for the operators' diagnostic
+    /// kinds (proto/SPEC.md 4.1). Left out: nobody but each node itself.
+    pub operators: Option<Vec<String>>,
+}
+
+impl OverlayDoc {
+    /// The Node-IDs of `operators` (an id that is not one makes the document invalid).
+    pub fn operator_ids(&self) -> anyhow::Result<Vec<p2psip_algorithms::NodeId>> {
+        self.operators
+            .iter()
+            .flatten()
+            .map(|s| crate::ops::parse_node_id(s).context("operators"))
+            .collect()
+    }
 }
 
 /// A kind and its policy as a document defines it.
@@ -121,6 +135,7 @@ pub fn parse(text: &str) -> anyhow::Result<OverlayDoc> {
     for k in &doc.kinds {
         k.to_kind()?;
     }
+    doc.operator_ids()?;
     Ok(doc)
 }
 
@@ -271,6 +286,8 @@ pub struct DocState {
     persist: Option<crate::storage::DashStore>,
     /// The kinds of the document taken at start (the core is built with them).
     pub kinds: Vec<p2psip_algorithms::storage::Kind>,
+    /// The operators of the document taken at start, if it names them.
+    pub operators: Option<Vec<p2psip_algorithms::NodeId>>,
 }
 
 impl DocState {
@@ -291,6 +308,7 @@ impl DocState {
             current: None,
             persist,
             kinds: Vec::new(),
+            operators: None,
         };
         // (where it came from, its signed bytes)
         let mut candidates: Vec<(String, Vec<u8>)> = Vec::new();
@@ -335,6 +353,11 @@ impl DocState {
             if let Some(l) = &doc.limits {
                 apply_limits(&mut cfg.limits, l);
             }
+            st.operators = doc
+                .operators
+                .is_some()
+                .then(|| doc.operator_ids())
+                .transpose()?;
             st.apply_trust(&doc);
             st.kinds = doc.kinds.iter().filter_map(|k| k.to_kind().ok()).collect();
             tracing::info!(sequence = doc.sequence, "overlay configuration document");

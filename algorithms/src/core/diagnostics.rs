@@ -111,7 +111,7 @@ impl OverlayNode {
                 return Err((
                     ErrorCode::Forbidden,
                     format!(
-                        "diagnostic kind {} is for the overlay's operators; {origin} is not one",
+                        "diagnostic kind {} is for the overlay's operators; {origin:#} is not one",
                         kinds::kind_name(*k).unwrap_or("?")
                     ),
                 ));

@@ -1,10 +1,10 @@
 //! `p2psip client`: one operation (or a batch) through an admitting peer.
 
-use super::LogArgs;
+use super::{client_security, op, LogArgs};
 use crate::config::Config;
 use crate::identity;
 use crate::ops::{build_value, kind_of, name_seed, parse_duration, values_json, values_of};
-use crate::runtime::{self, NodeHandle, Role};
+use crate::runtime::{self, Role};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use p2psip_algorithms::{Event, Id};
@@ -142,6 +142,8 @@ pub(crate) enum ClientOp {
         #[arg(long)]
         check_peer: Option<String>,
     },
+    #[command(flatten)]
+    Diag(super::diag::DiagOp),
 }
 
 /// StoreMany / CheckMany: one client connection, `count` operations one after another.
@@ -276,6 +278,9 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
     {
         return app_echo(&a, peer, node, message, *rounds).await;
     }
+    if let ClientOp::Diag(d) = &a.op {
+        return super::diag::run(&a, peer, d).await;
+    }
     if let ClientOp::StoreMany { count, prefix } | ClientOp::CheckMany { count, prefix } = &a.op {
         return many(
             &a,
@@ -296,6 +301,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
         | ClientOp::CheckMany { .. }
         | ClientOp::Bench { .. }
         | ClientOp::ConfigPush { .. }
+        | ClientOp::Diag(_)
         | ClientOp::AppEcho { .. } => String::new(),
     };
     let seed = match &a.identity {
@@ -362,6 +368,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
         ClientOp::StoreMany { .. }
         | ClientOp::CheckMany { .. }
         | ClientOp::Bench { .. }
+        | ClientOp::Diag(_)
         | ClientOp::AppEcho { .. } => bail!("handled above"),
         ClientOp::ConfigPush { file } => {
             let bytes =
@@ -566,29 +573,5 @@ pub(crate) async fn app_echo(
             }
             Ok(2)
         }
-    }
-}
-
-pub(crate) async fn op(
-    h: &NodeHandle,
-    limit: Duration,
-    f: impl FnOnce(
-            &mut p2psip_algorithms::OverlayNode,
-            p2psip_algorithms::Time,
-        ) -> p2psip_algorithms::OpId
-        + Send
-        + 'static,
-) -> anyhow::Result<Event> {
-    tokio::time::timeout(limit, h.op(f))
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
-}
-
-/// The `[security]` of a client from its flags.
-pub(crate) fn client_security(a: &ClientArgs) -> crate::config::SecuritySection {
-    crate::config::SecuritySection {
-        ca: a.ca.clone(),
-        certificate: a.certificate.clone(),
-        ..Default::default()
     }
 }

@@ -4,6 +4,7 @@
 mod ca;
 mod client;
 mod devnet;
+mod diag;
 mod node;
 
 use self::ca::CaCmd;
@@ -286,5 +287,30 @@ pub fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// Runs one core operation on a node and waits for its outcome, at most `limit`.
+pub(crate) async fn op(
+    h: &crate::runtime::NodeHandle,
+    limit: Duration,
+    f: impl FnOnce(
+            &mut p2psip_algorithms::OverlayNode,
+            p2psip_algorithms::Time,
+        ) -> p2psip_algorithms::OpId
+        + Send
+        + 'static,
+) -> anyhow::Result<p2psip_algorithms::Event> {
+    tokio::time::timeout(limit, h.op(f))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
+}
+
+/// The `[security]` of a client from its flags.
+pub(crate) fn client_security(a: &ClientArgs) -> crate::config::SecuritySection {
+    crate::config::SecuritySection {
+        ca: a.ca.clone(),
+        certificate: a.certificate.clone(),
+        ..Default::default()
     }
 }

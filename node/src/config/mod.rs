@@ -53,6 +53,7 @@ pub struct Config {
     pub security: SecuritySection,
     pub storage: StorageSection,
     pub log: LogSection,
+    pub diagnostics: DiagnosticsSection,
 }
 
 impl Default for Config {
@@ -78,6 +79,7 @@ impl Default for Config {
             security: SecuritySection::default(),
             storage: StorageSection::default(),
             log: LogSection::default(),
+            diagnostics: DiagnosticsSection::default(),
         }
     }
 }
@@ -167,7 +169,25 @@ impl Config {
                 self.timers.request_timeout_ms
             );
         }
+        if self.security.ca.is_some()
+            && (self.diagnostics.open || !self.diagnostics.operators.is_empty())
+        {
+            bail!(
+                "diagnostics.open and diagnostics.operators are for self-signed overlays; in an \
+                 enrolled overlay the overlay configuration document's `operators` names them"
+            );
+        }
+        self.operators()?;
         Ok(())
+    }
+
+    /// The Node-IDs of `diagnostics.operators`.
+    pub fn operators(&self) -> anyhow::Result<Vec<p2psip_algorithms::NodeId>> {
+        self.diagnostics
+            .operators
+            .iter()
+            .map(|s| crate::ops::parse_node_id(s).context("diagnostics.operators"))
+            .collect()
     }
 
     /// The overlay core's configuration.
@@ -190,6 +210,8 @@ impl Config {
             max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),
             store_bytes: self.limits.store_bytes,
             successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
+            diagnostics_open: self.diagnostics.open,
+            operators: self.operators().unwrap_or_default(),
             ..CoreConfig::default()
         }
     }

@@ -411,3 +411,18 @@ impl Default for LogSection {
         }
     }
 }
+
+/// The `[diagnostics]` table: who may ask this node for the operators' diagnostic kinds
+/// (routing table, storage, memory, message counts, round trips, NAT state: proto/SPEC.md
+/// 4.1; `p2psip client diag`, `routing-table`, `storage`). Self-signed overlays only: in
+/// an enrolled overlay the overlay configuration document's `operators` names them.
+/// PathTrack's kinds (addresses, uptime, load, version) are answered to any member.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsSection {
+    /// Answer every kind to anyone (a lab or a devnet; default false).
+    pub open: bool,
+    /// Node-IDs (32 hex digits) of the operators: the identity a `p2psip client
+    /// --identity KEY` runs with (`p2psip id KEY` prints its Node-ID).
+    pub operators: Vec<String>,
+}

@@ -44,6 +44,11 @@ impl Runtime {
                         self.core.define_kind(k);
                     }
                 }
+                if let Ok(ops) = doc.operator_ids() {
+                    if doc.operators.is_some() {
+                        self.core.set_diagnostics_access(false, ops);
+                    }
+                }
                 metrics::config_sequence(&self.label, doc.sequence);
                 for n in self.transport.linked_nodes() {
                     if n != from {

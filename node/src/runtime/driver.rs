@@ -59,6 +59,8 @@ impl Runtime {
                     self.maybe_start();
                     self.locate_responsible();
                     export::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
+                    let info = self.host_info();
+                    self.core.set_host_info(now(), info);
                     // sync = "none": the second's commits reach the disk.
                     self.store.sync_now();
                     if ticks.is_multiple_of(10) {

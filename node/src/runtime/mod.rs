@@ -5,6 +5,7 @@ mod candidates;
 mod document;
 mod driver;
 mod export;
+mod host;
 mod nat;
 mod peer_cache;
 mod start;

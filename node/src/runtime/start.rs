@@ -48,6 +48,10 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     for k in &docs.kinds {
         core_cfg.kinds.add(k.clone());
     }
+    if let Some(ops) = &docs.operators {
+        core_cfg.diagnostics_open = false;
+        core_cfg.operators = ops.clone();
+    }
     if creds.trust.is_enrolled() {
         core_cfg.verify = VerifyMode::Certificates(creds.trust.clone());
     }

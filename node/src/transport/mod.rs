@@ -326,6 +326,14 @@ impl Transport {
         self.links.iter().map(|l| *l.key()).collect()
     }
 
+    /// QUIC's round-trip estimate of each link.
+    pub fn link_rtts(&self) -> Vec<(NodeId, std::time::Duration)> {
+        self.links
+            .iter()
+            .map(|l| (*l.key(), l.value().conn.rtt()))
+            .collect()
+    }
+
     pub fn is_linked(&self, node: NodeId) -> bool {
         self.links.contains_key(&node)
     }

@@ -1,0 +1,49 @@
+//! What the node tells its core about itself for diagnostics (proto/SPEC.md 4.1): its
+//! addresses, memory, the machine's uptime, round trips to linked nodes, NAT state.
+
+use super::*;
+use p2psip_algorithms::HostInfo;
+
+impl Runtime {
+    /// The driver's view of the node, handed to the core every tick.
+    pub(super) fn host_info(&self) -> HostInfo {
+        let mut addresses: Vec<String> = Vec::new();
+        for a in [self.host, self.reflexive].into_iter().flatten() {
+            let a = a.to_string();
+            if !addresses.contains(&a) {
+                addresses.push(a);
+            }
+        }
+        let nat_state = match (self.behind_nat, self.symmetric) {
+            (_, true) => "symmetric-nat",
+            (Some(true), false) => "nat",
+            (Some(false), false) => "public",
+            (None, false) => "unknown",
+        };
+        HostInfo {
+            software: format!("p2psip {}", env!("CARGO_PKG_VERSION")),
+            addresses,
+            memory_bytes: resident_bytes().unwrap_or(0),
+            machine_uptime_s: machine_uptime_s().unwrap_or(0),
+            neighbor_rtts: self.transport.link_rtts(),
+            reflexive: self.reflexive.map(|a| a.to_string()),
+            nat_state: nat_state.into(),
+            links: self.transport.connection_count().min(u32::MAX as usize) as u32,
+        }
+    }
+}
+
+/// Resident memory of this process (Linux: VmRSS of /proc/self/status), bytes.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Seconds since the machine started (Linux: /proc/uptime).
+fn machine_uptime_s() -> Option<u64> {
+    let up = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = up.split_whitespace().next()?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then_some(secs as u64)
+}
