@@ -398,6 +398,27 @@ fn body() -> impl Strategy<Value = Body> {
             })
         }),
         Just(Body::ConfigUpdateAns(pb::ConfigUpdateAns {})),
+        (idb(), vec(any::<u32>(), 0..4)).prop_map(|(d, k)| Body::PathTrackReq(pb::PathTrackReq {
+            destination: d,
+            diagnostic_kinds: k,
+        })),
+        (idb(), any::<bool>(), vec(idb(), 0..4), any::<u64>(), text()).prop_map(
+            |(n, r, via, up, v)| Body::PathTrackAns(pb::PathTrackAns {
+                next_hop: n,
+                responsible: r,
+                diagnostics: vec![
+                    pb::DiagnosticInfo {
+                        kind: 7,
+                        value: Some(pb::diagnostic_info::Value::Number(up)),
+                    },
+                    pb::DiagnosticInfo {
+                        kind: 5,
+                        value: Some(pb::diagnostic_info::Value::Text(v)),
+                    },
+                ],
+                via,
+            })
+        ),
         ((2i32..=20), text()).prop_map(|(c, i)| Body::ErrorAns(pb::ErrorAns {
             code: c,
             info: i.into_bytes()

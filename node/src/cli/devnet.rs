@@ -97,6 +97,11 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
     let base = Config {
         algorithm: a.algorithm.clone(),
         overlay: "devnet.p2psip".into(),
+        // A local lab: every diagnostic kind is answered to anyone (`client diag`).
+        diagnostics: crate::config::DiagnosticsSection {
+            open: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
     base.validate()?;
@@ -343,6 +348,7 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
     }
     println!("  metrics: http://{metrics_addr}/metrics");
     println!("  try: cargo run --release -p p2psip-node --bin p2psip -- client --peer {} --overlay devnet.p2psip fetch sip:sample0@{DEVNET_DOMAIN} --kind sip-registration", nodes[0].addr);
+    println!("  and: ... client --peer {} --overlay devnet.p2psip path-track sip:sample0@{DEVNET_DOMAIN}  (or diag, routing-table, storage)", nodes[0].addr);
     if let Some(fe) = front_ends.first() {
         println!(
             "  phones: account <sip:user0@{DEVNET_DOMAIN}>;outbound=\"sip:{}\";auth_pass=PASSWORD (baresip); call sip:sample0@{DEVNET_DOMAIN} (answers 486 Busy Here)",

@@ -5,6 +5,7 @@ mod ca;
 mod client;
 mod devnet;
 mod diag;
+mod doctor;
 mod node;
 
 use self::ca::CaCmd;
@@ -85,6 +86,12 @@ pub(crate) enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// A reachability report for this host against given peers: whether UDP (QUIC)
+    /// reaches them, the address each sees this host at, and from those whether a NAT is
+    /// in the way and whether it maps each destination anew (symmetric). Exit status 0:
+    /// reachable directly (public, or a NAT that keeps one mapping); 2: symmetric NAT
+    /// (others reach this host only through a relay); 3: no peer reached.
+    Doctor(doctor::DoctorArgs),
     /// Health check for containers: exits 0 when the node's metrics endpoint answers and
     /// reports the node joined, 1 otherwise (with the reason on stderr).
     Health {
@@ -201,6 +208,11 @@ pub fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Cmd::Devnet(a) => rt.block_on(devnet::run(a)),
+        Cmd::Doctor(a) => {
+            init_logs("human", "warn");
+            let code = rt.block_on(doctor::run(a))?;
+            std::process::exit(code);
+        }
         Cmd::Keygen { out } => {
             let seed = identity::generate_seed();
             identity::write_seed(&out, &seed)?;
