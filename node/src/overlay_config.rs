@@ -254,6 +254,20 @@ mod tests {
         assert!(sign(&dir, "overlay = \"x\"\nsequence = 1\ntypo = 1\n").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn operators_are_node_ids() {
+        let doc = parse(
+            "overlay = \"x\"\nsequence = 1\noperators = [\"000102030405060708090a0b0c0d0e0f\"]\n",
+        )
+        .unwrap();
+        assert_eq!(doc.operator_ids().unwrap().len(), 1);
+        assert!(parse("overlay = \"x\"\nsequence = 1\noperators = [\"nope\"]\n").is_err());
+        assert_eq!(
+            parse("overlay = \"x\"\nsequence = 1\n").unwrap().operators,
+            None
+        );
+    }
 }
 
 /// What became of a document offered by a peer.

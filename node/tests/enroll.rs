@@ -255,7 +255,7 @@ fn only_enrolled_nodes_join_and_write() {
     // Users: alice writes her resource with her certificate; mallory, enrolled too, cannot
     // write alice's (USER-MATCH checks the user her certificate binds).
     let (dal, dm) = (root.0.join("alice"), root.0.join("mallory"));
-    enroll(&ca, &dal, "alice", &[]);
+    let alice_id = field(&enroll(&ca, &dal, "alice", &[]), "node_id");
     enroll(&ca, &dm, "mallory", &[]);
     let as_user = |dir: &Path, args: &[&str]| {
         let mut v = vec![
@@ -377,6 +377,7 @@ fn only_enrolled_nodes_join_and_write() {
         &ca,
         &format!(
             "overlay = \"{OVERLAY}\"\nsequence = 1\nalgorithm = \"chord\"\n\
+             operators = [\"{alice_id}\"]\n\
              revoked = [\"{}\"]\n[limits]\nwriter_kind_bytes = 65536\n\
              [[kinds]]\nid = 40\nname = \"STATUS\"\nmodel = \"single\"\n\
              policy = \"user-match\"\nmax_count = 1\nmax_size = 64\n",
@@ -400,6 +401,13 @@ fn only_enrolled_nodes_join_and_write() {
     let (code, _, err) = as_user(&dal, &["store", "alice", "available", "--kind", "40"]);
     assert_ne!(code, 0);
     assert!(err.contains("UNKNOWN_KIND"), "{err}");
+    // Diagnostics: before the document names alice an operator, her routing-table is
+    // refused (Forbidden, exit status 3); after it, every peer answers her.
+    let (code, out, err) = as_user(&dal, &["routing-table"]);
+    assert_eq!(
+        code, 3,
+        "routing-table before alice is an operator: {out} {err}"
+    );
     let (code, out, err) = as_user(&dal, &["config-push", signed.to_str().unwrap()]);
     assert_eq!(code, 0, "{out} {err}");
     let spread = eventually(Duration::from_secs(10), || {
@@ -409,6 +417,14 @@ fn only_enrolled_nodes_join_and_write() {
             .then_some(())
     });
     assert!(spread.is_some(), "every peer holds document 1");
+    let (code, out, err) = as_user(&dal, &["routing-table"]);
+    assert_eq!(
+        code, 0,
+        "routing-table for the document's operator: {out} {err}"
+    );
+    assert!(out.contains("successors"), "{out}");
+    let (code, _, _) = as_user(&dm, &["routing-table"]);
+    assert_eq!(code, 3, "mallory is not an operator");
     // The document's kind, with its policy and size limit, is enforced everywhere.
     let (code, out, err) = as_user(&dal, &["store", "alice", "available", "--kind", "40"]);
     assert_eq!(code, 0, "kind 40 defined by the document: {out} {err}");

@@ -375,14 +375,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let sequence = crate::overlay_config::sequence_of(&bytes)
                 .with_context(|| format!("{}", file.display()))?;
-            let to = h
-                .status()
-                .await?
-                .routing
-                .successors
-                .first()
-                .copied()
-                .ok_or_else(|| anyhow::anyhow!("no admitting peer"))?;
+            let to = h.admitting_peer().await?;
             let update = crate::overlay_config::update_req(sequence, bytes);
             (
                 op(&h, a.timeout, move |n, t| n.config_update(t, to, update)).await?,

@@ -98,14 +98,7 @@ pub(crate) async fn run(a: &ClientArgs, peer: SocketAddr, what: &DiagOp) -> anyh
     if let Err(e) = h.wait_joined(a.timeout).await {
         bail!("could not reach peer {peer}: {e}");
     }
-    let admitting = h
-        .status()
-        .await?
-        .routing
-        .successors
-        .first()
-        .copied()
-        .context("no admitting peer")?;
+    let admitting = h.admitting_peer().await?;
     let res = match (what, target) {
         (DiagOp::PathTrack { max_hops, .. }, Some(t)) => {
             path_track(a, &h, admitting, t, *max_hops, asked).await

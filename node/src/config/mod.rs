@@ -289,4 +289,22 @@ mod tests {
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("pastry"), "{e}");
     }
+
+    #[test]
+    fn diagnostics_operators_are_node_ids_and_only_for_self_signed_overlays() {
+        let ok: Config =
+            toml::from_str("[diagnostics]\noperators = [\"000102030405060708090a0b0c0d0e0f\"]")
+                .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.core().operators.len(), 1);
+        let bad: Config = toml::from_str("[diagnostics]\noperators = [\"abc\"]").unwrap();
+        let e = format!("{:#}", bad.validate().unwrap_err());
+        assert!(e.contains("diagnostics.operators"), "{e}");
+        let enrolled: Config = toml::from_str(
+            "[security]\nca = \"ca.pem\"\ncertificate = \"n.pem\"\n[diagnostics]\nopen = true",
+        )
+        .unwrap();
+        let e = enrolled.validate().unwrap_err().to_string();
+        assert!(e.contains("overlay configuration document"), "{e}");
+    }
 }

@@ -206,6 +206,17 @@ impl NodeHandle {
         rx.await.map_err(|_| anyhow!("node stopped"))
     }
 
+    /// A client's admitting peer (its only routing-table entry).
+    pub async fn admitting_peer(&self) -> anyhow::Result<NodeId> {
+        self.status()
+            .await?
+            .routing
+            .successors
+            .first()
+            .copied()
+            .ok_or_else(|| anyhow!("no admitting peer"))
+    }
+
     /// Waits until the node has joined, at most `limit`.
     pub async fn wait_joined(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
