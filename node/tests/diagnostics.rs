@@ -36,6 +36,10 @@ fn path_track_diag_routing_table_and_storage_on_ten_processes() {
         let config = write_config(&dir, OVERLAY, boot, "127.0.0.1:0");
         let mut text = std::fs::read_to_string(&config).unwrap();
         text.push_str(&format!("[diagnostics]\noperators = [\"{operator}\"]\n"));
+        if i == 9 {
+            // One peer that relays for nobody (doctor below).
+            text.push_str("[nat]\nrelay = false\n");
+        }
         std::fs::write(&config, text).unwrap();
         spawn_node(&dir, config)
     };
@@ -245,4 +249,34 @@ fn path_track_diag_routing_table_and_storage_on_ten_processes() {
     println!("{out}");
     let (code, _, _) = client(nodes[4].addr, OVERLAY, &["storage"]);
     assert_eq!(code, 3, "storage shown to a non-operator");
+
+    // doctor against two peers: both reached over UDP, this host public (exit status 0);
+    // a stream relayed back through node 8 comes back, node 9 relays for nobody.
+    let out = std::process::Command::new(BIN)
+        .args(["doctor", "--json", "--overlay", OVERLAY, "--peer"])
+        .arg(nodes[8].addr.to_string())
+        .arg("--peer")
+        .arg(nodes[9].addr.to_string())
+        .output()
+        .unwrap();
+    let j = json_of(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "{j}");
+    assert_eq!(
+        (j["nat"].as_str(), j["reached"].as_u64()),
+        (Some("public"), Some(2)),
+        "{j}"
+    );
+    assert_eq!(j["relays"], 1, "{j}");
+    let peer = |a: std::net::SocketAddr| {
+        j["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer"] == a.to_string())
+            .unwrap()
+            .clone()
+    };
+    assert!(peer(nodes[8].addr)["relay_ms"].is_number(), "{j}");
+    assert!(peer(nodes[9].addr)["relay_error"].is_string(), "{j}");
+    println!("doctor: {j}");
 }

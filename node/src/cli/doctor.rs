@@ -6,11 +6,13 @@
 
 use crate::config::Config;
 use crate::identity;
-use crate::transport::{local_ip_towards, NetEvent, Transport};
+use crate::transport::{local_ip_towards, NetEvent, Reach, Transport};
 use clap::Args;
+use p2psip_algorithms::NodeId;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args)]
@@ -40,6 +42,65 @@ struct Seen {
     observed: Option<SocketAddr>,
     rtt: Option<Duration>,
     error: Option<String>,
+    /// A stream relayed through this peer back to us: its round trip, or why it failed.
+    relay: Option<Result<Duration, String>>,
+}
+
+/// The application number of the doctor's relay probe (the stream comes back to the
+/// doctor itself; no other node serves it).
+const APP_DOCTOR: u32 = 0x0d0c_7000;
+const PROBE: &[u8] = b"p2psip doctor relay probe";
+
+/// Opens a stream to ourselves through the relay at `relay` (a peer we have a link to:
+/// it carries the stream back over that link) and checks that the probe comes back.
+async fn relay_check(
+    t: &Arc<Transport>,
+    me: NodeId,
+    relay: SocketAddr,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let mut incoming = t.serve_app(APP_DOCTOR);
+    let server = tokio::spawn(async move {
+        if let Some(mut s) = incoming.recv().await {
+            let mut limited = tokio::io::AsyncReadExt::take(&mut s.recv, 1024);
+            let _ = tokio::io::copy(&mut limited, &mut s.send).await;
+            let _ = s.send.finish();
+        }
+    });
+    let reach = Reach {
+        direct: Vec::new(),
+        relay: Some(relay),
+        reflexive: false,
+    };
+    let began = std::time::Instant::now();
+    let run = async {
+        let (mut send, mut recv, _) = t
+            .open_app(me, &reach, APP_DOCTOR)
+            .await
+            .map_err(|e| e.to_string())?;
+        send.write_all(PROBE).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let back = recv
+            .read_to_end(PROBE.len() + 1)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))
+                    if code.into_inner() == u64::from(crate::transport::RESET_RELAY_REFUSED) =>
+                {
+                    "the peer refuses to relay (relaying off, or at its limit)".to_string()
+                }
+                other => format!("the stream failed: {other}"),
+            })?;
+        if back != PROBE {
+            return Err(format!("{} bytes came back, not the probe", back.len()));
+        }
+        Ok(began.elapsed())
+    };
+    let out = tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
+    server.abort();
+    out
 }
 
 /// The verdict from the reflexive addresses: (name, exit status, explanation).
@@ -88,7 +149,8 @@ fn verdict(local: &BTreeSet<SocketAddr>, observed: &[SocketAddr]) -> (&'static s
 }
 
 /// Runs the report; returns the exit status: 0 reachable directly (public, or a NAT that
-/// keeps its mapping), 2 symmetric NAT (relays needed), 3 no peer reached.
+/// keeps its mapping), 2 symmetric NAT (relays needed, and one works), 3 no peer reached,
+/// 4 symmetric NAT and no peer relays.
 pub(crate) async fn run(a: DoctorArgs) -> anyhow::Result<i32> {
     let mut peers = Vec::new();
     for p in &a.peers {
@@ -154,8 +216,20 @@ pub(crate) async fn run(a: DoctorArgs) -> anyhow::Result<i32> {
             s.rtt = Some(rtt);
         }
     }
+    let me = creds.identity.node_id;
+    for (p, s) in seen.iter_mut().filter(|(_, s)| s.linked) {
+        s.relay = Some(relay_check(&transport, me, *p, a.timeout).await);
+    }
+    let relays = seen
+        .values()
+        .filter(|s| matches!(s.relay, Some(Ok(_))))
+        .count();
     let observed: Vec<SocketAddr> = seen.values().filter_map(|s| s.observed).collect();
-    let (name, code, why) = verdict(&local, &observed);
+    let (name, mut code, why) = verdict(&local, &observed);
+    if code == 2 && relays == 0 {
+        // Symmetric, and no peer relays: nothing can reach this host.
+        code = 4;
+    }
     let reached = seen.values().filter(|s| s.linked).count();
     if a.json {
         let per: Vec<_> = seen
@@ -163,12 +237,14 @@ pub(crate) async fn run(a: DoctorArgs) -> anyhow::Result<i32> {
             .map(|(p, s)| {
                 json!({"peer": p.to_string(), "reached": s.linked,
                 "observed": s.observed.map(|o| o.to_string()),
-                "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1000.0), "error": s.error})
+                "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1000.0), "error": s.error,
+                "relay_ms": s.relay.as_ref().and_then(|r| r.as_ref().ok()).map(|d| d.as_secs_f64() * 1000.0),
+                "relay_error": s.relay.as_ref().and_then(|r| r.as_ref().err())})
             })
             .collect();
         println!(
             "{}",
-            json!({"nat": name, "explanation": why, "udp": reached > 0, "reached": reached,
+            json!({"nat": name, "explanation": why, "udp": reached > 0, "reached": reached, "relays": relays,
                    "local": local.iter().map(|l| l.to_string()).collect::<Vec<_>>(), "peers": per})
         );
     } else {
@@ -187,7 +263,20 @@ pub(crate) async fn run(a: DoctorArgs) -> anyhow::Result<i32> {
                 (None, None) => println!("  {p}: no answer within {:?}", a.timeout),
             }
         }
-        println!("UDP: {reached} of {} peers reached", seen.len());
+        for (p, s) in &seen {
+            match &s.relay {
+                Some(Ok(d)) => println!(
+                    "  relay through {p}: works ({:.2} ms round trip)",
+                    d.as_secs_f64() * 1000.0
+                ),
+                Some(Err(e)) => println!("  relay through {p}: fails: {e}"),
+                None => {}
+            }
+        }
+        println!(
+            "UDP: {reached} of {} peers reached; relays: {relays} of them carry a stream",
+            seen.len()
+        );
         println!("NAT: {name}: {why}");
     }
     Ok(code)

@@ -90,7 +90,9 @@ pub(crate) enum Cmd {
     /// reaches them, the address each sees this host at, and from those whether a NAT is
     /// in the way and whether it maps each destination anew (symmetric). Exit status 0:
     /// reachable directly (public, or a NAT that keeps one mapping); 2: symmetric NAT
-    /// (others reach this host only through a relay); 3: no peer reached.
+    /// (others reach this host only through a relay); 3: no peer reached; 4: symmetric
+    /// NAT and no peer relays. Each reached peer is also tried as a relay: a stream to
+    /// this host through it must come back.
     Doctor(doctor::DoctorArgs),
     /// Health check for containers: exits 0 when the node's metrics endpoint answers and
     /// reports the node joined, 1 otherwise (with the reason on stderr).
