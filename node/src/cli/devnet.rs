@@ -93,7 +93,6 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
         bail!("--nodes must be at least 1");
     }
     let metrics_addr: SocketAddr = a.metrics.parse().context("--metrics")?;
-    let metrics_addr = metrics::install(metrics_addr).await?;
     let base = Config {
         algorithm: a.algorithm.clone(),
         overlay: "devnet.p2psip".into(),
@@ -104,7 +103,9 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
         },
         ..Config::default()
     };
+    // The arguments are checked before anything binds a port.
     base.validate()?;
+    let metrics_addr = metrics::install(metrics_addr).await?;
     println!(
         "p2psip devnet: starting {} peers ({}) on 127.0.0.1",
         a.nodes, a.algorithm
