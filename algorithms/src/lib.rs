@@ -18,6 +18,7 @@ pub mod idset;
 pub mod kademlia;
 pub mod onehop;
 pub mod path_walk;
+pub mod redir;
 pub mod storage;
 pub mod time;
 pub mod topology;

@@ -96,8 +96,9 @@ impl DocKind {
             "node-match" => AccessPolicy::NodeMatch,
             "user-node-match" => AccessPolicy::UserNodeMatch,
             "node-multiple" => AccessPolicy::NodeMultiple,
+            "node-id-match" => AccessPolicy::NodeIdMatch,
             p => bail!(
-                "kind {}: policy {p:?} (user-match, node-match, user-node-match, node-multiple)",
+                "kind {}: policy {p:?} (user-match, node-match, user-node-match, node-multiple, node-id-match)",
                 self.id
             ),
         };

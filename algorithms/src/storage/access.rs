@@ -60,6 +60,14 @@ pub fn check_policy(
                 ))
             }
         }
+        AccessPolicy::NodeIdMatch => match &value.model {
+            Some(pb::stored_data_value::Model::Dictionary(e))
+                if Id::from_slice(&e.key) == node && node.is_some() =>
+            {
+                Ok(())
+            }
+            _ => Err("NODE-ID-MATCH: dictionary key is not the signer's Node-ID".into()),
+        },
         AccessPolicy::Unspecified => Err("kind has no access policy".into()),
     }
 }

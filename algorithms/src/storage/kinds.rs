@@ -14,6 +14,9 @@ pub const KIND_USER_ARRAY: u32 = 3;
 pub const KIND_NODE_VALUE: u32 = 4;
 /// Node-multiple values (e.g. a relay announcing itself at several resources).
 pub const KIND_NODE_MULTIPLE: u32 = 5;
+/// ReDiR service records (RFC 7374's REDIR kind): a dictionary at each tree node keyed by
+/// the provider's Node-ID (NODE-ID-MATCH).
+pub const KIND_REDIR: u32 = 104;
 
 /// One kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +130,17 @@ impl Default for KindRegistry {
             1,
             8,
         ));
+        r.add(Kind {
+            max_size: 1024,
+            ..k(
+                KIND_REDIR,
+                "REDIR",
+                DataModel::Dictionary,
+                AccessPolicy::NodeIdMatch,
+                64,
+                0,
+            )
+        });
         r
     }
 }
