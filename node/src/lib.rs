@@ -16,6 +16,7 @@ pub mod overlay_config;
 pub mod remote_log;
 pub mod runtime;
 pub mod security;
+pub mod services;
 pub mod sip;
 pub mod storage;
 pub mod tls;

@@ -142,6 +142,17 @@ pub(crate) enum ClientOp {
         #[arg(long)]
         check_peer: Option<String>,
     },
+    /// The provider of service NAME (turn, voicemail, conference, pstn-gateway, or any)
+    /// registered in the overlay (ReDiR): the one whose Node-ID is the closest after
+    /// --key (default: this client's own Node-ID, so that callers spread over the
+    /// providers), with its address and seconds of lifetime left, then the others seen on
+    /// the way. Exit status 4 when none is registered.
+    Services {
+        name: String,
+        /// The key (32 hex digits) to find the closest provider after.
+        #[arg(long)]
+        key: Option<String>,
+    },
     #[command(flatten)]
     Diag(super::diag::DiagOp),
 }
@@ -281,6 +292,9 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
     if let ClientOp::Diag(d) = &a.op {
         return super::diag::run(&a, peer, d).await;
     }
+    if let ClientOp::Services { name, key } = &a.op {
+        return super::services::run(&a, peer, name, key.as_deref()).await;
+    }
     if let ClientOp::StoreMany { count, prefix } | ClientOp::CheckMany { count, prefix } = &a.op {
         return many(
             &a,
@@ -302,6 +316,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
         | ClientOp::Bench { .. }
         | ClientOp::ConfigPush { .. }
         | ClientOp::Diag(_)
+        | ClientOp::Services { .. }
         | ClientOp::AppEcho { .. } => String::new(),
     };
     let seed = match &a.identity {
@@ -369,6 +384,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
         | ClientOp::CheckMany { .. }
         | ClientOp::Bench { .. }
         | ClientOp::Diag(_)
+        | ClientOp::Services { .. }
         | ClientOp::AppEcho { .. } => bail!("handled above"),
         ClientOp::ConfigPush { file } => {
             let bytes =

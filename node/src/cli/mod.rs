@@ -7,6 +7,7 @@ mod devnet;
 mod diag;
 mod doctor;
 mod node;
+mod services;
 
 use self::ca::CaCmd;
 use self::client::ClientArgs;

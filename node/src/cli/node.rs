@@ -153,6 +153,15 @@ pub(crate) async fn run(a: NodeArgs) -> anyhow::Result<()> {
     if cfg.nat.echo {
         crate::echo::serve(&h.client()).await;
     }
+    if !cfg.services.is_empty() {
+        let identity = identity::credentials(&cfg, seed)?.identity;
+        crate::services::spawn(
+            h.client(),
+            identity,
+            cfg.services.clone(),
+            crate::metrics::label(h.id),
+        );
+    }
     let _sip = if cfg.sip.enabled {
         let s = sip::SipSettings::from_config(&cfg.sip, h.advertised)?;
         let fe = sip::start(h.client(), s).await?;

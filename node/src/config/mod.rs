@@ -54,6 +54,8 @@ pub struct Config {
     pub storage: StorageSection,
     pub log: LogSection,
     pub diagnostics: DiagnosticsSection,
+    /// Services this node registers (`[[services]]`).
+    pub services: Vec<ServiceSection>,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             storage: StorageSection::default(),
             log: LogSection::default(),
             diagnostics: DiagnosticsSection::default(),
+            services: Vec::new(),
         }
     }
 }
@@ -178,6 +181,12 @@ impl Config {
             );
         }
         self.operators()?;
+        if self.services.len() > 16 {
+            bail!("services: at most 16 entries");
+        }
+        for s in &self.services {
+            s.validate()?;
+        }
         Ok(())
     }
 

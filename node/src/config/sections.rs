@@ -426,3 +426,56 @@ pub struct DiagnosticsSection {
     /// --identity KEY` runs with (`p2psip id KEY` prints its Node-ID).
     pub operators: Vec<String>,
 }
+
+/// One `[[services]]` entry: a service this node registers in the overlay (ReDiR,
+/// proto/SPEC.md 6.2) and keeps registered while it runs; `p2psip client services NAME`
+/// finds it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The service name: "turn", "voicemail", "conference", "pstn-gateway", or any.
+    pub name: String,
+    /// Where the service is reached, host:port (e.g. the TURN server's address).
+    pub address: String,
+    /// Optional attributes handed to whoever finds it ("transport=udp").
+    #[serde(default)]
+    pub attributes: Vec<String>,
+    /// Seconds the records live; the node refreshes them every third of it.
+    #[serde(default = "default_service_lifetime")]
+    pub lifetime_s: u32,
+}
+
+fn default_service_lifetime() -> u32 {
+    600
+}
+
+impl ServiceSection {
+    /// Checks one entry (sizes bounded, so that every record fits the REDIR kind's limit).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            bail!(
+                "services: name {:?}: 1 to 64 letters, digits, '-', '_' or '.'",
+                self.name
+            );
+        }
+        if self.address.is_empty() || self.address.len() > 255 {
+            bail!("services.{}: address must be 1 to 255 bytes", self.name);
+        }
+        if self.attributes.len() > 16 || self.attributes.iter().any(|a| a.len() > 128) {
+            bail!(
+                "services.{}: at most 16 attributes of at most 128 bytes",
+                self.name
+            );
+        }
+        if !(30..=86_400).contains(&self.lifetime_s) {
+            bail!("services.{}: lifetime_s must be 30 to 86400", self.name);
+        }
+        Ok(())
+    }
+}

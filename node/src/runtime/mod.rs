@@ -123,6 +123,11 @@ impl NodeClient {
             .map_err(|_| anyhow!("node stopped before answering"))
     }
 
+    /// Whether the node has stopped (its driver is gone).
+    pub fn is_closed(&self) -> bool {
+        self.cmd.is_closed()
+    }
+
     /// Changes the node's core (no answer awaited beyond the hand-over).
     pub async fn with_core(&self, f: impl FnOnce(&mut OverlayNode) + Send + 'static) {
         let _ = self.cmd.send(Command::Core(Box::new(f))).await;

@@ -1,0 +1,99 @@
+//! `p2psip client services NAME`: the provider of a service the overlay knows (ReDiR,
+//! proto/SPEC.md 6.2), the one whose Node-ID is the closest after a key.
+
+use super::client::ClientArgs;
+use super::client_security;
+use crate::config::Config;
+use crate::identity;
+use crate::runtime::{self, Role};
+use anyhow::bail;
+use p2psip_algorithms::redir::Provider;
+use serde_json::json;
+use std::net::SocketAddr;
+
+fn provider_json(p: &Provider) -> serde_json::Value {
+    json!({"address": p.address, "node": format!("{:#}", p.key), "attributes": p.attributes,
+           "remaining_s": p.remaining_s})
+}
+
+/// Looks up `service`; exit status 4 when no provider is registered.
+pub(crate) async fn run(
+    a: &ClientArgs,
+    peer: SocketAddr,
+    service: &str,
+    key: Option<&str>,
+) -> anyhow::Result<i32> {
+    let seed = match &a.identity {
+        Some(p) => identity::read_seed(p)?,
+        None => identity::generate_seed(),
+    };
+    let cfg = Config {
+        overlay: a.overlay.clone(),
+        user: "services".into(),
+        security: client_security(a),
+        ..Config::default()
+    };
+    let key = match key {
+        Some(k) => Some(crate::ops::parse_node_id(k)?),
+        None => None,
+    };
+    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
+    if let Err(e) = h.wait_joined(a.timeout).await {
+        bail!("could not reach peer {peer}: {e}");
+    }
+    // By default the key is this client's Node-ID: callers spread over the providers.
+    let key = key.unwrap_or(h.id);
+    let res = tokio::time::timeout(
+        a.timeout,
+        crate::services::lookup(&h.client(), service, key),
+    )
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", a.timeout)));
+    h.shutdown().await;
+    let l = match res {
+        Ok(l) => l,
+        Err(e) => {
+            if a.json {
+                println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+            } else {
+                eprintln!("services {service} failed: {e:#}");
+            }
+            return Ok(2);
+        }
+    };
+    let others: Vec<&Provider> = l
+        .seen
+        .iter()
+        .filter(|p| Some(p.key) != l.found.as_ref().map(|f| f.key))
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({"ok": l.found.is_some(), "service": service, "key": format!("{key:#}"),
+                   "provider": l.found.as_ref().map(provider_json),
+                   "seen": others.iter().map(|p| provider_json(p)).collect::<Vec<_>>()})
+        );
+    } else {
+        match &l.found {
+            Some(p) => {
+                let attrs = if p.attributes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", p.attributes.join(", "))
+                };
+                println!(
+                    "{service}: {} (provider {:#}, {} s left){attrs}",
+                    p.address, p.key, p.remaining_s
+                );
+            }
+            None => println!("no provider of {service}"),
+        }
+        for p in others {
+            println!(
+                "  also seen: {} (provider {:#}, {} s left)",
+                p.address, p.key, p.remaining_s
+            );
+        }
+    }
+    Ok(if l.found.is_some() { 0 } else { 4 })
+}

@@ -1,0 +1,123 @@
+//! Services located through the overlay (ReDiR, RFC 7374; proto/SPEC.md 6.2): the node
+//! registers the `[[services]]` of its configuration and refreshes them every third of
+//! their lifetime; [`lookup`] finds the provider of a service closest after a key. The
+//! walks themselves are `p2psip_algorithms::redir`; this module only runs their requests.
+
+use crate::config::ServiceSection;
+use crate::runtime::{self, NodeClient};
+use ::metrics::counter;
+use anyhow::anyhow;
+use p2psip_algorithms::core::all_of_kind;
+use p2psip_algorithms::redir::{entries_of, Lookup, Registration, Step};
+use p2psip_algorithms::storage::KIND_REDIR;
+use p2psip_algorithms::{Event, Id};
+use p2psip_proto::security::Identity;
+use p2psip_proto::Body;
+use std::time::Duration;
+
+/// How long one request of a walk may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// After a failed registration, the next try.
+const RETRY: Duration = Duration::from_secs(5);
+
+async fn fetch(node: &NodeClient, resource: Id) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>, u32)>> {
+    let e = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        node.op(move |n, t| n.fetch(t, resource, vec![all_of_kind(KIND_REDIR)])),
+    )
+    .await
+    .map_err(|_| anyhow!("no answer within {REQUEST_TIMEOUT:?}"))??;
+    match e {
+        Event::Completed {
+            outcome: Ok(Body::FetchAns(f)),
+            ..
+        } => Ok(entries_of(&f, runtime::now())),
+        Event::Completed {
+            outcome: Err(e), ..
+        } => Err(anyhow!("fetch: {e}")),
+        other => Err(anyhow!("fetch: unexpected {other:?}")),
+    }
+}
+
+/// Runs one registration walk of `s` signed by `identity`; returns the tree nodes stored at.
+pub async fn register(
+    node: &NodeClient,
+    identity: &Identity,
+    s: &ServiceSection,
+) -> anyhow::Result<usize> {
+    let (mut reg, mut step) = Registration::new(
+        &s.name,
+        identity.clone(),
+        &s.address,
+        s.attributes.clone(),
+        s.lifetime_s,
+    );
+    loop {
+        step = match step {
+            Step::Fetch { resource, .. } => {
+                // A node that cannot be read is taken as empty: the record is stored anyway.
+                let entries = fetch(node, resource).await.unwrap_or_default();
+                reg.on_fetched(&entries, runtime::now())
+            }
+            Step::Store {
+                resource, value, ..
+            } => {
+                let v = *value;
+                let e = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    node.op(move |n, t| n.store(t, resource, KIND_REDIR, vec![v], 0)),
+                )
+                .await;
+                let ok = matches!(e, Ok(Ok(Event::Completed { outcome: Ok(_), .. })));
+                reg.on_stored(ok)
+            }
+            Step::Done => break,
+        };
+    }
+    if reg.stored.is_empty() {
+        return Err(anyhow!("no tree node took the record"));
+    }
+    Ok(reg.stored.len())
+}
+
+/// Keeps every service of `services` registered until the node stops.
+pub fn spawn(node: NodeClient, identity: Identity, services: Vec<ServiceSection>, label: String) {
+    for s in services {
+        let (node, identity, label) = (node.clone(), identity.clone(), label.clone());
+        tokio::spawn(async move {
+            let refresh = Duration::from_secs(u64::from(s.lifetime_s / 3).max(10));
+            let mut first = true;
+            loop {
+                let wait = match register(&node, &identity, &s).await {
+                    Ok(n) => {
+                        if first {
+                            tracing::info!(service = %s.name, address = %s.address, tree_nodes = n, "service registered");
+                            first = false;
+                        }
+                        counter!("p2psip_service_registrations_total", "node" => label.clone(), "service" => s.name.clone(), "outcome" => "ok").increment(1);
+                        refresh
+                    }
+                    Err(e) => {
+                        tracing::debug!(service = %s.name, "service registration: {e:#}; trying again");
+                        counter!("p2psip_service_registrations_total", "node" => label.clone(), "service" => s.name.clone(), "outcome" => "failed").increment(1);
+                        RETRY
+                    }
+                };
+                if node.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+}
+
+/// Finds the provider of `service` whose Node-ID is the closest at or after `key`.
+pub async fn lookup(node: &NodeClient, service: &str, key: Id) -> anyhow::Result<Lookup> {
+    let (mut l, mut step) = Lookup::new(service, key);
+    while let Step::Fetch { resource, .. } = step {
+        let entries = fetch(node, resource).await?;
+        step = l.on_fetched(&entries);
+    }
+    Ok(l)
+}
