@@ -116,8 +116,16 @@ pub fn spawn(node: NodeClient, identity: Identity, services: Vec<ServiceSection>
 pub async fn lookup(node: &NodeClient, service: &str, key: Id) -> anyhow::Result<Lookup> {
     let (mut l, mut step) = Lookup::new(service, key);
     while let Step::Fetch { resource, .. } = step {
-        let entries = fetch(node, resource).await?;
+        let entries = match fetch(node, resource).await {
+            Ok(e) => e,
+            Err(e) => {
+                counter!("p2psip_service_lookups_total", "outcome" => "failed").increment(1);
+                return Err(e);
+            }
+        };
         step = l.on_fetched(&entries);
     }
+    let outcome = if l.found.is_some() { "found" } else { "none" };
+    counter!("p2psip_service_lookups_total", "outcome" => outcome).increment(1);
     Ok(l)
 }

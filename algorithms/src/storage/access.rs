@@ -78,3 +78,45 @@ pub fn node_multiple_resource(node: Id, i: u32) -> Id {
     b.extend_from_slice(&i.to_be_bytes());
     Id::hash_of(&b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: Vec<u8>) -> pb::StoredDataValue {
+        pb::StoredDataValue {
+            model: Some(pb::stored_data_value::Model::Dictionary(
+                pb::DictionaryEntry {
+                    key,
+                    value: Some(pb::DataValue {
+                        exists: true,
+                        value: b"record".to_vec(),
+                    }),
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn node_id_match_takes_any_resource_but_only_the_signers_own_key() {
+        let me = Id(0xabc);
+        let signer = pb::SignerIdentity {
+            node_id: me.to_bytes().to_vec(),
+            ..Default::default()
+        };
+        let p = AccessPolicy::NodeIdMatch;
+        for resource in [Id(1), Id(u128::MAX), me] {
+            assert!(check_policy(p, resource, &signer, &entry(me.to_bytes().to_vec()), 0).is_ok());
+        }
+        let other = Id(0xdef).to_bytes().to_vec();
+        let e = check_policy(p, Id(1), &signer, &entry(other), 0).unwrap_err();
+        assert!(e.contains("NODE-ID-MATCH"), "{e}");
+        let single = pb::StoredDataValue {
+            model: Some(pb::stored_data_value::Model::Single(pb::DataValue {
+                exists: true,
+                value: vec![],
+            })),
+        };
+        assert!(check_policy(p, Id(1), &signer, &single, 0).is_err());
+    }
+}
