@@ -382,6 +382,11 @@ impl Sim {
         self.dropped_by_adversaries
     }
 
+    /// The seed every random choice of this run derives from (the network model's too).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn now(&self) -> Time {
         self.now
     }

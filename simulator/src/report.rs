@@ -57,6 +57,9 @@ pub struct Report {
     pub lookup_success_rate: f64,
     pub lookup_correct_rate: f64,
     pub lookup_latency_ms: Percentiles,
+    /// Stretch: each answered lookup's latency over the round trip between the originator
+    /// and the peer that answered (the network model's direct RTT).
+    pub lookup_stretch: Percentiles,
     pub mean_hops: f64,
     /// Lookups by hop count (index = hops).
     pub hop_histogram: Vec<u64>,
@@ -92,6 +95,8 @@ pub struct Report {
     pub samples: Vec<Sample>,
     #[serde(skip)]
     latencies_ms: Vec<f64>,
+    #[serde(skip)]
+    stretches: Vec<f64>,
 }
 
 /// What the peers' cores counted (see `p2psip_algorithms::Stats`).
@@ -169,6 +174,14 @@ impl Report {
         }
     }
 
+    /// One answered lookup's stretch (latency over the direct round trip).
+    pub fn stretch(&mut self, latency: Duration, direct_rtt: Duration) {
+        if direct_rtt > Duration::ZERO {
+            self.stretches
+                .push(latency.as_secs_f64() / direct_rtt.as_secs_f64());
+        }
+    }
+
     pub fn push_sample(&mut self, mut s: Sample) {
         s.median_latency_ms = percentiles(&mut s.latencies_ms).p50;
         s.latencies_ms = Vec::new();
@@ -183,6 +196,9 @@ impl Report {
         let mut l = std::mem::take(&mut self.latencies_ms);
         self.lookup_latency_ms = percentiles(&mut l);
         self.latencies_ms = l;
+        let mut st = std::mem::take(&mut self.stretches);
+        self.lookup_stretch = percentiles(&mut st);
+        self.stretches = st;
         let (n, sum) = self
             .hop_histogram
             .iter()
@@ -234,7 +250,7 @@ impl Report {
     /// One line for people.
     pub fn summary(&self) -> String {
         format!(
-            "{} peers, {:.0} s simulated: lookups {}/{} ok ({:.2}%), {:.2}% correct, latency p50 {:.0} ms p99 {:.0} ms, mean hops {:.2}; maintenance {:.0} B/node/s; data loss {}/{}; calls {}/{} connected; {} events in {:.1} s ({:.0}/s), peak memory {:.0} MiB ({:.0} B/node)",
+            "{} peers, {:.0} s simulated: lookups {}/{} ok ({:.2}%), {:.2}% correct, latency p50 {:.0} ms p99 {:.0} ms, stretch p50 {:.2} p99 {:.2}, mean hops {:.2}; maintenance {:.0} B/node/s; data loss {}/{}; calls {}/{} connected; {} events in {:.1} s ({:.0}/s), peak memory {:.0} MiB ({:.0} B/node)",
             self.scenario.nodes,
             self.samples.last().map_or(0.0, |s| s.t_s),
             self.lookups_ok,
@@ -243,6 +259,8 @@ impl Report {
             100.0 * self.lookup_correct_rate,
             self.lookup_latency_ms.p50,
             self.lookup_latency_ms.p99,
+            self.lookup_stretch.p50,
+            self.lookup_stretch.p99,
             self.mean_hops,
             self.maintenance_bytes_per_node_s,
             self.data_lost,

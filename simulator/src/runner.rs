@@ -383,6 +383,29 @@ impl Runner {
         s.events = self.sim.events_processed() - self.last_events;
         self.last_traffic = (tr.maintenance_bytes, tr.data_bytes);
         self.last_events = self.sim.events_processed();
+        // P2PSIP_SIM_STALE=1: print, each sample, how many routing-table entries of the live
+        // peers name peers that are gone (a diagnosis aid; it walks every table, too slow
+        // for whole-membership tables at scale).
+        if std::env::var("P2PSIP_SIM_STALE").is_ok() {
+            let live = self.sim.joined_set().clone();
+            let (mut entries, mut stale) = (0usize, 0usize);
+            for id in live.iter() {
+                if let Some(n) = self.sim.index_of(*id).and_then(|i| self.sim.node(i)) {
+                    let rt = n.routing_table();
+                    for f in rt.fingers.iter().chain(rt.successors.iter()) {
+                        entries += 1;
+                        if !live.contains(f) {
+                            stale += 1;
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "t={:.0} entries {entries} stale {stale} ({:.2}%)",
+                s.t_s,
+                100.0 * stale as f64 / entries.max(1) as f64
+            );
+        }
         self.report.push_sample(s);
     }
 
@@ -409,6 +432,13 @@ impl Runner {
                     let correct =
                         ok && responder.is_some() && responder == self.sim.responsible(target);
                     self.report.lookup(ok, correct, latency, hops);
+                    if let Some(r) = responder.filter(|_| ok).and_then(|r| self.sim.index_of(r)) {
+                        if r != i {
+                            let rtt = self.sim.net.latency(self.sim.seed(), i, r)
+                                + self.sim.net.latency(self.sim.seed(), r, i);
+                            self.report.stretch(latency, rtt);
+                        }
+                    }
                     self.sample_acc.completed += 1;
                     if ok {
                         self.sample_acc.ok += 1;

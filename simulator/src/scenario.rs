@@ -126,6 +126,9 @@ pub struct KademliaParams {
     pub refresh_interval: String,
     pub buckets_per_round: usize,
     pub self_lookup_interval: String,
+    /// Entries not heard from for this long are checked; "" turns the checks off.
+    pub check_after: String,
+    pub checks_per_round: usize,
 }
 
 impl Default for KademliaParams {
@@ -138,6 +141,8 @@ impl Default for KademliaParams {
             refresh_interval: "60s".into(),
             buckets_per_round: 2,
             self_lookup_interval: "300s".into(),
+            check_after: "300s".into(),
+            checks_per_round: 32,
         }
     }
 }
@@ -411,6 +416,8 @@ impl Scenario {
                         "kademlia.self_lookup_interval",
                         &k.self_lookup_interval,
                     )?,
+                    check_after: opt_dur("kademlia.check_after", &k.check_after)?,
+                    checks_per_round: k.checks_per_round,
                     ..KademliaConfig::default()
                 }
                 .normalized();

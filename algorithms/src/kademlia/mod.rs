@@ -47,6 +47,12 @@ pub struct KademliaConfig {
     pub self_lookup_interval: Duration,
     /// Delay before a failed join is retried with the next bootstrap peer.
     pub join_retry: Duration,
+    /// A bucket entry not heard from for this long is checked (a direct Probe) at the next
+    /// refresh round, and dropped if it does not answer (None: entries are checked only
+    /// by the bucket refresh, one per bucket, and when a route through them fails).
+    pub check_after: Option<Duration>,
+    /// Most such checks per refresh round (oldest first).
+    pub checks_per_round: usize,
 }
 
 impl Default for KademliaConfig {
@@ -59,6 +65,8 @@ impl Default for KademliaConfig {
             buckets_per_round: 4,
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
+            check_after: Some(Duration::from_secs(300)),
+            checks_per_round: 32,
         }
     }
 }
@@ -120,6 +128,11 @@ pub struct Kademlia {
     next_bucket: usize,
     /// Nodes that failed recently, not learned again from others' stale lists for a while.
     dead: HashMap<Id, Time>,
+    /// When each bucket entry last proved alive (an answer or a request from it, or when
+    /// it entered the buckets); entries only.
+    seen: HashMap<Id, Time>,
+    /// Entries being checked because they were not heard from for `check_after`.
+    checking: HashSet<Id>,
 }
 
 /// How long a failed node is not learned again from other nodes' lists.
@@ -141,6 +154,8 @@ impl Kademlia {
             join_attempt: 0,
             next_bucket: 0,
             dead: HashMap::new(),
+            seen: HashMap::new(),
+            checking: HashSet::new(),
         }
     }
 
@@ -214,15 +229,18 @@ impl Kademlia {
         let Some(b) = self.bucket_of(id) else { return };
         self.dead.remove(&id);
         self.remember(id);
+        let now = ctx.now;
         let k = self.cfg.k;
         self.changing(ctx, |s| {
             let bucket = &mut s.buckets[b];
             if let Some(p) = bucket.nodes.iter().position(|x| *x == id) {
                 bucket.nodes.remove(p);
                 bucket.nodes.push(id);
+                s.seen.insert(id, now);
             } else if bucket.nodes.len() < k {
                 bucket.nodes.push(id);
                 bucket.replacements.retain(|x| *x != id);
+                s.seen.insert(id, now);
             } else {
                 bucket.replacements.retain(|x| *x != id);
                 if bucket.replacements.len() == k {
@@ -242,6 +260,7 @@ impl Kademlia {
         }
         self.dead.insert(id, ctx.now);
         let near = self.window().contains(&id);
+        self.seen.remove(&id);
         self.changing(ctx, |s| {
             let bucket = &mut s.buckets[b];
             bucket.replacements.retain(|x| *x != id);
@@ -249,6 +268,8 @@ impl Kademlia {
                 bucket.nodes.remove(p);
                 if let Some(r) = bucket.replacements.pop() {
                     bucket.nodes.push(r);
+                    // Not heard from since it was cached: checked at the next round.
+                    s.seen.entry(r).or_insert(Time(0));
                 }
             }
         });
@@ -364,6 +385,35 @@ impl Kademlia {
             let b = self.next_bucket;
             self.next_bucket = (b + 1) % self.buckets.len();
             self.refresh_bucket(ctx, b);
+        }
+        self.check_silent(ctx);
+    }
+
+    /// Probes the bucket entries not heard from for `check_after` (oldest first, at most
+    /// `checks_per_round`): one that does not answer leaves its bucket, so dead entries
+    /// do not pile up where no link would report their failure.
+    fn check_silent(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(after) = self.cfg.check_after else {
+            return;
+        };
+        let now = ctx.now;
+        let mut silent: Vec<(Time, Id)> = self
+            .all()
+            .filter(|n| !self.checking.contains(n) && !self.probing.contains(n))
+            .map(|n| (self.seen.get(&n).copied().unwrap_or(Time(0)), n))
+            .filter(|(t, _)| now.since(*t) >= after)
+            .collect();
+        silent.sort_unstable();
+        silent.truncate(self.cfg.checks_per_round);
+        for (_, n) in silent {
+            self.checking.insert(n);
+            let tok = ctx.request(
+                Target::Direct(n),
+                pb::ProbeReq {
+                    requested_info: vec![],
+                },
+            );
+            self.pending.insert(tok, Pending::BucketCheck(n));
         }
     }
 
@@ -574,7 +624,9 @@ impl Topology for Kademlia {
             let offset = if n > k { ctx.rng.random_range(0..n) } else { 0 };
             let bucket = &mut self.buckets[b];
             for i in 0..k {
-                bucket.nodes.push(members[from + (offset + i) % n]);
+                let m = members[from + (offset + i) % n];
+                bucket.nodes.push(m);
+                self.seen.insert(m, ctx.now);
             }
         }
         self.become_joined(ctx);
@@ -717,8 +769,14 @@ impl Topology for Kademlia {
                     _ => self.drop_node(ctx, c),
                 }
             }
-            (Pending::BucketCheck(n), Ok(_)) => self.consider(ctx, n),
-            (Pending::BucketCheck(n), Err(_)) => self.drop_node(ctx, n),
+            (Pending::BucketCheck(n), Ok(_)) => {
+                self.checking.remove(&n);
+                self.consider(ctx, n);
+            }
+            (Pending::BucketCheck(n), Err(_)) => {
+                self.checking.remove(&n);
+                self.drop_node(ctx, n);
+            }
             (Pending::Refresh, Ok(_)) => {
                 if let Some(r) = responder.filter(|r| *r != self.me) {
                     self.consider(ctx, r);

@@ -58,3 +58,87 @@ fn start_with_members_fills_every_populated_bucket_and_routes_greedily() {
     assert_eq!(rs.len(), 3);
     assert_eq!(rs[0], me);
 }
+
+/// Entries no link would report dead (a warm start, or links closed when idle): those not
+/// heard from for `check_after` are probed at the next refresh round, and one that does
+/// not answer leaves its bucket. With the checks off, a silent dead entry stays.
+#[test]
+fn silent_entries_are_checked_and_dead_ones_dropped() {
+    let members: Vec<Id> = (0..200u128)
+        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
+        .collect();
+    let mut sorted = members.clone();
+    sorted.sort();
+    let me = sorted[5];
+    for checks in [true, false] {
+        let cfg = KademliaConfig {
+            check_after: checks.then_some(Duration::from_secs(300)),
+            ..KademliaConfig::default()
+        };
+        let mut node = Kademlia::new(me, cfg);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let mut tok = 0;
+        let mut actions = Vec::new();
+        let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+        node.start_with_members(&mut ctx, &sorted);
+        let entries: Vec<Id> = node.all().collect();
+        let dead = entries[entries.len() / 2];
+        // A round before check_after has passed checks nothing.
+        let mut run_round = |node: &mut Kademlia, at: Time| {
+            let mut actions = Vec::new();
+            let mut ctx = Ctx::new(at, &mut rng, &mut actions, &mut tok);
+            node.refresh(&mut ctx);
+            let mut checked = Vec::new();
+            for a in actions {
+                if let TopologyAction::Request {
+                    token,
+                    target: Target::Direct(n),
+                    body: Body::ProbeReq(_),
+                } = a
+                {
+                    checked.push(n);
+                    let mut actions = Vec::new();
+                    let mut ctx = Ctx::new(at, &mut rng, &mut actions, &mut tok);
+                    if n == dead {
+                        let e = pb::ErrorAns {
+                            code: ErrorCode::RequestTimeout as i32,
+                            info: vec![],
+                        };
+                        node.on_answer(&mut ctx, token, None, Err(&e));
+                    } else {
+                        node.on_answer(
+                            &mut ctx,
+                            token,
+                            Some(n),
+                            Ok(&Body::ProbeAns(pb::ProbeAns::default())),
+                        );
+                    }
+                }
+            }
+            checked
+        };
+        let early = run_round(&mut node, Time(0) + Duration::from_secs(60));
+        assert!(
+            early.len() <= 4,
+            "{} checks before check_after",
+            early.len()
+        );
+        let mut at = 360;
+        let mut rounds = 0;
+        while node.contains(dead) && rounds < 20 {
+            run_round(&mut node, Time(0) + Duration::from_secs(at));
+            at += 60;
+            rounds += 1;
+        }
+        if checks {
+            assert!(!node.contains(dead), "the silent dead entry is still there");
+            // At most checks_per_round at a time, so every entry took a few rounds.
+            assert!(rounds <= entries.len().div_ceil(32) + 1, "{rounds} rounds");
+        } else {
+            assert!(
+                node.contains(dead),
+                "without checks the refresh found it anyway"
+            );
+        }
+    }
+}

@@ -253,6 +253,8 @@ impl Config {
                     refresh_interval: Duration::from_secs(s.refresh_interval_s.max(1)),
                     buckets_per_round: s.buckets_per_round,
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    check_after: secs_or_off(s.check_after_s),
+                    checks_per_round: s.checks_per_round,
                     ..KademliaConfig::default()
                 }
                 .normalized();

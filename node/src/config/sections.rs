@@ -348,6 +348,11 @@ pub struct KademliaSection {
     pub refresh_interval_s: u64,
     pub buckets_per_round: usize,
     pub self_lookup_interval_s: u64,
+    /// A bucket entry not heard from for this long is probed at the next refresh round and
+    /// dropped if it does not answer; 0 turns the checks off.
+    pub check_after_s: u64,
+    /// Most such checks per round.
+    pub checks_per_round: usize,
 }
 
 impl Default for KademliaSection {
@@ -360,6 +365,8 @@ impl Default for KademliaSection {
             refresh_interval_s: c.refresh_interval.as_secs(),
             buckets_per_round: c.buckets_per_round,
             self_lookup_interval_s: c.self_lookup_interval.as_secs(),
+            check_after_s: c.check_after.map_or(0, |d| d.as_secs()),
+            checks_per_round: c.checks_per_round,
         }
     }
 }
