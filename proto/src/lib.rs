@@ -20,6 +20,7 @@ pub mod header;
 pub mod id;
 pub mod limits;
 pub mod message;
+pub mod options;
 pub mod security;
 #[doc(hidden)]
 pub mod test_vectors;

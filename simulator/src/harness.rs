@@ -487,13 +487,23 @@ impl Sim {
         let s = &self.slots[i];
         let topo = self.algorithm.build(s.id);
         let node_seed = self.rng.random();
-        OverlayNode::new(
+        let mut node = OverlayNode::new(
             self.core.clone(),
             s.identity.clone(),
             topo,
             store,
             node_seed,
-        )
+        );
+        // A made-up host address per node (10.x.y.z:4700): the network model delivers by
+        // node, but options that carry an address (DIRECT_RESPONSE) need one.
+        let i = i as u32;
+        node.set_candidates(vec![p2psip_proto::pb::Candidate {
+            address: vec![10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            port: 4700,
+            r#type: p2psip_proto::pb::candidate::Type::Host as i32,
+            priority: 1,
+        }]);
+        node
     }
 
     /// Starts node `i`, joining through `bootstrap` (empty: it forms a new overlay).

@@ -199,6 +199,8 @@ pub struct CoreParams {
     pub sign_messages: bool,
     /// Retransmit a routed request through the algorithm's other first hops in turn.
     pub retry_other_first_hop: bool,
+    /// Peers ask for direct responses (proto/SPEC.md 8.1).
+    pub direct_response: bool,
 }
 
 impl Default for Scenario {
@@ -289,6 +291,7 @@ impl Default for CoreParams {
             verify_signatures: true,
             sign_messages: true,
             retry_other_first_hop: true,
+            direct_response: false,
         }
     }
 }
@@ -457,6 +460,7 @@ impl Scenario {
                 VerifyMode::Skip
             },
             retry_other_first_hop: self.core.retry_other_first_hop,
+            direct_response: self.core.direct_response,
             sign_messages: self.core.sign_messages,
             successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
             ..CoreConfig::default()

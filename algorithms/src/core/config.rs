@@ -77,6 +77,13 @@ pub struct CoreConfig {
     pub diagnostics_open: bool,
     /// Nodes that may ask for the operators' diagnostic kinds.
     pub operators: Vec<crate::id::NodeId>,
+    /// Ask for direct responses (proto/SPEC.md 8.1): the first attempt of a request routed
+    /// to a Resource-ID carries a DIRECT_RESPONSE option with this peer's host candidate,
+    /// and the responsible peer answers straight to it; retransmissions go without it (the
+    /// symmetric route is the fallback). Only peers ask (a client is not reachable).
+    pub direct_response: bool,
+    /// Honour other nodes' DIRECT_RESPONSE options.
+    pub serve_direct_responses: bool,
 }
 
 impl Default for CoreConfig {
@@ -105,6 +112,8 @@ impl Default for CoreConfig {
             store_bytes: 256 << 20,
             diagnostics_open: false,
             operators: Vec::new(),
+            direct_response: false,
+            serve_direct_responses: true,
         }
     }
 }

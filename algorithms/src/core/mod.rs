@@ -578,6 +578,21 @@ impl OverlayNode {
         self.events.push_back(Event::Left);
     }
 
+    /// This node's host candidate as an address (what a DIRECT_RESPONSE option names).
+    fn host_address(&self) -> Option<std::net::SocketAddr> {
+        let c = self
+            .candidates
+            .iter()
+            .find(|c| c.r#type == pb::candidate::Type::Host as i32)?;
+        let ip = match c.address.len() {
+            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(c.address.as_slice()).ok()?),
+            16 => std::net::IpAddr::from(<[u8; 16]>::try_from(c.address.as_slice()).ok()?),
+            _ => return None,
+        };
+        let port = u16::try_from(c.port).ok().filter(|p| *p != 0)?;
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+
     /// Number of replicas besides the responsible copy, as the algorithm keeps them.
     fn replica_count(&self) -> usize {
         self.topology.replica_set(self.me).len().saturating_sub(1)
@@ -848,6 +863,20 @@ pub(super) fn bytes_of(d: &KindData) -> u64 {
 
 fn route(resource: Id) -> Target {
     Target::Route(vec![Destination::Resource(resource)])
+}
+
+/// A host candidate for `addr`.
+pub(super) fn host_candidate(addr: std::net::SocketAddr) -> pb::Candidate {
+    let address = match addr.ip() {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    pb::Candidate {
+        address,
+        port: u32::from(addr.port()),
+        r#type: pb::candidate::Type::Host as i32,
+        priority: 1,
+    }
 }
 
 /// A Fetch specifier for every value of one kind.

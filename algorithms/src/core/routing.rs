@@ -58,6 +58,8 @@ pub(super) struct Reply {
     first: NodeId,
     header: OwnedHeader,
     max_len: u32,
+    /// Sent straight to the originator at this address (a DIRECT_RESPONSE option).
+    direct: Option<std::net::SocketAddr>,
 }
 
 impl OverlayNode {
@@ -309,12 +311,21 @@ impl OverlayNode {
             match answer {
                 Ok(b) if matches!(b, Body::StoreAns(_)) && self.store.uncommitted() => {
                     // Answered once the storage has committed what this store wrote.
-                    if let Some(r) = self.reply_to(h) {
+                    if let Some(r) = self.reply_as_destination(h) {
                         self.held.push((r, b));
                     }
                 }
-                Ok(b) => self.answer(h, &b),
-                Err((code, info)) => self.answer_error(h, code, &info),
+                Ok(b) => {
+                    if let Some(r) = self.reply_as_destination(h) {
+                        self.send_reply(r, &b);
+                    }
+                }
+                Err((code, info)) => {
+                    self.stats.errors_sent += 1;
+                    if let Some(r) = self.reply_as_destination(h) {
+                        self.send_reply(r, &Body::error(code, info));
+                    }
+                }
             }
         } else {
             let responder = h.via().next().and_then(|d| d.id());
@@ -438,6 +449,45 @@ impl OverlayNode {
             first,
             header,
             max_len: req.max_response_len,
+            direct: None,
+        })
+    }
+
+    /// The reply of the node a request was for: straight to its originator when the
+    /// request asks for it with a DIRECT_RESPONSE option and came through other peers
+    /// (proto/SPEC.md 8.1), else along the reversed via list. A direct answer keeps the
+    /// request's TTL, so the originator still counts the hops the request took.
+    pub(super) fn reply_as_destination(&self, req: &Header<'_>) -> Option<Reply> {
+        let symmetric = self.reply_to(req)?;
+        if !self.cfg.serve_direct_responses || req.via_len() < 2 {
+            return Some(symmetric);
+        }
+        let addr = req
+            .options()
+            .find(|o| o.kind == p2psip_proto::options::DIRECT_RESPONSE)
+            .and_then(|o| p2psip_proto::options::decode_address(o.value));
+        let (Some(addr), Some(DestRef::Node(origin))) = (addr, req.via().next()) else {
+            return Some(symmetric);
+        };
+        if origin == self.me {
+            return Some(symmetric);
+        }
+        let header = OwnedHeader {
+            ttl: req.ttl,
+            via: vec![Destination::Node(self.me)],
+            destinations: vec![Destination::Node(origin)],
+            max_response_len: 0,
+            ..OwnedHeader::new(
+                self.overlay_id,
+                req.transaction_id,
+                Destination::Node(origin),
+            )
+        };
+        Some(Reply {
+            first: origin,
+            header,
+            max_len: req.max_response_len,
+            direct: Some(addr),
         })
     }
 
@@ -457,6 +507,14 @@ impl OverlayNode {
         }
         let sec = self.security_block(r.header.transaction_id, body.code(), &encoded);
         if let Ok(bytes) = encode_parts(&r.header, body.code(), &encoded, &sec) {
+            if let Some(addr) = r.direct {
+                // Where the transport reaches the originator if it has no link to it.
+                self.stats.direct_responses += 1;
+                self.events.push_back(super::Event::PeerCandidates {
+                    node: r.first,
+                    candidates: vec![super::host_candidate(addr)],
+                });
+            }
             self.transmit(r.first, bytes);
         }
     }

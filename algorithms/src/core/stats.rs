@@ -58,4 +58,6 @@ pub struct Stats {
     pub copies_refused: u64,
     /// Stores refused because this peer holds its `store_bytes` limit (Out_Of_Space).
     pub store_full: u64,
+    /// Answers sent straight to their originator (DIRECT_RESPONSE).
+    pub direct_responses: u64,
 }

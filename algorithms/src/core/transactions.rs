@@ -194,11 +194,26 @@ impl OverlayNode {
         let Some(tx) = self.txs.get(&id) else {
             return false;
         };
-        let header = OwnedHeader {
+        let mut header = OwnedHeader {
             via: vec![Destination::Node(self.me)],
             destinations: tx.destinations.clone(),
             ..OwnedHeader::new(self.overlay_id, id, Destination::Node(self.me))
         };
+        // The first attempt of a routed lookup asks for a direct answer (SPEC 8.1).
+        if tx.attempt == 0
+            && tx.direct.is_none()
+            && self.cfg.direct_response
+            && self.topology.is_peer()
+            && matches!(tx.destinations.as_slice(), [Destination::Resource(_)])
+        {
+            if let Some(addr) = self.host_address() {
+                header.options.push(p2psip_proto::ForwardingOption {
+                    kind: p2psip_proto::options::DIRECT_RESPONSE,
+                    flags: 0,
+                    value: p2psip_proto::options::encode_address(addr),
+                });
+            }
+        }
         let first_hop = match (tx.direct, tx.destinations.first()) {
             (Some(n), _) => n,
             (None, Some(Destination::Node(n)))

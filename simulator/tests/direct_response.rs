@@ -1,0 +1,83 @@
+//! Direct responses (proto/SPEC.md 8.1, after RFC 7263): a peer that asks for them gets
+//! its answers straight from the responsible peer instead of back along the path, in less
+//! time; when the responsible peer cannot reach it (a broken pair of hosts), the
+//! retransmission goes without the option and the answer comes back along the path.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::{Event, Id};
+use p2psip_simulator::{NetConfig, Sim};
+use std::time::Duration;
+
+/// 200 lookups from random peers for random ids: (answered, median latency ms, direct
+/// answers sent, answers that took longer than the first retransmission timeout).
+fn lookups(sim: &mut Sim) -> (usize, f64, u64, usize) {
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let via = random_live(sim);
+        let target = Id(sim.random());
+        if let Some(Event::Completed {
+            outcome: Ok(_),
+            latency,
+            ..
+        }) = sim.op(via, move |n, t| n.lookup(t, target))
+        {
+            lat.push(latency.as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let late = lat.iter().filter(|l| **l > 1000.0).count();
+    let direct = sim
+        .live_ring()
+        .iter()
+        .filter_map(|id| sim.index_of(*id).and_then(|i| sim.node(i)))
+        .map(|n| n.stats().direct_responses)
+        .sum();
+    (
+        lat.len(),
+        lat.get(lat.len() / 2).copied().unwrap_or(0.0),
+        direct,
+        late,
+    )
+}
+
+#[test]
+fn direct_answers_are_faster_and_fall_back_to_the_path() {
+    let net = NetConfig::default();
+    let run = |direct: bool, net: NetConfig| {
+        let core = CoreConfig {
+            direct_response: direct,
+            ..CoreConfig::default()
+        };
+        let mut sim = overlay_with(91, 300, chord(), net, core);
+        lookups(&mut sim)
+    };
+    let (ok_sym, med_sym, d_sym, _) = run(false, net.clone());
+    let (ok_dir, med_dir, d_dir, _) = run(true, net.clone());
+    println!("symmetric: {ok_sym}/200, median {med_sym:.0} ms; direct: {ok_dir}/200, median {med_dir:.0} ms, {d_dir} direct answers");
+    assert_eq!((ok_sym, ok_dir), (200, 200));
+    assert_eq!(d_sym, 0, "no direct answer unless asked");
+    assert!(d_dir >= 100, "{d_dir} direct answers");
+    assert!(
+        med_dir < 0.85 * med_sym,
+        "direct {med_dir:.0} ms vs symmetric {med_sym:.0} ms"
+    );
+    // A fifth of all host pairs cannot reach each other: some direct answers are lost,
+    // their retransmissions come back along the path; every lookup is still answered.
+    let broken = NetConfig {
+        broken_links: 0.2,
+        ..net
+    };
+    let (ok_b, med_b, d_b, late) = run(true, broken);
+    println!(
+        "direct with 20% broken pairs: {ok_b}/200, median {med_b:.0} ms, {d_b} direct answers, {late} answered after a retransmission"
+    );
+    assert_eq!(ok_b, 200);
+    assert!(
+        late > 0,
+        "no direct answer was lost: the fallback was not exercised"
+    );
+}
