@@ -10,7 +10,6 @@ use common::*;
 use p2psip_algorithms::core::CoreConfig;
 use p2psip_algorithms::{Event, Id};
 use p2psip_simulator::{NetConfig, Sim};
-use std::time::Duration;
 
 /// 200 lookups from random peers for random ids: (answered, median latency ms, direct
 /// answers sent, answers that took longer than the first retransmission timeout).
