@@ -56,6 +56,11 @@ pub struct Config {
     pub diagnostics: DiagnosticsSection,
     /// Services this node registers (`[[services]]`).
     pub services: Vec<ServiceSection>,
+    /// Ask for direct responses to the lookups this peer originates (proto/SPEC.md 8.1):
+    /// the responsible peer answers straight to this peer's advertised address instead of
+    /// back along the path; retransmissions fall back to the path. For peers others can
+    /// connect to (a peer behind a NAT, running as a client, never asks).
+    pub direct_response: bool,
 }
 
 impl Default for Config {
@@ -83,6 +88,7 @@ impl Default for Config {
             log: LogSection::default(),
             diagnostics: DiagnosticsSection::default(),
             services: Vec::new(),
+            direct_response: false,
         }
     }
 }
@@ -219,6 +225,7 @@ impl Config {
             max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),
             store_bytes: self.limits.store_bytes,
             successor_replicas: self.algorithm != p2psip_algorithms::kademlia::NAME,
+            direct_response: self.direct_response,
             diagnostics_open: self.diagnostics.open,
             operators: self.operators().unwrap_or_default(),
             ..CoreConfig::default()

@@ -23,6 +23,7 @@ pub(super) fn export(
     let s = core.stats();
     counter!("p2psip_messages_forwarded_total", "node" => n()).absolute(s.forwarded);
     counter!("p2psip_messages_served_total", "node" => n()).absolute(s.served);
+    counter!("p2psip_direct_responses_total", "node" => n()).absolute(s.direct_responses);
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "malformed")
         .absolute(s.malformed);
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "wrong_overlay")
