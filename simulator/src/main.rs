@@ -93,6 +93,10 @@ enum Cmd {
         /// Algorithms, comma-separated (default: every known one).
         #[arg(long, value_delimiter = ',')]
         algorithms: Vec<String>,
+        /// Also run each algorithm with the latency options off (direct responses,
+        /// Kademlia's checks of silent entries): rows and curves "ALGO (options off)".
+        #[arg(long)]
+        options_off: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -128,7 +132,11 @@ fn main() -> anyhow::Result<()> {
             algorithm,
             seed,
         }) => demo(nodes, users, &algorithm, seed),
-        Some(Cmd::Compare { algorithms, run }) => compare(&algorithms, &run),
+        Some(Cmd::Compare {
+            algorithms,
+            options_off,
+            run,
+        }) => compare(&algorithms, options_off, &run),
         Some(Cmd::Adversary { fractions, run }) => adversary(&fractions, &run),
         Some(Cmd::Forgers { fractions, run }) => forgers(&fractions, &run),
         None => {
@@ -316,7 +324,7 @@ fn forgers(fractions: &[f64], run: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn compare(algorithms: &[String], run: &RunArgs) -> anyhow::Result<()> {
+fn compare(algorithms: &[String], options_off: bool, run: &RunArgs) -> anyhow::Result<()> {
     let base = scenario(run)?;
     let algos: Vec<String> = if algorithms.is_empty() {
         ALGORITHMS.iter().map(|s| s.to_string()).collect()
@@ -325,27 +333,41 @@ fn compare(algorithms: &[String], run: &RunArgs) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for a in &algos {
-        let mut sc = base.clone();
-        sc.algorithm = a.clone();
-        sc.name = format!("{a}-{}", sc.nodes);
-        // The previous algorithm's overlay is gone; measure this one's own peak.
-        p2psip_simulator::report::reset_peak_memory();
-        let r = run_one(&sc, run.quiet)?;
-        r.write(&run.out.join(a)).map_err(anyhow::Error::msg)?;
-        println!("{a}: {}", r.summary());
-        reports.push((a.clone(), r));
+        for off in [false, true] {
+            if off && !options_off {
+                continue;
+            }
+            let mut sc = base.clone();
+            sc.algorithm = a.clone();
+            sc.name = format!("{a}-{}", sc.nodes);
+            let (label, dir) = if off {
+                sc.core.direct_response = false;
+                sc.kademlia.check_after = String::new();
+                (format!("{a} (options off)"), format!("{a}-options-off"))
+            } else {
+                (a.clone(), a.clone())
+            };
+            // The previous algorithm's overlay is gone; measure this one's own peak.
+            p2psip_simulator::report::reset_peak_memory();
+            let r = run_one(&sc, run.quiet)?;
+            r.write(&run.out.join(&dir)).map_err(anyhow::Error::msg)?;
+            println!("{label}: {}", r.summary());
+            reports.push((label, r));
+        }
     }
     let mut md = String::from(
-        "| algorithm | peers | lookup success | correct | median latency (ms) | p99 latency (ms) | mean hops | maintenance (B/node/s) | memory per node (B) | data loss |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| algorithm | peers | lookup success | correct | median latency (ms) | p99 latency (ms) | stretch p50 | stretch p99 | mean hops | maintenance (B/node/s) | memory per node (B) | data loss |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (a, r) in &reports {
         md.push_str(&format!(
-            "| {a} | {} | {:.2}% | {:.2}% | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {}/{} |\n",
+            "| {a} | {} | {:.2}% | {:.2}% | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {}/{} |\n",
             r.scenario.nodes,
             100.0 * r.lookup_success_rate,
             100.0 * r.lookup_correct_rate,
             r.lookup_latency_ms.p50,
             r.lookup_latency_ms.p99,
+            r.lookup_stretch.p50,
+            r.lookup_stretch.p99,
             r.mean_hops,
             r.maintenance_bytes_per_node_s,
             r.memory_bytes_per_node,
@@ -360,6 +382,24 @@ fn compare(algorithms: &[String], run: &RunArgs) -> anyhow::Result<()> {
         .map(|(a, r)| (a.as_str(), r.latencies()))
         .collect();
     plot_cdf(&run.out.join("latency_cdf.svg"), &series).map_err(anyhow::Error::msg)?;
+    p2psip_simulator::report::plot_cdf_log(
+        &run.out.join("latency_cdf_log.svg"),
+        "lookup latency CDF (log scale)",
+        "latency (ms)",
+        &series,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let stretch: Vec<(&str, &[f64])> = reports
+        .iter()
+        .map(|(a, r)| (a.as_str(), r.stretches()))
+        .collect();
+    p2psip_simulator::report::plot_cdf_log(
+        &run.out.join("stretch_cdf.svg"),
+        "stretch: lookup latency / direct RTT to the responder (log scale)",
+        "stretch",
+        &stretch,
+    )
+    .map_err(anyhow::Error::msg)?;
     print!("{md}");
     println!("wrote {}", run.out.join("compare.md").display());
     Ok(())

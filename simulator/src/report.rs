@@ -335,6 +335,11 @@ impl Report {
     pub fn latencies(&self) -> &[f64] {
         &self.latencies_ms
     }
+
+    /// Each answered lookup's stretch (see `lookup_stretch`).
+    pub fn stretches(&self) -> &[f64] {
+        &self.stretches
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -353,7 +358,7 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     format!("plot: {e}")
 }
 
-const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
+const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, BLACK, RGBColor(255, 140, 0)];
 
 /// A latency CDF, one line per series.
 pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
@@ -397,6 +402,69 @@ pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
     }
     chart
         .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// CDFs of several series on a logarithmic x axis (values below `1e-3` of the largest are
+/// drawn at that floor).
+pub fn plot_cdf_log(
+    path: &Path,
+    caption: &str,
+    x_desc: &str,
+    series: &[(&str, &[f64])],
+) -> Result<(), String> {
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .cloned()
+        .fold(1.0, f64::max);
+    let min = series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .cloned()
+        .filter(|x| *x > 0.0)
+        .fold(max, f64::min)
+        .max(max * 1e-3);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((min * 0.9..max * 1.1).log_scale(), 0.0..1.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("fraction of lookups")
+        .draw()
+        .map_err(err)?;
+    for (k, (name, v)) in series.iter().enumerate() {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let n = s.len().max(1) as f64;
+        let step = (s.len() / 500).max(1);
+        let pts: Vec<(f64, f64)> = s
+            .iter()
+            .enumerate()
+            .step_by(step)
+            .map(|(i, x)| (x.max(min), (i + 1) as f64 / n))
+            .collect();
+        let c = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE)
         .draw()
