@@ -92,6 +92,8 @@ pub struct Ctx<'a> {
     pub rng: &'a mut ChaCha8Rng,
     actions: &'a mut Vec<TopologyAction>,
     next_token: &'a mut u64,
+    /// Round trips the core measured to nodes it sent direct requests to.
+    rtts: Option<&'a std::collections::HashMap<NodeId, std::time::Duration>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -107,7 +109,22 @@ impl<'a> Ctx<'a> {
             rng,
             actions,
             next_token,
+            rtts: None,
         }
+    }
+
+    /// The same context, with the round trips the core has measured.
+    pub fn with_rtts(
+        mut self,
+        rtts: &'a std::collections::HashMap<NodeId, std::time::Duration>,
+    ) -> Self {
+        self.rtts = Some(rtts);
+        self
+    }
+
+    /// The round trip last measured to `node` by a direct request's first attempt.
+    pub fn rtt(&self, node: NodeId) -> Option<std::time::Duration> {
+        self.rtts.and_then(|m| m.get(&node).copied())
     }
 
     /// Sends a request; its answer (or failure) comes back to `Topology::on_answer` with the

@@ -93,8 +93,9 @@ enum Cmd {
         /// Algorithms, comma-separated (default: every known one).
         #[arg(long, value_delimiter = ',')]
         algorithms: Vec<String>,
-        /// Also run each algorithm with the latency options off (direct responses,
-        /// Kademlia's checks of silent entries): rows and curves "ALGO (options off)".
+        /// Also run each algorithm with the latency options off (direct responses, Chord's
+        /// proximity selection, Kademlia's checks of silent entries): rows and curves
+        /// "ALGO (options off)".
         #[arg(long)]
         options_off: bool,
         #[command(flatten)]
@@ -342,6 +343,7 @@ fn compare(algorithms: &[String], options_off: bool, run: &RunArgs) -> anyhow::R
             sc.name = format!("{a}-{}", sc.nodes);
             let (label, dir) = if off {
                 sc.core.direct_response = false;
+                sc.chord.proximity = false;
                 sc.kademlia.check_after = String::new();
                 (format!("{a} (options off)"), format!("{a}-options-off"))
             } else {

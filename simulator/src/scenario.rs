@@ -113,6 +113,8 @@ pub struct ChordParams {
     pub finger_interval: String,
     pub fingers_per_round: usize,
     pub self_lookup_interval: String,
+    /// Proximity neighbour selection among finger candidates.
+    pub proximity: bool,
 }
 
 /// The `[kademlia]` table (see `p2psip_algorithms::kademlia::KademliaConfig`).
@@ -276,6 +278,7 @@ impl Default for ChordParams {
             finger_interval: "60s".into(),
             fingers_per_round: 2,
             self_lookup_interval: "300s".into(),
+            proximity: false,
         }
     }
 }
@@ -400,6 +403,7 @@ impl Scenario {
                         "chord.self_lookup_interval",
                         &c.self_lookup_interval,
                     )?,
+                    proximity: c.proximity,
                     ..ChordConfig::default()
                 }
                 .normalized();

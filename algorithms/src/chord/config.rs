@@ -28,6 +28,10 @@ pub struct ChordConfig {
     pub self_lookup_interval: Duration,
     /// Delay before a failed join is retried with the next bootstrap peer.
     pub join_retry: Duration,
+    /// Proximity neighbour selection: while refreshing a live finger, also look up another
+    /// random point of its interval now and then, measure the node found with a direct
+    /// probe, and keep whichever of the two answered faster.
+    pub proximity: bool,
 }
 
 impl Default for ChordConfig {
@@ -43,6 +47,7 @@ impl Default for ChordConfig {
             fingers_per_round: 4,
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
+            proximity: false,
         }
     }
 }

@@ -67,6 +67,10 @@ enum Pending {
     Finger(usize),
     /// A direct check that the node held as finger `i` is still alive.
     FingerCheck(usize, Id),
+    /// Proximity: a routed lookup of another random point of live finger `i`'s interval.
+    FingerSample(usize),
+    /// Proximity: the round trip to a candidate for finger `i`.
+    FingerCandidate(usize, Id),
     SelfLookup,
     Leave,
 }
@@ -322,6 +326,17 @@ impl Chord {
                 };
                 let tok = ctx.request(Target::Direct(f), body);
                 self.pending.insert(tok, Pending::FingerCheck(i, f));
+                if self.cfg.proximity {
+                    // Sample another node of the interval: the faster one stays.
+                    let target = self.fingers.random_target(i, ctx.rng.random());
+                    let tok = ctx.request(
+                        Target::Route(vec![Destination::Resource(target)]),
+                        pb::ProbeReq {
+                            requested_info: vec![],
+                        },
+                    );
+                    self.pending.insert(tok, Pending::FingerSample(i));
+                }
                 continue;
             }
             self.find_finger(ctx, i);
@@ -827,6 +842,34 @@ impl Topology for Chord {
                     }
                 }
             }
+            (Pending::FingerSample(i), Ok(_)) => {
+                // Only a node inside the interval routes as the finger does.
+                if let Some(r) = responder.filter(|r| {
+                    *r != self.me
+                        && self.fingers.index_of(*r) == Some(i)
+                        && self.fingers.get(i) != Some(*r)
+                }) {
+                    let tok = ctx.request(
+                        Target::Direct(r),
+                        pb::ProbeReq {
+                            requested_info: vec![],
+                        },
+                    );
+                    self.pending.insert(tok, Pending::FingerCandidate(i, r));
+                }
+            }
+            (Pending::FingerCandidate(i, r), Ok(_)) => {
+                let faster = match (ctx.rtt(r), self.fingers.get(i).and_then(|f| ctx.rtt(f))) {
+                    (Some(new), Some(old)) => new < old,
+                    (Some(_), None) => self.fingers.get(i).is_none(),
+                    _ => false,
+                };
+                if faster && self.fingers.index_of(r) == Some(i) {
+                    self.fingers.set(i, r);
+                    self.remember(r);
+                }
+            }
+            (Pending::FingerSample(_) | Pending::FingerCandidate(..), Err(_)) => {}
             (Pending::Finger(_), Err(_)) | (Pending::FingerCheck(..), Ok(_)) => {}
             (Pending::FingerCheck(i, f), Err(_)) => {
                 // Gone (the core reports the link failure too) or refusing: look again next

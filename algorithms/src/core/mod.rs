@@ -180,7 +180,13 @@ pub struct OverlayNode {
     verified: p2psip_proto::security::VerifiedMemo,
     /// What diagnostic answers are made of (proto/SPEC.md 4.1).
     diag: diagnostics::DiagState,
+    /// Round trip to each node measured by a direct request's first attempt (at most
+    /// [`NODE_RTTS_MAX`]): what proximity neighbour selection compares.
+    node_rtts: HashMap<NodeId, Duration>,
 }
+
+/// Nodes whose round trip the core remembers.
+const NODE_RTTS_MAX: usize = 4096;
 
 impl OverlayNode {
     /// A node with the given identity, algorithm and storage. `seed` drives every random
@@ -236,6 +242,7 @@ impl OverlayNode {
             keys: Default::default(),
             verified: Default::default(),
             diag: Default::default(),
+            node_rtts: HashMap::new(),
         }
         .with_writer_bytes_counted()
     }
@@ -764,7 +771,8 @@ impl OverlayNode {
     fn with_topology<R>(&mut self, f: impl FnOnce(&mut dyn Topology, &mut Ctx<'_>) -> R) -> R {
         let mut actions = Vec::new();
         let r = {
-            let mut ctx = Ctx::new(self.now, &mut self.rng, &mut actions, &mut self.next_token);
+            let mut ctx = Ctx::new(self.now, &mut self.rng, &mut actions, &mut self.next_token)
+                .with_rtts(&self.node_rtts);
             f(self.topology.as_mut(), &mut ctx)
         };
         for a in actions {

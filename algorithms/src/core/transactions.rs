@@ -341,8 +341,19 @@ impl OverlayNode {
                 if tx.attempt == 0 {
                     // Karn's rule: only an unambiguous round trip is a sample.
                     let rtt = self.now.since(tx.started);
-                    if tx.direct.is_some() {
+                    if let Some(n) = tx.direct {
                         self.rtt_direct.sample(rtt);
+                        if outcome.is_ok() {
+                            if self.node_rtts.len() >= super::NODE_RTTS_MAX
+                                && !self.node_rtts.contains_key(&n)
+                            {
+                                // Forget an arbitrary one: the map only guides choices.
+                                if let Some(k) = self.node_rtts.keys().next().copied() {
+                                    self.node_rtts.remove(&k);
+                                }
+                            }
+                            self.node_rtts.insert(n, rtt);
+                        }
                     } else {
                         self.rtt_routed.sample(rtt);
                     }

@@ -248,6 +248,7 @@ impl Config {
                     reactive_recovery: s.reactive_recovery,
                     finger_interval: Duration::from_secs(s.finger_interval_s.max(1)),
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
+                    proximity: s.proximity,
                     ..ChordConfig::default()
                 };
             }

@@ -317,6 +317,9 @@ pub struct ChordSection {
     pub reactive_recovery: bool,
     pub finger_interval_s: u64,
     pub self_lookup_interval_s: u64,
+    /// Proximity neighbour selection: sample another node of each live finger's interval
+    /// at every refresh and keep the one with the shorter measured round trip.
+    pub proximity: bool,
 }
 
 impl Default for ChordSection {
@@ -331,6 +334,7 @@ impl Default for ChordSection {
             reactive_recovery: c.reactive_recovery,
             finger_interval_s: c.finger_interval.as_secs(),
             self_lookup_interval_s: c.self_lookup_interval.as_secs(),
+            proximity: c.proximity,
         }
     }
 }
