@@ -361,6 +361,19 @@ fn err<E: std::fmt::Display>(e: E) -> String {
 const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, BLACK, RGBColor(255, 140, 0)];
 
 /// A latency CDF, one line per series.
+/// At most about 500 points of the empirical CDF of `v`, values raised to `floor`.
+fn cdf_points(v: &[f64], floor: f64) -> Vec<(f64, f64)> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len().max(1) as f64;
+    let step = (s.len() / 500).max(1);
+    s.iter()
+        .enumerate()
+        .step_by(step)
+        .map(|(i, x)| (x.max(floor), (i + 1) as f64 / n))
+        .collect()
+}
+
 pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -383,16 +396,7 @@ pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
         .draw()
         .map_err(err)?;
     for (k, (name, v)) in series.iter().enumerate() {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        let n = s.len().max(1) as f64;
-        let step = (s.len() / 500).max(1);
-        let pts: Vec<(f64, f64)> = s
-            .iter()
-            .enumerate()
-            .step_by(step)
-            .map(|(i, x)| (*x, (i + 1) as f64 / n))
-            .collect();
+        let pts = cdf_points(v, f64::MIN);
         let c = COLORS[k % COLORS.len()];
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
@@ -445,16 +449,7 @@ pub fn plot_cdf_log(
         .draw()
         .map_err(err)?;
     for (k, (name, v)) in series.iter().enumerate() {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        let n = s.len().max(1) as f64;
-        let step = (s.len() / 500).max(1);
-        let pts: Vec<(f64, f64)> = s
-            .iter()
-            .enumerate()
-            .step_by(step)
-            .map(|(i, x)| (x.max(min), (i + 1) as f64 / n))
-            .collect();
+        let pts = cdf_points(v, min);
         let c = COLORS[k % COLORS.len()];
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))

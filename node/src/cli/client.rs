@@ -526,20 +526,7 @@ pub(crate) async fn app_echo(
     rounds: usize,
 ) -> anyhow::Result<i32> {
     let to = crate::ops::parse_node_id(node)?;
-    let cfg = Config {
-        overlay: a.overlay.clone(),
-        user: "echo".into(),
-        security: client_security(a),
-        ..Config::default()
-    };
-    let seed = match &a.identity {
-        Some(p) => identity::read_seed(p)?,
-        None => identity::generate_seed(),
-    };
-    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
-    if let Err(e) = h.wait_joined(a.timeout).await {
-        bail!("could not reach peer {peer}: {e}");
-    }
+    let h = super::joined_client(a, peer, "echo").await?;
     // Our reflexive address goes in the AppAttach, so that a NATed callee punches towards
     // it: wait (briefly) for the admitting peer to report it.
     let until = Instant::now() + Duration::from_secs(2);

@@ -2,11 +2,9 @@
 //! overlay (proto/SPEC.md 4.1, after RFC 7851).
 
 use super::client::ClientArgs;
-use super::{client_security, op};
-use crate::config::Config;
-use crate::identity;
-use crate::runtime::{self, NodeHandle, Role};
-use anyhow::{bail, Context};
+use super::op;
+use crate::runtime::NodeHandle;
+use anyhow::Context;
 use clap::Subcommand;
 use p2psip_algorithms::path_walk::{End, PathWalk, Step};
 use p2psip_algorithms::{Event, Id, NodeId};
@@ -84,20 +82,7 @@ pub(crate) async fn run(a: &ClientArgs, peer: SocketAddr, what: &DiagOp) -> anyh
         DiagOp::Diag { node: Some(n), .. } => Some(crate::ops::parse_node_id(n)?),
         _ => None,
     };
-    let seed = match &a.identity {
-        Some(p) => identity::read_seed(p)?,
-        None => identity::generate_seed(),
-    };
-    let cfg = Config {
-        overlay: a.overlay.clone(),
-        user: "diagnostics".into(),
-        security: client_security(a),
-        ..Config::default()
-    };
-    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
-    if let Err(e) = h.wait_joined(a.timeout).await {
-        bail!("could not reach peer {peer}: {e}");
-    }
+    let h = super::joined_client(a, peer, "diagnostics").await?;
     let admitting = h.admitting_peer().await?;
     let res = match (what, target) {
         (DiagOp::PathTrack { max_hops, .. }, Some(t)) => {

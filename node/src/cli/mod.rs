@@ -329,3 +329,28 @@ pub(crate) fn client_security(a: &ClientArgs) -> crate::config::SecuritySection 
         ..Default::default()
     }
 }
+
+/// A client of the admitting peer `peer` with --identity's key (a fresh one without it),
+/// joined within --timeout.
+pub(crate) async fn joined_client(
+    a: &ClientArgs,
+    peer: std::net::SocketAddr,
+    user: &str,
+) -> anyhow::Result<crate::runtime::NodeHandle> {
+    let seed = match &a.identity {
+        Some(p) => identity::read_seed(p)?,
+        None => identity::generate_seed(),
+    };
+    let cfg = crate::config::Config {
+        overlay: a.overlay.clone(),
+        user: user.into(),
+        security: client_security(a),
+        ..crate::config::Config::default()
+    };
+    let h =
+        crate::runtime::spawn(cfg, crate::runtime::Role::Client { admitting: peer }, seed).await?;
+    if let Err(e) = h.wait_joined(a.timeout).await {
+        bail!("could not reach peer {peer}: {e}");
+    }
+    Ok(h)
+}

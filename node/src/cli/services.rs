@@ -2,11 +2,6 @@
 //! proto/SPEC.md 6.2), the one whose Node-ID is the closest after a key.
 
 use super::client::ClientArgs;
-use super::client_security;
-use crate::config::Config;
-use crate::identity;
-use crate::runtime::{self, Role};
-use anyhow::bail;
 use p2psip_algorithms::redir::Provider;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -23,24 +18,11 @@ pub(crate) async fn run(
     service: &str,
     key: Option<&str>,
 ) -> anyhow::Result<i32> {
-    let seed = match &a.identity {
-        Some(p) => identity::read_seed(p)?,
-        None => identity::generate_seed(),
-    };
-    let cfg = Config {
-        overlay: a.overlay.clone(),
-        user: "services".into(),
-        security: client_security(a),
-        ..Config::default()
-    };
     let key = match key {
         Some(k) => Some(crate::ops::parse_node_id(k)?),
         None => None,
     };
-    let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;
-    if let Err(e) = h.wait_joined(a.timeout).await {
-        bail!("could not reach peer {peer}: {e}");
-    }
+    let h = super::joined_client(a, peer, "services").await?;
     // By default the key is this client's Node-ID: callers spread over the providers.
     let key = key.unwrap_or(h.id);
     let res = tokio::time::timeout(
