@@ -115,3 +115,43 @@ fn proximity_selection_lowers_the_stretch() {
         off.lookup_stretch.p50
     );
 }
+
+/// A responder answers at most 50 requests a second straight to originators it has no link
+/// to (each would cost a connection to the address the option names); the others go back
+/// along the path, and every request is answered.
+#[test]
+fn direct_answers_to_unlinked_originators_are_capped() {
+    let core = CoreConfig {
+        direct_response: true,
+        ..CoreConfig::default()
+    };
+    let mut sim = overlay_with(92, 300, chord(), NetConfig::default(), core);
+    let from = random_live(&mut sim);
+    // A target two or more hops away from `from`, answered by peer `r`.
+    let (target, r) = (0u128..)
+        .map(|k| Id(k.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834)))
+        .find_map(|t| {
+            let r = sim.responsible(t)?;
+            let n = sim.node(from)?;
+            let near = n.routing_table().successors.contains(&r) || n.id() == r;
+            (!near).then_some((t, r))
+        })
+        .unwrap();
+    let ri = sim.index_of(r).unwrap();
+    let before = sim.node(ri).unwrap().stats().direct_responses;
+    let ops: Vec<_> = (0..120)
+        .map(|_| sim.start_op(from, move |n, t| n.lookup(t, target)).unwrap())
+        .collect();
+    let mut answered = 0;
+    for op in ops {
+        if let Some(Event::Completed { outcome: Ok(_), .. }) =
+            sim.wait_op(from, op, std::time::Duration::from_secs(30))
+        {
+            answered += 1;
+        }
+    }
+    let direct = sim.node(ri).unwrap().stats().direct_responses - before;
+    println!("120 lookups at once: {answered} answered, {direct} directly");
+    assert_eq!(answered, 120);
+    assert!((40..=60).contains(&direct), "{direct} direct answers");
+}

@@ -183,6 +183,8 @@ pub struct OverlayNode {
     /// Round trip to each node measured by a direct request's first attempt (at most
     /// [`NODE_RTTS_MAX`]): what proximity neighbour selection compares.
     node_rtts: HashMap<NodeId, Duration>,
+    /// The token bucket of direct answers to originators without a link.
+    direct_dials: HashMap<(), (f64, Time)>,
 }
 
 /// Nodes whose round trip the core remembers.
@@ -243,6 +245,7 @@ impl OverlayNode {
             verified: Default::default(),
             diag: Default::default(),
             node_rtts: HashMap::new(),
+            direct_dials: HashMap::new(),
         }
         .with_writer_bytes_counted()
     }

@@ -18,6 +18,10 @@ use std::collections::HashMap;
 /// Buckets kept before the full ones are forgotten (a forgotten bucket is a full one).
 const MAX_BUCKETS: usize = 8192;
 
+/// Direct answers per second to originators this node has no link to (each costs a
+/// connection attempt to the address the originator named).
+pub(super) const DIRECT_DIALS_PER_S: u32 = 50;
+
 /// Takes a token from `key`'s bucket (`rate` per second, `burst` deep; 0: no limit).
 /// Buckets are created full; when more than [`MAX_BUCKETS`] are kept, those that have
 /// refilled are forgotten, so many made-up originators cost a bounded map.
@@ -457,7 +461,7 @@ impl OverlayNode {
     /// request asks for it with a DIRECT_RESPONSE option and came through other peers
     /// (proto/SPEC.md 8.1), else along the reversed via list. A direct answer keeps the
     /// request's TTL, so the originator still counts the hops the request took.
-    pub(super) fn reply_as_destination(&self, req: &Header<'_>) -> Option<Reply> {
+    pub(super) fn reply_as_destination(&mut self, req: &Header<'_>) -> Option<Reply> {
         let symmetric = self.reply_to(req)?;
         if !self.cfg.serve_direct_responses || req.via_len() < 2 {
             return Some(symmetric);
@@ -471,6 +475,16 @@ impl OverlayNode {
         };
         if origin == self.me {
             return Some(symmetric);
+        }
+        // Connecting to the address an option names costs a handshake sent there: at most
+        // DIRECT_DIALS_PER_S answers a second go to originators without a link, so that
+        // options naming someone else's address reflect little (proto/SPEC.md 8.1).
+        if !self.links.contains(&origin) {
+            let now = self.now;
+            let (rate, burst) = (DIRECT_DIALS_PER_S, DIRECT_DIALS_PER_S);
+            if !take_token(&mut self.direct_dials, (), rate, burst, now) {
+                return Some(symmetric);
+            }
         }
         let header = OwnedHeader {
             ttl: req.ttl,

@@ -347,10 +347,10 @@ impl OverlayNode {
                             if self.node_rtts.len() >= super::NODE_RTTS_MAX
                                 && !self.node_rtts.contains_key(&n)
                             {
-                                // Forget an arbitrary one: the map only guides choices.
-                                if let Some(k) = self.node_rtts.keys().next().copied() {
-                                    self.node_rtts.remove(&k);
-                                }
+                                // Start over (the map only guides choices); not "remove
+                                // any one", whose pick would follow the hash map's random
+                                // order and make runs differ.
+                                self.node_rtts.clear();
                             }
                             self.node_rtts.insert(n, rtt);
                         }
