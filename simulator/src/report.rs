@@ -374,6 +374,36 @@ fn cdf_points(v: &[f64], floor: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Draws each named line in its colour, with a legend at `labels_at` (every line plot of
+/// the reports: CDFs, linear or log, and time series).
+fn draw_lines<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    lines: Vec<(&str, Vec<(f64, f64)>)>,
+    labels_at: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (k, (name, pts)) in lines.into_iter().enumerate() {
+        let c = COLORS[k % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .position(labels_at)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
 pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -395,21 +425,11 @@ pub fn plot_cdf(path: &Path, series: &[(&str, &[f64])]) -> Result<(), String> {
         .y_desc("fraction of lookups")
         .draw()
         .map_err(err)?;
-    for (k, (name, v)) in series.iter().enumerate() {
-        let pts = cdf_points(v, f64::MIN);
-        let c = COLORS[k % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-            .map_err(err)?
-            .label(name.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()
-        .map_err(err)?;
+    let lines = series
+        .iter()
+        .map(|(name, v)| (*name, cdf_points(v, f64::MIN)))
+        .collect();
+    draw_lines(&mut chart, lines, SeriesLabelPosition::MiddleRight)?;
     root.present().map_err(err)
 }
 
@@ -448,22 +468,11 @@ pub fn plot_cdf_log(
         .y_desc("fraction of lookups")
         .draw()
         .map_err(err)?;
-    for (k, (name, v)) in series.iter().enumerate() {
-        let pts = cdf_points(v, min);
-        let c = COLORS[k % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-            .map_err(err)?
-            .label(name.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()
-        .map_err(err)?;
+    let lines = series
+        .iter()
+        .map(|(name, v)| (*name, cdf_points(v, min)))
+        .collect();
+    draw_lines(&mut chart, lines, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)
 }
 
@@ -526,19 +535,10 @@ pub fn plot_series(
         .y_desc(y)
         .draw()
         .map_err(err)?;
-    for (k, (name, pts)) in series.iter().enumerate() {
-        let c = COLORS[k % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(name.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()
-        .map_err(err)?;
+    let lines = series
+        .iter()
+        .map(|(name, pts)| (*name, pts.clone()))
+        .collect();
+    draw_lines(&mut chart, lines, SeriesLabelPosition::MiddleRight)?;
     root.present().map_err(err)
 }

@@ -462,19 +462,23 @@ impl OverlayNode {
     /// (proto/SPEC.md 8.1), else along the reversed via list. A direct answer keeps the
     /// request's TTL, so the originator still counts the hops the request took.
     pub(super) fn reply_as_destination(&mut self, req: &Header<'_>) -> Option<Reply> {
-        let symmetric = self.reply_to(req)?;
+        self.direct_reply(req).or_else(|| self.reply_to(req))
+    }
+
+    /// The direct reply to `req`, when it asks for one and may have it.
+    fn direct_reply(&mut self, req: &Header<'_>) -> Option<Reply> {
         if !self.cfg.serve_direct_responses || req.via_len() < 2 {
-            return Some(symmetric);
+            return None;
         }
         let addr = req
             .options()
             .find(|o| o.kind == p2psip_proto::options::DIRECT_RESPONSE)
-            .and_then(|o| p2psip_proto::options::decode_address(o.value));
-        let (Some(addr), Some(DestRef::Node(origin))) = (addr, req.via().next()) else {
-            return Some(symmetric);
+            .and_then(|o| p2psip_proto::options::decode_address(o.value))?;
+        let Some(DestRef::Node(origin)) = req.via().next() else {
+            return None;
         };
         if origin == self.me {
-            return Some(symmetric);
+            return None;
         }
         // Connecting to the address an option names costs a handshake sent there: at most
         // DIRECT_DIALS_PER_S answers a second go to originators without a link, so that
@@ -483,7 +487,7 @@ impl OverlayNode {
             let now = self.now;
             let (rate, burst) = (DIRECT_DIALS_PER_S, DIRECT_DIALS_PER_S);
             if !take_token(&mut self.direct_dials, (), rate, burst, now) {
-                return Some(symmetric);
+                return None;
             }
         }
         let header = OwnedHeader {

@@ -34,7 +34,7 @@ impl Runtime {
 }
 
 /// Resident memory of this process (Linux: VmRSS of /proc/self/status), bytes.
-pub(crate) fn resident_bytes() -> Option<u64> {
+fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
