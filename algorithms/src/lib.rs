@@ -22,6 +22,7 @@ pub mod redir;
 pub mod storage;
 pub mod time;
 pub mod topology;
+pub mod tuning;
 mod values;
 
 pub use crate::core::{

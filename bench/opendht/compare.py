@@ -87,6 +87,8 @@ def run_ours(n, base_port, args, work):
         # OpenDHT keeps each value on the 8 nodes closest to its key: 8 copies here too.
         f.write('overlay = "bench.opendht"\n[chord]\nsuccessors = 8\nreplicas = 7\n'
                 '[log]\nlevel = "info"\n')
+        if args.extra:
+            f.write(args.extra.replace("\\n", "\n") + "\n")
     first = f"127.0.0.1:{base_port}"
     procs = []
     t0 = time.monotonic()
@@ -313,6 +315,11 @@ def main():
     ap.add_argument("--window", type=int, default=64, help="requests in flight")
     ap.add_argument("--rest", type=float, default=5, help="seconds of rest before idle CPU")
     ap.add_argument("--idle", type=float, default=10, help="seconds of idle CPU sampling")
+    ap.add_argument("--only", choices=["both", "p2psip", "opendht"], default="both",
+                    help="run one side only (for trying settings; no table then)")
+    ap.add_argument("--extra", metavar="TOML", default="",
+                    help="appended to the p2psip peers' config (\\n separates lines), "
+                         "e.g. '[timers]\\nkeep_alive_ms = 15000'")
     ap.add_argument("--write-docs", metavar="FILE",
                     help="replace the table between the opendht markers in FILE")
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
@@ -323,13 +330,18 @@ def main():
     work = tempfile.mkdtemp(prefix="p2psip-vs-opendht-")
     print(f"peer logs in {work}", file=sys.stderr, flush=True)
     for n in [int(x) for x in args.nodes.split(",")]:
-        print(f"N = {n}: p2psip ...", file=sys.stderr, flush=True)
-        ours = run_ours(n, 27000, args, work)
-        print(f"  {json.dumps(ours)}", file=sys.stderr, flush=True)
-        print(f"N = {n}: OpenDHT ...", file=sys.stderr, flush=True)
-        theirs = run_opendht(n, 28000, args, work)
-        print(f"  {json.dumps(theirs)}", file=sys.stderr, flush=True)
+        ours = theirs = None
+        if args.only != "opendht":
+            print(f"N = {n}: p2psip ...", file=sys.stderr, flush=True)
+            ours = run_ours(n, 27000, args, work)
+            print(f"  {json.dumps(ours)}", file=sys.stderr, flush=True)
+        if args.only != "p2psip":
+            print(f"N = {n}: OpenDHT ...", file=sys.stderr, flush=True)
+            theirs = run_opendht(n, 28000, args, work)
+            print(f"  {json.dumps(theirs)}", file=sys.stderr, flush=True)
         results.append((n, (ours, theirs)))
+    if args.only != "both":
+        return
     text = table(results, args.count)
     print(text, flush=True)
     if args.json:

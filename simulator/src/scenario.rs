@@ -115,6 +115,9 @@ pub struct ChordParams {
     pub self_lookup_interval: String,
     /// Proximity neighbour selection among finger candidates.
     pub proximity: bool,
+    /// Self-tuning: stabilisation and finger intervals from the churn each node sees
+    /// (the two intervals above are then unused, but "" still turns stabilisation off).
+    pub self_tuning: bool,
 }
 
 /// The `[kademlia]` table (see `p2psip_algorithms::kademlia::KademliaConfig`).
@@ -279,6 +282,7 @@ impl Default for ChordParams {
             fingers_per_round: 2,
             self_lookup_interval: "300s".into(),
             proximity: false,
+            self_tuning: false,
         }
     }
 }
@@ -404,6 +408,7 @@ impl Scenario {
                         &c.self_lookup_interval,
                     )?,
                     proximity: c.proximity,
+                    self_tuning: c.self_tuning,
                     ..ChordConfig::default()
                 }
                 .normalized();

@@ -1,5 +1,6 @@
 //! Chord parameters.
 
+use crate::tuning::TuningTargets;
 use std::time::Duration;
 
 /// Parameters of the Chord algorithm (the `[chord]` table of a node's configuration).
@@ -32,6 +33,12 @@ pub struct ChordConfig {
     /// random point of its interval now and then, measure the node found with a direct
     /// probe, and keep whichever of the two answered faster.
     pub proximity: bool,
+    /// Self-tuning (proto/SPEC.md 7.1): the stabilisation and finger-refresh intervals
+    /// follow the churn this node sees among its neighbours and the overlay size it
+    /// estimates, within `tuning`'s bounds, instead of the fixed intervals above
+    /// (`stabilize_interval` None still turns periodic stabilisation off).
+    pub self_tuning: bool,
+    pub tuning: TuningTargets,
 }
 
 impl Default for ChordConfig {
@@ -48,6 +55,8 @@ impl Default for ChordConfig {
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
             proximity: false,
+            self_tuning: false,
+            tuning: TuningTargets::default(),
         }
     }
 }

@@ -15,11 +15,16 @@ use crate::common::{self, ids_from_wire, wire_ids};
 use crate::id::{add, distance, in_open, in_open_closed, Id, NodeId};
 use crate::time::Time;
 use crate::topology::*;
+use crate::tuning::{finger_interval, size_estimate, stabilize_interval, ChurnEstimator};
 use p2psip_proto::pb::{self, chord_update, ErrorCode};
 use p2psip_proto::{Body, Destination};
 use prost::Message as _;
 use rand::Rng;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+/// How fast the churn estimator forgets (self-tuning).
+const CHURN_HALF_LIFE: Duration = Duration::from_secs(1800);
 
 /// The algorithm's name in configuration and in Join/Update bodies.
 pub const NAME: &str = "chord";
@@ -98,6 +103,8 @@ pub struct Chord {
     /// neighbour's list that omits one does not take it out of ours; its link's failure
     /// does.
     linked: HashSet<Id>,
+    /// Departures and arrivals among the neighbours (self-tuning, RFC 7363 style).
+    churn: ChurnEstimator,
 }
 
 impl Chord {
@@ -120,7 +127,63 @@ impl Chord {
             pred_heard: (me, Time(0)),
             gone: HashMap::new(),
             linked: HashSet::new(),
+            churn: ChurnEstimator::new(CHURN_HALF_LIFE),
         }
+    }
+
+    /// The neighbours (predecessors and successors, each once), sorted.
+    fn neighbour_set(&self) -> Vec<Id> {
+        let mut v: Vec<Id> = self
+            .succs
+            .ids()
+            .iter()
+            .chain(self.preds.ids())
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// What the estimator knows: the departure rate, arrival rate and overlay size.
+    pub fn churn_estimate(&self) -> (f64, f64, f64) {
+        (
+            self.churn.departure_rate(),
+            self.churn.arrival_rate(),
+            size_estimate(self.me, self.preds.ids(), self.succs.ids()),
+        )
+    }
+
+    /// The stabilisation interval now: the configured one, or with self-tuning the one
+    /// derived from the churn seen (None: periodic stabilisation is off).
+    pub fn stabilize_every(&self) -> Option<Duration> {
+        let fixed = self.cfg.stabilize_interval?;
+        if !self.cfg.self_tuning {
+            return Some(fixed);
+        }
+        let (mu, lambda, _) = self.churn_estimate();
+        Some(stabilize_interval(
+            mu,
+            lambda,
+            self.cfg.successors,
+            &self.cfg.tuning,
+        ))
+    }
+
+    /// The interval between finger-refresh rounds now.
+    pub fn fingers_every(&self) -> Duration {
+        if !self.cfg.self_tuning {
+            return self.cfg.finger_interval;
+        }
+        let (mu, _, n) = self.churn_estimate();
+        let distinct = self.fingers.distinct().len().max(1);
+        finger_interval(
+            mu,
+            n,
+            distinct,
+            self.cfg.fingers_per_round,
+            &self.cfg.tuning,
+        )
     }
 
     /// Whether `id` failed or left within the last [`QUARANTINE`].
@@ -176,9 +239,28 @@ impl Chord {
     /// Applies `f` to the tables and reports ResponsibilityChanged if the window moved.
     fn changing(&mut self, ctx: &mut Ctx<'_>, f: impl FnOnce(&mut Self) -> bool) -> bool {
         let before = self.window();
+        let tuning = self.cfg.self_tuning;
+        let neighbours = if tuning {
+            self.neighbour_set()
+        } else {
+            Vec::new()
+        };
         let changed = f(self);
         if self.joined && self.window() != before {
             ctx.event(TopologyEvent::ResponsibilityChanged);
+        }
+        if changed && tuning {
+            let now_neighbours = self.neighbour_set();
+            if self.joined {
+                let new = now_neighbours
+                    .iter()
+                    .filter(|n| neighbours.binary_search(n).is_err())
+                    .count();
+                for _ in 0..new {
+                    self.churn.arrival(ctx.now);
+                }
+            }
+            self.churn.observe(ctx.now, now_neighbours.len());
         }
         changed
     }
@@ -202,6 +284,9 @@ impl Chord {
     fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
         self.mark_gone(id, ctx.now);
         let was_neighbor = self.succs.contains(id) || self.preds.contains(id);
+        if was_neighbor && self.joined {
+            self.churn.departure(ctx.now);
+        }
         let was_finger: Vec<usize> = (0..self.fingers.len())
             .filter(|i| self.fingers.get(*i) == Some(id))
             .collect();
@@ -403,10 +488,10 @@ impl Chord {
     }
 
     fn arm_timers(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some(i) = self.cfg.stabilize_interval {
+        if let Some(i) = self.stabilize_every() {
             ctx.set_timer_jittered(i, T_STABILIZE);
         }
-        ctx.set_timer_jittered(self.cfg.finger_interval, T_FINGERS);
+        ctx.set_timer_jittered(self.fingers_every(), T_FINGERS);
         ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
     }
 
@@ -924,7 +1009,8 @@ impl Topology for Chord {
             T_STABILIZE => {
                 // Our predecessor's own rounds reach us; when they stopped for two
                 // intervals, it is checked directly (Chord's check_predecessor).
-                let silent = match (self.preds.first(), self.cfg.stabilize_interval) {
+                let every = self.stabilize_every();
+                let silent = match (self.preds.first(), every) {
                     (Some(p), Some(i)) => {
                         if self.pred_heard.0 != p {
                             self.pred_heard = (p, ctx.now);
@@ -934,13 +1020,13 @@ impl Topology for Chord {
                     _ => false,
                 };
                 self.stabilize(ctx, silent);
-                if let Some(i) = self.cfg.stabilize_interval {
+                if let Some(i) = self.stabilize_every() {
                     ctx.set_timer_jittered(i, T_STABILIZE);
                 }
             }
             T_FINGERS => {
                 self.refresh_fingers(ctx);
-                ctx.set_timer_jittered(self.cfg.finger_interval, T_FINGERS);
+                ctx.set_timer_jittered(self.fingers_every(), T_FINGERS);
             }
             T_SELF_LOOKUP => {
                 self.self_lookup(ctx);

@@ -84,6 +84,9 @@ pub struct CoreConfig {
     pub direct_response: bool,
     /// Honour other nodes' DIRECT_RESPONSE options.
     pub serve_direct_responses: bool,
+    /// Copies to one replica in flight at once (stores of the responsible peer's changes,
+    /// re-pushes); more wait at this peer, merged per resource, until it answers.
+    pub replication_window: usize,
 }
 
 impl Default for CoreConfig {
@@ -108,6 +111,7 @@ impl Default for CoreConfig {
             successor_replicas: true,
             refetch_replicas: 2,
             writer_kind_bytes: 1 << 20,
+            replication_window: 32,
             max_clock_skew: Duration::from_secs(300),
             store_bytes: 256 << 20,
             diagnostics_open: false,

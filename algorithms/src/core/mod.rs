@@ -138,6 +138,8 @@ pub struct OverlayNode {
     /// Per resource, the nodes a full copy was pushed to since the last full re-push.
     synced: HashMap<Id, Vec<NodeId>>,
     replicating: HashSet<(Id, NodeId)>,
+    /// Copies in flight to each replica, and those waiting for room in its window.
+    replica_window: HashMap<NodeId, replication::Window>,
     handing_over: HashSet<Id>,
     replication_due: bool,
     leave_pending: usize,
@@ -222,6 +224,7 @@ impl OverlayNode {
             loopback: VecDeque::new(),
             synced: HashMap::new(),
             replicating: HashSet::new(),
+            replica_window: HashMap::new(),
             handing_over: HashSet::new(),
             replication_due: false,
             leave_pending: 0,
@@ -457,6 +460,7 @@ impl OverlayNode {
         }
         if let LinkEvent::Failed(n) = event {
             self.synced.values_mut().for_each(|v| v.retain(|x| *x != n));
+            self.forget_copies_to(n);
         }
         self.with_topology(|t, ctx| t.on_link(ctx, event));
         if let LinkEvent::Failed(n) = event {
@@ -511,7 +515,7 @@ impl OverlayNode {
     /// The next message to send. Writes waiting for the storage's commit are committed
     /// first, so an answer to a store leaves only once what it acknowledges is durable.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if !self.held.is_empty() || self.store.uncommitted() {
+        if !self.held.is_empty() || !self.held_replication.is_empty() || self.store.uncommitted() {
             self.settle();
         }
         self.transmits.pop_front()
@@ -522,19 +526,18 @@ impl OverlayNode {
     /// their writes, and the quota counts are taken again from what is stored).
     fn settle(&mut self) {
         let held = std::mem::take(&mut self.held);
-        let replication = std::mem::take(&mut self.held_replication);
         match self.store.commit() {
             Ok(()) => {
-                for (resource, kinds, rs) in replication {
-                    self.push_to_replicas(resource, &kinds, &rs);
-                }
                 for (reply, body) in held {
                     self.send_reply(reply, &body);
                 }
+                self.release_replication();
             }
             Err(e) => {
                 self.stats.commit_failures += 1;
                 self.count_writer_bytes();
+                // The writes were undone: nothing to copy.
+                self.held_replication.clear();
                 let info = e.to_string();
                 for (reply, _) in held {
                     self.stats.errors_sent += 1;
@@ -908,6 +911,7 @@ impl OverlayNode {
     /// Reports a link failure for a direct request that timed out.
     fn link_failed(&mut self, n: NodeId) {
         self.synced.values_mut().for_each(|v| v.retain(|x| *x != n));
+        self.forget_copies_to(n);
         self.with_topology(|t, ctx| t.on_link(ctx, LinkEvent::Failed(n)));
         self.reroute_after_failure(n);
     }

@@ -9,6 +9,18 @@ use crate::id::{Id, NodeId};
 use crate::topology::Target;
 use p2psip_proto::pb;
 use p2psip_proto::Destination;
+use std::collections::{HashMap, VecDeque};
+
+/// The copies to one replica: how many are in flight, and the resources waiting for
+/// room (each once, with the kinds to copy and its replica number). A waiting copy is
+/// built when it leaves, from what is held then, so repeated writes to a resource wait
+/// as one copy.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    in_flight: usize,
+    waiting: VecDeque<Id>,
+    kinds: HashMap<Id, (Vec<u32>, u32)>,
+}
 
 impl OverlayNode {
     /// A Merge store carrying everything held for `resource` in `kinds`.
@@ -39,27 +51,99 @@ impl OverlayNode {
         if self.replicating.contains(&(resource, to)) {
             return;
         }
-        if let Some(body) = self.replica_body(resource, kinds, replica_number) {
+        if self.send_copy(resource, kinds, to, replica_number) {
             self.replicating.insert((resource, to));
-            self.stats.replication_stores += 1;
-            self.request(
-                Owner::Replicate { resource, to },
-                Target::Direct(to),
-                body.into(),
-            );
+        }
+    }
+
+    /// Sends the copies of the changes whose answers have left.
+    pub(super) fn release_replication(&mut self) {
+        for (resource, kinds, rs) in std::mem::take(&mut self.held_replication) {
+            self.push_to_replicas(resource, &kinds, &rs);
         }
     }
 
     /// After a change at the responsible peer: copy the changed kinds to the replicas.
     pub(super) fn push_to_replicas(&mut self, resource: Id, kinds: &[u32], rs: &[NodeId]) {
         for (i, n) in rs.iter().enumerate().skip(1) {
-            if let Some(body) = self.replica_body(resource, kinds, i as u32) {
-                self.stats.replication_stores += 1;
-                self.request(
-                    Owner::Replicate { resource, to: *n },
-                    Target::Direct(*n),
-                    body.into(),
-                );
+            self.send_copy(resource, kinds, *n, i as u32);
+        }
+    }
+
+    /// Sends a copy of `kinds` of `resource` to `to` when its window has room, or has it
+    /// wait (merged with a copy of the same resource already waiting). False when there
+    /// is nothing to copy.
+    fn send_copy(&mut self, resource: Id, kinds: &[u32], to: NodeId, replica_number: u32) -> bool {
+        let cap = self.cfg.replication_window.max(1);
+        let w = self.replica_window.entry(to).or_default();
+        if w.in_flight >= cap {
+            match w.kinds.get_mut(&resource) {
+                Some((waiting_kinds, number)) => {
+                    for k in kinds {
+                        if !waiting_kinds.contains(k) {
+                            waiting_kinds.push(*k);
+                        }
+                    }
+                    *number = replica_number;
+                }
+                None => {
+                    w.kinds.insert(resource, (kinds.to_vec(), replica_number));
+                    w.waiting.push_back(resource);
+                    self.stats.replication_waiting += 1;
+                }
+            }
+            return true;
+        }
+        let Some(body) = self.replica_body(resource, kinds, replica_number) else {
+            return false;
+        };
+        if let Some(w) = self.replica_window.get_mut(&to) {
+            w.in_flight += 1;
+        }
+        self.stats.replication_stores += 1;
+        self.request(
+            Owner::Replicate { resource, to },
+            Target::Direct(to),
+            body.into(),
+        );
+        true
+    }
+
+    /// A copy to `to` was answered (or failed): the next waiting ones leave.
+    pub(super) fn copy_done(&mut self, to: NodeId) {
+        let cap = self.cfg.replication_window.max(1);
+        if let Some(w) = self.replica_window.get_mut(&to) {
+            w.in_flight = w.in_flight.saturating_sub(1);
+        }
+        loop {
+            let Some(w) = self.replica_window.get_mut(&to) else {
+                return;
+            };
+            if w.in_flight >= cap {
+                return;
+            }
+            let Some(resource) = w.waiting.pop_front() else {
+                if w.in_flight == 0 {
+                    self.replica_window.remove(&to);
+                }
+                return;
+            };
+            let Some((kinds, number)) = w.kinds.remove(&resource) else {
+                continue;
+            };
+            if !self.send_copy(resource, &kinds, to, number) {
+                // Nothing held for it any more.
+                self.replicating.remove(&(resource, to));
+            }
+        }
+    }
+
+    /// `to` is gone: the copies waiting for it are dropped (a new replica set gets its
+    /// own copies from check_replication).
+    pub(super) fn forget_copies_to(&mut self, to: NodeId) {
+        if let Some(w) = self.replica_window.remove(&to) {
+            for r in w.waiting {
+                self.replicating.remove(&(r, to));
             }
         }
     }

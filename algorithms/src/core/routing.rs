@@ -331,6 +331,9 @@ impl OverlayNode {
                     }
                 }
             }
+            if !self.held_replication.is_empty() && !self.store.uncommitted() {
+                self.release_replication();
+            }
         } else {
             let responder = h.via().next().and_then(|d| d.id());
             if !self.txs.contains_key(&h.transaction_id) {

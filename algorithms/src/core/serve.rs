@@ -355,12 +355,9 @@ impl OverlayNode {
             }
         }
         if !changed_kinds.is_empty() && rs.first() == Some(&self.me) {
-            if self.store.uncommitted() {
-                // Copies leave once the primary's own copy is committed (poll_transmit).
-                self.held_replication.push((resource, changed_kinds, rs));
-            } else {
-                self.push_to_replicas(resource, &changed_kinds, &rs);
-            }
+            // Copies leave after the answer, once the primary's own copy is committed
+            // (deliver, or poll_transmit when the storage commits later).
+            self.held_replication.push((resource, changed_kinds, rs));
         }
         if mode == StoreMode::Merge && !mine {
             // A copy from a node whose view of the replica set differs from ours (a node
@@ -381,7 +378,7 @@ mod tests {
     use crate::core::{CoreConfig, Event, OverlayNode};
     use crate::storage::{KindData, MemoryStore, Storage, StorageError, KIND_USER_VALUE};
     use crate::topology::LinkEvent;
-    use crate::{signed_value, Id, Time, ValueModel};
+    use crate::{signed_value, Id, NodeId, Time, ValueModel};
     use p2psip_proto::pb::ErrorCode;
     use p2psip_proto::security::Identity;
     use p2psip_proto::Body;
@@ -443,6 +440,7 @@ mod tests {
                 me: peer_id,
                 sends: Vec::new(),
                 seen: Seen::default(),
+                replicas: Vec::new(),
             }),
             Box::new(disk.clone()),
             1,
@@ -511,5 +509,143 @@ mod tests {
             kept,
             "the refused store was undone"
         );
+    }
+
+    /// A primary peer (replicas r1, r2, r3) and a client linked to it.
+    fn primary_and_client(window: usize) -> (OverlayNode, OverlayNode, Identity, [NodeId; 3]) {
+        let peer_identity = Identity::from_seed([7; 32], "peer");
+        let peer_id = peer_identity.node_id;
+        let replicas = [Identity::from_seed([11; 32], "r1").node_id, Id(12), Id(13)];
+        let cfg = CoreConfig {
+            replication_window: window,
+            ..CoreConfig::default()
+        };
+        let mut peer = OverlayNode::new(
+            cfg,
+            peer_identity,
+            Box::new(Prober {
+                me: peer_id,
+                sends: Vec::new(),
+                seen: Seen::default(),
+                replicas: replicas.to_vec(),
+            }),
+            Box::new(MemoryStore::new()),
+            1,
+        );
+        peer.start(Time(0), &[]);
+        let writer = Identity::from_seed([9; 32], "alice");
+        let client_id = writer.node_id;
+        let mut client = OverlayNode::new(
+            CoreConfig::default(),
+            writer.clone(),
+            Box::new(ClientTopology::new(client_id)),
+            Box::new(MemoryStore::new()),
+            2,
+        );
+        let t = Time(1_000_000);
+        client.start(t, &[peer_id]);
+        client.handle_link(t, LinkEvent::Up(peer_id));
+        peer.handle_link(t, LinkEvent::Up(client_id));
+        for r in replicas {
+            peer.handle_link(t, LinkEvent::Up(r));
+        }
+        while client.poll_event().is_some() {}
+        (peer, client, writer, replicas)
+    }
+
+    fn client_store(client: &mut OverlayNode, writer: &Identity, t: Time, name: &str) {
+        let res = Id::hash_of(name.as_bytes());
+        let v = signed_value(
+            writer,
+            res,
+            KIND_USER_VALUE,
+            t,
+            60,
+            ValueModel::Single(name.as_bytes().to_vec()),
+        );
+        client.store(t, res, KIND_USER_VALUE, vec![v], 0);
+    }
+
+    /// The copies to the replicas leave after the answer to the writer, so they add
+    /// nothing to the store's latency.
+    #[test]
+    fn the_answer_to_a_store_leaves_before_its_copies() {
+        let (mut peer, mut client, writer, replicas) = primary_and_client(32);
+        let t = Time(1_000_000);
+        client_store(&mut client, &writer, t, "alice");
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t, client.id(), &m.bytes);
+        }
+        let order: Vec<NodeId> = std::iter::from_fn(|| peer.poll_transmit())
+            .map(|m| m.to)
+            .collect();
+        assert_eq!(order.first(), Some(&client.id()), "{order:?}");
+        for r in replicas {
+            assert!(order.contains(&r), "no copy to {r}: {order:?}");
+        }
+    }
+
+    /// A replica that is slow to answer gets at most `replication_window` copies at once;
+    /// the rest wait at the primary (not in the replica's queues, where they would be
+    /// retransmitted as they age) and all of them arrive once it answers.
+    #[test]
+    fn copies_to_a_slow_replica_wait_for_room_in_its_window() {
+        let window = 8;
+        let (mut peer, mut client, writer, replicas) = primary_and_client(window);
+        let r1 = replicas[0];
+        let replica_identity = Identity::from_seed([11; 32], "r1");
+        assert_eq!(replica_identity.node_id, r1);
+        let mut replica = OverlayNode::new(
+            CoreConfig::default(),
+            replica_identity,
+            Box::new(Prober {
+                me: r1,
+                sends: Vec::new(),
+                seen: Seen::default(),
+                replicas: Vec::new(),
+            }),
+            Box::new(MemoryStore::new()),
+            3,
+        );
+        let t = Time(1_000_000);
+        replica.start(t, &[]);
+        replica.handle_link(t, LinkEvent::Up(peer.id()));
+        let stores = 50;
+        let _ = writer;
+        for i in 0..stores {
+            let name = format!("user{i}");
+            let w = Identity::from_seed([i as u8 + 100; 32], &name);
+            client_store(&mut client, &w, t, &name);
+        }
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t, client.id(), &m.bytes);
+        }
+        let mut to_r1: Vec<Vec<u8>> = Vec::new();
+        while let Some(m) = peer.poll_transmit() {
+            if m.to == r1 {
+                to_r1.push(m.bytes);
+            }
+        }
+        assert_eq!(to_r1.len(), window, "copies sent before any answer");
+        // The replica answers, one batch at a time: every value arrives, never more than
+        // the window at once.
+        let mut rounds = 0;
+        while !to_r1.is_empty() {
+            rounds += 1;
+            assert!(rounds <= stores, "copies stopped flowing");
+            assert!(to_r1.len() <= window);
+            for b in to_r1.drain(..) {
+                replica.handle_message(t, peer.id(), &b);
+            }
+            while let Some(m) = replica.poll_transmit() {
+                peer.handle_message(t, r1, &m.bytes);
+            }
+            while let Some(m) = peer.poll_transmit() {
+                if m.to == r1 {
+                    to_r1.push(m.bytes);
+                }
+            }
+        }
+        assert_eq!(replica.storage().value_count(), stores);
     }
 }

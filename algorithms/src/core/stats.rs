@@ -31,6 +31,8 @@ pub struct Stats {
     pub timeouts: u64,
     /// Store requests sent to keep replicas and hand data over.
     pub replication_stores: u64,
+    /// Copies that waited for room in their replica's window (replication_window).
+    pub replication_waiting: u64,
     /// Requests whose originator claimed a Node-ID other than its link's (dropped).
     pub forged: u64,
     /// Error answers sent.

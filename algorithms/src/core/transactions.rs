@@ -397,6 +397,7 @@ impl OverlayNode {
             }
             Owner::Replicate { resource, to } => {
                 self.replicating.remove(&(resource, to));
+                self.copy_done(to);
                 if outcome.is_ok() {
                     let s = self.synced.entry(resource).or_default();
                     if !s.contains(&to) {
@@ -445,6 +446,8 @@ pub(super) mod tests {
         pub me: NodeId,
         pub sends: Vec<NodeId>,
         pub seen: Seen,
+        /// Nodes after this one in every replica set.
+        pub replicas: Vec<NodeId>,
     }
 
     impl Topology for Prober {
@@ -464,7 +467,9 @@ pub(super) mod tests {
             false
         }
         fn replica_set(&self, _resource: Id) -> Vec<NodeId> {
-            vec![self.me]
+            std::iter::once(self.me)
+                .chain(self.replicas.iter().copied())
+                .collect()
         }
         fn start(&mut self, ctx: &mut Ctx<'_>, _bootstrap: &[NodeId]) {
             for n in &self.sends {
@@ -510,6 +515,7 @@ pub(super) mod tests {
             me,
             sends: vec![a, b, a, b, a],
             seen: seen.clone(),
+            replicas: Vec::new(),
         };
         let mut node = OverlayNode::new(
             CoreConfig::default(),

@@ -162,6 +162,11 @@ impl Config {
                 self.limits.max_message_bytes
             );
         }
+        if self.limits.replication_window == 0 {
+            bail!(
+                "limits.replication_window must be positive: copies to a replica would never leave"
+            );
+        }
         if self.nat.relay_idle_timeout_s == 0 {
             bail!("nat.relay_idle_timeout_s must be positive");
         }
@@ -221,6 +226,7 @@ impl Config {
             link_burst: self.limits.link_burst,
             sign_messages: self.security.sign_messages,
             origin_max_in_flight: self.limits.origin_max_in_flight,
+            replication_window: self.limits.replication_window,
             writer_kind_bytes: self.limits.writer_kind_bytes,
             max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),
             store_bytes: self.limits.store_bytes,
@@ -249,6 +255,7 @@ impl Config {
                     finger_interval: Duration::from_secs(s.finger_interval_s.max(1)),
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
                     proximity: s.proximity,
+                    self_tuning: s.self_tuning,
                     ..ChordConfig::default()
                 };
             }

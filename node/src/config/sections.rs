@@ -267,6 +267,10 @@ pub struct Limits {
     /// Requests each originator may have in flight through this peer (passed on, answer
     /// not back yet); more are answered Error_Rate_Limited. 0: no limit.
     pub origin_max_in_flight: usize,
+    /// Copies of stored data to one replica in flight at once; more wait at this peer
+    /// (merged per resource) until the replica answers, so a burst of writes cannot queue
+    /// unbounded work at the replicas.
+    pub replication_window: usize,
     /// Bytes of values one writer may have stored at this peer under one kind; a store
     /// beyond it is answered Error_Data_Too_Large. 0: no limit.
     pub writer_kind_bytes: u64,
@@ -297,6 +301,7 @@ impl Default for Limits {
             link_requests_per_s: 20_000,
             link_burst: 20_000,
             origin_max_in_flight: 1024,
+            replication_window: CoreConfig::default().replication_window,
             writer_kind_bytes: CoreConfig::default().writer_kind_bytes,
             max_clock_skew_s: CoreConfig::default().max_clock_skew.as_secs(),
             store_bytes: CoreConfig::default().store_bytes,
@@ -320,6 +325,10 @@ pub struct ChordSection {
     /// Proximity neighbour selection: sample another node of each live finger's interval
     /// at every refresh and keep the one with the shorter measured round trip.
     pub proximity: bool,
+    /// Self-tuning (SPEC 7.1): stabilisation and finger refresh as often as the churn this
+    /// peer sees needs (2 s to 10 min), instead of stabilize_interval_s and
+    /// finger_interval_s; stabilize_interval_s = 0 still turns stabilisation off.
+    pub self_tuning: bool,
 }
 
 impl Default for ChordSection {
@@ -335,6 +344,7 @@ impl Default for ChordSection {
             finger_interval_s: c.finger_interval.as_secs(),
             self_lookup_interval_s: c.self_lookup_interval.as_secs(),
             proximity: c.proximity,
+            self_tuning: c.self_tuning,
         }
     }
 }

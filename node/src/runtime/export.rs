@@ -93,6 +93,7 @@ pub(super) fn export(
     counter!("p2psip_requests_rerouted_total", "node" => n()).absolute(s.rerouted);
     counter!("p2psip_transaction_timeouts_total", "node" => n()).absolute(s.timeouts);
     counter!("p2psip_replication_stores_total", "node" => n()).absolute(s.replication_stores);
+    counter!("p2psip_replication_waiting_total", "node" => n()).absolute(s.replication_waiting);
     let rt = core.routing_table();
     gauge!("p2psip_routing_successors", "node" => n()).set(rt.successors.len() as f64);
     gauge!("p2psip_routing_predecessors", "node" => n()).set(rt.predecessors.len() as f64);
