@@ -113,8 +113,8 @@ pub struct TuningTargets {
 impl Default for TuningTargets {
     fn default() -> Self {
         TuningTargets {
-            neighbour_change: 0.1,
-            stale_lookup: 0.05,
+            neighbour_change: 0.2,
+            stale_lookup: 0.1,
             min: Duration::from_secs(2),
             max: Duration::from_secs(600),
         }
@@ -222,15 +222,15 @@ mod tests {
         let mu = e.departure_rate();
         assert!((mu - 1.0 / 600.0).abs() < 0.15 / 600.0, "mu {mu}");
         let i = stabilize_interval(mu, e.arrival_rate(), 4, &t);
-        let want = -(0.9f64).ln() / (2.0 / 600.0 * 4.0);
+        let want = -(1.0 - t.neighbour_change).ln() / (2.0 / 600.0 * 4.0);
         assert!(
             (i.as_secs_f64() - want).abs() < 0.2 * want,
             "{i:?} vs {want}"
         );
         assert!(i * 4 < prior, "{i:?} vs the prior's {prior:?}");
-        // Fingers at 10,000 nodes: T = 2 * 0.05 / (mu * 6.64), rounds of 4 of 13.
+        // Fingers at 10,000 nodes: T = 2 * p / (mu * 6.64), rounds of 4 of 13.
         let f = finger_interval(1.0 / 600.0, 10_000.0, 13, 4, &t);
-        let want = 2.0 * 0.05 / (1.0 / 600.0 * (10_000f64.log2() / 2.0)) * 4.0 / 13.0;
+        let want = 2.0 * t.stale_lookup / (1.0 / 600.0 * (10_000f64.log2() / 2.0)) * 4.0 / 13.0;
         assert!(
             (f.as_secs_f64() - want).abs() < 0.01 * want,
             "{f:?} vs {want}"

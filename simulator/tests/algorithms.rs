@@ -29,6 +29,15 @@ fn setups() -> Vec<(String, AlgorithmParams, bool)> {
             .filter(AlgorithmParams::keeps_whole_membership)
             .map(|p| (format!("{} (shared tables)", p.name()), p, true)),
     );
+    // Chord once more with self-tuning maintenance (SPEC 7.1): the same assertions hold.
+    if let AlgorithmParams::Chord(mut c) = params("chord") {
+        c.self_tuning = true;
+        v.push((
+            "chord (self-tuning)".into(),
+            AlgorithmParams::Chord(c),
+            false,
+        ));
+    }
     v
 }
 

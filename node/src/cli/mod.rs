@@ -196,10 +196,19 @@ pub(crate) fn init_logs(format: &str, level: &str) {
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = match &cli.cmd {
+        Cmd::Node(a) if a.threads == 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Cmd::Node(a) if a.threads > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
     match cli.cmd {
         Cmd::Node(a) => rt.block_on(node::run(a)),
         Cmd::Client(a) => {

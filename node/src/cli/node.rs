@@ -18,6 +18,11 @@ pub(crate) struct NodeArgs {
     /// Overlay name.
     #[arg(long, env = "P2PSIP_OVERLAY")]
     pub(crate) overlay: Option<String>,
+    /// Threads the node runs on. 1 (the default): one thread, the least memory and idle
+    /// CPU, and what a fleet of peers on one machine wants (the overlay's decisions run in
+    /// one state machine anyway); 0: one per core, for a lone peer carrying a heavy load.
+    #[arg(long, env = "P2PSIP_THREADS", default_value_t = 1)]
+    pub(crate) threads: usize,
     /// DHT algorithm: chord, kademlia or onehop.
     #[arg(long, env = "P2PSIP_ALGORITHM")]
     pub(crate) algorithm: Option<String>,

@@ -207,9 +207,13 @@ pub struct Timers {
     pub replication_interval_s: u64,
     /// Purge of expired values, seconds.
     pub expiry_interval_s: u64,
-    /// QUIC keep-alive, milliseconds (holds NAT bindings, detects dead peers).
+    /// QUIC keep-alive, milliseconds: holds NAT bindings open. 15 s is below the UDP
+    /// binding lifetimes of common NATs (30 s and more; RFC 4787 asks for 2 minutes) and
+    /// costs an idle link two small packets each way per interval.
     pub keep_alive_ms: u64,
-    /// QUIC idle timeout, milliseconds: a silent peer's link fails after this.
+    /// QUIC idle timeout, milliseconds: a silent peer's link fails after this (three
+    /// keep-alives). A crashed neighbour is usually noticed sooner, when requests to it
+    /// go unanswered.
     pub idle_timeout_ms: u64,
 }
 
@@ -223,8 +227,8 @@ impl Default for Timers {
             reroute_window_ms: c.reroute_window.as_millis() as u64,
             replication_interval_s: c.replication_interval.as_secs(),
             expiry_interval_s: c.expiry_interval.as_secs(),
-            keep_alive_ms: 2000,
-            idle_timeout_ms: 6000,
+            keep_alive_ms: 15_000,
+            idle_timeout_ms: 45_000,
         }
     }
 }
