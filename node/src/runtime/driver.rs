@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// Ticks (seconds) between reads of the host figures diagnostic Pings report.
-const HOST_INFO_TICKS: u64 = 10;
-
 impl Runtime {
     pub(super) async fn run(
         mut self,
@@ -62,11 +59,10 @@ impl Runtime {
                     self.maybe_start();
                     self.locate_responsible();
                     export::export(&self.label, &self.core, &self.store, &self.transport, self.began.elapsed().as_secs_f64());
-                    if ticks % HOST_INFO_TICKS == 1 {
-                        // Only diagnostic Pings read it: every 10 s is fresh enough.
-                        let info = self.host_info();
-                        self.core.set_host_info(now(), info);
-                    }
+                    // Diagnostic Pings answer from it (links and their round trips too,
+                    // which change as the node joins): read every second.
+                    let info = self.host_info();
+                    self.core.set_host_info(now(), info);
                     // sync = "none": the second's commits reach the disk.
                     self.store.sync_now();
                     if ticks.is_multiple_of(10) {
