@@ -75,8 +75,11 @@ impl OverlayNode {
     /// is nothing to copy.
     fn send_copy(&mut self, resource: Id, kinds: &[u32], to: NodeId, replica_number: u32) -> bool {
         let cap = self.cfg.replication_window.max(1);
-        let w = self.replica_window.entry(to).or_default();
-        if w.in_flight >= cap {
+        if let Some(w) = self
+            .replica_window
+            .get_mut(&to)
+            .filter(|w| w.in_flight >= cap)
+        {
             match w.kinds.get_mut(&resource) {
                 Some((waiting_kinds, number)) => {
                     for k in kinds {
@@ -97,9 +100,7 @@ impl OverlayNode {
         let Some(body) = self.replica_body(resource, kinds, replica_number) else {
             return false;
         };
-        if let Some(w) = self.replica_window.get_mut(&to) {
-            w.in_flight += 1;
-        }
+        self.replica_window.entry(to).or_default().in_flight += 1;
         self.stats.replication_stores += 1;
         self.request(
             Owner::Replicate { resource, to },

@@ -431,35 +431,11 @@ mod tests {
     /// A client stores through a lone peer backed by `disk`; returns the outcome the
     /// client saw (and checks that no answer left the peer before its commit).
     fn store_through(disk: &Disk, value: &[u8]) -> Result<Body, ErrorCode> {
-        let peer_identity = Identity::from_seed([7; 32], "peer");
-        let peer_id = peer_identity.node_id;
-        let mut peer = OverlayNode::new(
-            CoreConfig::default(),
-            peer_identity,
-            Box::new(Prober {
-                me: peer_id,
-                sends: Vec::new(),
-                seen: Seen::default(),
-                replicas: Vec::new(),
-            }),
-            Box::new(disk.clone()),
-            1,
-        );
-        peer.start(Time(0), &[]);
-        let writer = Identity::from_seed([9; 32], "alice");
-        let client_id = writer.node_id;
-        let mut client = OverlayNode::new(
-            CoreConfig::default(),
-            writer.clone(),
-            Box::new(ClientTopology::new(client_id)),
-            Box::new(MemoryStore::new()),
-            2,
-        );
+        let (mut peer, mut client, writer) =
+            peer_and_client(CoreConfig::default(), &[], Box::new(disk.clone()));
+        let peer_id = peer.id();
+        let client_id = client.id();
         let t = Time(1_000_000);
-        client.start(t, &[peer_id]);
-        client.handle_link(t, LinkEvent::Up(peer_id));
-        peer.handle_link(t, LinkEvent::Up(client_id));
-        while client.poll_event().is_some() {}
         let res = Id::hash_of(b"alice");
         let v = signed_value(
             &writer,
@@ -511,15 +487,15 @@ mod tests {
         );
     }
 
-    /// A primary peer (replicas r1, r2, r3) and a client linked to it.
-    fn primary_and_client(window: usize) -> (OverlayNode, OverlayNode, Identity, [NodeId; 3]) {
+    /// A lone peer (its replica sets: itself, then `replicas`, all linked) on `storage`,
+    /// and the client "alice" linked to it, both started at 1 s.
+    fn peer_and_client(
+        cfg: CoreConfig,
+        replicas: &[NodeId],
+        storage: Box<dyn Storage>,
+    ) -> (OverlayNode, OverlayNode, Identity) {
         let peer_identity = Identity::from_seed([7; 32], "peer");
         let peer_id = peer_identity.node_id;
-        let replicas = [Identity::from_seed([11; 32], "r1").node_id, Id(12), Id(13)];
-        let cfg = CoreConfig {
-            replication_window: window,
-            ..CoreConfig::default()
-        };
         let mut peer = OverlayNode::new(
             cfg,
             peer_identity,
@@ -529,7 +505,7 @@ mod tests {
                 seen: Seen::default(),
                 replicas: replicas.to_vec(),
             }),
-            Box::new(MemoryStore::new()),
+            storage,
             1,
         );
         peer.start(Time(0), &[]);
@@ -547,9 +523,20 @@ mod tests {
         client.handle_link(t, LinkEvent::Up(peer_id));
         peer.handle_link(t, LinkEvent::Up(client_id));
         for r in replicas {
-            peer.handle_link(t, LinkEvent::Up(r));
+            peer.handle_link(t, LinkEvent::Up(*r));
         }
         while client.poll_event().is_some() {}
+        (peer, client, writer)
+    }
+
+    /// A primary peer (replicas r1, r2, r3) and a client linked to it.
+    fn primary_and_client(window: usize) -> (OverlayNode, OverlayNode, Identity, [NodeId; 3]) {
+        let replicas = [Identity::from_seed([11; 32], "r1").node_id, Id(12), Id(13)];
+        let cfg = CoreConfig {
+            replication_window: window,
+            ..CoreConfig::default()
+        };
+        let (peer, client, writer) = peer_and_client(cfg, &replicas, Box::new(MemoryStore::new()));
         (peer, client, writer, replicas)
     }
 
