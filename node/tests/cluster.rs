@@ -234,3 +234,98 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
         );
     }
 }
+
+/// A peer that stops answering without closing anything (frozen with SIGSTOP, as a host
+/// that lost power or its network would): the peers that send to it notice within the hop
+/// acknowledgement (proto/SPEC.md 2.6), not the QUIC idle timeout (45 s by default), and
+/// every value it held is fetched from its replicas at once.
+#[test]
+fn a_frozen_peer_is_routed_around_within_the_hop_acknowledgement() {
+    let root = TempDir::new("frozen");
+    // The daemon's default transport timers (15 s keep-alive, 45 s idle timeout, hop
+    // acknowledgement on); fast stabilisation only, so the five peers settle quickly.
+    let config = |dir: &std::path::Path, boot: &[std::net::SocketAddr]| {
+        std::fs::create_dir_all(dir).unwrap();
+        let boot: Vec<String> = boot.iter().map(|a| format!("\"{a}\"")).collect();
+        let text = format!(
+            "overlay = \"{OVERLAY}\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
+             [chord]\nstabilize_interval_s = 1\nfinger_interval_s = 2\n\
+             [log]\nlevel = \"info\"\n",
+            boot.join(", ")
+        );
+        let p = dir.join("p2psip.toml");
+        std::fs::write(&p, text).unwrap();
+        spawn_node(dir, p)
+    };
+    let mut nodes = vec![config(&root.0.join("n0"), &[])];
+    let boot = nodes[0].addr;
+    for i in 1..5 {
+        nodes.push(config(&root.0.join(format!("n{i}")), &[boot]));
+    }
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(30), || joined(n).then_some(())).is_some(),
+            "node {} did not join",
+            n.id
+        );
+    }
+    for v in 0..20 {
+        let name = format!("user{v}");
+        let (code, out, err) = client(nodes[v % 5].addr, OVERLAY, &["store", &name, "x"]);
+        assert_eq!(code, 0, "store {name}: {out} {err}");
+    }
+    // Every node has sent to every other (links are up in both directions) before the
+    // freeze: wait until all 20 are fetched through node 0.
+    for v in 0..20 {
+        let name = format!("user{v}");
+        assert!(
+            eventually(Duration::from_secs(20), || fetch(&nodes[0], &name)).is_some(),
+            "{name} before the freeze"
+        );
+    }
+    let frozen = &nodes[3];
+    let pid = frozen.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let start = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut failed = Vec::new();
+    for v in 0..20 {
+        let name = format!("user{v}");
+        let t = std::time::Instant::now();
+        if fetch(&nodes[(v % 2) * 4], &name).as_deref() != Some("x") {
+            failed.push(name);
+        }
+        slowest = slowest.max(t.elapsed());
+    }
+    let took = start.elapsed();
+    let unacked: f64 = nodes
+        .iter()
+        .filter(|n| n.id != nodes[3].id)
+        .filter_map(|n| scrape(n.metrics))
+        .map(|t| {
+            metric_sum(
+                &parse_prometheus(&t),
+                "p2psip_links_unacknowledged_total",
+                &[],
+            )
+        })
+        .sum();
+    signal("-CONT");
+    eprintln!("20 fetches with one peer frozen: {took:?}, slowest {slowest:?}, {unacked} links closed unacknowledged");
+    assert!(
+        failed.is_empty(),
+        "fetches failed with a peer frozen: {failed:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a fetch waited {slowest:?}: the frozen peer was not routed around in time"
+    );
+    assert!(unacked >= 1.0, "the hop acknowledgement closed no link");
+}

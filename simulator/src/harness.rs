@@ -3,7 +3,7 @@
 
 use crate::net::NetConfig;
 use indexmap::IndexSet;
-use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::core::{hop_ack_timeout, CoreConfig};
 use p2psip_algorithms::id::in_open_closed;
 use p2psip_algorithms::storage::MemoryStore;
 use p2psip_algorithms::{AlgorithmParams, Event, Id, LinkEvent, NodeId, OpId, OverlayNode, Time};
@@ -749,7 +749,14 @@ impl Sim {
                     );
                 }
                 None => {
-                    if let Some(d) = self.net.link_failure_after {
+                    let unacked = match (self.net.hop_ack_slack, to) {
+                        (Some(slack), Some(j)) => {
+                            let rtt = self.net.latency(self.seed, i, j) * 2;
+                            Some(hop_ack_timeout(rtt, t.bytes.len(), slack))
+                        }
+                        _ => self.net.link_failure_after,
+                    };
+                    if let Some(d) = unacked {
                         self.push(self.now + d, Ev::LinkFailed { at: i, peer: t.to });
                     }
                 }

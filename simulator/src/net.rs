@@ -25,10 +25,16 @@ pub struct NetConfig {
     pub latency: Latency,
     /// Probability that a message is lost (independently per message).
     pub loss: f64,
-    /// After sending to a crashed or unreachable node, the sender's transport reports the
-    /// link failed after this delay (QUIC's loss detection and idle timeout). `None`: no
-    /// report, only end-to-end timeouts.
+    /// The links of a crashed node, or cut by a partition, are reported failed at the
+    /// other end after this delay (keep-alives and QUIC's idle timeout); so is a message
+    /// sent to a dead node when `hop_ack_slack` is `None`. `None`: no report, only
+    /// end-to-end timeouts.
     pub link_failure_after: Option<Duration>,
+    /// Hop acknowledgement (proto/SPEC.md 2.6): a message sent to a crashed or
+    /// unreachable node fails the sender's link after
+    /// `core::hop_ack_timeout(round trip, length, slack)`, as the daemon's transport does
+    /// when QUIC does not acknowledge a message stream. `None`: after `link_failure_after`.
+    pub hop_ack_slack: Option<Duration>,
     /// Fraction of node pairs that cannot reach each other at all (non-transitive
     /// connectivity, as behind some firewalls).
     pub broken_links: f64,
@@ -43,6 +49,7 @@ impl Default for NetConfig {
             },
             loss: 0.0,
             link_failure_after: Some(Duration::from_secs(2)),
+            hop_ack_slack: Some(Duration::from_millis(300)),
             broken_links: 0.0,
         }
     }

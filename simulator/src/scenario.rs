@@ -71,8 +71,13 @@ pub struct Network {
     pub loss: f64,
     /// Fraction of node pairs that cannot reach each other.
     pub broken_links: f64,
-    /// How fast a sender's transport reports a dead peer ("" for never).
+    /// How fast a sender's transport reports a dead peer whose link carries no message
+    /// ("" for never).
     pub link_failure_after: String,
+    /// The slack of the hop acknowledgement (proto/SPEC.md 2.6): a message sent to a dead
+    /// peer fails its link after three round trips plus this ("" for no hop
+    /// acknowledgement: after `link_failure_after`).
+    pub hop_ack_slack: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -242,6 +247,7 @@ impl Default for Network {
             loss: 0.0,
             broken_links: 0.0,
             link_failure_after: "2s".into(),
+            hop_ack_slack: "300ms".into(),
         }
     }
 }
@@ -366,6 +372,11 @@ impl Scenario {
                 None
             } else {
                 Some(dur("network.link_failure_after", &n.link_failure_after)?)
+            },
+            hop_ack_slack: if n.hop_ack_slack.is_empty() {
+                None
+            } else {
+                Some(dur("network.hop_ack_slack", &n.hop_ack_slack)?)
             },
         };
         let median_session = match self.churn.model.as_str() {

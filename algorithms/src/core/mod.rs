@@ -17,6 +17,7 @@ mod transactions;
 
 pub use config::CoreConfig;
 pub use diagnostics::HostInfo;
+pub use recovery::hop_ack_timeout;
 pub use stats::Stats;
 pub use transactions::OpId;
 

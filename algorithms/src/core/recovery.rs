@@ -21,6 +21,19 @@ pub(super) enum Resend {
     Forward { from: NodeId, bytes: Vec<u8> },
 }
 
+/// How long a sender waits for the transport of a link to acknowledge a message it sent
+/// (proto/SPEC.md 2.6, "Hop acknowledgement") before it takes the link to have failed:
+/// three of the link's round trips (QUIC's acknowledgement of new data arrives after one,
+/// a lost packet is sent again after about two), `slack` for the peer's acknowledgement
+/// delay and scheduling, and the time the message takes to leave at 1 MiB/s. The daemon
+/// applies it to every message stream; the simulator's network model uses the same.
+pub fn hop_ack_timeout(rtt: Duration, bytes: usize, slack: Duration) -> Duration {
+    let transfer = Duration::from_micros(u64::try_from(bytes).unwrap_or(u64::MAX));
+    rtt.saturating_mul(3)
+        .saturating_add(slack)
+        .saturating_add(transfer)
+}
+
 pub(super) struct Sent {
     at: Time,
     to: NodeId,
@@ -110,6 +123,23 @@ impl OverlayNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hop_is_given_three_round_trips_slack_and_its_transfer_time() {
+        let slack = Duration::from_millis(300);
+        let t = hop_ack_timeout(Duration::from_millis(150), 200, slack);
+        assert_eq!(t, Duration::from_micros(750_200));
+        let big = hop_ack_timeout(Duration::from_millis(1), 1 << 20, slack);
+        assert!(
+            big > Duration::from_millis(1300),
+            "1 MiB: about a second more: {big:?}"
+        );
+        assert_eq!(
+            hop_ack_timeout(Duration::MAX, usize::MAX, slack),
+            Duration::MAX,
+            "saturates"
+        );
+    }
 
     #[test]
     fn rto_follows_measured_round_trips_within_bounds() {

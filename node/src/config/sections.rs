@@ -212,9 +212,14 @@ pub struct Timers {
     /// costs an idle link two small packets each way per interval.
     pub keep_alive_ms: u64,
     /// QUIC idle timeout, milliseconds: a silent peer's link fails after this (three
-    /// keep-alives). A crashed neighbour is usually noticed sooner, when requests to it
-    /// go unanswered.
+    /// keep-alives). A crashed neighbour that is sent anything is noticed sooner, by the
+    /// hop acknowledgement.
     pub idle_timeout_ms: u64,
+    /// Hop acknowledgement (proto/SPEC.md 2.6), milliseconds: a link whose peer has not
+    /// acknowledged a message within three round trips plus this (and the message's
+    /// transfer time) is closed as failed, and what was sent on it is routed around the
+    /// peer. 0: only the idle timeout notices a dead peer.
+    pub hop_ack_slack_ms: u64,
 }
 
 impl Default for Timers {
@@ -229,6 +234,7 @@ impl Default for Timers {
             expiry_interval_s: c.expiry_interval.as_secs(),
             keep_alive_ms: 15_000,
             idle_timeout_ms: 45_000,
+            hop_ack_slack_ms: 300,
         }
     }
 }

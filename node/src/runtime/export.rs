@@ -64,6 +64,8 @@ pub(super) fn export(
         .absolute(transport.stats.buffer_full_drops.load(Ordering::Relaxed));
     counter!("p2psip_messages_dropped_total", "node" => n(), "reason" => "stream_timeout")
         .absolute(transport.stats.stream_timeouts.load(Ordering::Relaxed));
+    counter!("p2psip_links_unacknowledged_total", "node" => n())
+        .absolute(transport.stats.unacknowledged_links.load(Ordering::Relaxed));
     counter!("p2psip_app_streams_total", "node" => n(), "direction" => "opened")
         .absolute(transport.stats.app_streams_opened.load(Ordering::Relaxed));
     counter!("p2psip_app_streams_total", "node" => n(), "direction" => "accepted")

@@ -2,6 +2,11 @@
 //! Node-ID checks), one writer and one reader per link, the observed-address frame.
 
 use super::*;
+use p2psip_algorithms::core::hop_ack_timeout;
+use tokio::time::Instant;
+
+/// Message streams one link's hop acknowledgement watches at once.
+const ACK_WATCH_QUEUE: usize = 1024;
 
 impl Transport {
     pub(super) async fn accept_loop(self: Arc<Self>) {
@@ -143,7 +148,7 @@ impl Transport {
                 tx,
             },
         );
-        self.spawn_writer(conn.clone(), rx);
+        self.spawn_writer(peer, conn.clone(), rx);
         self.spawn_reader(peer, conn, true, !incoming);
         let _ = self
             .events
@@ -156,21 +161,71 @@ impl Transport {
         Ok(())
     }
 
-    pub(super) fn spawn_writer(&self, conn: Connection, mut rx: mpsc::Receiver<Vec<u8>>) {
+    pub(super) fn spawn_writer(
+        self: &Arc<Self>,
+        peer: NodeId,
+        conn: Connection,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) {
+        let acks = self
+            .hop_ack_slack
+            .map(|slack| self.spawn_ack_watch(peer, conn.clone(), slack));
         tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 let sent = async {
                     let mut s = conn.open_uni().await?;
                     s.write_all(&bytes).await?;
                     s.finish()?;
-                    anyhow::Ok(())
+                    anyhow::Ok(s)
                 }
                 .await;
-                if sent.is_err() {
+                match sent {
+                    Ok(s) => {
+                        if let Some((tx, slack)) = &acks {
+                            let wait = hop_ack_timeout(conn.rtt(), bytes.len(), *slack);
+                            // A full watch queue holds a message still unacknowledged: it
+                            // alone decides; this one goes unwatched.
+                            let _ = tx.try_send((s, Instant::now() + wait));
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+
+    /// The hop acknowledgement (proto/SPEC.md 2.6): waits, in the order they were sent,
+    /// until the peer's QUIC stack has acknowledged every byte of each message stream; a
+    /// stream still unacknowledged at its deadline closes the connection, which reports
+    /// the link failed to the runtime, whose core routes again what left on it.
+    fn spawn_ack_watch(
+        self: &Arc<Self>,
+        peer: NodeId,
+        conn: Connection,
+        slack: Duration,
+    ) -> (mpsc::Sender<(quinn::SendStream, Instant)>, Duration) {
+        let (tx, mut rx) = mpsc::channel::<(quinn::SendStream, Instant)>(ACK_WATCH_QUEUE);
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((s, deadline)) = rx.recv().await {
+                // Acknowledged, stopped by the peer (it is alive) or the connection is
+                // gone: all the same here.
+                if tokio::time::timeout_at(deadline, s.stopped())
+                    .await
+                    .is_err()
+                {
+                    me.stats
+                        .unacknowledged_links
+                        .fetch_add(1, Ordering::Relaxed);
+                    let rtt = conn.rtt();
+                    crate::remote_log!(info, "link_unacknowledged", %peer,
+                        "closing the link: a message was not acknowledged in time (round trip {rtt:?})");
+                    conn.close(VarInt::from_u32(CLOSE_UNACKNOWLEDGED), b"not acknowledged");
                     break;
                 }
             }
         });
+        (tx, slack)
     }
 
     /// Reads the messages of a link. `dialled`: this node opened it, so the peer's link

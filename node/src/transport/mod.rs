@@ -38,6 +38,9 @@ pub const CLOSE_WRONG_OVERLAY: u32 = 1;
 pub const CLOSE_WRONG_NODE: u32 = 2;
 /// QUIC application close code: orderly shutdown.
 pub const CLOSE_SHUTDOWN: u32 = 3;
+/// QUIC application close code: the peer did not acknowledge a message in time (the hop
+/// acknowledgement, proto/SPEC.md 2.6).
+pub const CLOSE_UNACKNOWLEDGED: u32 = 7;
 /// Stream reset code on an application connection: no application of that number here.
 pub const RESET_UNKNOWN_APP: u32 = 4;
 /// Stream reset code: the relay refuses to carry the stream (relaying off, at its limit, or
@@ -137,6 +140,8 @@ pub struct TransportStats {
     /// Incoming connections refused before their handshake: too many open in total or
     /// from that address.
     pub connection_limit_refused: AtomicU64,
+    /// Links closed because their peer did not acknowledge a message in time.
+    pub unacknowledged_links: AtomicU64,
 }
 
 /// Where a node's application endpoint can be reached: its direct (host and reflexive)
@@ -205,6 +210,8 @@ pub struct Transport {
     /// Bytes of the messages waiting in `events`.
     queued: Arc<StreamBudget>,
     limits: Limits,
+    /// The hop acknowledgement's slack (`timers.hop_ack_slack_ms`); `None`: off.
+    hop_ack_slack: Option<Duration>,
     /// Incoming connections open now (for the caps in total and per address).
     slots: Arc<ConnectionSlots>,
     /// Relayed streams open now (for the caps in total and per originator).
@@ -298,6 +305,8 @@ impl Transport {
             events,
             queued: Arc::default(),
             limits: cfg.limits.clone(),
+            hop_ack_slack: Some(Duration::from_millis(cfg.timers.hop_ack_slack_ms))
+                .filter(|d| !d.is_zero()),
             slots: Arc::default(),
             relay_slots: Arc::default(),
             relay_windows: ByteWindows::default(),
