@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use p2psip_algorithms::core::CoreConfig;
-use p2psip_algorithms::{Event, Id};
+use p2psip_algorithms::{Event, Id, OpId};
 use p2psip_simulator::{NetConfig, Sim};
 use std::time::Duration;
 
@@ -17,6 +17,24 @@ struct Outcome {
     retransmissions: u64,
     rerouted: u64,
     mean_latency: Duration,
+}
+
+/// A tenth of the 120 peers crash; 300 lookups start at once, before anyone has noticed,
+/// and get a minute.
+fn crash_a_tenth_and_look_up(sim: &mut Sim) -> Vec<(usize, OpId)> {
+    for _ in 0..12 {
+        let k = random_live(sim);
+        sim.crash(k);
+    }
+    let mut ops = Vec::new();
+    for _ in 0..300 {
+        let from = random_live(sim);
+        let target = Id(sim.random());
+        let op = sim.start_op(from, |n, t| n.lookup(t, target)).unwrap();
+        ops.push((from, op));
+    }
+    sim.run_for(Duration::from_secs(60));
+    ops
 }
 
 fn crash_then_look_up(reroute_window: Duration) -> Outcome {
@@ -30,23 +48,12 @@ fn crash_then_look_up(reroute_window: Duration) -> Outcome {
         ..NetConfig::default()
     };
     let mut sim: Sim = overlay_with(7, 120, chord(), net, core);
-    // A tenth of the peers crash; lookups start at once, before anyone has noticed.
-    for _ in 0..12 {
-        let k = random_live(&mut sim);
-        sim.crash(k);
-    }
+    // (No event runs between the crashes and the lookups: counted before the crashes.)
     let before: u64 = (0..sim.len())
         .filter_map(|i| sim.node(i))
         .map(|n| n.stats().retransmissions)
         .sum();
-    let mut ops = Vec::new();
-    for _ in 0..300 {
-        let from = random_live(&mut sim);
-        let target = Id(sim.random());
-        let op = sim.start_op(from, |n, t| n.lookup(t, target)).unwrap();
-        ops.push((from, op));
-    }
-    sim.run_for(Duration::from_secs(60));
+    let ops = crash_a_tenth_and_look_up(&mut sim);
     let mut ok = 0;
     let mut total = Duration::ZERO;
     for (i, op) in &ops {
@@ -104,18 +111,7 @@ fn requests_are_rerouted_around_a_failed_link() {
 /// the default network (links report a dead peer after 2 s of silence).
 fn lookups_after_crashes(seed: u64) -> Vec<Duration> {
     let mut sim: Sim = overlay(seed, 120, chord(), NetConfig::default());
-    for _ in 0..12 {
-        let k = random_live(&mut sim);
-        sim.crash(k);
-    }
-    let mut ops = Vec::new();
-    for _ in 0..300 {
-        let from = random_live(&mut sim);
-        let target = Id(sim.random());
-        let op = sim.start_op(from, |n, t| n.lookup(t, target)).unwrap();
-        ops.push((from, op));
-    }
-    sim.run_for(Duration::from_secs(60));
+    let ops = crash_a_tenth_and_look_up(&mut sim);
     let mut out: Vec<Duration> = ops
         .iter()
         .map(|(i, op)| match sim.take_done(*i, *op) {
