@@ -49,7 +49,7 @@ impl Default for NetConfig {
             },
             loss: 0.0,
             link_failure_after: Some(Duration::from_secs(2)),
-            hop_ack_slack: Some(Duration::from_millis(300)),
+            hop_ack_slack: Some(p2psip_algorithms::core::HOP_ACK_SLACK),
             broken_links: 0.0,
         }
     }

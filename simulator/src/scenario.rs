@@ -3,7 +3,7 @@
 
 use crate::net::{Latency, NetConfig};
 use p2psip_algorithms::chord::ChordConfig;
-use p2psip_algorithms::core::CoreConfig;
+use p2psip_algorithms::core::{CoreConfig, HOP_ACK_SLACK};
 use p2psip_algorithms::kademlia::KademliaConfig;
 use p2psip_algorithms::onehop::OneHopConfig;
 use p2psip_algorithms::storage::VerifyMode;
@@ -247,7 +247,7 @@ impl Default for Network {
             loss: 0.0,
             broken_links: 0.0,
             link_failure_after: "2s".into(),
-            hop_ack_slack: "300ms".into(),
+            hop_ack_slack: format!("{}ms", HOP_ACK_SLACK.as_millis()),
         }
     }
 }
@@ -368,16 +368,8 @@ impl Scenario {
             latency,
             loss: n.loss,
             broken_links: n.broken_links,
-            link_failure_after: if n.link_failure_after.is_empty() {
-                None
-            } else {
-                Some(dur("network.link_failure_after", &n.link_failure_after)?)
-            },
-            hop_ack_slack: if n.hop_ack_slack.is_empty() {
-                None
-            } else {
-                Some(dur("network.hop_ack_slack", &n.hop_ack_slack)?)
-            },
+            link_failure_after: opt_dur("network.link_failure_after", &n.link_failure_after)?,
+            hop_ack_slack: opt_dur("network.hop_ack_slack", &n.hop_ack_slack)?,
         };
         let median_session = match self.churn.model.as_str() {
             "none" => None,
@@ -406,11 +398,7 @@ impl Scenario {
                     predecessors: c.predecessors,
                     fingers: c.fingers,
                     replicas: c.replicas,
-                    stabilize_interval: if c.stabilize_interval.is_empty() {
-                        None
-                    } else {
-                        Some(dur("chord.stabilize_interval", &c.stabilize_interval)?)
-                    },
+                    stabilize_interval: opt_dur("chord.stabilize_interval", &c.stabilize_interval)?,
                     reactive_recovery: c.reactive_recovery,
                     finger_interval: dur("chord.finger_interval", &c.finger_interval)?,
                     fingers_per_round: c.fingers_per_round,

@@ -17,7 +17,7 @@ mod transactions;
 
 pub use config::CoreConfig;
 pub use diagnostics::HostInfo;
-pub use recovery::hop_ack_timeout;
+pub use recovery::{hop_ack_timeout, HOP_ACK_SLACK};
 pub use stats::Stats;
 pub use transactions::OpId;
 

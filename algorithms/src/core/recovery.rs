@@ -21,6 +21,10 @@ pub(super) enum Resend {
     Forward { from: NodeId, bytes: Vec<u8> },
 }
 
+/// The daemon's default `slack` of [`hop_ack_timeout`] (`timers.hop_ack_slack_ms`), and
+/// the simulator's.
+pub const HOP_ACK_SLACK: Duration = Duration::from_millis(300);
+
 /// How long a sender waits for the transport of a link to acknowledge a message it sent
 /// (proto/SPEC.md 2.6, "Hop acknowledgement") before it takes the link to have failed:
 /// three of the link's round trips (QUIC's acknowledgement of new data arrives after one,
@@ -126,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_hop_is_given_three_round_trips_slack_and_its_transfer_time() {
-        let slack = Duration::from_millis(300);
+        let slack = HOP_ACK_SLACK;
         let t = hop_ack_timeout(Duration::from_millis(150), 200, slack);
         assert_eq!(t, Duration::from_micros(750_200));
         let big = hop_ack_timeout(Duration::from_millis(1), 1 << 20, slack);

@@ -234,7 +234,7 @@ impl Default for Timers {
             expiry_interval_s: c.expiry_interval.as_secs(),
             keep_alive_ms: 15_000,
             idle_timeout_ms: 45_000,
-            hop_ack_slack_ms: 300,
+            hop_ack_slack_ms: p2psip_algorithms::core::HOP_ACK_SLACK.as_millis() as u64,
         }
     }
 }

@@ -169,7 +169,7 @@ impl Transport {
     ) {
         let acks = self
             .hop_ack_slack
-            .map(|slack| self.spawn_ack_watch(peer, conn.clone(), slack));
+            .map(|slack| (self.spawn_ack_watch(peer, conn.clone()), slack));
         tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 let sent = async {
@@ -202,8 +202,7 @@ impl Transport {
         self: &Arc<Self>,
         peer: NodeId,
         conn: Connection,
-        slack: Duration,
-    ) -> (mpsc::Sender<(quinn::SendStream, Instant)>, Duration) {
+    ) -> mpsc::Sender<(quinn::SendStream, Instant)> {
         let (tx, mut rx) = mpsc::channel::<(quinn::SendStream, Instant)>(ACK_WATCH_QUEUE);
         let me = self.clone();
         tokio::spawn(async move {
@@ -225,7 +224,7 @@ impl Transport {
                 }
             }
         });
-        (tx, slack)
+        tx
     }
 
     /// Reads the messages of a link. `dialled`: this node opened it, so the peer's link
