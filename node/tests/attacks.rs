@@ -948,6 +948,48 @@ async fn a_forged_leave_leaves_the_peer_in_the_tables() {
     }
 }
 
+/// B's own signed Leave, replayed later through another peer's link (a neighbour that
+/// received it when B left once could keep it), does not take B out of A's tables: only a
+/// Leave over the leaver's own link is applied at once; a relayed one makes A check B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_leave_signed_by_the_peer_leaves_it_in_the_tables() {
+    let peers = ring_of_four().await;
+    let (a, b) = (&peers[0], &peers[1]);
+    // B's key: what a neighbour holding one of B's earlier Leaves could replay.
+    let b_key = Identity::from_seed([0x72; 32], "");
+    assert_eq!(b_key.node_id, b.id, "the test's copy of B's key is not B's");
+    let me = Identity::from_seed([0xa1; 32], "");
+    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0xa1; 32]).await;
+    let (mut present, mut samples) = (0, 0);
+    for i in 0..20u64 {
+        let replay = message(
+            &[b.id, me.node_id],
+            p2psip_proto::Destination::Node(a.id),
+            0x7100_0000 + i,
+            pb::LeaveReq {
+                leaving_peer_id: b.id.to_bytes().to_vec(),
+                overlay_specific: vec![],
+            }
+            .into(),
+            Some(&b_key),
+        );
+        send_raw(&conn, &replay).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let t = a.status().await.unwrap().routing;
+        samples += 1;
+        present += u32::from(holds(&t, b.id));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("  B in A's tables in {present} of {samples} samples");
+    assert_eq!(
+        present, samples,
+        "a replayed Leave took B out of A's tables"
+    );
+    for p in peers {
+        p.shutdown().await;
+    }
+}
+
 fn chord_update(preds: &[Id], succs: &[Id]) -> p2psip_proto::Body {
     use prost::Message as _;
     let wire = |l: &[Id]| l.iter().map(|i| i.to_bytes().to_vec()).collect();

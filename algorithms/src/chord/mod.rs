@@ -312,6 +312,23 @@ impl Chord {
         }
     }
 
+    /// A node another peer says is gone: a direct Update to it, which drops it if it fails
+    /// (one check at a time per node, however often it is reported).
+    fn check_reported(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        let held = self.succs.contains(id)
+            || self.preds.contains(id)
+            || self.fingers.iter().any(|f| f == id);
+        let checking = self
+            .pending
+            .values()
+            .any(|p| matches!(p, Pending::Stabilize(x) if *x == id));
+        if held && !checking {
+            let body = self.update_body(chord_update::Type::Neighbors, ctx.now);
+            let tok = ctx.request(Target::Direct(id), body);
+            self.pending.insert(tok, Pending::Stabilize(id));
+        }
+    }
+
     /// Candidates reported by another node (hints): those that would enter a list are
     /// verified with a direct Update before they do. One message costs at most a list's
     /// worth of probes on each side (the candidates closest to us), and no more than
@@ -815,7 +832,14 @@ impl Topology for Chord {
             }
             Body::LeaveReq(l) => {
                 let leaver = common::check_sender(&l.leaving_peer_id, from, "leaving")?;
-                self.drop_node(ctx, leaver);
+                if origin.reached {
+                    self.drop_node(ctx, leaver);
+                } else {
+                    // A genuine Leave comes over the leaver's own link. One that came
+                    // through other peers may be an old one replayed (its signature is
+                    // still good): check the leaver ourselves and drop it only if that fails.
+                    self.check_reported(ctx, leaver);
+                }
                 if let Ok(cl) = pb::ChordLeave::decode(l.overlay_specific.as_slice()) {
                     let mut ids = ids_from_wire(&cl.predecessors);
                     ids.extend(ids_from_wire(&cl.successors));

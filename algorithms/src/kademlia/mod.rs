@@ -251,6 +251,19 @@ impl Kademlia {
         });
     }
 
+    /// A node another peer says is gone: a direct Update to it, which drops it if it fails
+    /// (one check at a time per node, however often it is reported).
+    fn check_reported(&mut self, ctx: &mut Ctx<'_>, id: Id) {
+        let checking = self
+            .pending
+            .values()
+            .any(|p| matches!(p, Pending::Stabilize(x) | Pending::BucketCheck(x) if *x == id));
+        if self.contains(id) && !checking {
+            let tok = ctx.request(Target::Direct(id), self.update_body(ctx.now, id));
+            self.pending.insert(tok, Pending::Stabilize(id));
+        }
+    }
+
     /// A node that failed or left: out of its bucket, the newest replacement moves in.
     fn drop_node(&mut self, ctx: &mut Ctx<'_>, id: Id) {
         let Some(b) = self.bucket_of(id) else { return };
@@ -679,7 +692,12 @@ impl Topology for Kademlia {
             }
             Body::LeaveReq(l) => {
                 let leaver = common::check_sender(&l.leaving_peer_id, from, "leaving")?;
-                self.drop_node(ctx, leaver);
+                if origin.reached {
+                    self.drop_node(ctx, leaver);
+                } else {
+                    // Through other peers: perhaps an old Leave replayed (proto/SPEC.md 5.4).
+                    self.check_reported(ctx, leaver);
+                }
                 if let Some(mut ids) = Self::decode(&l.overlay_specific) {
                     ids.retain(|x| *x != leaver);
                     self.learn(ctx, &ids);

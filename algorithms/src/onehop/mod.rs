@@ -493,7 +493,19 @@ impl Topology for OneHop {
             }
             Body::LeaveReq(l) => {
                 let leaver = common::check_sender(&l.leaving_peer_id, from, "leaving")?;
-                self.announce(ctx, leaver, false, ctx.now.as_millis());
+                if origin.reached {
+                    self.announce(ctx, leaver, false, ctx.now.as_millis());
+                } else {
+                    // Through other peers: perhaps an old Leave replayed (its signature is
+                    // still good), so a report like any other, checked before it is applied.
+                    let ev = Ev {
+                        node: leaver,
+                        alive: false,
+                        stamp: ctx.now.as_millis(),
+                        span: 0,
+                    };
+                    self.hear(ctx, ev, usize::MAX);
+                }
                 Ok(Body::LeaveAns(pb::LeaveAns {}))
             }
             Body::ProbeReq(_) => {

@@ -362,3 +362,51 @@ fn a_member_neighbours_list_and_we_lack_is_contacted_once_per_window() {
         .values()
         .any(|p| *p == Pending::Stabilize(member)));
 }
+
+/// A Leave signed by its leaver but come through other peers (an old one replayed) is a
+/// report: the leaver stays until our own probe of it fails. Over its own link it is
+/// applied at once.
+#[test]
+fn a_leave_through_other_peers_is_checked_before_it_is_applied() {
+    let mut node = fleet(8).swap_remove(0);
+    let (x, y) = (node.after(node.me, 3)[2], node.after(node.me, 4)[3]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let (mut actions, mut tok) = (Vec::new(), 1_000_000);
+    let leave = |l: Id| {
+        Body::LeaveReq(pb::LeaveReq {
+            leaving_peer_id: l.to_bytes().to_vec(),
+            overlay_specific: vec![],
+        })
+    };
+    let mut ctx = Ctx::new(Time(500), &mut rng, &mut actions, &mut tok);
+    let relayed = Origin {
+        id: x,
+        reached: false,
+    };
+    for _ in 0..3 {
+        assert!(node.on_request(&mut ctx, relayed, &leave(x)).is_ok());
+    }
+    let sent = probes(&actions);
+    assert_eq!(
+        sent.iter().map(|p| p.1).collect::<Vec<_>>(),
+        [x],
+        "one check"
+    );
+    assert!(
+        node.members.contains(&x),
+        "a relayed Leave was applied at once"
+    );
+    let mut ctx = Ctx::new(Time(600), &mut rng, &mut actions, &mut tok);
+    let ok = Body::ProbeAns(pb::ProbeAns::default());
+    node.on_answer(&mut ctx, sent[0].0, Some(x), Ok(&ok));
+    assert!(node.members.contains(&x), "x answered, so it stays");
+    assert!(queued(&node, x).is_empty());
+    // The leaver's own Leave over its link.
+    let mut ctx = Ctx::new(Time(700), &mut rng, &mut actions, &mut tok);
+    let direct = Origin {
+        id: y,
+        reached: true,
+    };
+    assert!(node.on_request(&mut ctx, direct, &leave(y)).is_ok());
+    assert!(!node.members.contains(&y));
+}
