@@ -208,8 +208,9 @@ pub struct Timers {
     /// Purge of expired values, seconds.
     pub expiry_interval_s: u64,
     /// QUIC keep-alive, milliseconds: holds NAT bindings open. 15 s is below the UDP
-    /// binding lifetimes of common NATs (30 s and more; RFC 4787 asks for 2 minutes) and
-    /// costs an idle link two small packets each way per interval.
+    /// binding lifetimes of common NATs (30 s and more; RFC 4787 asks for 2 minutes). Sent
+    /// by the end that dialled a link only: an idle link costs one PING and its ACK per
+    /// interval.
     pub keep_alive_ms: u64,
     /// QUIC idle timeout, milliseconds: a silent peer's link fails after this (three
     /// keep-alives). A crashed neighbour that is sent anything is noticed sooner, by the

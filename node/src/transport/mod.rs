@@ -242,19 +242,28 @@ impl Transport {
             creds.trust.clone(),
             crate::metrics::label(me),
         )?;
-        let mut t = TransportConfig::default();
-        t.max_concurrent_uni_streams(VarInt::from_u32(cfg.limits.max_streams_per_connection));
-        t.max_concurrent_bidi_streams(VarInt::from_u32(0));
-        t.keep_alive_interval(Some(Duration::from_millis(cfg.timers.keep_alive_ms)));
-        t.max_idle_timeout(Some(
-            IdleTimeout::try_from(Duration::from_millis(cfg.timers.idle_timeout_ms))
-                .map_err(|e| anyhow!("timers.idle_timeout_ms: {e}"))?,
-        ));
-        let t = Arc::new(t);
+        // Keep-alives from the dialling end only (proto/SPEC.md 2.8): its PINGs and the
+        // acceptor's ACKs carry packets both ways, which holds the NAT mappings on both
+        // sides and the idle timers of both ends; PINGs from both ends would double an idle
+        // link's wake-ups for nothing.
+        let transport = |keep_alive: bool| -> anyhow::Result<TransportConfig> {
+            let mut t = TransportConfig::default();
+            t.max_concurrent_uni_streams(VarInt::from_u32(cfg.limits.max_streams_per_connection));
+            t.max_concurrent_bidi_streams(VarInt::from_u32(0));
+            t.keep_alive_interval(
+                keep_alive.then(|| Duration::from_millis(cfg.timers.keep_alive_ms)),
+            );
+            t.max_idle_timeout(Some(
+                IdleTimeout::try_from(Duration::from_millis(cfg.timers.idle_timeout_ms))
+                    .map_err(|e| anyhow!("timers.idle_timeout_ms: {e}"))?,
+            ));
+            Ok(t)
+        };
+        let t = Arc::new(transport(true)?);
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
             QuicServerConfig::try_from(server_tls).context("QUIC server TLS")?,
         ));
-        server.transport_config(t.clone());
+        server.transport_config(Arc::new(transport(false)?));
         let mut app_tls = client_tls.clone();
         app_tls.alpn_protocols = vec![tls::ALPN_APP.to_vec()];
         let mut client = quinn::ClientConfig::new(Arc::new(
