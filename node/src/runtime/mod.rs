@@ -253,6 +253,12 @@ impl NodeHandle {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+
+    /// Completes when the node's task has ended (it dropped its command queue): a stop
+    /// on a fatal error, or after a shutdown. Wakes nobody before.
+    pub async fn finished(&self) {
+        self.cmd.closed().await;
+    }
 }
 
 /// The completion of an operation that a client cannot carry out (its admitting peer is
