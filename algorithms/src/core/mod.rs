@@ -769,9 +769,10 @@ impl OverlayNode {
         }
     }
 
-    fn set_timer(&mut self, at: Time, kind: TimerKind) {
+    fn set_timer(&mut self, at: Time, kind: TimerKind) -> (Time, u64) {
         self.timer_seq += 1;
         self.timers.insert((at, self.timer_seq), kind);
+        (at, self.timer_seq)
     }
 
     /// Calls into the algorithm with a fresh context and carries out what it asked for.
@@ -790,7 +791,7 @@ impl OverlayNode {
                     body,
                 } => self.request(Owner::Topology(token), target, body),
                 TopologyAction::Timer { at, timer } => {
-                    self.set_timer(at, TimerKind::Topology(timer))
+                    self.set_timer(at, TimerKind::Topology(timer));
                 }
                 TopologyAction::Event(e) => match e {
                     TopologyEvent::ResponsibilityChanged => self.replication_due = true,

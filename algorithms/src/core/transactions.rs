@@ -37,6 +37,9 @@ pub(super) struct Tx {
     direct: Option<NodeId>,
     attempt: u32,
     started: Time,
+    /// The armed retransmission timer, removed when the transaction ends (a timer left
+    /// to fire for nothing is a wake-up of an idle node).
+    timer: Option<(Time, u64)>,
 }
 
 impl Tx {
@@ -89,6 +92,7 @@ impl OverlayNode {
             destinations,
             direct,
             attempt: 0,
+            timer: None,
             started: self.now,
         };
         if let Some(n) = direct {
@@ -184,7 +188,10 @@ impl OverlayNode {
         }
         .rto(self.cfg.request_timeout, self.cfg.max_request_timeout);
         let rto = base * 2u32.saturating_pow(attempt);
-        self.set_timer(self.now + rto, TimerKind::Tx { id, attempt });
+        let key = self.set_timer(self.now + rto, TimerKind::Tx { id, attempt });
+        if let Some(old) = self.txs.get_mut(&id).and_then(|tx| tx.timer.replace(key)) {
+            self.timers.remove(&old);
+        }
     }
 
     /// Sends a transaction's current attempt along the route as it stands now (also used
@@ -301,6 +308,7 @@ impl OverlayNode {
     /// Removes transaction `id`, and its entry in the index of direct requests.
     fn take_tx(&mut self, id: u64) -> Option<Tx> {
         let tx = self.txs.remove(&id)?;
+        self.disarm(&tx);
         if let Some(n) = tx.direct {
             if let Some(ids) = self.direct_txs.get_mut(&n) {
                 ids.retain(|x| *x != id);
@@ -312,12 +320,20 @@ impl OverlayNode {
         Some(tx)
     }
 
+    /// Removes an ended transaction's retransmission timer.
+    fn disarm(&mut self, tx: &Tx) {
+        if let Some(key) = tx.timer {
+            self.timers.remove(&key);
+        }
+    }
+
     /// The link to `n` failed: requests sent straight to it cannot be answered, and end
     /// now instead of after their retransmissions.
     pub(super) fn fail_direct_requests(&mut self, n: NodeId) {
         let ids = self.direct_txs.remove(&n).unwrap_or_default();
         for id in ids {
             if let Some(tx) = self.txs.remove(&id) {
+                self.disarm(&tx);
                 self.stats.timeouts += 1;
                 let err = pb::ErrorAns {
                     code: ErrorCode::RequestTimeout as i32,
@@ -548,5 +564,40 @@ pub(super) mod tests {
         assert_eq!(node.pending_transactions(), 0);
         let got = seen.lock().map(|s| s.clone()).unwrap_or_default();
         assert_eq!(&got[3..], &[(2, true, t), (4, true, t)]);
+    }
+
+    /// A transaction that ends takes its retransmission timer with it: an idle node is
+    /// not woken for requests long answered.
+    #[test]
+    fn an_ended_transaction_leaves_no_timer_behind() {
+        let (me, a, b) = (Id(1), Id(100), Id(200));
+        let prober = Prober {
+            me,
+            sends: vec![a, b],
+            seen: Seen::default(),
+            replicas: Vec::new(),
+        };
+        let cfg = CoreConfig::default();
+        let last_retry = cfg.max_request_timeout * (cfg.retransmissions + 1);
+        let mut node = OverlayNode::new(
+            cfg,
+            Identity::from_seed([8; 32], "prober"),
+            Box::new(prober),
+            Box::new(MemoryStore::new()),
+            1,
+        );
+        node.start(Time(0), &[]);
+        assert_eq!(node.pending_transactions(), 2);
+        let armed = node.poll_timeout();
+        assert!(armed.is_some_and(|t| t < Time(0) + last_retry), "{armed:?}");
+        let t = Time(0) + Duration::from_millis(10);
+        node.handle_link(t, LinkEvent::Failed(a));
+        node.handle_link(t, LinkEvent::Failed(b));
+        assert_eq!(node.pending_transactions(), 0);
+        let next = node.poll_timeout();
+        assert!(
+            next.is_some_and(|n| n > Time(0) + last_retry),
+            "the next wake-up is a retransmission timer of an ended request: {next:?}"
+        );
     }
 }
