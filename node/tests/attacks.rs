@@ -909,32 +909,35 @@ fn holds(t: &p2psip_algorithms::RoutingSnapshot, id: Id) -> bool {
     t.successors.contains(&id) || t.predecessors.contains(&id) || t.fingers.contains(&id)
 }
 
-/// A Leave in B's name, sent to A through a raw link twice a second, never takes B out of
-/// A's tables.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_leave_leaves_the_peer_in_the_tables() {
-    let peers = ring_of_four().await;
+/// A Leave in B's name to A, through the link of the attacker `me`, signed by `signer`.
+fn leave_of(b: Id, a: Id, me: Id, tx: u64, signer: Option<&Identity>) -> Vec<u8> {
+    message(
+        &[b, me],
+        p2psip_proto::Destination::Node(a),
+        tx,
+        pb::LeaveReq {
+            leaving_peer_id: b.to_bytes().to_vec(),
+            overlay_specific: vec![],
+        }
+        .into(),
+        signer,
+    )
+}
+
+/// Sends A (`peers[0]`) over `conn`, twice a second for 10 s, the Leaves in the name of B
+/// (`peers[1]`) that `leaves(i)` gives; B is in A's tables at every sample.
+async fn b_stays_while_leaves_arrive(
+    peers: Vec<NodeHandle>,
+    conn: &quinn::Connection,
+    leaves: impl Fn(u64) -> Vec<Vec<u8>>,
+    what: &str,
+) {
     let (a, b) = (&peers[0], &peers[1]);
-    let me = Identity::from_seed([0x78; 32], "");
-    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0x78; 32]).await;
-    let leave = |tx: u64, signer: Option<&Identity>| {
-        message(
-            &[b.id, me.node_id],
-            p2psip_proto::Destination::Node(a.id),
-            tx,
-            pb::LeaveReq {
-                leaving_peer_id: b.id.to_bytes().to_vec(),
-                overlay_specific: vec![],
-            }
-            .into(),
-            signer,
-        )
-    };
     let (mut present, mut samples) = (0, 0);
     for i in 0..20u64 {
-        // Unsigned, and signed by the attacker.
-        send_raw(&conn, &leave(0x7000_0000 + 2 * i, None)).await;
-        send_raw(&conn, &leave(0x7000_0001 + 2 * i, Some(&me))).await;
+        for m in leaves(i) {
+            send_raw(conn, &m).await;
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
         let t = a.status().await.unwrap().routing;
         samples += 1;
@@ -942,10 +945,28 @@ async fn a_forged_leave_leaves_the_peer_in_the_tables() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("  B in A's tables in {present} of {samples} samples");
-    assert_eq!(present, samples, "a forged Leave took B out of A's tables");
+    assert_eq!(present, samples, "{what} took B out of A's tables");
     for p in peers {
         p.shutdown().await;
     }
+}
+
+/// A Leave in B's name, sent to A through a raw link twice a second, never takes B out of
+/// A's tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_leave_leaves_the_peer_in_the_tables() {
+    let peers = ring_of_four().await;
+    let (a, b) = (peers[0].id, peers[1].id);
+    let me = Identity::from_seed([0x78; 32], "");
+    let (_ep, conn) = raw_connect(peers[0].addr, OVERLAY, [0x78; 32]).await;
+    // Unsigned, and signed by the attacker.
+    let forged = |i: u64| {
+        vec![
+            leave_of(b, a, me.node_id, 0x7000_0000 + 2 * i, None),
+            leave_of(b, a, me.node_id, 0x7000_0001 + 2 * i, Some(&me)),
+        ]
+    };
+    b_stays_while_leaves_arrive(peers, &conn, forged, "a forged Leave").await;
 }
 
 /// B's own signed Leave, replayed later through another peer's link (a neighbour that
@@ -954,40 +975,14 @@ async fn a_forged_leave_leaves_the_peer_in_the_tables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_leave_signed_by_the_peer_leaves_it_in_the_tables() {
     let peers = ring_of_four().await;
-    let (a, b) = (&peers[0], &peers[1]);
+    let (a, b) = (peers[0].id, peers[1].id);
     // B's key: what a neighbour holding one of B's earlier Leaves could replay.
     let b_key = Identity::from_seed([0x72; 32], "");
-    assert_eq!(b_key.node_id, b.id, "the test's copy of B's key is not B's");
+    assert_eq!(b_key.node_id, b, "the test's copy of B's key is not B's");
     let me = Identity::from_seed([0xa1; 32], "");
-    let (_ep, conn) = raw_connect(a.addr, OVERLAY, [0xa1; 32]).await;
-    let (mut present, mut samples) = (0, 0);
-    for i in 0..20u64 {
-        let replay = message(
-            &[b.id, me.node_id],
-            p2psip_proto::Destination::Node(a.id),
-            0x7100_0000 + i,
-            pb::LeaveReq {
-                leaving_peer_id: b.id.to_bytes().to_vec(),
-                overlay_specific: vec![],
-            }
-            .into(),
-            Some(&b_key),
-        );
-        send_raw(&conn, &replay).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let t = a.status().await.unwrap().routing;
-        samples += 1;
-        present += u32::from(holds(&t, b.id));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    eprintln!("  B in A's tables in {present} of {samples} samples");
-    assert_eq!(
-        present, samples,
-        "a replayed Leave took B out of A's tables"
-    );
-    for p in peers {
-        p.shutdown().await;
-    }
+    let (_ep, conn) = raw_connect(peers[0].addr, OVERLAY, [0xa1; 32]).await;
+    let replayed = |i: u64| vec![leave_of(b, a, me.node_id, 0x7100_0000 + i, Some(&b_key))];
+    b_stays_while_leaves_arrive(peers, &conn, replayed, "a replayed Leave").await;
 }
 
 fn chord_update(preds: &[Id], succs: &[Id]) -> p2psip_proto::Body {
