@@ -242,13 +242,15 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
 #[test]
 fn a_frozen_peer_is_routed_around_within_the_hop_acknowledgement() {
     let root = TempDir::new("frozen");
-    // The daemon's default transport timers (15 s keep-alive, 45 s idle timeout, hop
-    // acknowledgement on); fast stabilisation only, so the five peers settle quickly.
+    // The daemon's default transport timers (15 s keep-alive, 45 s idle timeout) with the
+    // hop acknowledgement on (300 ms, as the simulator models it); fast stabilisation
+    // only, so the five peers settle quickly.
     let config = |dir: &std::path::Path, boot: &[std::net::SocketAddr]| {
         std::fs::create_dir_all(dir).unwrap();
         let boot: Vec<String> = boot.iter().map(|a| format!("\"{a}\"")).collect();
         let text = format!(
             "overlay = \"{OVERLAY}\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
+             [timers]\nhop_ack_slack_ms = 300\n\
              [chord]\nstabilize_interval_s = 1\nfinger_interval_s = 2\n\
              [log]\nlevel = \"info\"\n",
             boot.join(", ")
@@ -328,4 +330,95 @@ fn a_frozen_peer_is_routed_around_within_the_hop_acknowledgement() {
         "a fetch waited {slowest:?}: the frozen peer was not routed around in time"
     );
     assert!(unacked >= 1.0, "the hop acknowledgement closed no link");
+}
+
+/// A fleet under load is slow, not dead: 20 peers with the daemon's defaults, 64
+/// operations in flight and 8 copies of every value (the OpenDHT bench's settings). With
+/// the hop acknowledgement on by default (commit 5cae9ef) its peers' acknowledgements came
+/// late, it closed links of live peers and the fleet failed operations: 719 of them and
+/// 358 links here, 622 of 1,000 puts and every get in the bench. Now it is off by default.
+#[test]
+fn a_loaded_fleet_closes_no_link_of_a_live_peer() {
+    let root = TempDir::new("loaded");
+    let config = |dir: &std::path::Path, boot: &[std::net::SocketAddr]| {
+        std::fs::create_dir_all(dir).unwrap();
+        let boot: Vec<String> = boot.iter().map(|a| format!("\"{a}\"")).collect();
+        let text = format!(
+            "overlay = \"{OVERLAY}\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
+             [chord]\nsuccessors = 8\nreplicas = 7\n[log]\nlevel = \"info\"\n",
+            boot.join(", ")
+        );
+        let p = dir.join("p2psip.toml");
+        std::fs::write(&p, text).unwrap();
+        spawn_node(dir, p)
+    };
+    let mut nodes = vec![config(&root.0.join("n0"), &[])];
+    let boot = nodes[0].addr;
+    for i in 1..20 {
+        nodes.push(config(&root.0.join(format!("n{i}")), &[boot]));
+    }
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(30), || joined(n).then_some(())).is_some(),
+            "node {} did not join",
+            n.id
+        );
+    }
+    let last = nodes[nodes.len() - 1].addr.to_string();
+    // The bench's own client timeout (2 s), not the tests' 10 s.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_p2psip"))
+        .args([
+            "client",
+            "--peer",
+            &last,
+            "--overlay",
+            OVERLAY,
+            "--timeout",
+            "2s",
+        ])
+        .args([
+            "bench",
+            "--count",
+            "300",
+            "--duration",
+            "8s",
+            "--window",
+            "64",
+        ])
+        .args(["--check-peer", &boot.to_string()])
+        .output()
+        .unwrap();
+    let code = run.status.code().unwrap_or(-1);
+    let out = String::from_utf8_lossy(&run.stdout);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(code, 0, "bench through {last}: {err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("the bench's JSON");
+    let unacked: f64 = nodes
+        .iter()
+        .filter_map(|n| scrape(n.metrics))
+        .map(|t| {
+            metric_sum(
+                &parse_prometheus(&t),
+                "p2psip_links_unacknowledged_total",
+                &[],
+            )
+        })
+        .sum();
+    eprintln!(
+        "  puts failed {}, found {} of 300, {} ops/s with {} failed, {unacked} links closed unacknowledged",
+        r["put"]["failed"], r["get"]["found"], r["throughput"]["ops_per_s"], r["throughput"]["failed"]
+    );
+    assert_eq!(r["put"]["failed"], 0, "puts failed");
+    assert_eq!(r["get"]["found"], 300, "values not found");
+    // The throughput phase's operations time out at 2 s: on a machine that runs other
+    // tests beside this one a few may, whatever the links do (before: 15% of them).
+    let (ops, failed) = (
+        r["throughput"]["ops_per_s"].as_f64().unwrap_or(0.0) * 8.0,
+        r["throughput"]["failed"].as_f64().unwrap_or(f64::MAX),
+    );
+    assert!(
+        failed <= ops / 100.0,
+        "{failed} operations under load failed of about {ops}"
+    );
+    assert_eq!(unacked, 0.0, "links of live peers closed as unacknowledged");
 }

@@ -185,7 +185,8 @@ impl Transport {
                             let wait = hop_ack_timeout(conn.rtt(), bytes.len(), *slack);
                             // A full watch queue holds a message still unacknowledged: it
                             // alone decides; this one goes unwatched.
-                            let _ = tx.try_send((s, Instant::now() + wait));
+                            let now = Instant::now();
+                            let _ = tx.try_send((s, now, now + wait));
                         }
                     }
                     Err(_) => break,
@@ -198,29 +199,53 @@ impl Transport {
     /// until the peer's QUIC stack has acknowledged every byte of each message stream; a
     /// stream still unacknowledged at its deadline closes the connection, which reports
     /// the link failed to the runtime, whose core routes again what left on it.
+    /// How long the hop acknowledgement lets the endpoint run before it concludes that a
+    /// peer sent nothing (QUIC's default max_ack_delay).
+    const ACK_GRACE: Duration = Duration::from_millis(25);
+
     fn spawn_ack_watch(
         self: &Arc<Self>,
         peer: NodeId,
         conn: Connection,
-    ) -> mpsc::Sender<(quinn::SendStream, Instant)> {
-        let (tx, mut rx) = mpsc::channel::<(quinn::SendStream, Instant)>(ACK_WATCH_QUEUE);
+    ) -> mpsc::Sender<(quinn::SendStream, Instant, Instant)> {
+        let (tx, mut rx) = mpsc::channel::<(quinn::SendStream, Instant, Instant)>(ACK_WATCH_QUEUE);
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some((s, deadline)) = rx.recv().await {
+            while let Some((s, sent, deadline)) = rx.recv().await {
+                let counts = |c: &Connection| {
+                    let st = c.stats();
+                    (st.udp_rx.datagrams, st.udp_tx.datagrams)
+                };
+                let (mut heard, mut said) = counts(&conn);
+                let window = deadline.saturating_duration_since(sent);
+                let mut deadline = deadline;
                 // Acknowledged, stopped by the peer (it is alive) or the connection is
                 // gone: all the same here.
-                if tokio::time::timeout_at(deadline, s.stopped())
+                while tokio::time::timeout_at(deadline, s.stopped())
                     .await
                     .is_err()
                 {
+                    // The peer is gone only if we sent it packets all that time and heard
+                    // nothing back. A peer that sent anything is slow (loaded), not gone;
+                    // if we sent nothing, the message waits for the peer's flow control
+                    // (it reads slowly). Either way: wait another window.
+                    // First let the endpoint take in what has arrived: after a busy spell
+                    // of this runtime, the socket may hold the peer's packets uncounted.
+                    tokio::time::sleep(Self::ACK_GRACE).await;
+                    let (now_heard, now_said) = counts(&conn);
+                    if now_heard > heard || now_said == said {
+                        (heard, said) = (now_heard, now_said);
+                        deadline = Instant::now() + window;
+                        continue;
+                    }
                     me.stats
                         .unacknowledged_links
                         .fetch_add(1, Ordering::Relaxed);
                     let rtt = conn.rtt();
                     crate::remote_log!(info, "link_unacknowledged", %peer,
-                        "closing the link: a message was not acknowledged in time (round trip {rtt:?})");
+                        "closing the link: a message was not acknowledged and nothing was heard from the peer in time (round trip {rtt:?})");
                     conn.close(VarInt::from_u32(CLOSE_UNACKNOWLEDGED), b"not acknowledged");
-                    break;
+                    return;
                 }
             }
         });
