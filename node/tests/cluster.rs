@@ -235,6 +235,51 @@ fn ten_processes_store_fetch_survive_kills_and_restart() {
     }
 }
 
+/// Links the given nodes closed as unacknowledged (`p2psip_links_unacknowledged_total`).
+fn unacknowledged_links<'a>(nodes: impl Iterator<Item = &'a NodeProc>) -> f64 {
+    nodes
+        .filter_map(|n| scrape(n.metrics))
+        .map(|t| {
+            metric_sum(
+                &parse_prometheus(&t),
+                "p2psip_links_unacknowledged_total",
+                &[],
+            )
+        })
+        .sum()
+}
+
+/// `n` peer processes under `root` with the daemon's own transport timers (not the fast
+/// ones of `common::write_config`) plus the configuration `tables` (TOML tables), joined:
+/// the first forms the overlay, the others join through it.
+fn daemon_fleet(root: &TempDir, n: usize, tables: &str) -> Vec<NodeProc> {
+    let config = |dir: &std::path::Path, boot: &[std::net::SocketAddr]| {
+        std::fs::create_dir_all(dir).unwrap();
+        let boot: Vec<String> = boot.iter().map(|a| format!("\"{a}\"")).collect();
+        let text = format!(
+            "overlay = \"{OVERLAY}\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
+             {tables}[log]\nlevel = \"info\"\n",
+            boot.join(", ")
+        );
+        let p = dir.join("p2psip.toml");
+        std::fs::write(&p, text).unwrap();
+        spawn_node(dir, p)
+    };
+    let mut nodes = vec![config(&root.0.join("n0"), &[])];
+    let boot = nodes[0].addr;
+    for i in 1..n {
+        nodes.push(config(&root.0.join(format!("n{i}")), &[boot]));
+    }
+    for n in &nodes {
+        assert!(
+            eventually(Duration::from_secs(30), || joined(n).then_some(())).is_some(),
+            "node {} did not join",
+            n.id
+        );
+    }
+    nodes
+}
+
 /// A peer that stops answering without closing anything (frozen with SIGSTOP, as a host
 /// that lost power or its network would): the peers that send to it notice within the hop
 /// acknowledgement (proto/SPEC.md 2.6), not the QUIC idle timeout (45 s by default), and
@@ -245,32 +290,11 @@ fn a_frozen_peer_is_routed_around_within_the_hop_acknowledgement() {
     // The daemon's default transport timers (15 s keep-alive, 45 s idle timeout) with the
     // hop acknowledgement on (300 ms, as the simulator models it); fast stabilisation
     // only, so the five peers settle quickly.
-    let config = |dir: &std::path::Path, boot: &[std::net::SocketAddr]| {
-        std::fs::create_dir_all(dir).unwrap();
-        let boot: Vec<String> = boot.iter().map(|a| format!("\"{a}\"")).collect();
-        let text = format!(
-            "overlay = \"{OVERLAY}\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
-             [timers]\nhop_ack_slack_ms = 300\n\
-             [chord]\nstabilize_interval_s = 1\nfinger_interval_s = 2\n\
-             [log]\nlevel = \"info\"\n",
-            boot.join(", ")
-        );
-        let p = dir.join("p2psip.toml");
-        std::fs::write(&p, text).unwrap();
-        spawn_node(dir, p)
-    };
-    let mut nodes = vec![config(&root.0.join("n0"), &[])];
-    let boot = nodes[0].addr;
-    for i in 1..5 {
-        nodes.push(config(&root.0.join(format!("n{i}")), &[boot]));
-    }
-    for n in &nodes {
-        assert!(
-            eventually(Duration::from_secs(30), || joined(n).then_some(())).is_some(),
-            "node {} did not join",
-            n.id
-        );
-    }
+    let nodes = daemon_fleet(
+        &root,
+        5,
+        "[timers]\nhop_ack_slack_ms = 300\n[chord]\nstabilize_interval_s = 1\nfinger_interval_s = 2\n",
+    );
     for v in 0..20 {
         let name = format!("user{v}");
         let (code, out, err) = client(nodes[v % 5].addr, OVERLAY, &["store", &name, "x"]);
@@ -307,18 +331,7 @@ fn a_frozen_peer_is_routed_around_within_the_hop_acknowledgement() {
         slowest = slowest.max(t.elapsed());
     }
     let took = start.elapsed();
-    let unacked: f64 = nodes
-        .iter()
-        .filter(|n| n.id != nodes[3].id)
-        .filter_map(|n| scrape(n.metrics))
-        .map(|t| {
-            metric_sum(
-                &parse_prometheus(&t),
-                "p2psip_links_unacknowledged_total",
-                &[],
-            )
-        })
-        .sum();
+    let unacked = unacknowledged_links(nodes.iter().filter(|n| n.id != nodes[3].id));
     signal("-CONT");
     eprintln!("20 fetches with one peer frozen: {took:?}, slowest {slowest:?}, {unacked} links closed unacknowledged");
     assert!(
@@ -340,30 +353,8 @@ fn a_frozen_peer_is_routed_around_within_the_hop_acknowledgement() {
 #[test]
 fn a_loaded_fleet_closes_no_link_of_a_live_peer() {
     let root = TempDir::new("loaded");
-    let config = |dir: &std::path::Path, boot: &[std::net::SocketAddr]| {
-        std::fs::create_dir_all(dir).unwrap();
-        let boot: Vec<String> = boot.iter().map(|a| format!("\"{a}\"")).collect();
-        let text = format!(
-            "overlay = \"{OVERLAY}\"\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
-             [chord]\nsuccessors = 8\nreplicas = 7\n[log]\nlevel = \"info\"\n",
-            boot.join(", ")
-        );
-        let p = dir.join("p2psip.toml");
-        std::fs::write(&p, text).unwrap();
-        spawn_node(dir, p)
-    };
-    let mut nodes = vec![config(&root.0.join("n0"), &[])];
+    let nodes = daemon_fleet(&root, 20, "[chord]\nsuccessors = 8\nreplicas = 7\n");
     let boot = nodes[0].addr;
-    for i in 1..20 {
-        nodes.push(config(&root.0.join(format!("n{i}")), &[boot]));
-    }
-    for n in &nodes {
-        assert!(
-            eventually(Duration::from_secs(30), || joined(n).then_some(())).is_some(),
-            "node {} did not join",
-            n.id
-        );
-    }
     let last = nodes[nodes.len() - 1].addr.to_string();
     // The bench's own client timeout (2 s), not the tests' 10 s.
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_p2psip"))
@@ -393,17 +384,7 @@ fn a_loaded_fleet_closes_no_link_of_a_live_peer() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(code, 0, "bench through {last}: {err}");
     let r: serde_json::Value = serde_json::from_str(&out).expect("the bench's JSON");
-    let unacked: f64 = nodes
-        .iter()
-        .filter_map(|n| scrape(n.metrics))
-        .map(|t| {
-            metric_sum(
-                &parse_prometheus(&t),
-                "p2psip_links_unacknowledged_total",
-                &[],
-            )
-        })
-        .sum();
+    let unacked = unacknowledged_links(nodes.iter());
     eprintln!(
         "  puts failed {}, found {} of 300, {} ops/s with {} failed, {unacked} links closed unacknowledged",
         r["put"]["failed"], r["get"]["found"], r["throughput"]["ops_per_s"], r["throughput"]["failed"]

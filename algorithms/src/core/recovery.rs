@@ -21,8 +21,8 @@ pub(super) enum Resend {
     Forward { from: NodeId, bytes: Vec<u8> },
 }
 
-/// The daemon's default `slack` of [`hop_ack_timeout`] (`timers.hop_ack_slack_ms`), and
-/// the simulator's.
+/// The simulator's default `slack` of [`hop_ack_timeout`] (`network.hop_ack_slack`). The
+/// daemon's `timers.hop_ack_slack_ms` is 0 (off) by default: loaded peers tripped it.
 pub const HOP_ACK_SLACK: Duration = Duration::from_millis(300);
 
 /// How long a sender waits for the transport of a link to acknowledge a message it sent

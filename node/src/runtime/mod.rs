@@ -249,11 +249,6 @@ impl NodeHandle {
         let _ = self.task.await;
     }
 
-    /// Whether the node's task has ended.
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
     /// Completes when the node's task has ended (it dropped its command queue): a stop
     /// on a fatal error, or after a shutdown. Wakes nobody before.
     pub async fn finished(&self) {

@@ -195,14 +195,15 @@ impl Transport {
         });
     }
 
-    /// The hop acknowledgement (proto/SPEC.md 2.6): waits, in the order they were sent,
-    /// until the peer's QUIC stack has acknowledged every byte of each message stream; a
-    /// stream still unacknowledged at its deadline closes the connection, which reports
-    /// the link failed to the runtime, whose core routes again what left on it.
     /// How long the hop acknowledgement lets the endpoint run before it concludes that a
     /// peer sent nothing (QUIC's default max_ack_delay).
     const ACK_GRACE: Duration = Duration::from_millis(25);
 
+    /// The hop acknowledgement (proto/SPEC.md 2.6): waits, in the order they were sent,
+    /// until the peer's QUIC stack has acknowledged every byte of each message stream; a
+    /// stream still unacknowledged at its deadline, on a connection that carried packets
+    /// from this node but none from the peer meanwhile, closes the connection, which
+    /// reports the link failed to the runtime, whose core routes again what left on it.
     fn spawn_ack_watch(
         self: &Arc<Self>,
         peer: NodeId,
@@ -228,9 +229,9 @@ impl Transport {
                     // The peer is gone only if we sent it packets all that time and heard
                     // nothing back. A peer that sent anything is slow (loaded), not gone;
                     // if we sent nothing, the message waits for the peer's flow control
-                    // (it reads slowly). Either way: wait another window.
-                    // First let the endpoint take in what has arrived: after a busy spell
-                    // of this runtime, the socket may hold the peer's packets uncounted.
+                    // (it reads slowly). Either way: wait another window. The endpoint
+                    // first takes in what has arrived: after a busy spell of this
+                    // runtime, the socket may hold the peer's packets uncounted.
                     tokio::time::sleep(Self::ACK_GRACE).await;
                     let (now_heard, now_said) = counts(&conn);
                     if now_heard > heard || now_said == said {
