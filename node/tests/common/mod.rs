@@ -4,6 +4,7 @@
 pub mod baresip;
 pub mod kamailio;
 pub mod linphone;
+pub mod phone;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
