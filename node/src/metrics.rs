@@ -32,6 +32,12 @@ pub fn label(id: p2psip_algorithms::NodeId) -> String {
     format!("{id}")
 }
 
+/// A keep-alive a SIP front-end answered (RFC 5626: `stun` on its UDP port, `crlf` on
+/// a stream).
+pub fn sip_keepalive(node: p2psip_algorithms::NodeId, kind: &'static str) {
+    counter!("p2psip_sip_keepalives_total", "node" => label(node), "kind" => kind).increment(1);
+}
+
 /// Whether an exporter is installed (metrics are computed only then).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)

@@ -857,27 +857,16 @@ fn reason_phrases_pass_through_untouched() {
     let carol = socket();
     carol.send_to(invite(&carol, 1).as_bytes(), fe).unwrap();
     let mut buf = [0u8; 65535];
-    let invite_at_alice = eventually(Duration::from_secs(5), || {
-        let (n, _) = alice.recv_from(&mut buf).ok()?;
-        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-        m.starts_with("INVITE ").then_some(m)
-    })
-    .expect("the INVITE never reached alice");
+    let invite_at_alice = next_request(&alice, "INVITE").expect("the INVITE never reached alice");
     // alice answers 486 with her own phrase, copying the headers a UAS copies.
-    let mut answer = String::from("SIP/2.0 486 Rejected by Alice, Sorry\r\n");
-    for l in invite_at_alice.lines() {
-        let lower = l.to_ascii_lowercase();
-        if ["via:", "from:", "call-id:", "cseq:"]
-            .iter()
-            .any(|p| lower.starts_with(p))
-        {
-            answer += &format!("{l}\r\n");
-        } else if lower.starts_with("to:") {
-            answer += &format!("{l};tag=alice1\r\n");
-        }
-    }
-    answer += "Content-Length: 0\r\n\r\n";
-    alice.send_to(answer.as_bytes(), fe).unwrap();
+    answer(
+        &alice,
+        fe,
+        &invite_at_alice,
+        486,
+        "Rejected by Alice, Sorry",
+        "alice1",
+    );
     let got = eventually(Duration::from_secs(5), || {
         let (n, _) = carol.recv_from(&mut buf).ok()?;
         let m = String::from_utf8_lossy(&buf[..n]).into_owned();

@@ -165,6 +165,10 @@ pub struct SipSection {
     /// nor the limit of failed authentications per address applies to them (failures
     /// still count per user).
     pub trusted_proxies: Vec<String>,
+    /// RFC 5626: the Flow-Timer (seconds) in the 200 to a phone that registers an
+    /// outbound flow straight to this front-end: it sends a keep-alive (STUN on UDP,
+    /// CRLFCRLF on TCP) every 80-100% of it. 0: none sent, phones use their own default.
+    pub flow_timer_s: u32,
 }
 
 impl Default for SipSection {
@@ -186,6 +190,7 @@ impl Default for SipSection {
             requests_per_s_per_source: 500,
             max_requests_in_flight: 4096,
             trusted_proxies: Vec::new(),
+            flow_timer_s: 0,
         }
     }
 }

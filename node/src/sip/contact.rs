@@ -117,12 +117,18 @@ pub fn parse(value: &str) -> Option<Contacts> {
 }
 
 impl Contact {
-    /// The `expires` parameter, if any and numeric.
-    pub fn expires(&self) -> Option<u32> {
+    /// The value of parameter `name` (lower case), quotes taken off; None when absent or
+    /// valueless.
+    pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
-            .find(|(n, _)| n == "expires")
-            .and_then(|(_, v)| v.as_deref()?.trim_matches('"').parse().ok())
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| Some(v.as_deref()?.trim_matches('"')))
+    }
+
+    /// The `expires` parameter, if any and numeric.
+    pub fn expires(&self) -> Option<u32> {
+        self.param("expires")?.parse().ok()
     }
 
     /// The parameters as written (`;name=value...`), `expires` left out.

@@ -13,6 +13,7 @@ pub mod contact;
 mod fork;
 mod forking;
 pub mod identities;
+mod keepalive;
 mod proxy;
 pub mod raw;
 mod register;
@@ -80,6 +81,8 @@ struct Inner {
     udp: UdpSocket,
     /// Devices registered at this node, by AOR.
     bindings: DashMap<String, Vec<registrar::Device>>,
+    /// The AOR of each temporary GRUU token issued here (RFC 5627).
+    temp_gruus: DashMap<String, String>,
     /// Application streams to and from other nodes: their writers.
     streams: DashMap<NodeId, mpsc::Sender<Vec<u8>>>,
     /// Held while a stream to that node is being opened (one AppAttach at a time).
@@ -131,6 +134,9 @@ impl SipFrontEnd {
             hop: Hop::Udp(a),
             expires,
             path: Vec::new(),
+            reg_id: None,
+            call_id: String::new(),
+            temp_gruu: None,
         };
         match i.bind(&aor, user, &[change]).await {
             Ok(_) => Ok(()),
@@ -175,6 +181,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         cfg,
         udp,
         bindings: DashMap::new(),
+        temp_gruus: DashMap::new(),
         streams: DashMap::new(),
         opening: DashMap::new(),
         tcp: DashMap::new(),
@@ -192,6 +199,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             match i.udp.recv_from(&mut buf).await {
+                Ok((n, src)) if keepalive::is_stun(&buf[..n]) => i.stun(&buf[..n], src).await,
                 Ok((n, src)) => i.clone().dispatch(buf[..n].to_vec(), Hop::Udp(src)).await,
                 Err(e) => tracing::debug!(error = %e, "SIP: UDP receive"),
             }
@@ -381,8 +389,9 @@ impl Inner {
     /// The user part of `uri` if it names a user of this front-end's domain (its host
     /// the domain, or an IP address, which stands for it).
     fn domain_user(&self, uri: &rsip::Uri) -> Option<String> {
+        let uri = repaired(uri);
         let user = &uri.auth.as_ref()?.user;
-        (aor_of(uri, &self.cfg.domain)? == format!("sip:{user}@{}", self.cfg.domain))
+        (aor_of(&uri, &self.cfg.domain)? == format!("sip:{user}@{}", self.cfg.domain))
             .then(|| user.clone())
     }
 

@@ -69,6 +69,9 @@ impl Inner {
             self.reply(&req, 404, vec![], src).await;
             bail!("request URI {} names no user", req.uri);
         };
+        if let Some((node, token)) = temp_gruu_of(&req.uri) {
+            return self.route_temp_gruu(req, src, node, &token).await;
+        }
         let gr = gr_param(&req.uri);
         // A URI naming this front-end by address means the user of our domain: the
         // request goes on for the AOR itself (else the front-end holding the binding
@@ -96,11 +99,11 @@ impl Inner {
         if here {
             let mut devices = self.devices_of(&aor);
             devices.retain(|d| gr_device.as_deref().is_none_or(|g| g == d.id));
-            expired = devices.iter().any(|d| d.expires <= now);
-            // The most recently refreshed first.
-            devices.retain(|d| d.expires > now);
-            devices.sort_by_key(|d| std::cmp::Reverse(d.expires));
-            for d in devices {
+            // The most recently refreshed first; of a device's outbound flows only the
+            // newest that still stands.
+            let live = registrar::targets(&devices, now, |d| self.flow_alive(d));
+            expired = live.is_empty() && !devices.is_empty();
+            for d in live {
                 targets.push(Target::device(&d)?);
             }
         }
@@ -157,6 +160,55 @@ impl Inner {
         let hop = t.hop;
         t.apply(&mut req);
         self.forward(req, hop, Some(src)).await
+    }
+
+    /// A request to a temporary GRUU (RFC 5627): carried to the node that issued it, which
+    /// delivers it to the device the token names (404 for a token it never issued or no
+    /// longer keeps, 480 when the device's registration ran out).
+    async fn route_temp_gruu(
+        self: &Arc<Self>,
+        mut req: Request,
+        src: Hop,
+        node: NodeId,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        if node != self.node.id {
+            if let Err(e) = self.stream_to(node).await {
+                self.reply(&req, 480, vec![], src).await;
+                return Err(e);
+            }
+            return self.forward(req, Hop::Node(node), Some(src)).await;
+        }
+        let device = self
+            .temp_gruus
+            .get(token)
+            .map(|aor| aor.clone())
+            .and_then(|aor| {
+                let devices = self.devices_of(&aor);
+                registrar::with_temp_gruu(&devices, token).cloned()
+            });
+        let Some(d) = device else {
+            self.reply(&req, 404, vec![], src).await;
+            bail!("temporary GRUU {}: not issued here", req.uri);
+        };
+        if d.expires <= Instant::now() || (d.reg_id.is_some() && !self.flow_alive(&d)) {
+            self.reply(&req, 480, vec![], src).await;
+            bail!("temporary GRUU {}: its device is gone", req.uri);
+        }
+        let t = Target::device(&d)?;
+        let hop = t.hop;
+        t.apply(&mut req);
+        self.forward(req, hop, Some(src)).await
+    }
+
+    /// Whether the flow of an outbound binding still stands: a TCP connection the phone
+    /// has closed does not (the front-end never dials a phone's flow; RFC 5626 section
+    /// 5.3). UDP flows, and flows an edge proxy keeps (Path), stand until they expire.
+    pub(super) fn flow_alive(&self, d: &registrar::Device) -> bool {
+        match d.hop {
+            Hop::Tcp(a) if d.path.is_empty() => self.tcp.get(&a).is_some_and(|w| !w.is_closed()),
+            _ => true,
+        }
     }
 
     pub(super) async fn resolve(&self, aor: &str, gr: Option<&str>) -> anyhow::Result<Resolved> {

@@ -61,6 +61,18 @@ impl Inner {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // RFC 5626: flows are asked for with `Supported: outbound` and a reg-id; RFC 5627
+        // temporary GRUUs with `Supported: gruu`.
+        let outbound = supports(&req, "outbound");
+        let gruu = supports(&req, "gruu");
+        let call_id = req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        // The registrar is the first hop (one Via), or an edge proxy keeps the flow (the
+        // first Path URI has `ob`).
+        let direct = via_count(&req) == 1;
+        let edge_keeps_flow = path.first().is_some_and(|p| has_ob(p));
         let path_hop = match path.first() {
             Some(first) => match path_hop(first) {
                 Some(h @ (Hop::Udp(_) | Hop::Tcp(_))) => Some(h),
@@ -86,6 +98,9 @@ impl Inner {
                     hop: d.hop,
                     expires: 0,
                     path: d.path,
+                    reg_id: d.reg_id,
+                    call_id: call_id.clone(),
+                    temp_gruu: None,
                 })
                 .collect()
         } else {
@@ -106,9 +121,24 @@ impl Inner {
                     self.reply(&req, 423, extra, src).await;
                     return Ok(());
                 }
-                // A device on TCP is reached on its connection; a Contact asking for TCP
-                // over TCP wherever the REGISTER came from; else at its Contact address.
+                let instance = registrar::instance_of(&c);
+                let reg_id = c
+                    .param("reg-id")
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|_| outbound && instance.is_some());
+                if reg_id.is_some() && !direct && !edge_keeps_flow {
+                    // RFC 5626 section 6: a proxy between the phone and us that does not
+                    // keep the flow; the phone may register without outbound instead.
+                    let status = StatusCode::Other(439, "First Hop Lacks Outbound Support".into());
+                    self.reply_status(&req, status, vec![], src).await;
+                    bail!("REGISTER of {aor}: outbound asked for through a proxy without it");
+                }
+                // An outbound flow is where the REGISTER came from (or its edge proxy,
+                // through the Path); a device on TCP is reached on its connection; a
+                // Contact asking for TCP over TCP wherever the REGISTER came from; else at
+                // its Contact address.
                 let hop = match (src, route_hop(&curi)) {
+                    _ if reg_id.is_some() && direct => src,
                     (Hop::Tcp(a), _) => Hop::Tcp(a),
                     (_, Some(h @ Hop::Tcp(_))) => h,
                     (_, Some(Hop::Udp(a))) => Hop::Udp(a),
@@ -122,13 +152,18 @@ impl Inner {
                         }
                     },
                 };
+                let temp_gruu = (gruu && instance.is_some() && expires > 0)
+                    .then(|| hex::encode(rand::random::<[u8; 10]>()));
                 out.push(registrar::Change {
-                    instance: registrar::instance_of(&c),
+                    instance,
                     prefs: c.params_text(),
                     contact: c.uri,
                     hop,
                     expires: expires.min(self.cfg.max_expires),
                     path: path.clone(),
+                    reg_id,
+                    call_id: call_id.clone(),
+                    temp_gruu,
                 });
             }
             out
@@ -170,6 +205,18 @@ impl Inner {
         if !path.is_empty() {
             extra.push(Header::Other("Path".into(), path.join(", ")));
         }
+        if changes.iter().any(|c| c.reg_id.is_some() && c.expires > 0) {
+            extra.push(Header::Require(rsip::headers::Require::new("outbound")));
+            if direct && self.cfg.flow_timer > 0 {
+                extra.push(Header::Other(
+                    "Flow-Timer".into(),
+                    self.cfg.flow_timer.to_string(),
+                ));
+            }
+        }
+        extra.push(Header::Supported(rsip::headers::Supported::new(
+            requests::SUPPORTED,
+        )));
         self.reply(&req, 200, extra, src).await;
         Ok(())
     }
@@ -183,12 +230,20 @@ impl Inner {
         changes: &[registrar::Change],
     ) -> Result<Vec<registrar::Device>, Unbound> {
         let now = Instant::now();
-        let devices = {
+        let (before, devices) = {
             let mut e = self.bindings.entry(aor.to_string()).or_default();
             let d = registrar::apply(&e, changes, now).map_err(|_| Unbound::TooManyDevices)?;
-            *e = d.clone();
-            d
+            (std::mem::replace(&mut *e, d.clone()), d)
         };
+        // The temporary GRUU index follows the bindings.
+        for t in registrar::temp_gruus(&before) {
+            if registrar::with_temp_gruu(&devices, t).is_none() {
+                self.temp_gruus.remove(t);
+            }
+        }
+        for t in registrar::temp_gruus(&devices) {
+            self.temp_gruus.insert(t.clone(), aor.to_string());
+        }
         if devices.is_empty() {
             self.bindings.remove_if(aor, |_, v| v.is_empty());
         }
@@ -214,6 +269,16 @@ impl Inner {
     /// The GRUU of device `d` of `aor` here (RFC 5627 pub-gruu).
     pub(super) fn gruu(&self, aor: &str, d: &registrar::Device) -> String {
         format!("{aor};gr={:#}-{}", self.node.id, d.id)
+    }
+
+    /// The temporary GRUU of token `token` issued here (RFC 5627 temp-gruu): it names this
+    /// node, so that any front-end can carry a request to it, and a random token, not the
+    /// user.
+    pub(super) fn temp_gruu(&self, token: &str) -> String {
+        format!(
+            "sip:{TEMP_GRUU_PREFIX}{:#}.{token}@{};gr",
+            self.node.id, self.cfg.domain
+        )
     }
 
     /// Stores this front-end's entry of `aor` in the overlay: every device bound here
@@ -302,12 +367,91 @@ impl Inner {
                     .as_ref()
                     .map(|i| format!(";+sip.instance=\"<{i}>\""))
                     .unwrap_or_default();
+                let reg_id = d.reg_id.map(|r| format!(";reg-id={r}")).unwrap_or_default();
+                let temp = d
+                    .temp_gruus
+                    .last()
+                    .map(|t| format!(";temp-gruu=\"{}\"", self.temp_gruu(t)))
+                    .unwrap_or_default();
                 Header::Contact(rsip::headers::Contact::new(format!(
-                    "<{}>;expires={left}{instance};pub-gruu=\"{}\"",
+                    "<{}>;expires={left}{instance}{reg_id};pub-gruu=\"{}\"{temp}",
                     d.contact,
                     self.gruu(aor, d)
                 )))
             })
             .collect()
+    }
+}
+
+/// The user part temporary GRUUs start with: `tgruu.<node>.<token>`.
+pub(super) const TEMP_GRUU_PREFIX: &str = "tgruu.";
+
+/// Whether `req` lists option tag `tag` in a Supported header (`k` in compact form).
+fn supports(req: &Request, tag: &str) -> bool {
+    req.headers.iter().any(|h| {
+        let v = match h {
+            Header::Supported(s) => s.value(),
+            Header::Other(n, v) if n.eq_ignore_ascii_case("k") => v.as_str(),
+            _ => return false,
+        };
+        v.split(',').any(|t| t.trim().eq_ignore_ascii_case(tag))
+    })
+}
+
+/// How many Via values `req` carries (headers may hold comma lists).
+fn via_count(req: &Request) -> usize {
+    req.headers
+        .iter()
+        .map(|h| match h {
+            Header::Via(v) => contact::split_outside(v.value(), ',').len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Whether Path entry `entry` (`<sip:proxy;lr;ob>`) carries the `ob` URI parameter.
+fn has_ob(entry: &str) -> bool {
+    let uri = entry.trim().trim_start_matches('<');
+    let uri = uri.split('>').next().unwrap_or(uri);
+    uri.split(';').skip(1).any(|p| {
+        p.trim()
+            .split('=')
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case("ob"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(extra: &str) -> Request {
+        let text = format!(
+            "REGISTER sip:p2psip SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\n{extra}\
+             From: <sip:a@p2psip>;tag=1\r\nTo: <sip:a@p2psip>\r\nCall-ID: x\r\n\
+             CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        match SipMessage::try_from(text.as_str()).unwrap() {
+            SipMessage::Request(r) => r,
+            SipMessage::Response(_) => panic!("a response"),
+        }
+    }
+
+    #[test]
+    fn option_tags_vias_and_ob_are_read_as_written() {
+        assert!(supports(&req("Supported: path, outbound\r\n"), "outbound"));
+        assert!(supports(&req("k: gruu\r\n"), "gruu"));
+        assert!(!supports(&req("Supported: outbound-x\r\n"), "outbound"));
+        assert!(!supports(&req(""), "outbound"));
+        assert_eq!(via_count(&req("")), 1);
+        assert_eq!(
+            via_count(&req("Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK2, SIP/2.0/TCP 10.0.0.3;branch=z9hG4bK3\r\n")),
+            3
+        );
+        assert!(has_ob("<sip:edge.example;lr;ob>"));
+        assert!(has_ob(" <sip:10.0.0.1:5060;ob;lr>"));
+        assert!(!has_ob("<sip:edge.example;lr>;ob"));
+        assert!(!has_ob("<sip:ob.example;lr>"));
     }
 }

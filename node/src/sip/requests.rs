@@ -41,10 +41,15 @@ pub(super) fn malformed(req: &Request) -> Option<String> {
     }
 }
 
+/// The option tags the front-end supports (RFC 3327 Path, RFC 5626 outbound, RFC 5627
+/// GRUUs).
+pub(super) const SUPPORTED: &str = "path, outbound, gruu";
+
 /// What the front-end supports, for an OPTIONS answer.
 pub(super) fn capabilities() -> Vec<Header> {
     vec![
         Header::Allow(rsip::headers::Allow::new(raw::ALLOW)),
+        Header::Supported(rsip::headers::Supported::new(SUPPORTED)),
         Header::Accept(rsip::headers::Accept::new("application/sdp")),
     ]
 }
@@ -60,16 +65,7 @@ impl Inner {
             self.handle(bytes, src).await;
             return;
         }
-        let within_rate = match src {
-            Hop::Udp(a) | Hop::Tcp(a) if self.cfg.trusted_proxies.contains(&a.ip()) => true,
-            Hop::Udp(a) | Hop::Tcp(a) => self.rate.take(
-                a.ip(),
-                1,
-                u64::from(self.cfg.requests_per_s),
-                Instant::now(),
-            ),
-            Hop::Node(_) => true,
-        };
+        let within_rate = self.within_rate(src);
         let permit = self.in_flight.clone().try_acquire_owned().ok();
         match permit.filter(|_| within_rate) {
             Some(permit) => {
@@ -79,6 +75,38 @@ impl Inner {
                 });
             }
             None => self.overloaded(&bytes, src).await,
+        }
+    }
+
+    /// Whether one more message from `src` is within its rate
+    /// (`sip.requests_per_s_per_source`; proxies in front and other nodes have none).
+    fn within_rate(&self, src: Hop) -> bool {
+        match src {
+            Hop::Udp(a) | Hop::Tcp(a) if self.cfg.trusted_proxies.contains(&a.ip()) => true,
+            Hop::Udp(a) | Hop::Tcp(a) => self.rate.take(
+                a.ip(),
+                1,
+                u64::from(self.cfg.requests_per_s),
+                Instant::now(),
+            ),
+            Hop::Node(_) => true,
+        }
+    }
+
+    /// A STUN datagram on the UDP port: a Binding request (an RFC 5626 keep-alive) is
+    /// answered with the address it came from, within the source's rate; anything else
+    /// is dropped.
+    pub(super) async fn stun(self: &Arc<Self>, bytes: &[u8], src: SocketAddr) {
+        if !self.within_rate(Hop::Udp(src)) {
+            return;
+        }
+        let Some(answer) = keepalive::stun_answer(bytes, src) else {
+            tracing::debug!(%src, "SIP: STUN datagram that is no Binding request dropped");
+            return;
+        };
+        crate::metrics::sip_keepalive(self.node.id, "stun");
+        if let Err(e) = self.udp.send_to(&answer, src).await {
+            tracing::debug!(%src, error = %e, "SIP: STUN answer not sent");
         }
     }
 
@@ -98,6 +126,7 @@ impl Inner {
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             // A keep-alive: CRLFCRLF on a stream is answered with CRLF (RFC 5626 3.5.1).
             if bytes.as_slice() == b"\r\n\r\n" && matches!(src, Hop::Tcp(_)) {
+                crate::metrics::sip_keepalive(self.node.id, "crlf");
                 let _ = self.send(b"\r\n".to_vec(), src).await;
             }
             return;
@@ -201,6 +230,9 @@ impl Inner {
         mut req: Request,
         src: Hop,
     ) -> anyhow::Result<()> {
+        if let std::borrow::Cow::Owned(u) = repaired(&req.uri) {
+            req.uri = u;
+        }
         // Where the sender really is (RFC 3261 §18.2.1, RFC 3581); a node's Via names it.
         if let Hop::Udp(a) | Hop::Tcp(a) = src {
             self.mark_received(&mut req, a);

@@ -29,6 +29,9 @@ pub struct SipSettings {
     pub max_in_flight: usize,
     /// Proxies in front: no per-address rate or failure limit for them.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// RFC 5626 Flow-Timer sent to phones registering outbound flows straight to us:
+    /// how often they send keep-alives, seconds (0: not sent, phones use their defaults).
+    pub flow_timer: u32,
     /// Keys and CA certificates of the users (`<user>.key`, `<user>.pem`), signing their
     /// registrations in an enrolled overlay (None: keys derived from the node's key).
     pub user_certificates: Option<std::path::PathBuf>,
@@ -95,6 +98,7 @@ impl SipSettings {
             requests_per_s: c.requests_per_s_per_source,
             max_in_flight: c.max_requests_in_flight.max(1),
             trusted_proxies,
+            flow_timer: c.flow_timer_s,
             user_certificates: c.user_certificates.as_ref().map(std::path::PathBuf::from),
         })
     }

@@ -21,9 +21,34 @@ impl std::fmt::Display for Hop {
     }
 }
 
+/// `uri` with its user part where it belongs. rsip 0.4 reads a user part holding a dot
+/// (`sip:john.doe@example.com`, `sip:tgruu.<node>.<token>@p2psip`) as part of the host,
+/// with no user: such a host is split at its last `@` here.
+pub(super) fn repaired(uri: &rsip::Uri) -> std::borrow::Cow<'_, rsip::Uri> {
+    let rsip::Host::Domain(d) = &uri.host_with_port.host else {
+        return std::borrow::Cow::Borrowed(uri);
+    };
+    let d = d.to_string();
+    let Some((user, host)) = d.rsplit_once('@').filter(|_| uri.auth.is_none()) else {
+        return std::borrow::Cow::Borrowed(uri);
+    };
+    let mut fixed = uri.clone();
+    fixed.auth = Some(rsip::Auth {
+        user: user.to_string(),
+        password: None,
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    fixed.host_with_port.host = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => rsip::Host::IpAddr(ip),
+        Err(_) => rsip::Host::Domain(rsip::Domain::from(host.to_string())),
+    };
+    std::borrow::Cow::Owned(fixed)
+}
+
 /// Canonical AOR of a SIP URI: `sip:user@domain`, with an IP host replaced by the
 /// configured domain.
 pub(super) fn aor_of(uri: &rsip::Uri, domain: &str) -> Option<String> {
+    let uri = repaired(uri);
     let user = uri.auth.as_ref()?.user.clone();
     let host = match &uri.host_with_port.host {
         rsip::Host::Domain(d) => d.to_string(),
@@ -41,7 +66,26 @@ pub(super) fn gr_param(uri: &rsip::Uri) -> Option<String> {
     })
 }
 
+/// The node and token a temporary GRUU names (`sip:tgruu.<node>.<token>@domain;gr`, RFC
+/// 5627 section 3: a bare `gr` parameter), if `uri` is one.
+pub(super) fn temp_gruu_of(uri: &rsip::Uri) -> Option<(NodeId, String)> {
+    let bare_gr = uri.params.iter().any(|p| match p {
+        rsip::Param::Other(name, None) => name.value().eq_ignore_ascii_case("gr"),
+        _ => false,
+    });
+    let uri = repaired(uri);
+    let user = &uri.auth.as_ref()?.user;
+    let rest = user.strip_prefix(register::TEMP_GRUU_PREFIX)?;
+    let (node, token) = rest.split_once('.')?;
+    if !bare_gr || node.len() != 32 || token.is_empty() || token.len() > 64 {
+        return None;
+    }
+    let node = u128::from_str_radix(node, 16).ok().map(Id)?;
+    Some((node, token.to_ascii_lowercase()))
+}
+
 pub(super) fn uri_addr(uri: &rsip::Uri) -> Option<SocketAddr> {
+    let uri = repaired(uri);
     let ip = match &uri.host_with_port.host {
         rsip::Host::IpAddr(ip) => *ip,
         rsip::Host::Domain(d) => d.to_string().parse().ok()?,
@@ -201,6 +245,57 @@ mod tests {
         assert_eq!(aor_of(&u, "p2psip"), None);
         let u = rsip::Uri::try_from("sip:alice@p2psip;gr=abc").unwrap();
         assert_eq!(gr_param(&u).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn user_parts_with_dots_are_users() {
+        for (text, aor, addr) in [
+            (
+                "sip:john.doe@Example.com",
+                Some("sip:john.doe@example.com"),
+                None,
+            ),
+            (
+                "sip:john.doe@10.0.0.5:5070",
+                Some("sip:john.doe@p2psip"),
+                Some("10.0.0.5:5070"),
+            ),
+            (
+                "sip:alice@10.0.0.5",
+                Some("sip:alice@p2psip"),
+                Some("10.0.0.5:5060"),
+            ),
+            ("sip:host.example.com", None, None),
+        ] {
+            let u = rsip::Uri::try_from(text).unwrap();
+            assert_eq!(aor_of(&u, "p2psip").as_deref(), aor, "{text}");
+            assert_eq!(uri_addr(&u), addr.map(|a| a.parse().unwrap()), "{text}");
+            // Written back as it came.
+            assert_eq!(
+                repaired(&u).to_string().to_ascii_lowercase(),
+                text.to_ascii_lowercase()
+            );
+        }
+    }
+
+    #[test]
+    fn temporary_gruus_name_their_node_and_token() {
+        let node = "0123456789abcdef0123456789abcdef";
+        let u = rsip::Uri::try_from(format!("sip:tgruu.{node}.a1b2@p2psip;gr").as_str()).unwrap();
+        assert_eq!(
+            temp_gruu_of(&u),
+            Some((Id(0x0123456789abcdef0123456789abcdef), "a1b2".to_string()))
+        );
+        for not in [
+            format!("sip:tgruu.{node}.a1b2@p2psip"),
+            format!("sip:tgruu.{node}.a1b2@p2psip;gr=x"),
+            format!("sip:tgruu.{node}@p2psip;gr"),
+            "sip:tgruu.xyz.a1b2@p2psip;gr".to_string(),
+            format!("sip:alice.{node}.a1b2@p2psip;gr"),
+        ] {
+            let u = rsip::Uri::try_from(not.as_str()).unwrap();
+            assert_eq!(temp_gruu_of(&u), None, "{not}");
+        }
     }
 
     #[test]

@@ -58,8 +58,8 @@ impl Phone {
             format!(
                 "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
                  audio_player aubridge,nil\naudio_source aubridge,nil\n\
-                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule account.so\n\
-                 module uuid.so\nmodule aubridge.so\nmodule_app menu.so\n"
+                 module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule uuid.so\n\
+                 module account.so\nmodule aubridge.so\nmodule_app menu.so\n"
             ),
         )
         .unwrap();

@@ -122,7 +122,8 @@ pub fn rings(s: &UdpSocket) -> bool {
     false
 }
 
-/// A lone node with its SIP front-end (auth on, the users file holding alice and bob,
+/// A lone node with its SIP front-end (auth on, the users file holding alice, bob and
+/// john.doe,
 /// `algorithms` offered), once it has formed its overlay; and the front-end's address.
 pub fn front_end(dir: &TempDir, algorithms: &str) -> (NodeProc, SocketAddr) {
     front_end_with(dir, algorithms, "")
@@ -143,7 +144,11 @@ pub fn front_end_in(
 ) -> (NodeProc, SocketAddr) {
     std::fs::create_dir_all(dir).unwrap();
     let users = dir.join("sip-users");
-    for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
+    for (u, p) in [
+        ("alice", "wonderland"),
+        ("bob", "the-builder"),
+        ("john.doe", "dotted-name"),
+    ] {
         let out = std::process::Command::new(BIN)
             .args(["sip", "add-user"])
             .arg(&users)
