@@ -55,8 +55,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn up() -> Lab {
-        let prefix = format!("nl{:04x}", std::process::id() & 0xffff);
+    /// Builds the lab; `tag` tells apart the labs of tests that run at once.
+    fn up(tag: char) -> Lab {
+        let prefix = format!("n{tag}{:04x}", std::process::id() & 0xffff);
         let out = Command::new("bash")
             .arg(script())
             .args(["up", &prefix])
@@ -80,6 +81,11 @@ impl Lab {
 
     /// Starts `p2psip node` in namespace `host`; returns its Node-ID.
     fn node(&mut self, host: &str, listen: &str, bootstrap: &[&str]) -> String {
+        self.node_with(host, listen, bootstrap, "")
+    }
+
+    /// [`Lab::node`] with `extra` appended to its configuration (more tables).
+    fn node_with(&mut self, host: &str, listen: &str, bootstrap: &[&str], extra: &str) -> String {
         let dir = self.dir.0.join(host);
         std::fs::create_dir_all(&dir).unwrap();
         let boot: Vec<String> = bootstrap.iter().map(|a| format!("\"{a}\"")).collect();
@@ -91,7 +97,7 @@ impl Lab {
                  metrics = \"127.0.0.1:9470\"\n\
                  [timers]\nrequest_timeout_ms = 500\nkeep_alive_ms = 300\nidle_timeout_ms = 3000\n\
                  [chord]\nstabilize_interval_s = 1\nfinger_interval_s = 2\nself_lookup_interval_s = 5\n\
-                 [nat]\necho = true\n",
+                 [nat]\necho = true\n{extra}",
                 boot.join(", ")
             ),
         )
@@ -220,7 +226,7 @@ fn nodes_behind_nats_store_fetch_and_connect_directly_or_through_a_relay() {
         eprintln!("P2PSIP_NATLAB=skip: NAT lab not run");
         return;
     }
-    let mut lab = Lab::up();
+    let mut lab = Lab::up('l');
     lab.node("p1", PUBLIC[0], &[]);
     lab.node("p2", PUBLIC[1], &[PUBLIC[0]]);
     lab.node("p3", PUBLIC[2], &[PUBLIC[0]]);
@@ -413,4 +419,101 @@ fn nodes_behind_nats_store_fetch_and_connect_directly_or_through_a_relay() {
         assert_eq!(out.status.code(), Some(code), "doctor in {host}: {v}");
         println!("doctor in {host}: {} ({})", v["nat"], v["explanation"]);
     }
+}
+
+/// A SIP phone behind a NAT: baresip in host A (behind NAT A's MASQUERADE, which drops
+/// whatever comes in unasked) registers with RFC 5626 outbound (`sipnat=outbound`) at the
+/// front-end of public peer p1, and baresip on public host p2 calls it. The front-end
+/// sends the INVITE over the flow the REGISTER opened through the NAT (the phone's Contact
+/// names 10.0.1.2, which nothing outside reaches). The phone's STUN keep-alives (every
+/// 2 s: the front-end's flow timer) hold the NAT's mapping open beyond the router's 5 s
+/// expiry, so a second call after a longer pause rings too.
+#[test]
+fn a_phone_behind_a_nat_is_called_over_its_outbound_flow() {
+    if std::env::var("P2PSIP_NATLAB").as_deref() == Ok("skip") {
+        eprintln!("P2PSIP_NATLAB=skip: NAT lab not run");
+        return;
+    }
+    if !baresip::available() {
+        return;
+    }
+    let mut lab = Lab::up('s');
+    let users = lab.dir.0.join("sip-users");
+    for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
+        let out = Command::new(BIN)
+            .args(["sip", "add-user"])
+            .arg(&users)
+            .args([u, "--realm", "p2psip"])
+            .env("P2PSIP_PASSWORD", p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let fe = "198.51.100.1:5060";
+    lab.node_with(
+        "p1",
+        PUBLIC[0],
+        &[],
+        &format!(
+            "[sip]\nenabled = true\nlisten = \"{fe}\"\nusers_file = \"{}\"\nflow_timer_s = 2\n",
+            users.display()
+        ),
+    );
+    let up = eventually(Duration::from_secs(20), || {
+        (lab.metric("p1", "p2psip_overlay_joined", &[]) == 1.0).then_some(())
+    });
+    assert!(up.is_some(), "p1 did not form its overlay\n{}", lab.logs());
+    let account = |user: &str, pw: &str, extra: &str| {
+        format!("<sip:{user}@p2psip>;outbound=\"sip:{fe}\";auth_pass={pw};regint=600{extra}")
+    };
+    let mut alice = baresip::Phone::in_netns(
+        &lab.dir.0,
+        "alice",
+        &account("alice", "wonderland", ";sipnat=outbound;answermode=auto"),
+        &lab.ns("a"),
+        "10.0.1.2",
+    );
+    alice.start(28, &[]);
+    assert!(
+        alice.wait_for("200 OK", Duration::from_secs(10)),
+        "alice did not register from behind NAT A:\n{}\n{}",
+        alice.output(),
+        lab.logs()
+    );
+    let mut bob = baresip::Phone::in_netns(
+        &lab.dir.0,
+        "bob",
+        &account("bob", "the-builder", ""),
+        &lab.ns("p2"),
+        "198.51.100.2",
+    );
+    let call = |bob: &mut baresip::Phone, n: u32| {
+        let b = bob.run(6, &["/dial sip:alice@p2psip"]);
+        assert!(
+            b.contains("Call established: sip:alice@p2psip"),
+            "call {n} to alice behind NAT A was not answered:\n{b}\n--- alice ---\n{}\n{}",
+            alice.output(),
+            lab.logs()
+        );
+    };
+    call(&mut bob, 1);
+    // Longer than the router keeps an idle mapping: only the keep-alives hold it.
+    // (Time has to pass here; nothing is being waited for.)
+    std::thread::sleep(Duration::from_secs(8));
+    call(&mut bob, 2);
+    let a = alice.finish(Duration::from_secs(40));
+    assert_eq!(
+        a.matches("Call established: sip:bob@p2psip").count(),
+        2,
+        "{a}"
+    );
+    let keepalives = lab.metric("p1", "p2psip_sip_keepalives_total", &[("kind", "stun")]);
+    assert!(
+        keepalives >= 4.0,
+        "{keepalives} STUN keep-alives answered in 20 s"
+    );
 }

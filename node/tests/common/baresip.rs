@@ -43,20 +43,39 @@ pub struct Phone {
     pub dir: PathBuf,
     pub out: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (None: this host's).
+    netns: Option<String>,
 }
 
 impl Phone {
     /// A phone in `dir/name` with the account line `account` (baresip's `accounts` file:
-    /// `<sip:alice@DOMAIN>;outbound="sip:FRONT-END";auth_pass=...`).
+    /// `<sip:alice@DOMAIN>;outbound="sip:FRONT-END";auth_pass=...`), on 127.0.0.1.
     pub fn new(dir: &Path, name: &str, account: &str) -> Phone {
+        Phone::configured(
+            dir,
+            name,
+            account,
+            &format!("127.0.0.1:{}", free_phone_port()),
+        )
+    }
+
+    /// A phone like [`Phone::new`] run inside network namespace `netns` (a test's own),
+    /// listening on `ip` there.
+    pub fn in_netns(dir: &Path, name: &str, account: &str, netns: &str, ip: &str) -> Phone {
+        let mut p = Phone::configured(dir, name, account, &format!("{ip}:5060"));
+        p.netns = Some(netns.to_string());
+        p
+    }
+
+    fn configured(dir: &Path, name: &str, account: &str, listen: &str) -> Phone {
         let conf = dir.join(name);
         std::fs::create_dir_all(&conf).unwrap();
-        let port = free_phone_port();
+        let ip = listen.rsplit_once(':').map_or(listen, |(ip, _)| ip);
         std::fs::write(conf.join("accounts"), format!("{account}\n")).unwrap();
         std::fs::write(
             conf.join("config"),
             format!(
-                "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
+                "sip_listen {listen}\nnet_interface {ip}\n\
                  audio_player aubridge,nil\naudio_source aubridge,nil\n\
                  module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule uuid.so\n\
                  module account.so\nmodule aubridge.so\nmodule_app menu.so\n"
@@ -67,13 +86,21 @@ impl Phone {
             out: conf.join("out.log"),
             dir: conf,
             child: None,
+            netns: None,
         }
     }
 
     /// Starts baresip for `secs` seconds (it unregisters and hangs up on the way out),
     /// typing `commands` (menu commands such as `/dial sip:alice@p2psip`) at start.
     pub fn start(&mut self, secs: u32, commands: &[&str]) {
-        let mut c = Command::new("baresip");
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "baresip"]);
+                c
+            }
+            None => Command::new("baresip"),
+        };
         c.arg("-f").arg(&self.dir).args(["-t", &secs.to_string()]);
         for cmd in commands {
             c.args(["-e", cmd]);
