@@ -345,6 +345,7 @@ fn compare(algorithms: &[String], options_off: bool, run: &RunArgs) -> anyhow::R
                 sc.core.direct_response = false;
                 sc.chord.proximity = false;
                 sc.kademlia.check_after = String::new();
+                sc.kademlia.proximity = false;
                 (format!("{a} (options off)"), format!("{a}-options-off"))
             } else {
                 (a.clone(), a.clone())

@@ -139,6 +139,8 @@ pub struct KademliaParams {
     /// Entries not heard from for this long are checked; "" turns the checks off.
     pub check_after: String,
     pub checks_per_round: usize,
+    /// Proximity neighbour selection within full buckets.
+    pub proximity: bool,
 }
 
 impl Default for KademliaParams {
@@ -153,6 +155,7 @@ impl Default for KademliaParams {
             self_lookup_interval: "300s".into(),
             check_after: "300s".into(),
             checks_per_round: 32,
+            proximity: false,
         }
     }
 }
@@ -429,6 +432,7 @@ impl Scenario {
                     )?,
                     check_after: opt_dur("kademlia.check_after", &k.check_after)?,
                     checks_per_round: k.checks_per_round,
+                    proximity: k.proximity,
                     ..KademliaConfig::default()
                 }
                 .normalized();

@@ -38,6 +38,20 @@ fn setups() -> Vec<(String, AlgorithmParams, bool)> {
             false,
         ));
     }
+    // Chord and Kademlia with proximity neighbour selection: a faster node may take a
+    // finger's or a bucket entry's place; the same assertions hold.
+    if let AlgorithmParams::Chord(mut c) = params("chord") {
+        c.proximity = true;
+        v.push(("chord (proximity)".into(), AlgorithmParams::Chord(c), false));
+    }
+    if let AlgorithmParams::Kademlia(mut k) = params("kademlia") {
+        k.proximity = true;
+        v.push((
+            "kademlia (proximity)".into(),
+            AlgorithmParams::Kademlia(k),
+            false,
+        ));
+    }
     v
 }
 

@@ -116,6 +116,43 @@ fn proximity_selection_lowers_the_stretch() {
     );
 }
 
+/// Proximity neighbour selection for Kademlia (`[kademlia] proximity`): at 2,000 peers
+/// with King-like latency and no churn, each refresh of a full bucket also looks up a
+/// random id of its range and probes the node found, which takes the place of the
+/// bucket's slowest entry when it answered faster; the median stretch falls below 0.9 of
+/// that without it (direct responses on in both runs), every lookup still answered by the
+/// responsible peer.
+#[test]
+fn kademlia_proximity_selection_lowers_the_stretch() {
+    let run = |proximity: bool| {
+        let mut s: p2psip_simulator::Scenario = toml::from_str(
+            "name = \"kpns\"\nalgorithm = \"kademlia\"\nnodes = 2000\nduration = \"20m\"\nseed = 11\n\
+             [churn]\nmodel = \"none\"\n\
+             [workload]\nlookups_per_node_per_hour = 12\nusers = 100\nrefresh = \"30m\"\ncalls_per_hour = 60\n\
+             [kademlia]\nrefresh_interval = \"20s\"\n\
+             [core]\ndirect_response = true\nverify_signatures = false\nsign_messages = false\n",
+        )
+        .unwrap();
+        s.kademlia.proximity = proximity;
+        s.sample_interval = "60s".into();
+        p2psip_simulator::Runner::new(&s)
+            .unwrap()
+            .run(&mut |_, _| {})
+    };
+    let off = run(false);
+    let on = run(true);
+    println!("kademlia without proximity: {}", off.summary());
+    println!("kademlia with proximity:    {}", on.summary());
+    assert_eq!(on.lookups_ok, on.lookups, "{}", on.summary());
+    assert_eq!(on.lookups_correct, on.lookups, "{}", on.summary());
+    assert!(
+        on.lookup_stretch.p50 < 0.9 * off.lookup_stretch.p50,
+        "stretch p50 {:.2} with proximity vs {:.2} without",
+        on.lookup_stretch.p50,
+        off.lookup_stretch.p50
+    );
+}
+
 /// A responder answers at most 50 requests a second straight to originators it has no link
 /// to (each would cost a connection to the address the option names); the others go back
 /// along the path, and every request is answered.

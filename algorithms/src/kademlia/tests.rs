@@ -142,3 +142,56 @@ fn silent_entries_are_checked_and_dead_ones_dropped() {
         }
     }
 }
+
+/// Proximity: a sampled node of a full bucket that answered faster than the bucket's
+/// slowest entry takes its place (the entry becomes a replacement); a slower one, or one
+/// whose round trip was not measured, changes nothing.
+#[test]
+fn a_faster_candidate_displaces_the_slowest_entry_of_a_full_bucket() {
+    let members: Vec<Id> = (0..1000u128)
+        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
+        .collect();
+    let mut sorted = members.clone();
+    sorted.sort();
+    let me = sorted[17];
+    let cfg = KademliaConfig {
+        proximity: true,
+        ..KademliaConfig::default()
+    };
+    let mut node = Kademlia::new(me, cfg);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let mut actions = Vec::new();
+    let mut tok = 0;
+    let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+    node.start_with_members(&mut ctx, &sorted);
+    let b = 0;
+    let entries = node.buckets[b].nodes.clone();
+    assert_eq!(entries.len(), 8, "bucket 0 is full");
+    let outside: Vec<Id> = sorted
+        .iter()
+        .copied()
+        .filter(|m| node.bucket_of(*m) == Some(b) && !entries.contains(m))
+        .take(3)
+        .collect();
+    let (fast, slow, unmeasured) = (outside[0], outside[1], outside[2]);
+    let mut rtts = std::collections::HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        rtts.insert(*e, Duration::from_millis(100 + 10 * i as u64));
+    }
+    let slowest = entries[7];
+    rtts.insert(fast, Duration::from_millis(20));
+    rtts.insert(slow, Duration::from_millis(500));
+    let mut actions = Vec::new();
+    let mut ctx = Ctx::new(Time(1), &mut rng, &mut actions, &mut tok).with_rtts(&rtts);
+    node.offer_faster(&mut ctx, b, slow);
+    node.offer_faster(&mut ctx, b, unmeasured);
+    assert_eq!(
+        node.buckets[b].nodes, entries,
+        "a slower or unmeasured node got in"
+    );
+    node.offer_faster(&mut ctx, b, fast);
+    assert!(node.buckets[b].nodes.contains(&fast));
+    assert!(!node.buckets[b].nodes.contains(&slowest));
+    assert!(node.buckets[b].replacements.contains(&slowest));
+    assert_eq!(node.buckets[b].nodes.len(), 8);
+}

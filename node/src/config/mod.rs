@@ -270,6 +270,7 @@ impl Config {
                     self_lookup_interval: Duration::from_secs(s.self_lookup_interval_s.max(1)),
                     check_after: secs_or_off(s.check_after_s),
                     checks_per_round: s.checks_per_round,
+                    proximity: s.proximity,
                     ..KademliaConfig::default()
                 }
                 .normalized();

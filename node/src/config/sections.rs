@@ -388,6 +388,10 @@ pub struct KademliaSection {
     pub check_after_s: u64,
     /// Most such checks per round.
     pub checks_per_round: usize,
+    /// Proximity neighbour selection: a refresh of a full bucket also samples another node
+    /// of its range and keeps the faster (measured round trips). Off by default, as for
+    /// Chord: a new candidate's first round trip includes its QUIC handshake.
+    pub proximity: bool,
 }
 
 impl Default for KademliaSection {
@@ -402,6 +406,7 @@ impl Default for KademliaSection {
             self_lookup_interval_s: c.self_lookup_interval.as_secs(),
             check_after_s: c.check_after.map_or(0, |d| d.as_secs()),
             checks_per_round: c.checks_per_round,
+            proximity: c.proximity,
         }
     }
 }
