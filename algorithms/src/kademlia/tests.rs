@@ -148,7 +148,7 @@ fn silent_entries_are_checked_and_dead_ones_dropped() {
 /// whose round trip was not measured, changes nothing.
 #[test]
 fn a_faster_candidate_displaces_the_slowest_entry_of_a_full_bucket() {
-    let members: Vec<Id> = (0..1000u128)
+    let members: Vec<Id> = (0..4000u128)
         .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
         .collect();
     let mut sorted = members.clone();
@@ -167,6 +167,12 @@ fn a_faster_candidate_displaces_the_slowest_entry_of_a_full_bucket() {
     let b = 0;
     let entries = node.buckets[b].nodes.clone();
     assert_eq!(entries.len(), 8, "bucket 0 is full");
+    assert!(node.far_enough(b), "bucket 0 is far from the near set");
+    let edge = (0..128).find(|b| !node.far_enough(*b)).unwrap();
+    assert!(
+        edge > 0 && edge < 128,
+        "the buckets by the near set are left alone"
+    );
     let outside: Vec<Id> = sorted
         .iter()
         .copied()
