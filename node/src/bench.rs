@@ -9,9 +9,8 @@ use crate::ops::{build_value, name_seed, values_of};
 use crate::runtime::{self, NodeClient, Role};
 use anyhow::bail;
 use p2psip_algorithms::storage::KIND_USER_VALUE;
-use p2psip_algorithms::{Event, Id};
+use p2psip_algorithms::Id;
 use p2psip_proto::security::Identity;
-use p2psip_proto::Body;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,46 +63,15 @@ async fn put(c: &NodeClient, key: &str, size: usize, limit: Duration) -> anyhow:
         runtime::now(),
         3600,
     );
-    let ev = tokio::time::timeout(
-        limit,
-        c.op(move |n, t| n.store(t, res, KIND_USER_VALUE, vec![v], 0)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))??;
-    match ev {
-        Event::Completed {
-            outcome: Ok(Body::StoreAns(_)),
-            ..
-        } => Ok(()),
-        Event::Completed {
-            outcome: Err(e), ..
-        } => bail!("{e}"),
-        _ => bail!("unexpected answer"),
-    }
+    c.store(res, KIND_USER_VALUE, vec![v], limit).await?;
+    Ok(())
 }
 
 /// Ok(true) when the value comes back intact.
 async fn get(c: &NodeClient, key: &str, size: usize, limit: Duration) -> anyhow::Result<bool> {
     let res = Id::hash_of(key.as_bytes());
-    let ev = tokio::time::timeout(
-        limit,
-        c.op(move |n, t| n.fetch_kind(t, res, KIND_USER_VALUE)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))??;
-    match ev {
-        Event::Completed {
-            outcome: Ok(Body::FetchAns(f)),
-            ..
-        } => {
-            let want = payload(key, size);
-            Ok(values_of(&f).contains(&want))
-        }
-        Event::Completed {
-            outcome: Err(e), ..
-        } => bail!("{e}"),
-        _ => bail!("unexpected answer"),
-    }
+    let f = c.fetch_kind(res, KIND_USER_VALUE, limit).await?;
+    Ok(values_of(&f).contains(&payload(key, size)))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {

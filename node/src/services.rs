@@ -7,12 +7,10 @@ use crate::config::ServiceSection;
 use crate::runtime::{self, NodeClient};
 use ::metrics::counter;
 use anyhow::anyhow;
-use p2psip_algorithms::core::all_of_kind;
 use p2psip_algorithms::redir::{entries_of, Lookup, Registration, Step};
 use p2psip_algorithms::storage::KIND_REDIR;
-use p2psip_algorithms::{Event, Id};
+use p2psip_algorithms::Id;
 use p2psip_proto::security::Identity;
-use p2psip_proto::Body;
 use std::time::Duration;
 
 /// How long one request of a walk may take.
@@ -20,23 +18,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// After a failed registration, the next try.
 const RETRY: Duration = Duration::from_secs(5);
 
-async fn fetch(node: &NodeClient, resource: Id) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>, u32)>> {
-    let e = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        node.op(move |n, t| n.fetch(t, resource, vec![all_of_kind(KIND_REDIR)])),
-    )
-    .await
-    .map_err(|_| anyhow!("no answer within {REQUEST_TIMEOUT:?}"))??;
-    match e {
-        Event::Completed {
-            outcome: Ok(Body::FetchAns(f)),
-            ..
-        } => Ok(entries_of(&f, runtime::now())),
-        Event::Completed {
-            outcome: Err(e), ..
-        } => Err(anyhow!("fetch: {e}")),
-        other => Err(anyhow!("fetch: unexpected {other:?}")),
-    }
+async fn fetch(
+    node: &NodeClient,
+    resource: Id,
+) -> Result<Vec<(Vec<u8>, Vec<u8>, u32)>, runtime::OpError> {
+    let f = node
+        .fetch_kind(resource, KIND_REDIR, REQUEST_TIMEOUT)
+        .await?;
+    Ok(entries_of(&f, runtime::now()))
 }
 
 /// Runs one registration walk of `s` signed by `identity`; returns the tree nodes stored at.
@@ -62,14 +51,10 @@ pub async fn register(
             Step::Store {
                 resource, value, ..
             } => {
-                let v = *value;
-                let e = tokio::time::timeout(
-                    REQUEST_TIMEOUT,
-                    node.op(move |n, t| n.store(t, resource, KIND_REDIR, vec![v], 0)),
-                )
-                .await;
-                let ok = matches!(e, Ok(Ok(Event::Completed { outcome: Ok(_), .. })));
-                reg.on_stored(ok)
+                let stored = node
+                    .store(resource, KIND_REDIR, vec![*value], REQUEST_TIMEOUT)
+                    .await;
+                reg.on_stored(stored.is_ok())
             }
             Step::Done => break,
         };
@@ -120,7 +105,7 @@ pub async fn lookup(node: &NodeClient, service: &str, key: Id) -> anyhow::Result
             Ok(e) => e,
             Err(e) => {
                 counter!("p2psip_service_lookups_total", "outcome" => "failed").increment(1);
-                return Err(e);
+                return Err(anyhow!("fetch: {e}"));
             }
         };
         step = l.on_fetched(&entries);

@@ -189,34 +189,28 @@ pub(crate) async fn many(
         let outcome = if store {
             let writer = Identity::from_seed(name_seed(&name), name.clone());
             let (res, v) = build_value(&writer, &name, k, want.as_bytes(), runtime::now(), 3600);
-            op(&h, a.timeout, move |n, t| n.store(t, res, k, vec![v], 0)).await
+            h.client()
+                .run(a.timeout, move |n, t| n.store(t, res, k, vec![v], 0))
+                .await
         } else {
-            op(&h, a.timeout, move |n, t| n.fetch_kind(t, res, k)).await
+            h.client()
+                .run(a.timeout, move |n, t| n.fetch_kind(t, res, k))
+                .await
         };
         match outcome {
-            Ok(Event::Completed {
-                outcome: Ok(body), ..
-            }) => match body {
-                Body::FetchAns(f) => {
-                    let values = values_of(&f);
-                    if values.is_empty() {
-                        missing += 1;
-                        failed.push(name);
-                    } else if values.iter().any(|v| v == want.as_bytes()) {
-                        ok += 1;
-                    } else {
-                        wrong += 1;
-                        failed.push(name);
-                    }
+            Ok(Body::FetchAns(f)) => {
+                let values = values_of(&f);
+                if values.is_empty() {
+                    missing += 1;
+                    failed.push(name);
+                } else if values.iter().any(|v| v == want.as_bytes()) {
+                    ok += 1;
+                } else {
+                    wrong += 1;
+                    failed.push(name);
                 }
-                _ => ok += 1,
-            },
-            Ok(Event::Completed {
-                outcome: Err(e), ..
-            }) => {
-                failed.push(format!("{name} ({e})"));
             }
-            Ok(_) => failed.push(format!("{name} (unexpected event)")),
+            Ok(_) => ok += 1,
             Err(e) => failed.push(format!("{name} ({e})")),
         }
     }

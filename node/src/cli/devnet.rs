@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// A sample registration not stored within this is reported as failed.
+const STORE_LIMIT: Duration = Duration::from_secs(10);
+
 #[derive(Args)]
 pub(crate) struct DevnetArgs {
     /// Number of peers.
@@ -271,18 +274,12 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
                     runtime::now(),
                     3600,
                 );
-                match via
-                    .op(move |n, t| n.store(t, res, kind, vec![v], 0))
-                    .await?
-                {
-                    Event::Completed { outcome: Ok(_), .. } => true,
-                    Event::Completed {
-                        outcome: Err(e), ..
-                    } => {
+                match via.client().store(res, kind, vec![v], STORE_LIMIT).await {
+                    Ok(_) => true,
+                    Err(e) => {
                         println!("  register {aor}: {e}");
                         false
                     }
-                    _ => false,
                 }
             }
         };

@@ -2,12 +2,11 @@
 //! overlay (proto/SPEC.md 4.1, after RFC 7851).
 
 use super::client::ClientArgs;
-use super::op;
 use crate::runtime::NodeHandle;
 use anyhow::Context;
 use clap::Subcommand;
 use p2psip_algorithms::path_walk::{End, PathWalk, Step};
-use p2psip_algorithms::{Event, Id, NodeId};
+use p2psip_algorithms::{Id, NodeId};
 use p2psip_proto::diagnostics as kinds;
 use p2psip_proto::pb::{self, diagnostic_info::Value};
 use p2psip_proto::Body;
@@ -105,21 +104,14 @@ async fn ask(
         + Send
         + 'static,
 ) -> Result<Body, (i32, String)> {
-    match op(h, a.timeout, f).await {
-        Ok(Event::Completed { outcome: Ok(b), .. }) => Ok(b),
-        Ok(Event::Completed {
-            outcome: Err(e), ..
-        }) => {
-            let code = if e.code == pb::ErrorCode::Forbidden {
-                3
-            } else {
-                2
-            };
-            Err((code, e.to_string()))
-        }
-        Ok(other) => Err((2, format!("unexpected event {other:?}"))),
-        Err(e) => Err((2, e.to_string())),
-    }
+    h.client().run(a.timeout, f).await.map_err(|e| {
+        let code = if e.code() == Some(pb::ErrorCode::Forbidden) {
+            3
+        } else {
+            2
+        };
+        (code, e.to_string())
+    })
 }
 
 fn fail(a: &ClientArgs, what: &str, (code, why): (i32, String)) -> i32 {

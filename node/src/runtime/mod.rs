@@ -7,10 +7,12 @@ mod driver;
 mod export;
 mod host;
 mod nat;
+mod operations;
 mod peer_cache;
 mod start;
 
 pub use self::candidates::{candidate, candidate_addr, reach_of};
+pub use self::operations::{store_answer, OpError};
 use self::peer_cache::*;
 pub use self::start::spawn;
 
@@ -92,6 +94,10 @@ pub fn now() -> Time {
     Time(d.as_micros().min(u64::MAX as u128) as u64)
 }
 
+/// An AppAttach that has not completed (answered, refused or given up by the node's
+/// retransmissions) within this is abandoned.
+const APP_ATTACH_LIMIT: Duration = Duration::from_secs(30);
+
 /// A cloneable handle for applications on a node (the SIP front-end): operations only.
 #[derive(Clone)]
 pub struct NodeClient {
@@ -146,16 +152,15 @@ impl NodeClient {
     /// reached; the request carries our candidates, so a node behind a NAT punches it
     /// towards us before it answers (proto/SPEC.md 2.8).
     pub async fn attach_app(&self, node: NodeId, app: u32) -> anyhow::Result<Reach> {
-        let ev = self
-            .op(move |core, t| core.app_attach(t, node, app))
-            .await?;
-        let Event::Completed { outcome, .. } = ev else {
-            bail!("unexpected event");
-        };
-        match outcome {
-            Ok(Body::AppAttachAns(a)) => Ok(reach_of(&a.candidates)),
-            Ok(b) => bail!("unexpected answer {}", b.method_name()),
-            Err(e) => bail!("AppAttach to {node}: {}", e.info),
+        let body = self
+            .run(APP_ATTACH_LIMIT, move |core, t| {
+                core.app_attach(t, node, app)
+            })
+            .await
+            .map_err(|e| anyhow!("AppAttach to {node}: {e}"))?;
+        match body {
+            Body::AppAttachAns(a) => Ok(reach_of(&a.candidates)),
+            b => bail!("AppAttach to {node}: unexpected answer {}", b.method_name()),
         }
     }
 

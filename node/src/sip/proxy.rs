@@ -213,21 +213,11 @@ impl Inner {
 
     pub(super) async fn resolve(&self, aor: &str, gr: Option<&str>) -> anyhow::Result<Resolved> {
         let res = Id::hash_of(aor.as_bytes());
-        let ev = tokio::time::timeout(
-            OP_TIMEOUT,
-            self.node
-                .op(move |n, t| n.fetch_kind(t, res, KIND_SIP_REGISTRATION)),
-        )
-        .await
-        .map_err(|_| anyhow!("fetching {aor} timed out"))??;
-        let Event::Completed { outcome, .. } = ev else {
-            bail!("unexpected event");
-        };
-        let ans = match outcome {
-            Ok(Body::FetchAns(a)) => a,
-            Ok(b) => bail!("unexpected answer {}", b.method_name()),
-            Err(e) => bail!("fetching {aor}: {e:?}"),
-        };
+        let ans = self
+            .node
+            .fetch_kind(res, KIND_SIP_REGISTRATION, OP_TIMEOUT)
+            .await
+            .with_context(|| format!("fetching {aor}"))?;
         let now = now_ms();
         let mut nodes: Vec<(u64, NodeId)> = Vec::new();
         let mut expired = false;

@@ -324,9 +324,9 @@ impl Inner {
             None => None,
         };
         let name = aor.to_string();
-        let stored = tokio::time::timeout(
-            OP_TIMEOUT,
-            self.node.op(move |n, t| {
+        let stored = self
+            .node
+            .run(OP_TIMEOUT, move |n, t| {
                 let who = signer
                     .unwrap_or_else(|| identities::derived(&n.identity().key.to_bytes(), &name));
                 let (res, v) = crate::ops::build_value(
@@ -339,18 +339,10 @@ impl Inner {
                 );
                 debug_assert_eq!(res, resource);
                 n.store(t, res, KIND_SIP_REGISTRATION, vec![v], 0)
-            }),
-        )
-        .await;
-        match stored {
-            Ok(Ok(Event::Completed { outcome: Ok(_), .. })) => Ok(()),
-            Err(_) => Err("timed out".to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(Event::Completed {
-                outcome: Err(e), ..
-            })) => Err(format!("{e:?}")),
-            Ok(Ok(_)) => Err("unexpected event".into()),
-        }
+            })
+            .await
+            .and_then(crate::runtime::store_answer);
+        stored.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// The Contact headers of the 200 to a REGISTER: every binding of `aor` here, with
