@@ -439,20 +439,7 @@ fn a_phone_behind_a_nat_is_called_over_its_outbound_flow() {
     }
     let mut lab = Lab::up('s');
     let users = lab.dir.0.join("sip-users");
-    for (u, p) in [("alice", "wonderland"), ("bob", "the-builder")] {
-        let out = Command::new(BIN)
-            .args(["sip", "add-user"])
-            .arg(&users)
-            .args([u, "--realm", "p2psip"])
-            .env("P2PSIP_PASSWORD", p)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::phone::write_users(&users);
     let fe = "198.51.100.1:5060";
     lab.node_with(
         "p1",

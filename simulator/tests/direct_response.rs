@@ -81,22 +81,26 @@ fn direct_answers_are_faster_and_fall_back_to_the_path() {
     );
 }
 
-/// Proximity neighbour selection (Chord `proximity`): at 2,000 peers with King-like
-/// latency and no churn, the fingers kept are the faster of the nodes sampled in each
-/// interval, and the median stretch (lookup latency over the direct round trip to the
-/// responder) falls below 0.9 of that without it, with direct responses on in both runs.
-#[test]
-fn proximity_selection_lowers_the_stretch() {
+/// Runs 2,000 peers of `algorithm` for 20 simulated minutes (King-like latency, no churn,
+/// direct responses on, maintenance every 20 s as `table` says) with proximity selection
+/// off, then on (`set`), and asserts that every lookup is answered by the right peer and
+/// that the median stretch (lookup latency over the direct round trip to the responder)
+/// falls below 0.9 of that without it.
+fn proximity_lowers_the_stretch(
+    algorithm: &str,
+    table: &str,
+    set: impl Fn(&mut p2psip_simulator::Scenario, bool),
+) {
     let run = |proximity: bool| {
-        let mut s: p2psip_simulator::Scenario = toml::from_str(
-            "name = \"pns\"\nnodes = 2000\nduration = \"20m\"\nseed = 11\n\
+        let mut s: p2psip_simulator::Scenario = toml::from_str(&format!(
+            "name = \"pns\"\nalgorithm = \"{algorithm}\"\nnodes = 2000\nduration = \"20m\"\nseed = 11\n\
              [churn]\nmodel = \"none\"\n\
              [workload]\nlookups_per_node_per_hour = 12\nusers = 100\nrefresh = \"30m\"\ncalls_per_hour = 60\n\
-             [chord]\nfinger_interval = \"20s\"\n\
-             [core]\ndirect_response = true\nverify_signatures = false\nsign_messages = false\n",
-        )
+             {table}\n\
+             [core]\ndirect_response = true\nverify_signatures = false\nsign_messages = false\n"
+        ))
         .unwrap();
-        s.chord.proximity = proximity;
+        set(&mut s, proximity);
         s.sample_interval = "60s".into();
         p2psip_simulator::Runner::new(&s)
             .unwrap()
@@ -104,8 +108,8 @@ fn proximity_selection_lowers_the_stretch() {
     };
     let off = run(false);
     let on = run(true);
-    println!("without proximity: {}", off.summary());
-    println!("with proximity:    {}", on.summary());
+    println!("{algorithm} without proximity: {}", off.summary());
+    println!("{algorithm} with proximity:    {}", on.summary());
     assert_eq!(on.lookups_ok, on.lookups, "{}", on.summary());
     assert_eq!(on.lookups_correct, on.lookups, "{}", on.summary());
     assert!(
@@ -116,40 +120,25 @@ fn proximity_selection_lowers_the_stretch() {
     );
 }
 
-/// Proximity neighbour selection for Kademlia (`[kademlia] proximity`): at 2,000 peers
-/// with King-like latency and no churn, each refresh of a full bucket also looks up a
-/// random id of its range and probes the node found, which takes the place of the
-/// bucket's slowest entry when it answered faster; the median stretch falls below 0.9 of
-/// that without it (direct responses on in both runs), every lookup still answered by the
-/// responsible peer.
+/// Proximity neighbour selection (Chord `proximity`): the fingers kept are the faster of
+/// the nodes sampled in each interval.
+#[test]
+fn proximity_selection_lowers_the_stretch() {
+    proximity_lowers_the_stretch("chord", "[chord]\nfinger_interval = \"20s\"", |s, on| {
+        s.chord.proximity = on
+    });
+}
+
+/// Proximity neighbour selection for Kademlia (`[kademlia] proximity`): each refresh
+/// round also looks up a random id of a full bucket far from the near set and probes the
+/// node found, which takes the place of the bucket's slowest entry when it answered
+/// faster.
 #[test]
 fn kademlia_proximity_selection_lowers_the_stretch() {
-    let run = |proximity: bool| {
-        let mut s: p2psip_simulator::Scenario = toml::from_str(
-            "name = \"kpns\"\nalgorithm = \"kademlia\"\nnodes = 2000\nduration = \"20m\"\nseed = 11\n\
-             [churn]\nmodel = \"none\"\n\
-             [workload]\nlookups_per_node_per_hour = 12\nusers = 100\nrefresh = \"30m\"\ncalls_per_hour = 60\n\
-             [kademlia]\nrefresh_interval = \"20s\"\n\
-             [core]\ndirect_response = true\nverify_signatures = false\nsign_messages = false\n",
-        )
-        .unwrap();
-        s.kademlia.proximity = proximity;
-        s.sample_interval = "60s".into();
-        p2psip_simulator::Runner::new(&s)
-            .unwrap()
-            .run(&mut |_, _| {})
-    };
-    let off = run(false);
-    let on = run(true);
-    println!("kademlia without proximity: {}", off.summary());
-    println!("kademlia with proximity:    {}", on.summary());
-    assert_eq!(on.lookups_ok, on.lookups, "{}", on.summary());
-    assert_eq!(on.lookups_correct, on.lookups, "{}", on.summary());
-    assert!(
-        on.lookup_stretch.p50 < 0.9 * off.lookup_stretch.p50,
-        "stretch p50 {:.2} with proximity vs {:.2} without",
-        on.lookup_stretch.p50,
-        off.lookup_stretch.p50
+    proximity_lowers_the_stretch(
+        "kademlia",
+        "[kademlia]\nrefresh_interval = \"20s\"",
+        |s, on| s.kademlia.proximity = on,
     );
 }
 

@@ -144,24 +144,7 @@ pub fn front_end_in(
 ) -> (NodeProc, SocketAddr) {
     std::fs::create_dir_all(dir).unwrap();
     let users = dir.join("sip-users");
-    for (u, p) in [
-        ("alice", "wonderland"),
-        ("bob", "the-builder"),
-        ("john.doe", "dotted-name"),
-    ] {
-        let out = std::process::Command::new(BIN)
-            .args(["sip", "add-user"])
-            .arg(&users)
-            .args([u, "--realm", DOMAIN])
-            .env("P2PSIP_PASSWORD", p)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    write_users(&users);
     let config = write_config(dir, OVERLAY, boot, "127.0.0.1:0");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += &format!(
@@ -321,4 +304,27 @@ pub fn header<'a>(m: &'a str, name: &str) -> Option<&'a str> {
         let (n, v) = l.split_once(':')?;
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// Writes the users file of the test front-ends at `path` (`p2psip sip add-user`): alice
+/// (wonderland), bob (the-builder) and john.doe (dotted-name), realm [`DOMAIN`].
+pub fn write_users(path: &std::path::Path) {
+    for (u, p) in [
+        ("alice", "wonderland"),
+        ("bob", "the-builder"),
+        ("john.doe", "dotted-name"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["sip", "add-user"])
+            .arg(path)
+            .args([u, "--realm", DOMAIN])
+            .env("P2PSIP_PASSWORD", p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
