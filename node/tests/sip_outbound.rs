@@ -414,3 +414,26 @@ fn a_user_name_with_a_dot_registers_and_is_called() {
     let inv = next_request(&john, "INVITE").expect("john.doe was not called");
     assert!(inv.starts_with("INVITE sip:john.doe@"), "{inv}");
 }
+
+/// What the front-end logs about a request carries its method and Call-ID (a span per
+/// SIP request), so that an operator finds every line of one call or registration.
+#[test]
+fn log_lines_of_a_request_name_its_call_id() {
+    let dir = TempDir::new("sip-log-span");
+    let (n, fe) = front_end(&dir, "[\"SHA-256\"]");
+    let phone = socket();
+    let r = register_edited(&phone, fe, "alice", "wonderland", |m| m);
+    assert_eq!(status(&r), 200, "{r}");
+    let call_id = header(&r, "Call-ID").unwrap().to_string();
+    let logged = eventually(Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(&n.stderr_log).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains("SIP: registered"))
+            .map(str::to_string)
+    })
+    .expect("no registration logged");
+    assert!(
+        logged.contains(&call_id) && logged.contains("REGISTER"),
+        "the registration's log line names neither its Call-ID ({call_id}) nor its method:\n{logged}"
+    );
+}

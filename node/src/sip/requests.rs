@@ -2,6 +2,10 @@
 //! relayed back along the Via headers.
 
 use super::*;
+use tracing::Instrument as _;
+
+/// Characters of a request's Call-ID its log lines carry.
+const CALL_ID_LOGGED: usize = 64;
 
 /// What is wrong with a request's mandatory headers (RFC 3261 section 8.1.1), if anything.
 pub(super) fn malformed(req: &Request) -> Option<String> {
@@ -138,8 +142,16 @@ impl Inner {
         );
         match SipMessage::try_from(bytes.as_slice()) {
             Ok(SipMessage::Request(r)) => {
+                // One span per request: every line logged while it is handled names its
+                // method and Call-ID (cut to CALL_ID_LOGGED characters: the sender's).
                 let method = r.method.to_string();
-                if let Err(e) = self.request(r, src).await {
+                let call_id: String = r
+                    .call_id_header()
+                    .map(|c| c.value().chars().take(CALL_ID_LOGGED).collect())
+                    .unwrap_or_default();
+                let span = tracing::info_span!("sip", method = %method, call_id = %call_id);
+                if let Err(e) = self.request(r, src).instrument(span.clone()).await {
+                    let _in = span.enter();
                     crate::remote_log!(info, "sip_not_handled", %src, %method, error = %e, "SIP: request not handled");
                 }
             }
