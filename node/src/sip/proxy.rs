@@ -191,7 +191,10 @@ impl Inner {
             self.reply(&req, 404, vec![], src).await;
             bail!("temporary GRUU {}: not issued here", req.uri);
         };
-        if d.expires <= Instant::now() || (d.reg_id.is_some() && !self.flow_alive(&d)) {
+        let live = registrar::targets(std::slice::from_ref(&d), Instant::now(), |d| {
+            self.flow_alive(d)
+        });
+        if live.is_empty() {
             self.reply(&req, 480, vec![], src).await;
             bail!("temporary GRUU {}: its device is gone", req.uri);
         }

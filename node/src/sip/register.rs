@@ -403,13 +403,11 @@ fn via_count(req: &Request) -> usize {
 
 /// Whether Path entry `entry` (`<sip:proxy;lr;ob>`) carries the `ob` URI parameter.
 fn has_ob(entry: &str) -> bool {
-    let uri = entry.trim().trim_start_matches('<');
-    let uri = uri.split('>').next().unwrap_or(uri);
-    uri.split(';').skip(1).any(|p| {
-        p.trim()
-            .split('=')
-            .next()
-            .is_some_and(|n| n.eq_ignore_ascii_case("ob"))
+    path_uri(entry).is_some_and(|u| {
+        u.params.iter().any(|p| match p {
+            rsip::Param::Other(name, _) => name.value().eq_ignore_ascii_case("ob"),
+            _ => false,
+        })
     })
 }
 

@@ -123,8 +123,14 @@ pub(super) fn route_hop(uri: &rsip::Uri) -> Option<Hop> {
 
 /// Where a request following Path entry `entry` (`<sip:proxy;lr>`) goes.
 pub(super) fn path_hop(entry: &str) -> Option<Hop> {
-    let uri = entry.trim_start_matches('<').split('>').next()?;
-    route_hop(&rsip::Uri::try_from(uri).ok()?)
+    route_hop(&path_uri(entry)?)
+}
+
+/// The URI of Path entry `entry` (`<sip:proxy;lr;ob>`; header parameters after `>` are
+/// not the URI's).
+pub(super) fn path_uri(entry: &str) -> Option<rsip::Uri> {
+    let uri = entry.trim().trim_start_matches('<').split('>').next()?;
+    rsip::Uri::try_from(uri).ok()
 }
 
 /// The tag of a request's To header: none before a dialog exists.
