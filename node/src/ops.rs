@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use p2psip_algorithms::storage::{
-    KIND_NODE_VALUE, KIND_SIP_REGISTRATION, KIND_USER_ARRAY, KIND_USER_VALUE,
+    KIND_NODE_VALUE, KIND_SIP_FRONT_END, KIND_SIP_REGISTRATION, KIND_USER_ARRAY, KIND_USER_VALUE,
 };
 use p2psip_algorithms::{signed_value, Id, Time, ValueModel};
 use p2psip_proto::pb::{self, stored_data_value::Model};
@@ -20,7 +20,7 @@ pub fn name_seed(name: &str) -> [u8; 32] {
 }
 
 /// Kind names accepted on the command line.
-pub const KIND_NAMES: &str = "user-value, sip-registration, user-array, node-value";
+pub const KIND_NAMES: &str = "user-value, sip-registration, user-array, node-value, sip-front-end";
 
 /// A kind id from its command-line name (or a number).
 pub fn kind_of(name: &str) -> anyhow::Result<u32> {
@@ -29,6 +29,7 @@ pub fn kind_of(name: &str) -> anyhow::Result<u32> {
         "sip-registration" => KIND_SIP_REGISTRATION,
         "user-array" => KIND_USER_ARRAY,
         "node-value" => KIND_NODE_VALUE,
+        "sip-front-end" => KIND_SIP_FRONT_END,
         other => match other.parse::<u32>() {
             Ok(n) => n,
             Err(_) => bail!("unknown kind {other:?}; known: {KIND_NAMES}, or a number"),
@@ -43,13 +44,14 @@ pub fn kind_name(kind: u32) -> &'static str {
         KIND_SIP_REGISTRATION => "sip-registration",
         KIND_USER_ARRAY => "user-array",
         KIND_NODE_VALUE => "node-value",
+        KIND_SIP_FRONT_END => "sip-front-end",
         _ => "other",
     }
 }
 
 /// The value `writer` stores under `name` for `kind`: the resource is hash(name) (the
-/// writer's Node-ID for node-value), and a SIP registration is keyed by the writer's
-/// Node-ID.
+/// writer's Node-ID for node-value), and a SIP registration or front-end address is keyed
+/// by the writer's Node-ID.
 pub fn build_value(
     writer: &Identity,
     name: &str,
@@ -64,7 +66,7 @@ pub fn build_value(
         Id::hash_of(name.as_bytes())
     };
     let model = match kind {
-        KIND_SIP_REGISTRATION => {
+        KIND_SIP_REGISTRATION | KIND_SIP_FRONT_END => {
             ValueModel::Dictionary(writer.node_id.to_bytes().to_vec(), value.to_vec())
         }
         KIND_USER_ARRAY => ValueModel::Array(u32::MAX, value.to_vec()),

@@ -890,12 +890,54 @@ fn an_aor_naming_a_front_end_address_reaches_the_user_registered_elsewhere() {
     let alice = socket();
     let me = alice.local_addr().unwrap();
     register_alice_at(&alice, fe2, &format!("sip:alice@{me}"));
+    invite_rings_alice(&alice, fe1, &format!("sip:alice@{fe1}"), 7);
+}
+
+/// The same with the address of *another* front-end of the overlay: carol's phone sends
+/// to fe1 `sip:alice@<fe2>` (or any front-end's address): the front-ends publish their SIP
+/// addresses in the overlay (kind SIP-FRONT-END), so fe1 takes it as the domain instead of
+/// refusing it as a host that is no device (it answered 403).
+#[test]
+fn an_aor_naming_another_front_ends_address_is_taken_as_the_domain() {
+    let dir = TempDir::new("sip-aor-other-fe");
+    let [(a, fe1), (_b, fe2)] = two_front_ends(&dir, "[\"SHA-256\", \"MD5\"]");
+    let fe3 = front_end_in(&dir.0.join("fe3"), &[a.addr], "[\"SHA-256\", \"MD5\"]", "");
+    // Each front-end publishes its address once it has joined.
+    for fe in [fe2, fe3.1] {
+        let published = eventually(Duration::from_secs(20), || {
+            let name = format!("sip-front-end:{fe}");
+            let (code, out, _) = client(
+                a.addr,
+                OVERLAY,
+                &["fetch", &name, "--kind", "sip-front-end"],
+            );
+            (code == 0 && out.contains(&fe.to_string())).then_some(())
+        });
+        assert!(published.is_some(), "{fe} never published its address");
+    }
+    let alice = socket();
+    let me = alice.local_addr().unwrap();
+    register_alice_at(&alice, fe2, &format!("sip:alice@{me}"));
+    // The URI names the front-end alice registered at, and one she has nothing to do with.
+    invite_rings_alice(&alice, fe1, &format!("sip:alice@{fe2}"), 8);
+    invite_rings_alice(&alice, fe1, &format!("sip:alice@{}", fe3.1), 9);
+    // A host that is no front-end and no device is still refused, and gets nothing.
+    let victim = socket();
     let carol = socket();
-    let msg = invite(&carol, 7).replace(
+    let uri = format!("sip:alice@{}", victim.local_addr().unwrap());
+    let r = transact(&carol, fe1, &request(&carol, "INVITE", &uri, 70, 41));
+    assert_eq!(status(&r), 403, "{uri}: {r}");
+}
+
+/// carol (a new socket) sends to `fe` INVITE number `n` for `uri`; it reaches alice (at `alice`)
+/// in at most three Vias, not an error.
+fn invite_rings_alice(alice: &UdpSocket, fe: SocketAddr, uri: &str, n: u32) {
+    let carol = socket();
+    let msg = invite(&carol, n).replace(
         &format!("INVITE sip:alice@{DOMAIN} "),
-        &format!("INVITE sip:alice@{fe1} "),
+        &format!("INVITE {uri} "),
     );
-    carol.send_to(msg.as_bytes(), fe1).unwrap();
+    carol.send_to(msg.as_bytes(), fe).unwrap();
     let mut buf = [0u8; 65535];
     let got = eventually(Duration::from_secs(8), || {
         if let Ok((n, _)) = carol.recv_from(&mut buf) {
@@ -916,10 +958,15 @@ fn an_aor_naming_a_front_end_address_reaches_the_user_registered_elsewhere() {
                 .lines()
                 .filter(|l| l.to_ascii_lowercase().starts_with("via:"))
                 .count();
-            assert!(hops <= 3, "the INVITE went round: {hops} Vias\n{inv}");
+            assert!(
+                hops <= 3,
+                "{uri}: the INVITE went round: {hops} Vias\n{inv}"
+            );
         }
-        Some(Err(answer)) => panic!("carol got an error instead of ringing alice:\n{answer}"),
-        None => panic!("the INVITE never reached alice"),
+        Some(Err(answer)) => {
+            panic!("{uri}: carol got an error instead of ringing alice:\n{answer}")
+        }
+        None => panic!("{uri}: the INVITE never reached alice"),
     }
 }
 

@@ -17,6 +17,9 @@ pub const KIND_NODE_MULTIPLE: u32 = 5;
 /// ReDiR service records (RFC 7374's REDIR kind): a dictionary at each tree node keyed by
 /// the provider's Node-ID (NODE-ID-MATCH).
 pub const KIND_REDIR: u32 = 104;
+/// SIP front-ends' addresses: a dictionary at hash("sip-front-end:" + host:port) keyed by
+/// the Node-ID of a front-end that listens there (NODE-ID-MATCH; proto/SPEC.md 2.7).
+pub const KIND_SIP_FRONT_END: u32 = 105;
 
 /// One kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,17 @@ impl Default for KindRegistry {
                 DataModel::Dictionary,
                 AccessPolicy::NodeIdMatch,
                 64,
+                0,
+            )
+        });
+        r.add(Kind {
+            max_size: 256,
+            ..k(
+                KIND_SIP_FRONT_END,
+                "SIP-FRONT-END",
+                DataModel::Dictionary,
+                AccessPolicy::NodeIdMatch,
+                16,
                 0,
             )
         });

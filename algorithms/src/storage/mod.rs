@@ -9,7 +9,7 @@ mod rules;
 
 pub use access::{check_policy, node_multiple_resource};
 pub use kinds::{Kind, KindRegistry, KIND_NODE_MULTIPLE, KIND_NODE_VALUE, KIND_SIP_REGISTRATION};
-pub use kinds::{KIND_REDIR, KIND_USER_ARRAY, KIND_USER_VALUE};
+pub use kinds::{KIND_REDIR, KIND_SIP_FRONT_END, KIND_USER_ARRAY, KIND_USER_VALUE};
 pub use memory::MemoryStore;
 pub use rules::{
     apply_store, check_signed, check_signed_with, fetch, find_closest, is_expired, stat, too_large,

@@ -134,6 +134,16 @@ impl NodeClient {
         self.cmd.is_closed()
     }
 
+    /// What the node reports about itself (state, neighbours, counters).
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| anyhow!("node stopped"))?;
+        rx.await.map_err(|_| anyhow!("node stopped"))
+    }
+
     /// Changes the node's core (no answer awaited beyond the hand-over).
     pub async fn with_core(&self, f: impl FnOnce(&mut OverlayNode) + Send + 'static) {
         let _ = self.cmd.send(Command::Core(Box::new(f))).await;
@@ -208,12 +218,7 @@ impl NodeHandle {
     }
 
     pub async fn status(&self) -> anyhow::Result<Status> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Status(tx))
-            .await
-            .map_err(|_| anyhow!("node stopped"))?;
-        rx.await.map_err(|_| anyhow!("node stopped"))
+        self.client().status().await
     }
 
     /// A client's admitting peer (its only routing-table entry).

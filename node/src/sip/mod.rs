@@ -12,6 +12,7 @@ pub mod auth;
 pub mod contact;
 mod fork;
 mod forking;
+mod front_ends;
 pub mod identities;
 mod keepalive;
 mod proxy;
@@ -103,6 +104,8 @@ struct Inner {
     /// it came from upstream (`forking::upstream_key`).
     forks: DashMap<String, (Arc<std::sync::Mutex<forking::ForkCtx>>, usize)>,
     forks_in: DashMap<String, Arc<std::sync::Mutex<forking::ForkCtx>>>,
+    /// Which addresses are other front-ends of the overlay.
+    front_ends: front_ends::FrontEnds,
 }
 
 /// A running front-end.
@@ -191,6 +194,7 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         certified,
         forks: DashMap::new(),
         forks_in: DashMap::new(),
+        front_ends: front_ends::FrontEnds::default(),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
@@ -233,9 +237,10 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
             i.attach_stream(s.from, s.send, s.recv);
         }
     });
+    let publish_task = tokio::spawn(inner.clone().publish_address());
     Ok(SipFrontEnd {
         addr,
-        tasks: vec![udp_task, tcp_task, app_task],
+        tasks: vec![udp_task, tcp_task, app_task, publish_task],
         inner,
     })
 }

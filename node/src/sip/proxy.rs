@@ -54,16 +54,25 @@ impl Inner {
             // previous hop retransmitting the INVITE meanwhile (RFC 3261 §16.2).
             self.reply(&req, 100, vec![], src).await;
         }
-        // A device's own address (the remote target of a dialog): straight there.
-        if matches!(req.uri.host_with_port.host, rsip::Host::IpAddr(_)) && !self.is_me(&req.uri) {
+        // A device's own address (the remote target of a dialog): straight there. An
+        // address that is no device may be a front-end's: this one's, or another's of the
+        // overlay (its published record), standing for the domain.
+        let mut names_front_end = self.is_me(&req.uri);
+        if matches!(req.uri.host_with_port.host, rsip::Host::IpAddr(_)) && !names_front_end {
             let to = route_hop(&req.uri).ok_or_else(|| anyhow!("no address in {}", req.uri))?;
+            if self.may_send_to(to) {
+                return self.forward(req, to, None).await;
+            }
+            names_front_end = match uri_addr(&req.uri) {
+                Some(a) => self.is_front_end(a).await,
+                None => false,
+            };
             // Only to devices known here: no open relay, no requests to arbitrary hosts.
-            if !self.may_send_to(to) {
+            if !names_front_end {
                 self.reply(&req, 403, vec![], src).await;
                 crate::remote_log!(info, "sip_relay_refused", %src, uri = %req.uri, "SIP: request to a host that is no device known here refused");
                 return Ok(());
             }
-            return self.forward(req, to, None).await;
         }
         let Some(mut aor) = aor_of(&req.uri, &self.cfg.domain) else {
             self.reply(&req, 404, vec![], src).await;
@@ -73,10 +82,10 @@ impl Inner {
             return self.route_temp_gruu(req, src, node, &token).await;
         }
         let gr = gr_param(&req.uri);
-        // A URI naming this front-end by address means the user of our domain: the
-        // request goes on for the AOR itself (else the front-end holding the binding
-        // would take the URI for a device and send it back here).
-        if self.is_me(&req.uri) {
+        // A URI naming a front-end by address means the user of our domain: the request
+        // goes on for the AOR itself (else the front-end holding the binding would take
+        // the URI for a device and send it back here).
+        if names_front_end {
             let canonical = match &gr {
                 Some(g) => format!("{aor};gr={g}"),
                 None => aor.clone(),
