@@ -22,7 +22,8 @@ pub(super) enum Resend {
 }
 
 /// The simulator's default `slack` of [`hop_ack_timeout`] (`network.hop_ack_slack`). The
-/// daemon's `timers.hop_ack_slack_ms` is 0 (off) by default: loaded peers tripped it.
+/// daemon's `timers.hop_ack_slack_ms` is 3,000 ms by default (a loaded peer on a crowded
+/// machine can be slow that long without being gone).
 pub const HOP_ACK_SLACK: Duration = Duration::from_millis(300);
 
 /// How long a sender waits for the transport of a link to acknowledge a message it sent

@@ -224,10 +224,10 @@ pub struct Timers {
     /// Hop acknowledgement (proto/SPEC.md 2.6), milliseconds: a link whose peer has not
     /// acknowledged a message within three round trips plus this (and the message's
     /// transfer time) is closed as failed, and what was sent on it is routed around the
-    /// peer. 0 (the default): off, only the idle timeout notices a dead peer. 300 is what
-    /// the simulator models; in the daemon it also closes links of peers that are only
-    /// loaded (a 20-peer fleet on 2 cores under 64 operations in flight: hundreds of
-    /// links closed), so it is for fleets with CPU to spare.
+    /// peer. 3000 by default: a crashed or frozen neighbour is noticed within about 3 s
+    /// instead of the idle timeout (45 s), while a peer that is only loaded (a 20-peer
+    /// fleet on 2 cores under 64 operations in flight) is never silent that long. 0: off.
+    /// 300 is what the simulator models, for fleets with CPU to spare.
     pub hop_ack_slack_ms: u64,
 }
 
@@ -243,9 +243,9 @@ impl Default for Timers {
             expiry_interval_s: c.expiry_interval.as_secs(),
             keep_alive_ms: 15_000,
             idle_timeout_ms: 45_000,
-            // Off by default: under load a live peer's acknowledgements come later than
-            // the check allows (node/tests/cluster.rs, a_loaded_fleet_...).
-            hop_ack_slack_ms: 0,
+            // Long enough that no loaded live peer trips it (node/tests/cluster.rs,
+            // a_loaded_fleet_...: none at 2,000 ms; 11 links closed at 300 ms).
+            hop_ack_slack_ms: 3_000,
         }
     }
 }

@@ -186,7 +186,12 @@ impl Transport {
                             // A full watch queue holds a message still unacknowledged: it
                             // alone decides; this one goes unwatched.
                             let now = Instant::now();
-                            let _ = tx.try_send((s, now, now + wait));
+                            let _ = tx.try_send(Watched {
+                                stream: s,
+                                sent: now,
+                                deadline: now + wait,
+                                counts: packet_counts(&conn),
+                            });
                         }
                     }
                     Err(_) => break,
@@ -204,24 +209,17 @@ impl Transport {
     /// stream still unacknowledged at its deadline, on a connection that carried packets
     /// from this node but none from the peer meanwhile, closes the connection, which
     /// reports the link failed to the runtime, whose core routes again what left on it.
-    fn spawn_ack_watch(
-        self: &Arc<Self>,
-        peer: NodeId,
-        conn: Connection,
-    ) -> mpsc::Sender<(quinn::SendStream, Instant, Instant)> {
-        let (tx, mut rx) = mpsc::channel::<(quinn::SendStream, Instant, Instant)>(ACK_WATCH_QUEUE);
+    fn spawn_ack_watch(self: &Arc<Self>, peer: NodeId, conn: Connection) -> mpsc::Sender<Watched> {
+        let (tx, mut rx) = mpsc::channel::<Watched>(ACK_WATCH_QUEUE);
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some((s, sent, deadline)) = rx.recv().await {
-                let counts = |c: &Connection| {
-                    let st = c.stats();
-                    (st.udp_rx.datagrams, st.udp_tx.datagrams)
-                };
-                let (mut heard, mut said) = counts(&conn);
+            while let Some(w) = rx.recv().await {
+                let (s, sent, mut deadline) = (w.stream, w.sent, w.deadline);
+                // What the connection had carried when the message left: the peer must be
+                // heard from after that, however long this watch queue made us wait to
+                // look (a backlog here is no silence of the peer).
+                let (mut heard, mut said) = w.counts;
                 let window = deadline.saturating_duration_since(sent);
-                let mut deadline = deadline;
-                // Acknowledged, stopped by the peer (it is alive) or the connection is
-                // gone: all the same here.
                 while tokio::time::timeout_at(deadline, s.stopped())
                     .await
                     .is_err()
@@ -233,7 +231,7 @@ impl Transport {
                     // first takes in what has arrived: after a busy spell of this
                     // runtime, the socket may hold the peer's packets uncounted.
                     tokio::time::sleep(Self::ACK_GRACE).await;
-                    let (now_heard, now_said) = counts(&conn);
+                    let (now_heard, now_said) = packet_counts(&conn);
                     if now_heard > heard || now_said == said {
                         (heard, said) = (now_heard, now_said);
                         deadline = Instant::now() + window;
@@ -355,4 +353,19 @@ impl Transport {
             crate::remote_log!(debug, "event_queue_full", %from, "message dropped: the queue to the runtime is full");
         }
     }
+}
+
+/// A message stream the hop acknowledgement watches: when it left, its deadline, and the
+/// connection's packet counts (received, sent) at that moment.
+pub(super) struct Watched {
+    stream: quinn::SendStream,
+    sent: Instant,
+    deadline: Instant,
+    counts: (u64, u64),
+}
+
+/// UDP datagrams a connection has received and sent.
+fn packet_counts(c: &Connection) -> (u64, u64) {
+    let st = c.stats();
+    (st.udp_rx.datagrams, st.udp_tx.datagrams)
 }
