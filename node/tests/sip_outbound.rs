@@ -277,6 +277,78 @@ fn a_device_is_called_on_its_newest_live_flow() {
     );
 }
 
+/// A STUN Binding request (an RFC 5626 keep-alive over UDP) with transaction id `n`.
+fn stun_keepalive(n: u8) -> Vec<u8> {
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(b"p2psip-ka-0");
+    req.push(n);
+    req
+}
+
+/// With `sip.flow_timer_s` set, the front-end tells phones how often to send keep-alives
+/// and takes a UDP flow that stays silent for twice that plus 2 s as failed (RFC 5626
+/// section 5.3: the next flow is used). One device with two UDP flows: reg-id 2, the
+/// newest, goes silent; reg-id 1 keeps sending STUN keep-alives: the call comes over
+/// flow 1. When flow 1 goes silent too, a call gets 480 at once instead of being sent
+/// into a dead flow. (Before: a UDP flow counted as standing until its registration
+/// expired, and the call went to the silent flow.)
+#[test]
+fn a_udp_flow_gone_silent_is_not_called() {
+    let dir = TempDir::new("sip-ob-silent");
+    let (_n, fe) = front_end_with(&dir, "[\"SHA-256\"]", "flow_timer_s = 1\n");
+    let instance = ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000516e>\"";
+    let flows = [socket(), socket()];
+    for (i, s) in flows.iter().enumerate() {
+        let r = register_edited(
+            s,
+            fe,
+            "alice",
+            "wonderland",
+            with_contact(
+                "sip:alice@192.0.2.10:5060",
+                &format!("{instance};reg-id={}", i + 1),
+                true,
+            ),
+        );
+        assert_eq!(status(&r), 200, "{r}");
+        assert_eq!(header(&r, "Flow-Timer"), Some("1"), "{r}");
+    }
+    // 5 s: flow 2 silent all along, flow 1 sending a keep-alive every 500 ms (what a phone
+    // told Flow-Timer: 1 does). The passing time is what is under test.
+    let mut buf = [0u8; 1500];
+    for n in 0..10u8 {
+        flows[0].send_to(&stun_keepalive(n), fe).unwrap();
+        let _ = flows[0].recv_from(&mut buf);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let carol = socket();
+    carol.send_to(invite(&carol, 1).as_bytes(), fe).unwrap();
+    let inv = next_request(&flows[0], "INVITE").expect("the call did not come over the live flow");
+    assert!(
+        inv.starts_with("INVITE sip:alice@192.0.2.10:5060 "),
+        "{inv}"
+    );
+    assert!(
+        next_request(&flows[1], "INVITE").is_none(),
+        "the call went to the silent flow too"
+    );
+    // Both silent for 5 s: 480, and nothing is sent into either flow.
+    std::thread::sleep(Duration::from_secs(5));
+    let r = transact(&carol, fe, &invite(&carol, 2));
+    let r = if status(&r) == 100 {
+        next_final(&carol).expect("no final answer")
+    } else {
+        r
+    };
+    assert_eq!(status(&r), 480, "{r}");
+    for f in &flows {
+        assert!(
+            next_request(f, "INVITE").is_none(),
+            "an INVITE went into a silent flow"
+        );
+    }
+}
+
 /// RFC 5627 temporary GRUUs: a REGISTER saying `Supported: gruu` gets a `temp-gruu` besides
 /// the `pub-gruu`; it does not name the AOR, each refresh gives a new one, earlier ones keep
 /// working while the Call-ID stays, and one reaches its device through another front-end.

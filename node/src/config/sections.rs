@@ -167,7 +167,9 @@ pub struct SipSection {
     pub trusted_proxies: Vec<String>,
     /// RFC 5626: the Flow-Timer (seconds) in the 200 to a phone that registers an
     /// outbound flow straight to this front-end: it sends a keep-alive (STUN on UDP,
-    /// CRLFCRLF on TCP) every 80-100% of it. 0: none sent, phones use their own default.
+    /// CRLFCRLF on TCP) every 80-100% of it, and a UDP flow silent for twice that plus 2 s
+    /// counts as failed (the device's next flow is used, or 480). 0: none sent, phones
+    /// use their own default, and UDP flows stand until they expire.
     pub flow_timer_s: u32,
 }
 

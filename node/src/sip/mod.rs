@@ -106,6 +106,9 @@ struct Inner {
     forks_in: DashMap<String, Arc<std::sync::Mutex<forking::ForkCtx>>>,
     /// Which addresses are other front-ends of the overlay.
     front_ends: front_ends::FrontEnds,
+    /// RFC 5626 flows over UDP registered here: when a datagram (keep-alive or SIP) last
+    /// came from each.
+    flows_heard: DashMap<SocketAddr, Instant>,
 }
 
 /// A running front-end.
@@ -195,13 +198,18 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
         forks: DashMap::new(),
         forks_in: DashMap::new(),
         front_ends: front_ends::FrontEnds::default(),
+        flows_heard: DashMap::new(),
     });
     tracing::info!(udp = %addr, tcp = %addr, advertised = %advertise, "SIP front-end listening");
     let i = inner.clone();
     let udp_task = tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            match i.udp.recv_from(&mut buf).await {
+            let got = i.udp.recv_from(&mut buf).await;
+            if let Ok((_, src)) = got {
+                i.heard_from(src);
+            }
+            match got {
                 Ok((n, src)) if keepalive::is_stun(&buf[..n]) => i.stun(&buf[..n], src).await,
                 Ok((n, src)) => i.clone().dispatch(buf[..n].to_vec(), Hop::Udp(src)).await,
                 Err(e) => tracing::debug!(error = %e, "SIP: UDP receive"),

@@ -215,12 +215,39 @@ impl Inner {
 
     /// Whether the flow of an outbound binding still stands: a TCP connection the phone
     /// has closed does not (the front-end never dials a phone's flow; RFC 5626 section
-    /// 5.3). UDP flows, and flows an edge proxy keeps (Path), stand until they expire.
+    /// 5.3), nor, when `sip.flow_timer_s` told phones how often to send keep-alives, a
+    /// UDP flow silent for longer than [`flow_silence`] allows. Flows an edge proxy keeps
+    /// (Path), and UDP flows of phones given no Flow-Timer, stand until they expire.
     pub(super) fn flow_alive(&self, d: &registrar::Device) -> bool {
         match d.hop {
             Hop::Tcp(a) if d.path.is_empty() => self.tcp.get(&a).is_some_and(|w| !w.is_closed()),
+            Hop::Udp(a) if d.path.is_empty() && d.reg_id.is_some() && self.cfg.flow_timer > 0 => {
+                self.flows_heard
+                    .get(&a)
+                    .is_none_or(|t| t.elapsed() <= flow_silence(self.cfg.flow_timer))
+            }
             _ => true,
         }
+    }
+
+    /// Notes that a datagram came from `src` (a registered UDP flow stays alive by it).
+    pub(super) fn heard_from(&self, src: SocketAddr) {
+        if let Some(mut t) = self.flows_heard.get_mut(&src) {
+            *t = Instant::now();
+        }
+    }
+
+    /// Starts watching the UDP flow `a` (just registered: heard `now`), if not yet; at
+    /// most KNOWN_MAX flows, those silent for an hour forgotten first.
+    pub(super) fn watch_flow(&self, a: SocketAddr, now: Instant) {
+        if self.flows_heard.len() >= KNOWN_MAX && !self.flows_heard.contains_key(&a) {
+            self.flows_heard
+                .retain(|_, t| now.saturating_duration_since(*t) < SOURCE_MEMORY);
+            if self.flows_heard.len() >= KNOWN_MAX {
+                return;
+            }
+        }
+        self.flows_heard.entry(a).or_insert(now);
     }
 
     pub(super) async fn resolve(&self, aor: &str, gr: Option<&str>) -> anyhow::Result<Resolved> {
@@ -358,4 +385,11 @@ impl Inner {
         req.headers = headers;
         Ok((format!("{COOKIE}{branch}"), req))
     }
+}
+
+/// How long a UDP flow whose phone was told Flow-Timer `flow_timer` may stay silent before
+/// it counts as failed: twice the timer plus 2 s (a phone sends a keep-alive every 80 to
+/// 100% of it, RFC 5626 section 4.4.1; one may be lost).
+pub(super) fn flow_silence(flow_timer: u32) -> Duration {
+    Duration::from_secs(u64::from(flow_timer) * 2 + 2)
 }

@@ -254,6 +254,9 @@ impl Inner {
             if let Hop::Udp(a) | Hop::Tcp(a) = d.hop {
                 self.know(a, d.expires);
             }
+            if let (Hop::Udp(a), Some(_), true) = (d.hop, d.reg_id, d.path.is_empty()) {
+                self.watch_flow(a, now);
+            }
         }
         Ok(devices)
     }
