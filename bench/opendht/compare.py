@@ -89,6 +89,8 @@ def run_ours(n, base_port, args, work):
                 '[log]\nlevel = "info"\n')
         if args.extra:
             f.write(args.extra.replace("\\n", "\n") + "\n")
+    with open(cfg) as f:
+        cfg_text = f.read()
     first = f"127.0.0.1:{base_port}"
     procs = []
     t0 = time.monotonic()
@@ -101,9 +103,12 @@ def run_ours(n, base_port, args, work):
                                           stdout=subprocess.DEVNULL,
                                           stderr=open(os.path.join(work, f"n{i}.log"), "w")))
         started = time.monotonic() - t0
+        # The client must sign (or not) as the peers do.
+        unsigned = ["--unsigned-messages"] if "sign_messages = false" in cfg_text else []
         out = subprocess.run(
             [P2PSIP, "client", "--peer", f"127.0.0.1:{base_port + n - 1}",
-             "--overlay", "bench.opendht", "--timeout", "2s", "--log-level", "warn,p2psip_node::bench=info", "bench",
+             "--overlay", "bench.opendht", "--timeout", "2s", *unsigned,
+             "--log-level", "warn,p2psip_node::bench=info", "bench",
              "--count", str(args.count), "--value-size", str(args.value_size),
              "--duration", f"{args.duration}s", "--window", str(args.window),
              "--check-peer", first],

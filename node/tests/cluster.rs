@@ -423,3 +423,30 @@ fn a_loaded_fleet_closes_no_link_of_a_live_peer() {
     );
     assert_eq!(unacked, 0.0, "links of live peers closed as unacknowledged");
 }
+
+/// An overlay whose peers run with message signatures off (`security.sign_messages =
+/// false`, which every member must share) can be used from the command line: `client
+/// --unsigned-messages` stores and fetches through it, and a client that signs is refused.
+/// (Before: the client always signed and took only signed answers, so nothing worked, and
+/// the OpenDHT bench could not compare signatures on and off.)
+#[test]
+fn the_client_speaks_to_an_overlay_without_message_signatures() {
+    let root = TempDir::new("unsigned");
+    let nodes = daemon_fleet(&root, 2, "[security]\nsign_messages = false\n");
+    let peer = nodes[1].addr;
+    let (code, out, err) = client(peer, OVERLAY, &["--unsigned-messages", "store", "bob", "x"]);
+    assert_eq!(code, 0, "unsigned store: {out} {err}");
+    let (code, out, err) = client(peer, OVERLAY, &["--unsigned-messages", "fetch", "bob"]);
+    assert_eq!(code, 0, "unsigned fetch: {out} {err}");
+    assert!(out.contains('x'), "{out}");
+    let signed = std::process::Command::new(env!("CARGO_BIN_EXE_p2psip"))
+        .args(["client", "--peer", &peer.to_string(), "--overlay", OVERLAY])
+        .args(["--timeout", "3s", "store", "bob", "y"])
+        .output()
+        .unwrap();
+    assert_ne!(
+        signed.status.code(),
+        Some(0),
+        "a signing client's store went through an unsigned overlay"
+    );
+}

@@ -1,7 +1,6 @@
 //! `p2psip client`: one operation (or a batch) through an admitting peer.
 
-use super::{client_security, op, LogArgs};
-use crate::config::Config;
+use super::{op, LogArgs};
 use crate::identity;
 use crate::ops::{build_value, kind_of, name_seed, parse_duration, values_json, values_of};
 use crate::runtime::{self, Role};
@@ -45,6 +44,11 @@ pub(crate) struct ClientArgs {
     /// Give up after this long (e.g. 10s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
+    /// Send and accept messages without signatures: only for an overlay whose peers run
+    /// with `security.sign_messages = false` (every member must agree; with signatures on,
+    /// the peers refuse what this client sends).
+    #[arg(long, env = "P2PSIP_UNSIGNED_MESSAGES")]
+    pub(crate) unsigned_messages: bool,
     #[command(subcommand)]
     pub(crate) op: ClientOp,
     #[command(flatten)]
@@ -165,11 +169,7 @@ pub(crate) async fn many(
     prefix: &str,
     store: bool,
 ) -> anyhow::Result<i32> {
-    let cfg = Config {
-        overlay: a.overlay.clone(),
-        user: format!("{prefix}client"),
-        ..Config::default()
-    };
+    let cfg = super::client_config(a, &format!("{prefix}client"));
     let h = runtime::spawn(
         cfg,
         Role::Client { admitting: peer },
@@ -256,11 +256,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
             Some(p) => Some(runtime::resolve(p).await?),
             None => None,
         };
-        let cfg = Config {
-            overlay: a.overlay.clone(),
-            user: "bench".into(),
-            ..Config::default()
-        };
+        let cfg = super::client_config(&a, "bench");
         let spec = crate::bench::BenchSpec {
             count: *count,
             value_size: *value_size,
@@ -317,12 +313,7 @@ pub(crate) async fn run(a: ClientArgs) -> anyhow::Result<i32> {
         Some(p) => identity::read_seed(p)?,
         None => name_seed(&name),
     };
-    let cfg = Config {
-        overlay: a.overlay.clone(),
-        user: name.clone(),
-        security: client_security(&a),
-        ..Config::default()
-    };
+    let cfg = super::identity_client_config(&a, &name);
     let writer = identity::credentials(&cfg, seed)?.identity;
     let started = Instant::now();
     let h = runtime::spawn(cfg, Role::Client { admitting: peer }, seed).await?;

@@ -335,7 +335,30 @@ pub(crate) fn client_security(a: &ClientArgs) -> crate::config::SecuritySection 
     crate::config::SecuritySection {
         ca: a.ca.clone(),
         certificate: a.certificate.clone(),
+        sign_messages: !a.unsigned_messages,
         ..Default::default()
+    }
+}
+
+/// The configuration of a client runtime for `a`, writing as `user`, with a key of its
+/// own (no certificate; message signatures as --unsigned-messages says).
+pub(crate) fn client_config(a: &ClientArgs, user: &str) -> crate::config::Config {
+    crate::config::Config {
+        overlay: a.overlay.clone(),
+        user: user.into(),
+        security: crate::config::SecuritySection {
+            sign_messages: !a.unsigned_messages,
+            ..Default::default()
+        },
+        ..crate::config::Config::default()
+    }
+}
+
+/// [`client_config`] for a client whose key is --identity's: with its certificate.
+pub(crate) fn identity_client_config(a: &ClientArgs, user: &str) -> crate::config::Config {
+    crate::config::Config {
+        security: client_security(a),
+        ..client_config(a, user)
     }
 }
 
@@ -350,12 +373,7 @@ pub(crate) async fn joined_client(
         Some(p) => identity::read_seed(p)?,
         None => identity::generate_seed(),
     };
-    let cfg = crate::config::Config {
-        overlay: a.overlay.clone(),
-        user: user.into(),
-        security: client_security(a),
-        ..crate::config::Config::default()
-    };
+    let cfg = identity_client_config(a, user);
     let h =
         crate::runtime::spawn(cfg, crate::runtime::Role::Client { admitting: peer }, seed).await?;
     if let Err(e) = h.wait_joined(a.timeout).await {
