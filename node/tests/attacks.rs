@@ -517,23 +517,25 @@ async fn relayed_streams_are_capped_per_originator() {
     target.shutdown().await;
 }
 
-/// Four connections send 1,200 signed Pings of 900 kB each (1 GB) as fast as QUIC
+/// Eight connections send 1,200 signed Pings of 900 kB each (1 GB) as fast as QUIC
 /// carries them: a peer checks each one's signature (milliseconds for such a message), so
 /// they arrive faster than it takes them. Messages waiting for the peer hold at most
-/// `limits.event_queue_bytes` (here 2 MiB); the rest are dropped and counted
-/// (`reason="event_queue_full"`), and the peer keeps answering.
+/// `limits.event_queue_bytes` (here 1 MiB: one such message); the rest are dropped and
+/// counted (`reason="event_queue_full"`), and the peer keeps answering. (With four
+/// connections and 2 MiB the queue overflowed by 0 to 10 messages from run to run, and
+/// once, in a clean-clone CI run, not at all.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_big_messages_waits_in_a_bounded_queue() {
     let dir = TempDir::new("attack-queue");
-    let n = victim(&dir.0, "[limits]\nevent_queue_bytes = 2097152\n");
+    let n = victim(&dir.0, "[limits]\nevent_queue_bytes = 1048576\n");
     let victim_id = Id::from_slice(&hex::decode(&n.id).unwrap()).unwrap();
     let before = peak_kib(&n);
     let mut tasks = Vec::new();
-    for i in 0..4u8 {
+    for i in 0..8u8 {
         let (ep, conn) = raw_connect(n.addr, OVERLAY, [0x80 + i; 32]).await;
         let me = Identity::from_seed([0x80 + i; 32], "");
         // Signed first, sent as fast as the connection takes them.
-        let messages: Vec<Vec<u8>> = (0..300u64)
+        let messages: Vec<Vec<u8>> = (0..150u64)
             .map(|k| {
                 let body = pb::PingReq {
                     padding: vec![0x33; 900_000],
