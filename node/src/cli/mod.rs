@@ -330,16 +330,6 @@ pub(crate) async fn op(
         .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
 }
 
-/// The `[security]` of a client from its flags.
-pub(crate) fn client_security(a: &ClientArgs) -> crate::config::SecuritySection {
-    crate::config::SecuritySection {
-        ca: a.ca.clone(),
-        certificate: a.certificate.clone(),
-        sign_messages: !a.unsigned_messages,
-        ..Default::default()
-    }
-}
-
 /// The configuration of a client runtime for `a`, writing as `user`, with a key of its
 /// own (no certificate; message signatures as --unsigned-messages says).
 pub(crate) fn client_config(a: &ClientArgs, user: &str) -> crate::config::Config {
@@ -356,10 +346,10 @@ pub(crate) fn client_config(a: &ClientArgs, user: &str) -> crate::config::Config
 
 /// [`client_config`] for a client whose key is --identity's: with its certificate.
 pub(crate) fn identity_client_config(a: &ClientArgs, user: &str) -> crate::config::Config {
-    crate::config::Config {
-        security: client_security(a),
-        ..client_config(a, user)
-    }
+    let mut cfg = client_config(a, user);
+    cfg.security.ca = a.ca.clone();
+    cfg.security.certificate = a.certificate.clone();
+    cfg
 }
 
 /// A client of the admitting peer `peer` with --identity's key (a fresh one without it),

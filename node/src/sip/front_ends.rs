@@ -63,8 +63,8 @@ impl Inner {
         if let Some(is) = self.front_ends.cached(addr, Instant::now()) {
             return is;
         }
-        let name = resource_name(addr);
-        let resource = Id::hash_of(name.as_bytes());
+        let text = addr.to_string();
+        let resource = Id::hash_of(resource_name(addr).as_bytes());
         let is = match self
             .node
             .fetch_kind(resource, KIND_SIP_FRONT_END, OP_TIMEOUT)
@@ -74,7 +74,7 @@ impl Inner {
             // signer's Node-ID) were checked by the fetch.
             Ok(ans) => crate::ops::values_of(&ans)
                 .iter()
-                .any(|v| v.as_slice() == addr.to_string().as_bytes()),
+                .any(|v| v.as_slice() == text.as_bytes()),
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "SIP: front-end record not fetched");
                 return false;

@@ -63,9 +63,9 @@ impl Inner {
             if self.may_send_to(to) {
                 return self.forward(req, to, None).await;
             }
-            names_front_end = match uri_addr(&req.uri) {
-                Some(a) => self.is_front_end(a).await,
-                None => false,
+            names_front_end = match to {
+                Hop::Udp(a) | Hop::Tcp(a) => self.is_front_end(a).await,
+                Hop::Node(_) => false,
             };
             // Only to devices known here: no open relay, no requests to arbitrary hosts.
             if !names_front_end {

@@ -254,7 +254,10 @@ impl Inner {
             if let Hop::Udp(a) | Hop::Tcp(a) = d.hop {
                 self.know(a, d.expires);
             }
-            if let (Hop::Udp(a), Some(_), true) = (d.hop, d.reg_id, d.path.is_empty()) {
+            // Only with a Flow-Timer does a silent flow fail ([`Inner::flow_alive`]).
+            if let (Hop::Udp(a), Some(_), true, 1..) =
+                (d.hop, d.reg_id, d.path.is_empty(), self.cfg.flow_timer)
+            {
                 self.watch_flow(a, now);
             }
         }
