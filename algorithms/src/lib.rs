@@ -4,6 +4,7 @@
 //! - [`topology`]: the algorithm slot, the [`Topology`] trait.
 //! - [`chord`]: Chord, the mandatory algorithm.
 //! - [`storage`]: the storage trait and the storage rules.
+//! - [`reach`]: reachability decisions (NAT verdict, candidates, direct or relayed).
 //! - [`core`]: [`OverlayNode`], the node's state machine: transactions, routing, serving,
 //!   replication, around a `Box<dyn Topology>`.
 //!
@@ -18,6 +19,7 @@ pub mod idset;
 pub mod kademlia;
 pub mod onehop;
 pub mod path_walk;
+pub mod reach;
 pub mod redir;
 pub mod storage;
 pub mod time;

@@ -69,7 +69,7 @@ impl Runtime {
                         self.save_peers();
                     }
                 }
-                _ = boot_retry.tick(), if self.is_peer && !self.started && !self.boot.is_empty() => {
+                _ = boot_retry.tick(), if self.reach.routes() && !self.started && !self.boot.is_empty() => {
                     if self.form_at.is_some_and(|t| Instant::now() >= t) {
                         tracing::info!("no other bootstrap peer answered: forming the overlay");
                         self.boot_ids.clear();
@@ -110,17 +110,12 @@ impl Runtime {
         if self.started || self.boot_ids.is_empty() {
             return;
         }
-        if self.nat_mode == NatMode::Auto && self.behind_nat.is_none() {
-            let until = *self
-                .observe_until
-                .get_or_insert_with(|| Instant::now() + OBSERVE_WAIT);
-            if Instant::now() < until {
-                return;
-            }
-            tracing::warn!(
+        match self.reach.start(now()) {
+            Start::Wait => return,
+            Start::AssumingReachable => tracing::warn!(
                 "no bootstrap peer reported this node's address: assuming it is reachable"
-            );
-            self.behind_nat = Some(false);
+            ),
+            Start::Now => {}
         }
         self.start_core();
     }
@@ -131,7 +126,7 @@ impl Runtime {
         }
         self.started = true;
         self.export_nat();
-        if !self.is_peer {
+        if !self.reach.routes() {
             self.admitting = self.boot_ids.first().copied();
             self.refresh_candidates();
         }
@@ -176,7 +171,7 @@ impl Runtime {
                 self.send_config(node);
                 self.maybe_start();
                 if self.started
-                    && !self.is_peer
+                    && !self.reach.routes()
                     && self.daemon
                     && (self.moving_to == Some(node) || self.admitting.is_none())
                 {
@@ -186,13 +181,13 @@ impl Runtime {
             NetEvent::Observed { by, addr } => self.on_observed(by, addr),
             NetEvent::LinkDown { node, refused } => {
                 tracing::debug!(%node, "link down");
-                if !self.is_peer && self.daemon && self.admitting == Some(node) {
+                if !self.reach.routes() && self.daemon && self.admitting == Some(node) {
                     tracing::warn!(%node, "lost the admitting peer: reconnecting through the bootstrap peers");
                     self.admitting = None;
                     self.located = false;
                     self.export_nat();
                     self.dial_bootstrap();
-                } else if !self.is_peer && !self.daemon && self.admitting == Some(node) {
+                } else if !self.reach.routes() && !self.daemon && self.admitting == Some(node) {
                     // A client has only its admitting peer: without it every operation
                     // fails, at once and with the peer's reason.
                     let why = match refused {
@@ -207,7 +202,7 @@ impl Runtime {
                 self.core.handle_link(now(), LinkEvent::Failed(node));
             }
             NetEvent::ConnectFailed { node, addr, reason } => {
-                if !self.is_peer && !self.daemon && self.boot.contains(&addr) {
+                if !self.reach.routes() && !self.daemon && self.boot.contains(&addr) {
                     self.fatal = Some(format!("admitting peer {addr} unreachable: {reason}"));
                 }
                 if self.boot.contains(&addr) && !self.started {
@@ -233,7 +228,7 @@ impl Runtime {
             Command::Op(f, tx) => {
                 let op = f(&mut self.core, now());
                 match &self.fatal {
-                    Some(why) if !self.is_peer => {
+                    Some(why) if !self.reach.routes() => {
                         let _ = tx.send(failed(op, why));
                     }
                     _ => {
@@ -250,8 +245,8 @@ impl Runtime {
                     connections: self.transport.connection_count(),
                     stored_values: self.core.storage().value_count(),
                     fatal: self.fatal.clone(),
-                    reflexive: self.reflexive,
-                    behind_nat: self.behind_nat,
+                    reflexive: self.reach.reflexive(),
+                    behind_nat: self.reach.behind_nat(),
                 });
             }
             Command::Core(f) => f(&mut self.core),
@@ -293,7 +288,7 @@ impl Runtime {
         }
         if let Some(a) = self.addrs.get(&to).copied() {
             self.transport.connect(a, Some(to));
-        } else if let Some(via) = self.attach_via(to).filter(|_| self.is_peer) {
+        } else if let Some(via) = self.attach_via(to).filter(|_| self.reach.routes()) {
             let op = self.core.attach(now(), to, Some(via));
             self.attaching.insert(op, to);
         } else {
@@ -350,14 +345,14 @@ impl Runtime {
             Event::ConfigUpdate { from, update } => self.on_config_update(from, update),
             Event::PeerCandidates { node, candidates } => {
                 let reach = reach_of(&candidates);
-                if self.behind_nat == Some(true) {
+                if self.reach.punches_back() {
                     // Open our NAT towards the requester before our answer reaches it: its
                     // connection attempt then finds the way in (proto/SPEC.md 2.8).
                     for a in &reach.direct {
                         self.transport.punch(*a);
                     }
                 }
-                if self.is_peer {
+                if self.reach.routes() {
                     if let Some(a) = reach.direct.first() {
                         self.addrs.insert(node, *a);
                     }

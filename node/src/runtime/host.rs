@@ -8,26 +8,23 @@ impl Runtime {
     /// The driver's view of the node, handed to the core every tick.
     pub(super) fn host_info(&self) -> HostInfo {
         let mut addresses: Vec<String> = Vec::new();
-        for a in [self.host, self.reflexive].into_iter().flatten() {
+        for a in [self.reach.host(), self.reach.reflexive()]
+            .into_iter()
+            .flatten()
+        {
             let a = a.to_string();
             if !addresses.contains(&a) {
                 addresses.push(a);
             }
         }
-        let nat_state = match (self.behind_nat, self.symmetric) {
-            (_, true) => "symmetric-nat",
-            (Some(true), false) => "nat",
-            (Some(false), false) => "public",
-            (None, false) => "unknown",
-        };
         HostInfo {
             software: format!("p2psip {}", env!("CARGO_PKG_VERSION")),
             addresses,
             memory_bytes: resident_bytes().unwrap_or(0),
             machine_uptime_s: machine_uptime_s().unwrap_or(0),
             neighbor_rtts: self.transport.link_rtts(),
-            reflexive: self.reflexive.map(|a| a.to_string()),
-            nat_state: nat_state.into(),
+            reflexive: self.reach.reflexive().map(|a| a.to_string()),
+            nat_state: self.reach.nat_state().into(),
             links: self.transport.connection_count().min(u32::MAX as usize) as u32,
         }
     }

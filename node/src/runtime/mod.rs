@@ -1,7 +1,6 @@
 //! The runtime: drives one sans-IO `OverlayNode` with tokio — real time, the QUIC
 //! transport, timers — and serves in-process commands (the CLI client and devnet use them).
 
-mod candidates;
 mod document;
 mod driver;
 mod export;
@@ -11,10 +10,10 @@ mod operations;
 mod peer_cache;
 mod start;
 
-pub use self::candidates::{candidate, candidate_addr, reach_of};
 pub use self::operations::{store_answer, OpError};
 use self::peer_cache::*;
 pub use self::start::spawn;
+pub use p2psip_algorithms::reach::{candidate, candidate_addr, reach_of};
 
 use crate::config::Config;
 use crate::identity;
@@ -23,13 +22,14 @@ use crate::storage::{DashStore, OnCorruption, SyncMode};
 use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
 use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::client::ClientTopology;
+use p2psip_algorithms::reach::{NatMode, Observed, Reachability, Start};
 use p2psip_algorithms::storage::VerifyMode;
 use p2psip_algorithms::{
     Event, LinkEvent, NodeId, OpId, OverlayNode, RoutingSnapshot, Stats, Time,
 };
 use p2psip_proto::pb;
 use p2psip_proto::Body;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -320,28 +320,13 @@ const PEER_CACHE_MAX: usize = 64;
 /// Messages handled before one flush (and so one storage commit) at most.
 const GROUP_COMMIT_MAX: usize = 64;
 
-/// Peers whose reports of this node's address are kept (the first ones; later ones are
-/// not needed to decide).
-const REPORTERS_MAX: usize = 8;
-
 /// Messages held back for a node while a link to it is being set up.
 const PENDING_CAP: usize = 256;
-/// How long a peer in `nat.mode = "auto"` waits for its first bootstrap peer to report its
-/// address before it assumes it is reachable.
-const OBSERVE_WAIT: Duration = Duration::from_secs(2);
 /// How often a node behind a NAT checks that its admitting peer is still the peer
 /// responsible for its Node-ID (through which requests addressed to it arrive).
 const LOCATE_INTERVAL: Duration = Duration::from_secs(30);
 
 type ClientCoreFn = Box<dyn FnOnce() -> OverlayNode + Send>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NatMode {
-    /// Route unless the first bootstrap peer sees another address than our own.
-    Auto,
-    Peer,
-    Client,
-}
 
 struct Runtime {
     label: String,
@@ -351,32 +336,19 @@ struct Runtime {
     sync: SyncMode,
     /// The bootstrap cache as last written to the database.
     saved_peers: Vec<SocketAddr>,
-    /// Whether this node routes for others (a peer) or not (a client).
-    is_peer: bool,
     /// A long-running node (not a CLI client): behind a NAT it moves to the peer
     /// responsible for its Node-ID and recovers when its admitting peer goes.
     daemon: bool,
-    nat_mode: NatMode,
-    /// The address this node advertises as its host candidate.
-    host: Option<SocketAddr>,
-    /// The address peers see this node at (reported on the links it opens).
-    reflexive: Option<SocketAddr>,
-    behind_nat: Option<bool>,
-    /// Two peers saw this node at two different addresses: its NAT maps each destination
-    /// anew ("symmetric"), so its reflexive address is of no use to others.
-    symmetric: bool,
-    /// What each peer this node dialled reported seeing it at (at most
-    /// [`REPORTERS_MAX`]): two distinct ones must agree that it is not at its own address
-    /// before it concludes it is behind a NAT (proto/SPEC.md 2.8).
-    reports: HashMap<NodeId, SocketAddr>,
+    /// Where this node can be reached and whether it routes for others (a peer) or not
+    /// (a client): its host address, the reports of the peers it dialled, its NAT
+    /// (proto/SPEC.md 2.8). The decisions are the core's; this driver applies them.
+    reach: Reachability,
     /// Peers this node dialled and reached, with the address (at most `PEER_CACHE_MAX`,
     /// newest last): the bootstrap cache.
     reached: Vec<(NodeId, SocketAddr)>,
     /// This client's admitting peer is the peer responsible for its Node-ID (requests
     /// addressed to it arrive there).
     located: bool,
-    /// A peer in auto mode starts when its address is known, or at this time.
-    observe_until: Option<Instant>,
     /// Builds the client core a peer behind a NAT runs instead of its algorithm.
     client_core: Option<ClientCoreFn>,
     /// A client's admitting peer.

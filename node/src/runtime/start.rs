@@ -67,7 +67,8 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
             )
         })
     };
-    let routes = matches!(role, Role::Peer) && nat_mode != NatMode::Client;
+    let mut reach = Reachability::new(nat_mode, None, matches!(role, Role::Peer));
+    let routes = reach.routes();
     let topology = if routes {
         cfg.algorithm_params()?.build(id)
     } else {
@@ -112,6 +113,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         Role::Client { admitting } => boot.push(*admitting),
     }
     let me = advertised(&cfg, addr, &boot);
+    reach.set_host(me);
     match me {
         Some(a) => core.set_candidates(vec![candidate(a, pb::candidate::Type::Host)]),
         None => {
@@ -144,17 +146,10 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         store,
         sync,
         saved_peers: Vec::new(),
-        is_peer: routes,
         daemon: matches!(role, Role::Peer),
-        nat_mode,
-        host: me,
-        reflexive: None,
-        behind_nat: None,
-        symmetric: false,
-        reports: HashMap::new(),
+        reach,
         reached: Vec::new(),
         located: false,
-        observe_until: None,
         client_core: Some(client_core),
         admitting: None,
         locating: None,

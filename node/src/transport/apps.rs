@@ -2,6 +2,7 @@
 //! relay, and the streams served on them.
 
 use super::*;
+use p2psip_algorithms::reach::FirstTry;
 
 impl Transport {
     /// Serves application `app` on this node: streams peers open for it arrive on the
@@ -16,15 +17,6 @@ impl Transport {
     /// two different reflexive addresses).
     pub fn set_symmetric(&self, symmetric: bool) {
         self.symmetric.store(symmetric, Ordering::Relaxed);
-    }
-
-    /// Whether a direct connection to a node reached as `reach` can come up: it has no
-    /// relay (it is reachable), or it offers a reflexive address and our NAT keeps one
-    /// mapping for every destination.
-    pub(super) fn direct_possible(&self, reach: &Reach) -> bool {
-        !reach.direct.is_empty()
-            && (reach.relay.is_none()
-                || (reach.reflexive && !self.symmetric.load(Ordering::Relaxed)))
     }
 
     /// Sends hole-punching packets to `addr` from the endpoint's port: they open this side's
@@ -57,11 +49,10 @@ impl Transport {
             .unpunchable
             .get(&node)
             .is_some_and(|t| t.elapsed() < RELAY_MEMORY);
+        let symmetric = self.symmetric.load(Ordering::Relaxed);
         let direct = match existing {
             Some(c) => Some(c),
-            None if !self.direct_possible(reach) || (recently_failed && reach.relay.is_some()) => {
-                None
-            }
+            None if reach.first_try(symmetric, recently_failed) != FirstTry::Direct => None,
             None => match self.connect_direct(node, &reach.direct).await {
                 Ok(c) => Some(c),
                 Err(e) if reach.relay.is_some() => {

@@ -144,17 +144,9 @@ pub struct TransportStats {
     pub unacknowledged_links: AtomicU64,
 }
 
-/// Where a node's application endpoint can be reached: its direct (host and reflexive)
-/// addresses, and the peer that relays for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reach {
-    pub direct: Vec<SocketAddr>,
-    pub relay: Option<SocketAddr>,
-    /// The node offers a reflexive address (it sits behind a NAT whose mapping a punch can
-    /// use). A node with a relay but no reflexive address is behind a NAT that maps each
-    /// destination anew: only its relay reaches it.
-    pub reflexive: bool,
-}
+/// Where a node's application endpoint can be reached (the core's decision,
+/// `p2psip_algorithms::reach`).
+pub use p2psip_algorithms::reach::Reach;
 
 /// How an application stream reached its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
