@@ -108,7 +108,8 @@ pub struct Sim {
     /// A partition changed since the links were last checked against it.
     groups_changed: bool,
     done: HashMap<(usize, OpId), Event>,
-    /// With `stream_completions`, finished operations go here instead of `done`.
+    /// With `stream_completions`, finished operations (and the candidates requesters
+    /// gave) go here instead of `done`.
     completions: Vec<(usize, Event)>,
     pub stream_completions: bool,
     events_processed: u64,
@@ -584,9 +585,21 @@ impl Sim {
             Box::new(MemoryStore::new()),
             node_seed,
         );
+        // The client dialled its admitting peer: both ends have the link (the peer
+        // routes requests addressed to the client over it).
+        node.handle_link(self.now, LinkEvent::Up(admitting));
         node.start(self.now, &[admitting]);
         self.slots[i].node = Some(Box::new(node));
         self.after(i);
+        if let Some(a) = self.index.get(&admitting).copied() {
+            let id = self.slots[i].id;
+            if let Some(peer) = self.slots[a].node.as_mut() {
+                peer.handle_link(self.now, LinkEvent::Up(id));
+                self.slots[i].links.insert(a as u32);
+                self.slots[a].links.insert(i as u32);
+                self.after(a);
+            }
+        }
     }
 
     /// Mutable access to a node, for tests that set transport details.
@@ -779,6 +792,10 @@ impl Sim {
                     }
                 }
                 Event::Left => left = true,
+                // Drivers that model transports (the NAT experiment) act on these.
+                Event::PeerCandidates { .. } if self.stream_completions => {
+                    self.completions.push((i, e));
+                }
                 Event::JoinFailed(_)
                 | Event::PeerCandidates { .. }
                 | Event::ConfigUpdate { .. } => {}

@@ -3,10 +3,12 @@
 //! A deterministic discrete-event harness ([`Sim`]) that drives many instances of the
 //! overlay core of `p2psip-algorithms` with virtual time and a modelled network
 //! ([`NetConfig`]): per-link latency, loss, crashes, restarts, partitions. Every run is
-//! reproducible from its seed. The multi-node tests and the `p2psip-sim` binary use it.
+//! reproducible from its seed. [`nat`] models NAT routers and runs the core's
+//! reachability decisions behind them. The multi-node tests and the `p2psip-sim` binary use it.
 
 pub mod churn;
 mod harness;
+pub mod nat;
 mod net;
 pub mod report;
 pub mod runner;

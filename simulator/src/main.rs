@@ -111,6 +111,15 @@ enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Puts a share of the nodes behind modelled NAT routers (the scenario's [nat] table:
+    /// cone and symmetric), lets the core's reachability decisions run (which nodes route,
+    /// which become clients, the candidates they give) and opens application connections
+    /// between random nodes: direct, punched or relayed. Writes nat.md and nat.json
+    /// (docs/nat.md).
+    Nat {
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Runs the scenario with a fraction of peers that forge within what their own keys
     /// allow (answers in others' names, Leaves and Updates in their neighbours' names,
     /// Updates listing made-up successors) and writes one table (forgers.md,
@@ -140,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         }) => compare(&algorithms, options_off, &run),
         Some(Cmd::Adversary { fractions, run }) => adversary(&fractions, &run),
         Some(Cmd::Forgers { fractions, run }) => forgers(&fractions, &run),
+        Some(Cmd::Nat { run }) => nat(&run),
         None => {
             let sc = scenario(&cli.run)?;
             let report = run_one(&sc, cli.run.quiet)?;
@@ -229,6 +239,32 @@ fn run_one(sc: &Scenario, quiet: bool) -> anyhow::Result<Report> {
     let report = runner.run(&mut progress);
     bar.finish_and_clear();
     Ok(report)
+}
+
+fn nat(run: &RunArgs) -> anyhow::Result<()> {
+    let sc = scenario(run)?;
+    if sc.nat.behind <= 0.0 || sc.nat.connections == 0 {
+        bail!("the scenario needs a [nat] table with behind > 0 and connections > 0 (see simulator/scenarios/nat-2k.toml)");
+    }
+    let started = std::time::Instant::now();
+    let r = p2psip_simulator::nat::run(&sc).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&run.out).with_context(|| format!("creating {}", run.out.display()))?;
+    let md = format!(
+        "Scenario {} ({} nodes, {:.0}% behind NATs, {:.0}% of those symmetric, seed {}), {:.1} s:\n\n{}\n\n{}",
+        sc.name,
+        sc.nodes,
+        sc.nat.behind * 100.0,
+        sc.nat.symmetric * 100.0,
+        sc.seed,
+        started.elapsed().as_secs_f64(),
+        r.summary(),
+        r.table()
+    );
+    std::fs::write(run.out.join("nat.md"), &md)?;
+    std::fs::write(run.out.join("nat.json"), serde_json::to_string_pretty(&r)?)?;
+    println!("{md}");
+    println!("wrote {}/{{nat.md,nat.json}}", run.out.display());
+    Ok(())
 }
 
 fn adversary(fractions: &[f64], run: &RunArgs) -> anyhow::Result<()> {

@@ -40,6 +40,35 @@ pub struct Scenario {
     pub onehop: OneHopParams,
     pub core: CoreParams,
     pub adversary: Adversary,
+    pub nat: Nat,
+}
+
+/// Nodes behind NATs (`p2psip-sim nat`; simulator/src/nat.rs has the model).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Nat {
+    /// Fraction of the nodes behind a NAT router.
+    pub behind: f64,
+    /// Share of those whose NAT maps each destination anew (symmetric); the others keep
+    /// one mapping for every destination (cone).
+    pub symmetric: f64,
+    /// Application connections (AppAttach, then direct, punched or relayed) between
+    /// random nodes.
+    pub connections: usize,
+    /// How long a direct attempt may take before the relay is used (`nat.punch_timeout_ms`
+    /// of the daemon).
+    pub punch_timeout: String,
+}
+
+impl Default for Nat {
+    fn default() -> Self {
+        Nat {
+            behind: 0.0,
+            symmetric: 0.5,
+            connections: 0,
+            punch_timeout: "3s".into(),
+        }
+    }
 }
 
 /// Nodes that misbehave (docs/security.md).
@@ -235,6 +264,7 @@ impl Default for Scenario {
             onehop: OneHopParams::default(),
             core: CoreParams::default(),
             adversary: Adversary::default(),
+            nat: Nat::default(),
         }
     }
 }
@@ -323,6 +353,7 @@ pub struct Resolved {
     pub net: NetConfig,
     pub core: CoreConfig,
     pub algorithm: AlgorithmParams,
+    pub punch_timeout: Duration,
 }
 
 impl Scenario {
@@ -347,6 +378,9 @@ impl Scenario {
             return Err(
                 "adversary.forgers: a fraction in [0, 1), with the droppers below 1".into(),
             );
+        }
+        if !(0.0..1.0).contains(&self.nat.behind) || !(0.0..=1.0).contains(&self.nat.symmetric) {
+            return Err("nat.behind is a fraction in [0, 1), nat.symmetric in [0, 1]".into());
         }
         let n = &self.network;
         let latency = match n.latency.as_str() {
@@ -487,6 +521,7 @@ impl Scenario {
             net,
             core,
             algorithm,
+            punch_timeout: dur("nat.punch_timeout", &self.nat.punch_timeout)?,
         })
     }
 }
