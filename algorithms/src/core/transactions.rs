@@ -26,6 +26,18 @@ pub(super) enum Owner {
     LeaveHandover,
 }
 
+impl Owner {
+    /// What started the transaction, as its span names it.
+    fn name(&self) -> &'static str {
+        match self {
+            Owner::Topology(_) => "algorithm",
+            Owner::Client(_) => "client",
+            Owner::Replicate { .. } => "replication",
+            Owner::Handover { .. } | Owner::LeaveHandover => "handover",
+        }
+    }
+}
+
 pub(super) struct Tx {
     owner: Owner,
     method: &'static str,
@@ -40,6 +52,10 @@ pub(super) struct Tx {
     /// The armed retransmission timer, removed when the transaction ends (a timer left
     /// to fire for nothing is a wake-up of an idle node).
     timer: Option<(Time, u64)>,
+    /// The transaction's span (debug level: nothing is recorded unless a subscriber
+    /// enables it, so the simulator and a node logging at info pay nothing): its sends,
+    /// retransmissions and end are logged inside it.
+    span: tracing::Span,
 }
 
 impl Tx {
@@ -83,7 +99,15 @@ impl OverlayNode {
             Target::Route(d) => (d, None),
         };
         let encoded = body.encode_to_vec();
+        let span = tracing::debug_span!(
+            "transaction",
+            tx = %format_args!("{id:016x}"),
+            method = body.method_name(),
+            by = owner.name(),
+        );
+        span.in_scope(|| tracing::debug!(destination = ?destinations.last(), "request"));
         let tx = Tx {
+            span,
             owner,
             method: body.method_name(),
             code: body.code(),
@@ -287,6 +311,8 @@ impl OverlayNode {
         }
         if attempt < self.cfg.retransmissions {
             tx.attempt += 1;
+            tx.span
+                .in_scope(|| tracing::debug!(attempt = tx.attempt, "no answer: retransmitting"));
             self.stats.retransmissions += 1;
             self.send_attempt(id);
             return;
@@ -387,6 +413,22 @@ impl OverlayNode {
         hops: u32,
         outcome: Result<Body, pb::ErrorAns>,
     ) {
+        tx.span.in_scope(|| match &outcome {
+            Ok(b) => tracing::debug!(
+                answer = b.method_name(),
+                ?responder,
+                hops,
+                latency_ms = self.now.since(tx.started).as_secs_f64() * 1e3,
+                "answered"
+            ),
+            Err(e) => tracing::debug!(
+                code = e.code,
+                info = %String::from_utf8_lossy(&e.info),
+                hops,
+                latency_ms = self.now.since(tx.started).as_secs_f64() * 1e3,
+                "failed"
+            ),
+        });
         match tx.owner {
             Owner::Topology(token) => {
                 let answer = outcome.as_ref();
