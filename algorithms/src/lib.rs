@@ -4,12 +4,14 @@
 //! - [`topology`]: the algorithm slot, the [`Topology`] trait.
 //! - [`chord`]: Chord, the mandatory algorithm.
 //! - [`storage`]: the storage trait and the storage rules.
+//! - [`admission`]: a client's admitting peer and its move to the responsible one.
 //! - [`reach`]: reachability decisions (NAT verdict, candidates, direct or relayed).
 //! - [`core`]: [`OverlayNode`], the node's state machine: transactions, routing, serving,
 //!   replication, around a `Box<dyn Topology>`.
 //!
 //! Nothing here does IO or reads a clock; see `../shared/DESIGN.md` section 1.
 
+pub mod admission;
 pub mod chord;
 pub mod client;
 mod common;

@@ -585,21 +585,35 @@ impl Sim {
             Box::new(MemoryStore::new()),
             node_seed,
         );
-        // The client dialled its admitting peer: both ends have the link (the peer
-        // routes requests addressed to the client over it).
-        node.handle_link(self.now, LinkEvent::Up(admitting));
         node.start(self.now, &[admitting]);
         self.slots[i].node = Some(Box::new(node));
         self.after(i);
+        // The client dialled its admitting peer: both ends have the link (the peer
+        // routes requests addressed to the client over it).
         if let Some(a) = self.index.get(&admitting).copied() {
-            let id = self.slots[i].id;
-            if let Some(peer) = self.slots[a].node.as_mut() {
-                peer.handle_link(self.now, LinkEvent::Up(id));
-                self.slots[i].links.insert(a as u32);
-                self.slots[a].links.insert(i as u32);
-                self.after(a);
+            self.link(i, a);
+        }
+    }
+
+    /// Opens a link between running nodes `i` and `j` (a connection one of them dialled):
+    /// both cores are told it is up.
+    pub fn link(&mut self, i: usize, j: usize) {
+        for (x, y) in [(i, j), (j, i)] {
+            let peer = self.slots[y].id;
+            if let Some(n) = self.slots[x].node.as_mut() {
+                n.handle_link(self.now, LinkEvent::Up(peer));
+                self.slots[x].links.insert(y as u32);
+                self.after(x);
             }
         }
+    }
+
+    /// Whether a link between nodes `i` and `j` is open (a message went over it, or
+    /// [`Sim::link`] opened it).
+    pub fn is_linked(&self, i: usize, j: usize) -> bool {
+        self.slots
+            .get(i)
+            .is_some_and(|s| s.links.contains(&(j as u32)))
     }
 
     /// Mutable access to a node, for tests that set transport details.

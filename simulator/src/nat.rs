@@ -19,6 +19,7 @@
 use crate::harness::Sim;
 use crate::rng_hash;
 use crate::scenario::Scenario;
+use p2psip_algorithms::admission::{Admission, Located};
 use p2psip_algorithms::reach::{reach_of, FirstTry, NatMode, Reach, Reachability, Start};
 use p2psip_algorithms::{Event, NodeId, OpId, Time};
 use p2psip_proto::Body;
@@ -223,6 +224,14 @@ pub struct NatReport {
     pub natted_routing: usize,
     /// Open nodes that do not route (should be none).
     pub open_not_routing: usize,
+    /// Nodes that run as clients.
+    pub clients: usize,
+    /// Clients admitted, at the end of the admission phase, by the peer responsible for
+    /// their Node-ID, and confirmed by their own lookup.
+    pub clients_located: usize,
+    /// Clients that moved from their bootstrap peer to another (Attach, then a
+    /// connection through their NAT).
+    pub moves: u64,
     /// Connections by "caller -> callee" kinds.
     pub paths: BTreeMap<String, PathRow>,
 }
@@ -263,12 +272,15 @@ impl NatReport {
             .map(|(k, n)| format!("{k}: {n}"))
             .collect();
         format!(
-            "{} nodes ({}); verdicts (kind as found): {}; behind a NAT and routing: {}; open and not routing: {}",
+            "{} nodes ({}); verdicts (kind as found): {}; behind a NAT and routing: {}; open and not routing: {}; clients admitted by their responsible peer: {} of {} ({} moved from their bootstrap peer)",
             self.nodes,
             kinds.join(", "),
             verdicts.join(", "),
             self.natted_routing,
-            self.open_not_routing
+            self.open_not_routing,
+            self.clients_located,
+            self.clients,
+            self.moves
         )
     }
 }
@@ -287,11 +299,13 @@ struct Params {
 
 /// Runs the NAT experiment of scenario `sc` (its `[nat]` table): every node dials two
 /// open bootstrap peers, which report the address they see it at; its [`Reachability`]
-/// decides whether it routes (the overlay is formed by those that do; the others become
-/// clients of the peer responsible for their Node-ID, their relay) and what candidates it
-/// gives. Then `connections` AppAttach exchanges between random nodes: the callee
-/// punches towards the caller's candidates when it is behind a NAT, the caller takes
-/// [`Reach::first_try`] and the model decides whether the packets get through.
+/// decides whether it routes (the overlay is formed by those that do) and what
+/// candidates it gives. The others join as clients through their first bootstrap peer
+/// and, as [`Admission`] decides, look up the peer responsible for their Node-ID and move
+/// there (it is their relay). Then `connections` AppAttach exchanges between random
+/// nodes: the callee punches towards the caller's candidates when it is behind a NAT, the
+/// caller takes [`Reach::first_try`] and the model decides whether the packets get
+/// through.
 pub fn run(sc: &Scenario) -> Result<NatReport, String> {
     let r = sc.resolve()?;
     let p = Params {
@@ -306,30 +320,37 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
     for _ in 0..n {
         sim.add_node();
     }
-    let mut net = NatNet::new(sc.seed, n, p.behind, p.symmetric);
+    let net = NatNet::new(sc.seed, n, p.behind, p.symmetric);
     let open: Vec<usize> = (0..n).filter(|i| net.kind(*i) == NatKind::Open).collect();
     if open.len() < 3 {
         return Err("nat: at least three nodes must be open (bootstrap peers)".into());
     }
     let mut rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x6e61_7400);
-    let mut report = NatReport {
-        nodes: n,
-        ..NatReport::default()
+    let mut x = Exp {
+        net,
+        reach: Vec::with_capacity(n),
+        admission: vec![Admission::default(); n],
+        p,
+        report: NatReport {
+            nodes: n,
+            ..NatReport::default()
+        },
+        connecting: HashMap::new(),
+        locating: HashMap::new(),
+        moving: HashMap::new(),
     };
     // Reachability: the first open node forms the overlay (nat.mode = "peer", as a node
     // without bootstrap peers does); every other dials two open bootstrap peers.
-    let mut reach: Vec<Reachability> = (0..n)
-        .map(|i| {
-            let mode = if i == open[0] {
-                NatMode::Peer
-            } else {
-                NatMode::Auto
-            };
-            Reachability::new(mode, Some(net.host(i)), true)
-        })
-        .collect();
     let after_wait = Time(1) + p2psip_algorithms::reach::OBSERVE_WAIT;
-    for (i, r) in reach.iter_mut().enumerate() {
+    let mut first_boot = Vec::with_capacity(n);
+    for i in 0..n {
+        let mode = if i == open[0] {
+            NatMode::Peer
+        } else {
+            NatMode::Auto
+        };
+        let mut r = Reachability::new(mode, Some(x.net.host(i)), true);
+        let mut first = i;
         if i != open[0] {
             let mut boot = Vec::new();
             while boot.len() < 2 {
@@ -338,8 +359,10 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
                     boot.push(b);
                 }
             }
+            first = boot[0];
             for b in boot {
-                if let Some((_, seen)) = net.send(i, net.host(b)) {
+                let to = x.net.host(b);
+                if let Some((_, seen)) = x.net.send(i, to) {
                     r.on_observed(sim.id(b), seen, false);
                 }
             }
@@ -347,78 +370,77 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
         if r.start(Time(1)) == Start::Wait {
             r.start(after_wait);
         }
-        *report.kinds.entry(net.kind(i).name().into()).or_default() += 1;
-        *report
-            .verdicts
-            .entry(format!("{} as {}", net.kind(i).name(), r.nat_state()))
+        let kind = x.net.kind(i);
+        let rep = &mut x.report;
+        *rep.kinds.entry(kind.name().into()).or_default() += 1;
+        *rep.verdicts
+            .entry(format!("{} as {}", kind.name(), r.nat_state()))
             .or_default() += 1;
-        match (net.kind(i), r.routes()) {
-            (NatKind::Open, false) => report.open_not_routing += 1,
-            (NatKind::Cone | NatKind::Symmetric, true) => report.natted_routing += 1,
+        match (kind, r.routes()) {
+            (NatKind::Open, false) => rep.open_not_routing += 1,
+            (NatKind::Cone | NatKind::Symmetric, true) => rep.natted_routing += 1,
             _ => {}
         }
+        x.reach.push(r);
+        first_boot.push(first);
     }
-    // The overlay of the nodes that route; the others are clients of the peer responsible
-    // for their Node-ID, which relays for them.
+    // The overlay of the nodes that route; the others join as clients through their
+    // first bootstrap peer.
     let mut members: Vec<NodeId> = (0..n)
-        .filter(|i| reach[*i].routes())
+        .filter(|i| x.reach[*i].routes())
         .map(|i| sim.id(i))
         .collect();
     members.sort();
-    let mut relay: Vec<Option<SocketAddr>> = vec![None; n];
-    for i in (0..n).filter(|i| reach[*i].routes()) {
+    for i in (0..n).filter(|i| x.reach[*i].routes()) {
         sim.start_with_members(i, &members);
+        x.set_candidates(&mut sim, i);
     }
     sim.run_for(Duration::from_millis(1));
-    for i in (0..n).filter(|i| !reach[*i].routes()) {
-        let admitting = sim
-            .responsible(sim.id(i))
-            .ok_or("nat: no peer is responsible")?;
-        let a = sim
-            .index_of(admitting)
-            .ok_or("nat: unknown admitting peer")?;
-        relay[i] = Some(net.host(a));
-        sim.start_client(i, admitting);
+    for i in (0..n).filter(|i| !x.reach[*i].routes()) {
+        let boot = sim.id(first_boot[i]);
+        x.admission[i].start(Some(boot));
+        sim.start_client(i, boot);
+        x.set_candidates(&mut sim, i);
+        x.report.clients += 1;
     }
-    for (i, relay) in relay.iter().enumerate() {
-        let c = reach[i].candidates(*relay);
-        if let Some(node) = sim.node_mut(i) {
-            node.set_candidates(c.clone());
-            node.set_app_candidates(APP, c);
-        }
+    // Clients find their responsible peers and move there.
+    for _ in 0..300 {
+        x.admission_round(&mut sim);
+        sim.run_for(Duration::from_millis(100));
+        x.handle(&mut sim);
     }
-    sim.run_for(Duration::from_secs(20));
-    sim.drain_completions();
+    x.report.clients_located = (0..n)
+        .filter(|i| !x.reach[*i].routes() && x.admission[*i].located())
+        .filter(|i| x.admission[*i].admitting() == sim.responsible(sim.id(*i)))
+        .count();
 
     // Connections between random nodes, 20 ms apart.
-    let mut pending: HashMap<(usize, OpId), (usize, Time)> = HashMap::new();
-    let mut x = Exp {
-        net: &mut net,
-        reach: &reach,
-        p: &p,
-        report: &mut report,
-    };
-    for _ in 0..p.connections {
+    for _ in 0..x.p.connections {
         let a = rng.random_range(0..n);
         let b = rng.random_range(0..n);
         if a != b && sim.is_up(a) && sim.is_up(b) {
             let id = sim.id(b);
             let started = sim.now();
             if let Some(op) = sim.start_op(a, |nd, t| nd.app_attach(t, id, APP)) {
-                pending.insert((a, op), (b, started));
+                x.connecting.insert((a, op), (b, started));
                 x.row(a, b).attempted += 1;
             }
         }
         sim.run_for(Duration::from_millis(20));
-        x.handle(&mut sim, &mut pending);
+        x.handle(&mut sim);
     }
     sim.run_for(Duration::from_secs(60));
-    x.handle(&mut sim, &mut pending);
+    x.handle(&mut sim);
     // Never answered: failed.
-    let unanswered: Vec<(usize, usize)> = pending.iter().map(|((a, _), (b, _))| (*a, *b)).collect();
+    let unanswered: Vec<(usize, usize)> = x
+        .connecting
+        .iter()
+        .map(|((a, _), (b, _))| (*a, *b))
+        .collect();
     for (a, b) in unanswered {
         x.row(a, b).failed += 1;
     }
+    let mut report = x.report;
     for row in report.paths.values_mut() {
         row.setup_ms.sort_by(f64::total_cmp);
         row.setup_median_ms = row
@@ -430,20 +452,59 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
     Ok(report)
 }
 
-struct Exp<'a> {
-    net: &'a mut NatNet,
-    reach: &'a [Reachability],
-    p: &'a Params,
-    report: &'a mut NatReport,
+/// The experiment's state beside the simulator: the NAT model, each node's core
+/// decisions, and the operations under way.
+struct Exp {
+    net: NatNet,
+    reach: Vec<Reachability>,
+    admission: Vec<Admission>,
+    p: Params,
+    report: NatReport,
+    /// AppAttach (caller, op) -> (callee, started).
+    connecting: HashMap<(usize, OpId), (usize, Time)>,
+    /// Lookups of the responsible peer, by (client, op).
+    locating: HashMap<(usize, OpId), ()>,
+    /// Attaches of a client to its responsible peer: (client, op) -> peer.
+    moving: HashMap<(usize, OpId), NodeId>,
 }
 
-impl Exp<'_> {
+impl Exp {
     fn row(&mut self, a: usize, b: usize) -> &mut PathRow {
         let k = pair(self.net.kind(a), self.net.kind(b));
         self.report.paths.entry(k).or_default()
     }
 
-    fn handle(&mut self, sim: &mut Sim, pending: &mut HashMap<(usize, OpId), (usize, Time)>) {
+    /// Gives node `i`'s core the candidates its [`Reachability`] chooses (a client's
+    /// relay: its admitting peer).
+    fn set_candidates(&self, sim: &mut Sim, i: usize) {
+        let relay = self.admission[i]
+            .admitting()
+            .and_then(|p| sim.index_of(p))
+            .map(|p| self.net.host(p));
+        let c = self.reach[i].candidates(relay);
+        if let Some(node) = sim.node_mut(i) {
+            node.set_candidates(c.clone());
+            node.set_app_candidates(APP, c);
+        }
+    }
+
+    /// Starts the lookups of the responsible peer that are due.
+    fn admission_round(&mut self, sim: &mut Sim) {
+        let now = sim.now();
+        for i in 0..self.reach.len() {
+            let joined = sim.node(i).is_some_and(|n| n.is_joined());
+            if self.reach[i].routes() || !joined || !self.admission[i].locate_due(now) {
+                continue;
+            }
+            let me = sim.id(i);
+            if let Some(op) = sim.start_op(i, |n, t| n.lookup(t, me)) {
+                self.admission[i].locating(op);
+                self.locating.insert((i, op), ());
+            }
+        }
+    }
+
+    fn handle(&mut self, sim: &mut Sim) {
         for (i, e) in sim.drain_completions() {
             match e {
                 // A node behind a NAT opens it towards a requester before it answers.
@@ -452,26 +513,80 @@ impl Exp<'_> {
                         let _ = self.net.send(i, a);
                     }
                 }
-                Event::Completed { op, outcome, .. } => {
-                    let Some((b, started)) = pending.remove(&(i, op)) else {
-                        continue;
-                    };
-                    let waited = sim.now().since(started);
-                    match outcome {
-                        Ok(Body::AppAttachAns(ans)) => {
-                            self.connect(sim, i, b, &reach_of(&ans.candidates), waited)
-                        }
-                        other => {
-                            if std::env::var("P2PSIP_SIM_NAT_DEBUG").is_ok() {
-                                eprintln!("AppAttach {i} -> {b}: {other:?}");
+                Event::Completed {
+                    op,
+                    outcome,
+                    responder,
+                    ..
+                } => {
+                    if self.locating.remove(&(i, op)).is_some() {
+                        self.on_located(sim, i, responder.filter(|_| outcome.is_ok()));
+                    } else if let Some(to) = self.moving.remove(&(i, op)) {
+                        self.on_moved(sim, i, to, outcome);
+                    } else if let Some((b, started)) = self.connecting.remove(&(i, op)) {
+                        let waited = sim.now().since(started);
+                        match outcome {
+                            Ok(Body::AppAttachAns(ans)) => {
+                                self.connect(sim, i, b, &reach_of(&ans.candidates), waited)
                             }
-                            self.row(i, b).failed += 1
+                            _ => self.row(i, b).failed += 1,
                         }
                     }
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Client `i` learned which peer is responsible for it.
+    fn on_located(&mut self, sim: &mut Sim, i: usize, responder: Option<NodeId>) {
+        let me = sim.id(i);
+        let linked = |n: NodeId| sim.index_of(n).is_some_and(|j| sim.is_linked(i, j));
+        match self.admission[i].on_located(me, responder, linked) {
+            Located::Readmit(r) => self.readmit(sim, i, r),
+            Located::Move { to, via } => {
+                if let Some(op) = sim.start_op(i, |n, t| n.attach(t, to, Some(via))) {
+                    self.moving.insert((i, op), to);
+                }
+            }
+            Located::Confirmed | Located::Nothing => {}
+        }
+    }
+
+    /// Client `i`'s Attach to the peer `to` answered: it connects to the address given
+    /// (through its NAT) and is admitted there.
+    fn on_moved(
+        &mut self,
+        sim: &mut Sim,
+        i: usize,
+        to: NodeId,
+        outcome: Result<Body, p2psip_algorithms::OpError>,
+    ) {
+        let reached = match (outcome, sim.index_of(to)) {
+            (Ok(Body::AttachAns(a)), Some(j)) => {
+                let direct = reach_of(&a.candidates).direct;
+                direct.iter().any(|addr| self.net.connects(i, *addr, j))
+            }
+            _ => false,
+        };
+        if reached {
+            self.report.moves += 1;
+            self.readmit(sim, i, to);
+        } else {
+            self.admission[i].move_failed(to);
+        }
+    }
+
+    fn readmit(&mut self, sim: &mut Sim, i: usize, peer: NodeId) {
+        if let Some(j) = sim.index_of(peer) {
+            sim.link(i, j);
+        }
+        let now = sim.now();
+        if let Some(n) = sim.node_mut(i) {
+            n.readmit(now, peer);
+        }
+        self.admission[i].readmit(peer, now);
+        self.set_candidates(sim, i);
     }
 
     /// Node `a` connects to `b`, which its AppAttach answer says is reached as `reach`.
@@ -523,7 +638,7 @@ impl Exp<'_> {
         let via = self
             .net
             .open_node_at(relay)
-            .filter(|r| sim.is_up(*r) && self.net.connects(a, relay, *r));
+            .filter(|r| sim.is_up(*r) && sim.is_linked(*r, b) && self.net.connects(a, relay, *r));
         let row_ms = via.map(|r| (spent + rtt(a, r) + rtt(r, b)).as_secs_f64() * 1000.0);
         let row = self.row(a, b);
         match row_ms {

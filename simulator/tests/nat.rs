@@ -40,6 +40,11 @@ fn two_thousand_nodes_thirty_percent_behind_nats_connect_directly_punched_or_rel
     );
     assert_eq!(r.natted_routing, 0);
     assert_eq!(r.open_not_routing, 0);
+    // Every client joined through a bootstrap peer, found the peer responsible for its
+    // Node-ID and moved there (that peer is where requests to it are routed).
+    assert_eq!(r.clients, natted);
+    assert_eq!(r.clients_located, r.clients);
+    assert!(r.moves as usize >= r.clients * 9 / 10, "{} moves", r.moves);
     let all: u64 = r.paths.values().map(|p| p.attempted).sum();
     assert!(all >= 1400, "{all} connections attempted");
     for (k, p) in &r.paths {

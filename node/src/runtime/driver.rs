@@ -127,7 +127,7 @@ impl Runtime {
         self.started = true;
         self.export_nat();
         if !self.reach.routes() {
-            self.admitting = self.boot_ids.first().copied();
+            self.admission.start(self.boot_ids.first().copied());
             self.refresh_candidates();
         }
         let ids = self.boot_ids.clone();
@@ -173,7 +173,7 @@ impl Runtime {
                 if self.started
                     && !self.reach.routes()
                     && self.daemon
-                    && (self.moving_to == Some(node) || self.admitting.is_none())
+                    && self.admission.takes_link(node)
                 {
                     self.readmit(node);
                 }
@@ -181,13 +181,12 @@ impl Runtime {
             NetEvent::Observed { by, addr } => self.on_observed(by, addr),
             NetEvent::LinkDown { node, refused } => {
                 tracing::debug!(%node, "link down");
-                if !self.reach.routes() && self.daemon && self.admitting == Some(node) {
+                let admitting = self.admission.admitting() == Some(node);
+                if !self.reach.routes() && self.daemon && self.admission.on_link_down(node) {
                     tracing::warn!(%node, "lost the admitting peer: reconnecting through the bootstrap peers");
-                    self.admitting = None;
-                    self.located = false;
                     self.export_nat();
                     self.dial_bootstrap();
-                } else if !self.reach.routes() && !self.daemon && self.admitting == Some(node) {
+                } else if !self.reach.routes() && !self.daemon && admitting {
                     // A client has only its admitting peer: without it every operation
                     // fails, at once and with the peer's reason.
                     let why = match refused {
@@ -211,10 +210,8 @@ impl Runtime {
                     tracing::debug!(%addr, "connect failed: {reason}");
                 }
                 if let Some(n) = node {
-                    if self.moving_to == Some(n) {
-                        // The move failed: the next lookup of the responsible peer retries.
-                        self.moving_to = None;
-                    }
+                    // A move there failed: the next lookup of the responsible peer retries.
+                    self.admission.move_failed(n);
                     self.pending.remove(&n);
                     self.addrs.remove(&n);
                     self.core.handle_link(now(), LinkEvent::Failed(n));
@@ -366,7 +363,7 @@ impl Runtime {
                 latency,
                 responder,
             } => {
-                if self.locating == Some(op) {
+                if self.admission.is_locating(op) {
                     self.on_located(responder.filter(|_| outcome.is_ok()));
                     return;
                 }
@@ -375,8 +372,8 @@ impl Runtime {
                         Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
                         _ => None,
                     };
-                    if addr.is_none() && self.moving_to == Some(node) {
-                        self.moving_to = None;
+                    if addr.is_none() {
+                        self.admission.move_failed(node);
                     }
                     match addr {
                         Some(a) => {

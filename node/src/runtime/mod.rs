@@ -21,6 +21,7 @@ use crate::metrics::{self, label};
 use crate::storage::{DashStore, OnCorruption, SyncMode};
 use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
 use anyhow::{anyhow, bail, Context};
+use p2psip_algorithms::admission::{Admission, Located};
 use p2psip_algorithms::client::ClientTopology;
 use p2psip_algorithms::reach::{NatMode, Observed, Reachability, Start};
 use p2psip_algorithms::storage::VerifyMode;
@@ -322,9 +323,6 @@ const GROUP_COMMIT_MAX: usize = 64;
 
 /// Messages held back for a node while a link to it is being set up.
 const PENDING_CAP: usize = 256;
-/// How often a node behind a NAT checks that its admitting peer is still the peer
-/// responsible for its Node-ID (through which requests addressed to it arrive).
-const LOCATE_INTERVAL: Duration = Duration::from_secs(30);
 
 type ClientCoreFn = Box<dyn FnOnce() -> OverlayNode + Send>;
 
@@ -343,21 +341,14 @@ struct Runtime {
     /// (a client): its host address, the reports of the peers it dialled, its NAT
     /// (proto/SPEC.md 2.8). The decisions are the core's; this driver applies them.
     reach: Reachability,
+    /// A client's admitting peer and its move to the peer responsible for its Node-ID
+    /// (the core's decisions; this driver starts the lookups and links).
+    admission: Admission,
     /// Peers this node dialled and reached, with the address (at most `PEER_CACHE_MAX`,
     /// newest last): the bootstrap cache.
     reached: Vec<(NodeId, SocketAddr)>,
-    /// This client's admitting peer is the peer responsible for its Node-ID (requests
-    /// addressed to it arrive there).
-    located: bool,
     /// Builds the client core a peer behind a NAT runs instead of its algorithm.
     client_core: Option<ClientCoreFn>,
-    /// A client's admitting peer.
-    admitting: Option<NodeId>,
-    /// The lookup of the peer responsible for this client's Node-ID.
-    locating: Option<OpId>,
-    /// The peer this client is moving to (an Attach to it is under way).
-    moving_to: Option<NodeId>,
-    next_locate: Instant,
     /// Applications served here (their AppAttach candidates follow the node's).
     apps: Vec<u32>,
     boot: Vec<SocketAddr>,

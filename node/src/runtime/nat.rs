@@ -43,7 +43,11 @@ impl Runtime {
     /// Sets the candidates this node gives in Attach and AppAttach (the core's choice:
     /// host, reflexive, and behind a NAT its admitting peer as relay).
     pub(super) fn refresh_candidates(&mut self) {
-        let relay = self.admitting.and_then(|p| self.addrs.get(&p)).copied();
+        let relay = self
+            .admission
+            .admitting()
+            .and_then(|p| self.addrs.get(&p))
+            .copied();
         let c = self.reach.candidates(relay);
         self.core.set_candidates(c.clone());
         for app in &self.apps {
@@ -57,48 +61,40 @@ impl Runtime {
         if self.reach.routes()
             || !self.daemon
             || !self.core.is_joined()
-            || self.locating.is_some()
-            || self.moving_to.is_some()
-            || Instant::now() < self.next_locate
+            || !self.admission.locate_due(now())
         {
             return;
         }
-        self.next_locate = Instant::now() + LOCATE_INTERVAL;
         let me = self.core.id();
-        self.locating = Some(self.core.lookup(now(), me));
+        let op = self.core.lookup(now(), me);
+        self.admission.locating(op);
     }
 
     /// The lookup of the responsible peer answered: move there if it is another peer.
     pub(super) fn on_located(&mut self, responder: Option<NodeId>) {
-        self.locating = None;
-        if responder.is_some() && responder == self.admitting {
-            self.located = true;
-            self.export_nat();
-        }
-        let Some(r) = responder.filter(|r| Some(*r) != self.admitting && *r != self.core.id())
-        else {
-            return;
-        };
-        if self.transport.is_linked(r) {
-            self.readmit(r);
-        } else if let Some(a) = self.admitting {
-            tracing::info!(peer = %r, "moving to the peer responsible for this Node-ID");
-            self.moving_to = Some(r);
-            let op = self.core.attach(now(), r, Some(a));
-            self.attaching.insert(op, r);
+        let me = self.core.id();
+        let transport = self.transport.clone();
+        match self
+            .admission
+            .on_located(me, responder, |n| transport.is_linked(n))
+        {
+            Located::Confirmed => self.export_nat(),
+            Located::Readmit(r) => self.readmit(r),
+            Located::Move { to, via } => {
+                tracing::info!(peer = %to, "moving to the peer responsible for this Node-ID");
+                let op = self.core.attach(now(), to, Some(via));
+                self.attaching.insert(op, to);
+            }
+            Located::Nothing => {}
         }
     }
 
     /// Makes `peer` (linked) this client's admitting peer.
     pub(super) fn readmit(&mut self, peer: NodeId) {
         self.core.readmit(now(), peer);
-        self.admitting = Some(peer);
-        self.moving_to = None;
+        self.admission.readmit(peer, now());
         tracing::info!(%peer, "admitted by this peer");
         self.refresh_candidates();
-        // Confirm at once that it is the responsible peer.
-        self.located = false;
-        self.next_locate = Instant::now();
         self.export_nat();
     }
 
@@ -109,7 +105,7 @@ impl Runtime {
                 behind_nat: self.reach.behind_nat() == Some(true),
                 symmetric: self.reach.symmetric(),
                 routes: self.reach.routes(),
-                located: self.reach.routes() || self.located,
+                located: self.reach.routes() || self.admission.located(),
             },
         );
     }
