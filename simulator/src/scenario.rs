@@ -149,6 +149,9 @@ pub struct ChordParams {
     pub self_lookup_interval: String,
     /// Proximity neighbour selection among finger candidates.
     pub proximity: bool,
+    /// With `proximity`, proximity route selection too (next hop by round trip and
+    /// progress, not progress alone).
+    pub proximity_routing: bool,
     /// Self-tuning: stabilisation and finger intervals from the churn each node sees
     /// (the two intervals above are then unused, but "" still turns stabilisation off).
     pub self_tuning: bool,
@@ -321,6 +324,7 @@ impl Default for ChordParams {
             fingers_per_round: 2,
             self_lookup_interval: "300s".into(),
             proximity: false,
+            proximity_routing: true,
             self_tuning: false,
         }
     }
@@ -444,6 +448,7 @@ impl Scenario {
                         &c.self_lookup_interval,
                     )?,
                     proximity: c.proximity,
+                    proximity_routing: c.proximity_routing,
                     self_tuning: c.self_tuning,
                     ..ChordConfig::default()
                 }

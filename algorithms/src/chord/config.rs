@@ -33,6 +33,10 @@ pub struct ChordConfig {
     /// random point of its interval now and then, measure the node found with a direct
     /// probe, and keep whichever of the two answered faster.
     pub proximity: bool,
+    /// With `proximity`, proximity route selection too: the next hop is the known node
+    /// between this one and the target whose round trip plus the hops it leaves costs
+    /// least, not always the one closest to the target (proto/SPEC.md 7.2).
+    pub proximity_routing: bool,
     /// Self-tuning (proto/SPEC.md 7.1): the stabilisation and finger-refresh intervals
     /// follow the churn this node sees among its neighbours and the overlay size it
     /// estimates, within `tuning`'s bounds, instead of the fixed intervals above
@@ -55,6 +59,7 @@ impl Default for ChordConfig {
             self_lookup_interval: Duration::from_secs(30),
             join_retry: Duration::from_secs(5),
             proximity: false,
+            proximity_routing: true,
             self_tuning: false,
             tuning: TuningTargets::default(),
         }

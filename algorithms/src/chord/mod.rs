@@ -105,6 +105,9 @@ pub struct Chord {
     linked: HashSet<Id>,
     /// Departures and arrivals among the neighbours (self-tuning, RFC 7363 style).
     churn: ChurnEstimator,
+    /// Round trips to neighbours as the core measured them (with `proximity`: route
+    /// selection weighs them against progress).
+    rtts: HashMap<Id, Duration>,
 }
 
 impl Chord {
@@ -128,6 +131,7 @@ impl Chord {
             gone: HashMap::new(),
             linked: HashSet::new(),
             churn: ChurnEstimator::new(CHURN_HALF_LIFE),
+            rtts: HashMap::new(),
         }
     }
 
@@ -585,7 +589,57 @@ impl Chord {
         self.fingers.iter().for_each(&mut consider);
         self.succs.ids().iter().copied().for_each(&mut consider);
         self.preds.ids().iter().copied().for_each(&mut consider);
-        best
+        if !self.cfg.proximity || !self.cfg.proximity_routing || self.rtts.is_empty() {
+            return best;
+        }
+        best.map(|b| self.fastest_way(target, b))
+    }
+
+    /// Proximity route selection: among the nodes between this one and `target`, the one
+    /// whose round trip plus the hops it leaves to go costs least. Each halving of the
+    /// distance left saves half a hop on average in Chord, so a node that leaves `r` times
+    /// the distance `best` leaves costs `0.5 * log2(r)` hops more, each hop at the mean
+    /// one-way latency to the neighbours measured.
+    fn fastest_way(&self, target: Id, best: Id) -> Id {
+        let hop = self.rtts.values().map(|d| d.as_secs_f64()).sum::<f64>()
+            / self.rtts.len().max(1) as f64
+            / 2.0;
+        let left_best = distance(best, target).max(1) as f64;
+        let cost = |n: Id| {
+            let one_way = self.rtts.get(&n).map_or(hop, |d| d.as_secs_f64() / 2.0);
+            let left = distance(n, target).max(1) as f64;
+            one_way + hop * 0.5 * (left / left_best).log2()
+        };
+        let mut pick = (best, cost(best));
+        for n in self.fingers.iter().chain(self.succs.ids().iter().copied()) {
+            if n != best && in_open(n, self.me, target) && self.rtts.contains_key(&n) {
+                let c = cost(n);
+                if c < pick.1 {
+                    pick = (n, c);
+                }
+            }
+        }
+        pick.0
+    }
+
+    /// Keeps the round trip the core measured to `node` when it is a neighbour (the map
+    /// holds neighbours only: pruned when it outgrows the tables).
+    fn note_rtt(&mut self, ctx: &Ctx<'_>, node: Option<NodeId>) {
+        let Some(n) = node.filter(|n| self.is_neighbor(*n)) else {
+            return;
+        };
+        let Some(rtt) = ctx.rtt(n) else { return };
+        self.rtts.insert(n, rtt);
+        let cap = 2 * (self.cfg.fingers + self.cfg.successors + self.cfg.predecessors);
+        if self.rtts.len() > cap {
+            let keep: HashSet<Id> = self
+                .fingers
+                .iter()
+                .chain(self.succs.ids().iter().copied())
+                .chain(self.preds.ids().iter().copied())
+                .collect();
+            self.rtts.retain(|n, _| keep.contains(n));
+        }
     }
 
     /// The ring as this node sees it, in ring order: predecessors (farthest first), the
@@ -873,6 +927,9 @@ impl Topology for Chord {
         let Some(p) = self.pending.remove(&token) else {
             return;
         };
+        if self.cfg.proximity {
+            self.note_rtt(ctx, responder);
+        }
         match (p, answer) {
             (Pending::Join, Ok(Body::JoinAns(j))) => {
                 if self.joined {

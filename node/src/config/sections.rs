@@ -346,7 +346,9 @@ pub struct ChordSection {
     pub finger_interval_s: u64,
     pub self_lookup_interval_s: u64,
     /// Proximity neighbour selection: sample another node of each live finger's interval
-    /// at every refresh and keep the one with the shorter measured round trip.
+    /// at every refresh and keep the one with the shorter measured round trip; and
+    /// proximity route selection: the next hop weighs round trips against progress
+    /// (SPEC 7.2).
     pub proximity: bool,
     /// Self-tuning (SPEC 7.1): stabilisation and finger refresh as often as the churn this
     /// peer sees needs (2 s to 10 min), instead of stabilize_interval_s and
