@@ -44,7 +44,7 @@ enum Outcome {
     Other(String),
 }
 
-fn outcome(ev: anyhow::Result<Event>) -> Outcome {
+fn outcome(ev: Result<Event, runtime::NodeError>) -> Outcome {
     match ev {
         Ok(Event::Completed { outcome: Ok(_), .. }) => Outcome::Ok,
         Ok(Event::Completed {

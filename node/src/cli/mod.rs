@@ -325,9 +325,9 @@ pub(crate) async fn op(
         + Send
         + 'static,
 ) -> anyhow::Result<p2psip_algorithms::Event> {
-    tokio::time::timeout(limit, h.op(f))
+    Ok(tokio::time::timeout(limit, h.op(f))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
+        .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))??)
 }
 
 /// The configuration of a client runtime for `a`, writing as `user`, with a key of its

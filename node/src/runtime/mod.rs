@@ -19,8 +19,10 @@ use crate::config::Config;
 use crate::identity;
 use crate::metrics::{self, label};
 use crate::storage::{DashStore, OnCorruption, SyncMode};
-use crate::transport::{local_ip_towards, AppPath, AppStream, NetEvent, Reach, Transport};
-use anyhow::{anyhow, bail, Context};
+use crate::transport::{
+    local_ip_towards, AppError, AppPath, AppStream, NetEvent, Reach, Transport,
+};
+use anyhow::{bail, Context};
 use p2psip_algorithms::admission::{Admission, Located};
 use p2psip_algorithms::client::ClientTopology;
 use p2psip_algorithms::reach::{NatMode, Observed, Reachability, Start};
@@ -120,14 +122,13 @@ impl NodeClient {
     pub async fn op(
         &self,
         f: impl FnOnce(&mut OverlayNode, Time) -> OpId + Send + 'static,
-    ) -> anyhow::Result<Event> {
+    ) -> Result<Event, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Command::Op(Box::new(f), tx))
             .await
-            .map_err(|_| anyhow!("node stopped"))?;
-        rx.await
-            .map_err(|_| anyhow!("node stopped before answering"))
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Whether the node has stopped (its driver is gone).
@@ -136,13 +137,13 @@ impl NodeClient {
     }
 
     /// What the node reports about itself (state, neighbours, counters).
-    pub async fn status(&self) -> anyhow::Result<Status> {
+    pub async fn status(&self) -> Result<Status, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Command::Status(tx))
             .await
-            .map_err(|_| anyhow!("node stopped"))?;
-        rx.await.map_err(|_| anyhow!("node stopped"))
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Changes the node's core (no answer awaited beyond the hand-over).
@@ -162,16 +163,17 @@ impl NodeClient {
     /// Asks `node` (AppAttach through the overlay) where its application `app` is
     /// reached; the request carries our candidates, so a node behind a NAT punches it
     /// towards us before it answers (proto/SPEC.md 2.8).
-    pub async fn attach_app(&self, node: NodeId, app: u32) -> anyhow::Result<Reach> {
+    pub async fn attach_app(&self, node: NodeId, app: u32) -> Result<Reach, NodeError> {
+        let failed = |source| NodeError::AppAttach { node, source };
         let body = self
             .run(APP_ATTACH_LIMIT, move |core, t| {
                 core.app_attach(t, node, app)
             })
             .await
-            .map_err(|e| anyhow!("AppAttach to {node}: {e}"))?;
+            .map_err(failed)?;
         match body {
             Body::AppAttachAns(a) => Ok(reach_of(&a.candidates)),
-            b => bail!("AppAttach to {node}: unexpected answer {}", b.method_name()),
+            b => Err(failed(OpError::Unexpected(b.method_name().to_string()))),
         }
     }
 
@@ -183,7 +185,7 @@ impl NodeClient {
         node: NodeId,
         reach: &Reach,
         app: u32,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, AppPath)> {
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, AppPath), AppError> {
         self.transport.open_app(node, reach, app).await
     }
 
@@ -192,9 +194,9 @@ impl NodeClient {
         &self,
         node: NodeId,
         app: u32,
-    ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, AppPath)> {
+    ) -> Result<(quinn::SendStream, quinn::RecvStream, AppPath), NodeError> {
         let reach = self.attach_app(node, app).await?;
-        self.open_app(node, &reach, app).await
+        Ok(self.open_app(node, &reach, app).await?)
     }
 }
 
@@ -214,27 +216,27 @@ impl NodeHandle {
     pub async fn op(
         &self,
         f: impl FnOnce(&mut OverlayNode, Time) -> OpId + Send + 'static,
-    ) -> anyhow::Result<Event> {
+    ) -> Result<Event, NodeError> {
         self.client().op(f).await
     }
 
-    pub async fn status(&self) -> anyhow::Result<Status> {
+    pub async fn status(&self) -> Result<Status, NodeError> {
         self.client().status().await
     }
 
     /// A client's admitting peer (its only routing-table entry).
-    pub async fn admitting_peer(&self) -> anyhow::Result<NodeId> {
+    pub async fn admitting_peer(&self) -> Result<NodeId, NodeError> {
         self.status()
             .await?
             .routing
             .successors
             .first()
             .copied()
-            .ok_or_else(|| anyhow!("no admitting peer"))
+            .ok_or(NodeError::NoAdmittingPeer)
     }
 
     /// Waits until the node has joined, at most `limit`.
-    pub async fn wait_joined(&self, limit: Duration) -> anyhow::Result<()> {
+    pub async fn wait_joined(&self, limit: Duration) -> Result<(), NodeError> {
         let deadline = Instant::now() + limit;
         loop {
             let st = self.status().await?;
@@ -242,10 +244,13 @@ impl NodeHandle {
                 return Ok(());
             }
             if let Some(why) = st.fatal {
-                bail!("{why}");
+                return Err(NodeError::Fatal(why));
             }
             if Instant::now() > deadline {
-                bail!("node {} did not join within {limit:?}", self.id);
+                return Err(NodeError::NotJoined {
+                    node: self.id,
+                    limit,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -286,33 +291,77 @@ fn failed(op: OpId, why: &str) -> Event {
 /// Resolves "host:port": an address, or a name through a DNS resolver of our own
 /// (/etc/resolv.conf and /etc/hosts; no libc NSS, so a static binary in an empty container
 /// resolves the same way).
-pub async fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
+pub async fn resolve(s: &str) -> Result<SocketAddr, ResolveError> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
     let (host, port) = s
         .rsplit_once(':')
-        .ok_or_else(|| anyhow!("{s:?} is not host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| anyhow!("{s:?}: {port:?} is not a port"))?;
+        .ok_or_else(|| ResolveError::NotHostPort(s.to_string()))?;
+    let port: u16 = port.parse().map_err(|_| ResolveError::BadPort {
+        input: s.to_string(),
+        port: port.to_string(),
+    })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
     let resolver = hickory_resolver::Resolver::builder_tokio()
-        .context("reading the resolver configuration")?
+        .map_err(|e| ResolveError::Config(e.to_string()))?
         .build();
     let ips = resolver
         .lookup_ip(host)
         .await
-        .with_context(|| format!("resolving {host:?}"))?;
+        .map_err(|e| ResolveError::Lookup {
+            host: host.to_string(),
+            why: e.to_string(),
+        })?;
     let ip = ips
         .iter()
         .find(|ip| ip.is_ipv4())
         .or_else(|| ips.iter().next())
-        .ok_or_else(|| anyhow!("{host:?} resolves to no address"))?;
+        .ok_or_else(|| ResolveError::NoAddress(host.to_string()))?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// Why "host:port" gave no address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("{input:?}: {port:?} is not a port")]
+    BadPort { input: String, port: String },
+    #[error("reading the resolver configuration: {0}")]
+    Config(String),
+    #[error("resolving {host:?}: {why}")]
+    Lookup { host: String, why: String },
+    #[error("{0:?} resolves to no address")]
+    NoAddress(String),
+}
+
+/// Why a node's handle could not do what was asked (an overlay operation's own
+/// refusals are [`OpError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node's driver is gone (stopped, or stopping).
+    #[error("the node has stopped")]
+    Stopped,
+    /// A client without an admitting peer.
+    #[error("no admitting peer")]
+    NoAdmittingPeer,
+    #[error("node {node} did not join within {limit:?}")]
+    NotJoined { node: NodeId, limit: Duration },
+    /// A client cannot work: its admitting peer refused it or is unreachable.
+    #[error("{0}")]
+    Fatal(String),
+    #[error("AppAttach to {node}: {source}")]
+    AppAttach {
+        node: NodeId,
+        #[source]
+        source: OpError,
+    },
+    #[error(transparent)]
+    App(#[from] AppError),
 }
 
 /// The key of the bootstrap cache in the database's `meta` table, and its size.

@@ -39,7 +39,7 @@ impl Transport {
         node: NodeId,
         reach: &Reach,
         app: u32,
-    ) -> anyhow::Result<(SendStream, RecvStream, AppPath)> {
+    ) -> Result<(SendStream, RecvStream, AppPath), AppError> {
         let existing = self
             .app_conns
             .get(&node)
@@ -73,9 +73,7 @@ impl Transport {
             let (send, recv) = self.open_stream(&conn, node, &app.to_be_bytes()).await?;
             return Ok((send, recv, AppPath::Direct));
         }
-        let relay = reach
-            .relay
-            .ok_or_else(|| anyhow!("node {node} has no candidates"))?;
+        let relay = reach.relay.ok_or(AppError::NoCandidates(node))?;
         let conn = self.relay_connection(relay).await?;
         let mut head = Vec::with_capacity(24);
         head.extend_from_slice(&APP_RELAY.to_be_bytes());
@@ -99,7 +97,7 @@ impl Transport {
         self: &Arc<Self>,
         node: NodeId,
         addrs: &[SocketAddr],
-    ) -> anyhow::Result<Connection> {
+    ) -> Result<Connection, AppError> {
         let mut tries = tokio::task::JoinSet::new();
         // An address this host has no route to (another site's private network) is skipped.
         for &addr in addrs.iter().filter(|a| local_ip_towards(**a).is_some()) {
@@ -109,15 +107,15 @@ impl Transport {
                 let conn = me
                     .endpoint
                     .connect_with(me.app_client.clone(), addr, &me.sni)
-                    .map_err(|e| anyhow!("{addr}: {e}"))?
+                    .map_err(|e| format!("{addr}: {e}"))?
                     .await
-                    .map_err(|e| anyhow!("{addr}: {e}"))?;
-                let peer = peer_node_id(&conn)?;
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                let peer = peer_node_id(&conn).map_err(|e| format!("{addr}: {e}"))?;
                 if peer != node {
                     conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"unexpected node");
-                    anyhow::bail!("{addr} is node {peer}, not the expected {node}");
+                    return Err(format!("{addr} is node {peer}, not the expected {node}"));
                 }
-                anyhow::Ok(conn)
+                Ok(conn)
             });
         }
         let deadline = tokio::time::Instant::now() + self.nat.punch_timeout;
@@ -131,7 +129,7 @@ impl Transport {
                     self.app_conns.insert(node, conn.clone());
                     return Ok(conn);
                 }
-                Ok(Some(Ok(Err(e)))) => errors.push(e.to_string()),
+                Ok(Some(Ok(Err(e)))) => errors.push(e),
                 Ok(Some(Err(e))) => errors.push(e.to_string()),
                 Ok(None) => break,
                 Err(_) => {
@@ -140,18 +138,19 @@ impl Transport {
                 }
             }
         }
-        anyhow::bail!(
-            "application connection to {node}: {}",
-            if errors.is_empty() {
+        Err(AppError::NoDirect {
+            node,
+            reasons: if errors.is_empty() {
                 "no address".to_string()
             } else {
                 errors.join("; ")
-            }
-        )
+            },
+        })
     }
 
     /// The application connection to a relay (any node of this overlay at that address).
-    pub(super) async fn relay_connection(&self, relay: SocketAddr) -> anyhow::Result<Connection> {
+    pub(super) async fn relay_connection(&self, relay: SocketAddr) -> Result<Connection, AppError> {
+        let failed = |why: String| AppError::Relay { relay, why };
         if let Some(c) = self
             .relay_conns
             .get(&relay)
@@ -164,11 +163,11 @@ impl Transport {
             self.nat.punch_timeout,
             self.endpoint
                 .connect_with(self.app_client.clone(), relay, &self.sni)
-                .map_err(|e| anyhow!("relay {relay}: {e}"))?,
+                .map_err(|e| failed(e.to_string()))?,
         )
         .await
-        .map_err(|_| anyhow!("relay {relay}: no answer"))?
-        .map_err(|e| anyhow!("relay {relay}: {e}"))?;
+        .map_err(|_| failed("no answer".into()))?
+        .map_err(|e| failed(e.to_string()))?;
         self.relay_conns.insert(relay, conn.clone());
         Ok(conn)
     }
@@ -179,18 +178,22 @@ impl Transport {
         conn: &Connection,
         node: NodeId,
         head: &[u8],
-    ) -> anyhow::Result<(SendStream, RecvStream)> {
+    ) -> Result<(SendStream, RecvStream), AppError> {
         let (mut send, recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => {
                 self.app_conns
                     .remove_if(&node, |_, c| c.stable_id() == conn.stable_id());
-                anyhow::bail!("application stream to {node}: {e}");
+                return Err(AppError::Stream {
+                    node,
+                    why: e.to_string(),
+                });
             }
         };
-        send.write_all(head)
-            .await
-            .map_err(|e| anyhow!("application stream to {node}: {e}"))?;
+        send.write_all(head).await.map_err(|e| AppError::Stream {
+            node,
+            why: e.to_string(),
+        })?;
         self.stats
             .app_streams_opened
             .fetch_add(1, Ordering::Relaxed);

@@ -387,16 +387,40 @@ impl Transport {
     }
 }
 
+/// Why a connection's peer names no Node-ID.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerIdError {
+    #[error("peer presented no certificate")]
+    NoCertificate,
+    #[error("peer certificate: {0}")]
+    Certificate(String),
+}
+
 /// The Node-ID the connection's peer proved with its certificate.
-pub fn peer_node_id(conn: &Connection) -> anyhow::Result<NodeId> {
+pub fn peer_node_id(conn: &Connection) -> Result<NodeId, PeerIdError> {
     let certs = conn
         .peer_identity()
         .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| anyhow!("peer presented no certificate"))?;
-    let first = certs
-        .first()
-        .ok_or_else(|| anyhow!("peer presented no certificate"))?;
-    tls::node_id_of_cert(first).map_err(|e| anyhow!("peer certificate: {e}"))
+        .ok_or(PeerIdError::NoCertificate)?;
+    let first = certs.first().ok_or(PeerIdError::NoCertificate)?;
+    tls::node_id_of_cert(first).map_err(|e| PeerIdError::Certificate(e.to_string()))
+}
+
+/// Why an application stream to a node could not be opened (proto/SPEC.md 2.7).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Its AppAttach answer named no address to try and no relay.
+    #[error("node {0} has no candidates")]
+    NoCandidates(NodeId),
+    /// No direct connection came up and the node has no relay (each address's failure).
+    #[error("application connection to {node}: {reasons}")]
+    NoDirect { node: NodeId, reasons: String },
+    /// Its relay could not be reached.
+    #[error("relay {relay}: {why}")]
+    Relay { relay: SocketAddr, why: String },
+    /// The connection came up but the stream could not be opened or its head sent.
+    #[error("application stream to {node}: {why}")]
+    Stream { node: NodeId, why: String },
 }
 
 /// The address of the local interface that routes towards `to` (no packet is sent); None
