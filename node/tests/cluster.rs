@@ -309,7 +309,7 @@ fn a_frozen_peer_is_routed_around_with_the_default_timers() {
 fn frozen_peer_is_routed_around(tag: &str, timers: &str, bound: Duration) {
     let root = TempDir::new(tag);
     // Fast stabilisation only, so the five peers settle quickly; the transport timers are
-    // the daemon's defaults (15 s keep-alive, 45 s idle timeout) unless `timers` says.
+    // the daemon's defaults (25 s keep-alive, 45 s idle timeout) unless `timers` says.
     let nodes = daemon_fleet(
         &root,
         5,

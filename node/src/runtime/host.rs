@@ -4,9 +4,36 @@
 use super::*;
 use p2psip_algorithms::HostInfo;
 
+/// How long the resident memory and the machine's uptime read from /proc are used before
+/// they are read again (diagnostics do not need them fresher; reading them every tick was
+/// a fifth of an idle peer's CPU).
+const PROC_READ_EVERY: Duration = Duration::from_secs(10);
+
+/// What the node last read from /proc, and when.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProcRead {
+    at: Instant,
+    memory_bytes: u64,
+    machine_uptime_s: u64,
+}
+
+impl ProcRead {
+    fn now() -> ProcRead {
+        ProcRead {
+            at: Instant::now(),
+            memory_bytes: resident_bytes().unwrap_or(0),
+            machine_uptime_s: machine_uptime_s().unwrap_or(0),
+        }
+    }
+}
+
 impl Runtime {
     /// The driver's view of the node, handed to the core every tick.
-    pub(super) fn host_info(&self) -> HostInfo {
+    pub(super) fn host_info(&mut self) -> HostInfo {
+        let proc_read = match self.proc_read {
+            Some(p) if p.at.elapsed() < PROC_READ_EVERY => p,
+            _ => *self.proc_read.insert(ProcRead::now()),
+        };
         let mut addresses: Vec<String> = Vec::new();
         for a in [self.reach.host(), self.reach.reflexive()]
             .into_iter()
@@ -20,8 +47,10 @@ impl Runtime {
         HostInfo {
             software: format!("p2psip {}", env!("CARGO_PKG_VERSION")),
             addresses,
-            memory_bytes: resident_bytes().unwrap_or(0),
-            machine_uptime_s: machine_uptime_s().unwrap_or(0),
+            memory_bytes: proc_read.memory_bytes,
+            machine_uptime_s: proc_read
+                .machine_uptime_s
+                .saturating_add(proc_read.at.elapsed().as_secs()),
             neighbor_rtts: self.transport.link_rtts(),
             reflexive: self.reach.reflexive().map(|a| a.to_string()),
             nat_state: self.reach.nat_state().into(),

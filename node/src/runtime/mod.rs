@@ -367,6 +367,12 @@ pub enum NodeError {
 /// The key of the bootstrap cache in the database's `meta` table, and its size.
 const PEER_CACHE_KEY: &str = "peers";
 const PEER_CACHE_MAX: usize = 64;
+/// How often the bootstrap cache is written.
+const PEER_CACHE_SAVE_EVERY: Duration = Duration::from_secs(10);
+/// The housekeeping tick of a joined peer with nothing that needs it every second.
+const IDLE_TICK: Duration = Duration::from_secs(5);
+/// A node ticks every second for this long after it started, whatever else.
+const BUSY_START: Duration = Duration::from_secs(30);
 /// Messages handled before one flush (and so one storage commit) at most.
 const GROUP_COMMIT_MAX: usize = 64;
 
@@ -415,6 +421,8 @@ struct Runtime {
     fatal: Option<String>,
     /// The overlay configuration document (proto/SPEC.md 5.3).
     docs: crate::overlay_config::DocState,
+    /// Memory and machine uptime as last read (diagnostics).
+    proc_read: Option<host::ProcRead>,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -164,6 +164,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         fatal: None,
         form_at,
         docs,
+        proc_read: None,
     };
     let task = tokio::spawn(rt.run(ev_rx, cmd_rx));
     Ok(NodeHandle {
