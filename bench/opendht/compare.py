@@ -16,6 +16,8 @@ ratio ours/theirs for every figure, and with --write-docs puts it into docs/benc
 import argparse
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,26 @@ except ImportError:
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 P2PSIP = os.path.join(ROOT, "target", "release", "p2psip")
 CLK = os.sysconf("SC_CLK_TCK")
+
+
+def free_base(n):
+    """A base port whose n consecutive UDP ports are free on loopback now (a second run,
+    or anything else on the machine, gets other ports)."""
+    for _ in range(100):
+        base = random.randint(20000, 60000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free UDP ports found")
 
 
 def rss_kib(pid):
@@ -338,11 +360,11 @@ def main():
         ours = theirs = None
         if args.only != "opendht":
             print(f"N = {n}: p2psip ...", file=sys.stderr, flush=True)
-            ours = run_ours(n, 27000, args, work)
+            ours = run_ours(n, free_base(n), args, work)
             print(f"  {json.dumps(ours)}", file=sys.stderr, flush=True)
         if args.only != "p2psip":
             print(f"N = {n}: OpenDHT ...", file=sys.stderr, flush=True)
-            theirs = run_opendht(n, 28000, args, work)
+            theirs = run_opendht(n, free_base(n), args, work)
             print(f"  {json.dumps(theirs)}", file=sys.stderr, flush=True)
         results.append((n, (ours, theirs)))
     if args.only != "both":
