@@ -336,7 +336,7 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
             ..NatReport::default()
         },
         connecting: HashMap::new(),
-        locating: HashMap::new(),
+        locating: HashSet::new(),
         moving: HashMap::new(),
     };
     // Reachability: the first open node forms the overlay (nat.mode = "peer", as a node
@@ -463,7 +463,7 @@ struct Exp {
     /// AppAttach (caller, op) -> (callee, started).
     connecting: HashMap<(usize, OpId), (usize, Time)>,
     /// Lookups of the responsible peer, by (client, op).
-    locating: HashMap<(usize, OpId), ()>,
+    locating: HashSet<(usize, OpId)>,
     /// Attaches of a client to its responsible peer: (client, op) -> peer.
     moving: HashMap<(usize, OpId), NodeId>,
 }
@@ -499,7 +499,7 @@ impl Exp {
             let me = sim.id(i);
             if let Some(op) = sim.start_op(i, |n, t| n.lookup(t, me)) {
                 self.admission[i].locating(op);
-                self.locating.insert((i, op), ());
+                self.locating.insert((i, op));
             }
         }
     }
@@ -519,7 +519,7 @@ impl Exp {
                     responder,
                     ..
                 } => {
-                    if self.locating.remove(&(i, op)).is_some() {
+                    if self.locating.remove(&(i, op)) {
                         self.on_located(sim, i, responder.filter(|_| outcome.is_ok()));
                     } else if let Some(to) = self.moving.remove(&(i, op)) {
                         self.on_moved(sim, i, to, outcome);
