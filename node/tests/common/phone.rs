@@ -211,8 +211,13 @@ pub fn register_device(
 
 /// The next request arriving at `s` within 5 s whose method is `method`.
 pub fn next_request(s: &UdpSocket, method: &str) -> Option<String> {
+    request_within(s, method, Duration::from_secs(5))
+}
+
+/// The next request arriving at `s` within `limit` whose method is `method`.
+pub fn request_within(s: &UdpSocket, method: &str, limit: Duration) -> Option<String> {
     let mut buf = [0u8; 65535];
-    eventually(Duration::from_secs(5), || {
+    eventually(limit, || {
         let (n, _) = s.recv_from(&mut buf).ok()?;
         let m = String::from_utf8_lossy(&buf[..n]).into_owned();
         m.starts_with(&format!("{method} ")).then_some(m)
