@@ -1,7 +1,7 @@
 //! Node identities: an Ed25519 key kept as a hex seed file, the self-signed Node-ID derived
 //! from it, and the TLS certificate that carries it on every QUIC connection.
 
-use anyhow::{bail, Context};
+use crate::security::private_files::{self, PrivateFileError};
 use p2psip_proto::security::Identity;
 use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -12,6 +12,38 @@ const PKCS8_ED25519_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
+/// Why an identity or its credentials could not be read, made or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0} exists; refusing to overwrite an identity")]
+    Exists(String),
+    #[error(transparent)]
+    Private(#[from] PrivateFileError),
+    #[error("reading identity {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: not hex")]
+    NotHex(String),
+    #[error("{0}: a key is 64 hex digits")]
+    BadLength(String),
+    /// The key or certificate library refused (`what` says which step).
+    #[error("{what}: {why}")]
+    Key { what: &'static str, why: String },
+    #[error("security.ca {path}: {why}")]
+    Ca { path: String, why: String },
+    #[error("security.certificate {path}: {why}")]
+    Certificate { path: String, why: String },
+    #[error("security.certificate {0} was issued for another key than this node's identity")]
+    OtherKey(String),
+    /// A certificate or revocation file could not be read or parsed (the message names
+    /// the file).
+    #[error("{0}")]
+    File(String),
+}
+
 /// A fresh random secret seed.
 pub fn generate_seed() -> [u8; 32] {
     rand::rng().random()
@@ -19,31 +51,29 @@ pub fn generate_seed() -> [u8; 32] {
 
 /// Writes a seed as 64 hex digits in a new file of mode 0600 (never a window with the
 /// umask's mode, never through a symlink). Refuses to overwrite.
-pub fn write_seed(path: &Path, seed: &[u8; 32]) -> anyhow::Result<()> {
-    use crate::security::private_files;
+pub fn write_seed(path: &Path, seed: &[u8; 32]) -> Result<(), IdentityError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         private_files::create_dir(dir)?;
     }
     match private_files::write_new(path, format!("{}\n", hex::encode(seed)).as_bytes()) {
-        Err(private_files::PrivateFileError::Exists(_)) => bail!(
-            "{} exists; refusing to overwrite an identity",
-            path.display()
-        ),
+        Err(PrivateFileError::Exists(_)) => Err(IdentityError::Exists(path.display().to_string())),
         r => Ok(r?),
     }
 }
 
 /// Reads a seed written by [`write_seed`].
-pub fn read_seed(path: &Path) -> anyhow::Result<[u8; 32]> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading identity {}", path.display()))?;
-    let bytes = hex::decode(text.trim()).with_context(|| format!("{}: not hex", path.display()))?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| anyhow::anyhow!("{}: a key is 64 hex digits", path.display()))
+pub fn read_seed(path: &Path) -> Result<[u8; 32], IdentityError> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+        path: shown(),
+        source,
+    })?;
+    let bytes = hex::decode(text.trim()).map_err(|_| IdentityError::NotHex(shown()))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| IdentityError::BadLength(shown()))
 }
 
 /// Loads the identity at `path`, creating it first if `create` and it does not exist.
-pub fn load_or_create(path: &Path, user: &str, create: bool) -> anyhow::Result<Identity> {
+pub fn load_or_create(path: &Path, user: &str, create: bool) -> Result<Identity, IdentityError> {
     if create && !path.exists() {
         write_seed(path, &generate_seed())?;
     }
@@ -63,20 +93,25 @@ pub(crate) fn key_der(seed: &[u8; 32]) -> PrivateKeyDer<'static> {
 }
 
 /// The rcgen key pair of a seed (to sign or be named in certificates).
-pub(crate) fn key_pair(seed: &[u8; 32]) -> anyhow::Result<rcgen::KeyPair> {
-    rcgen::KeyPair::try_from(pkcs8_of(seed).as_slice()).context("Ed25519 key")
+pub(crate) fn key_pair(seed: &[u8; 32]) -> Result<rcgen::KeyPair, IdentityError> {
+    rcgen::KeyPair::try_from(pkcs8_of(seed).as_slice()).map_err(|e| IdentityError::Key {
+        what: "Ed25519 key",
+        why: e.to_string(),
+    })
 }
 
 /// The TLS certificate and key of an identity: a self-signed X.509 certificate over the
 /// identity's own Ed25519 key, so the peer derives the Node-ID from the key it verifies.
 pub fn tls_credentials(
     seed: &[u8; 32],
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let key = key_pair(seed).context("key for TLS")?;
-    let params = rcgen::CertificateParams::new(vec!["p2psip".to_string()])?;
-    let cert = params
-        .self_signed(&key)
-        .context("self-signed certificate")?;
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), IdentityError> {
+    let key = key_pair(seed)?;
+    let failed = |e: rcgen::Error| IdentityError::Key {
+        what: "self-signed certificate",
+        why: e.to_string(),
+    };
+    let params = rcgen::CertificateParams::new(vec!["p2psip".to_string()]).map_err(failed)?;
+    let cert = params.self_signed(&key).map_err(failed)?;
     Ok((vec![cert.der().clone()], key_der(seed)))
 }
 
@@ -104,7 +139,10 @@ impl Clone for Credentials {
 
 /// The credentials of key `seed` under `cfg.security`: self-signed, or enrolled with the
 /// certificate the overlay's CA issued for this key (checked here as peers will check it).
-pub fn credentials(cfg: &crate::config::Config, seed: [u8; 32]) -> anyhow::Result<Credentials> {
+pub fn credentials(
+    cfg: &crate::config::Config,
+    seed: [u8; 32],
+) -> Result<Credentials, IdentityError> {
     use crate::security::trust::{read_cert, read_revoked, Trust};
     let sec = &cfg.security;
     let (Some(ca), Some(cert)) = (&sec.ca, &sec.certificate) else {
@@ -118,21 +156,25 @@ pub fn credentials(cfg: &crate::config::Config, seed: [u8; 32]) -> anyhow::Resul
         });
     };
     let revoked = match &sec.revoked {
-        Some(p) => read_revoked(p)?,
+        Some(p) => read_revoked(p).map_err(|e| IdentityError::File(format!("{e:#}")))?,
         None => Default::default(),
     };
-    let trust = Trust::enrolled(&cfg.overlay, read_cert(ca)?, revoked, sec.allow_self_signed)
-        .with_context(|| format!("security.ca {}", ca.display()))?;
-    let der = read_cert(cert)?;
-    let binding = trust
-        .check(&der)
-        .map_err(|e| anyhow::anyhow!("security.certificate {}: {e}", cert.display()))?;
+    let ca_failed = |why: String| IdentityError::Ca {
+        path: ca.display().to_string(),
+        why,
+    };
+    let cert_failed = |why: String| IdentityError::Certificate {
+        path: cert.display().to_string(),
+        why,
+    };
+    let ca_der = read_cert(ca).map_err(|e| IdentityError::File(format!("{e:#}")))?;
+    let trust = Trust::enrolled(&cfg.overlay, ca_der, revoked, sec.allow_self_signed)
+        .map_err(|e| ca_failed(format!("{e:#}")))?;
+    let der = read_cert(cert).map_err(|e| IdentityError::File(format!("{e:#}")))?;
+    let binding = trust.check(&der).map_err(|e| cert_failed(e.to_string()))?;
     let own = Identity::from_seed(seed, "");
     if binding.key != *own.key.verifying_key().as_bytes() {
-        bail!(
-            "security.certificate {} was issued for another key than this node's identity",
-            cert.display()
-        );
+        return Err(IdentityError::OtherKey(cert.display().to_string()));
     }
     Ok(Credentials {
         seed,
