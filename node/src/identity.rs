@@ -155,23 +155,27 @@ pub fn credentials(
             trust: std::sync::Arc::new(Trust::self_signed(&cfg.overlay)),
         });
     };
+    // The file readers' messages name the file already.
+    let file = |e: anyhow::Error| IdentityError::File(format!("{e:#}"));
     let revoked = match &sec.revoked {
-        Some(p) => read_revoked(p).map_err(|e| IdentityError::File(format!("{e:#}")))?,
+        Some(p) => read_revoked(p).map_err(file)?,
         None => Default::default(),
     };
-    let ca_failed = |why: String| IdentityError::Ca {
+    let trust = Trust::enrolled(
+        &cfg.overlay,
+        read_cert(ca).map_err(file)?,
+        revoked,
+        sec.allow_self_signed,
+    )
+    .map_err(|e| IdentityError::Ca {
         path: ca.display().to_string(),
-        why,
-    };
-    let cert_failed = |why: String| IdentityError::Certificate {
+        why: format!("{e:#}"),
+    })?;
+    let der = read_cert(cert).map_err(file)?;
+    let binding = trust.check(&der).map_err(|e| IdentityError::Certificate {
         path: cert.display().to_string(),
-        why,
-    };
-    let ca_der = read_cert(ca).map_err(|e| IdentityError::File(format!("{e:#}")))?;
-    let trust = Trust::enrolled(&cfg.overlay, ca_der, revoked, sec.allow_self_signed)
-        .map_err(|e| ca_failed(format!("{e:#}")))?;
-    let der = read_cert(cert).map_err(|e| IdentityError::File(format!("{e:#}")))?;
-    let binding = trust.check(&der).map_err(|e| cert_failed(e.to_string()))?;
+        why: e.to_string(),
+    })?;
     let own = Identity::from_seed(seed, "");
     if binding.key != *own.key.verifying_key().as_bytes() {
         return Err(IdentityError::OtherKey(cert.display().to_string()));

@@ -632,13 +632,9 @@ impl Chord {
         self.rtts.insert(n, rtt);
         let cap = 2 * (self.cfg.fingers + self.cfg.successors + self.cfg.predecessors);
         if self.rtts.len() > cap {
-            let keep: HashSet<Id> = self
-                .fingers
-                .iter()
-                .chain(self.succs.ids().iter().copied())
-                .chain(self.preds.ids().iter().copied())
-                .collect();
-            self.rtts.retain(|n, _| keep.contains(n));
+            let mut rtts = std::mem::take(&mut self.rtts);
+            rtts.retain(|n, _| self.is_neighbor(*n));
+            self.rtts = rtts;
         }
     }
 

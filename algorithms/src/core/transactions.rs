@@ -413,21 +413,24 @@ impl OverlayNode {
         hops: u32,
         outcome: Result<Body, pb::ErrorAns>,
     ) {
-        tx.span.in_scope(|| match &outcome {
-            Ok(b) => tracing::debug!(
-                answer = b.method_name(),
-                ?responder,
-                hops,
-                latency_ms = self.now.since(tx.started).as_secs_f64() * 1e3,
-                "answered"
-            ),
-            Err(e) => tracing::debug!(
-                code = e.code,
-                info = %String::from_utf8_lossy(&e.info),
-                hops,
-                latency_ms = self.now.since(tx.started).as_secs_f64() * 1e3,
-                "failed"
-            ),
+        tx.span.in_scope(|| {
+            let latency_ms = self.now.since(tx.started).as_secs_f64() * 1e3;
+            match &outcome {
+                Ok(b) => tracing::debug!(
+                    answer = b.method_name(),
+                    ?responder,
+                    hops,
+                    latency_ms,
+                    "answered"
+                ),
+                Err(e) => tracing::debug!(
+                    code = e.code,
+                    info = %String::from_utf8_lossy(&e.info),
+                    hops,
+                    latency_ms,
+                    "failed"
+                ),
+            }
         });
         match tx.owner {
             Owner::Topology(token) => {
