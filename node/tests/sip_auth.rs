@@ -880,6 +880,38 @@ fn reason_phrases_pass_through_untouched() {
     );
 }
 
+/// The harness itself: a front-end that answers every retransmission of an INVITE with
+/// 100 Trying and decides after 1.5 s (an overlay lookup on a loaded machine) is waited
+/// for. CI failed once when twenty quick 100s used up every try before the 403 came.
+#[test]
+fn transact_waits_past_provisional_answers() {
+    let server = socket();
+    let to = server.local_addr().unwrap();
+    let phone = socket();
+    let helper = std::thread::spawn(move || {
+        let mut buf = [0u8; 65535];
+        let start = std::time::Instant::now();
+        let mut from = None;
+        while start.elapsed() < Duration::from_millis(1500) {
+            if let Ok((_, src)) = server.recv_from(&mut buf) {
+                server.send_to(b"SIP/2.0 100 Trying\r\n\r\n", src).unwrap();
+                from = Some(src);
+            }
+        }
+        let src = from.expect("no request arrived");
+        server
+            .send_to(b"SIP/2.0 403 Forbidden\r\n\r\n", src)
+            .unwrap();
+    });
+    let r = transact(
+        &phone,
+        to,
+        &request(&phone, "INVITE", "sip:x@127.0.0.1", 70, 1),
+    );
+    assert_eq!(status(&r), 403, "{r}");
+    helper.join().unwrap();
+}
+
 /// A call to an AOR written with a front-end's IP:port (`sip:alice@<fe1>`, what a user
 /// tries first without a domain), alice registered at the other front-end: it rings her
 /// (issue 23 item 3: it bounced between the two front-ends 72 times to a 483).

@@ -17,19 +17,26 @@ pub fn socket() -> UdpSocket {
     s
 }
 
-/// Sends `msg` until a response to it arrives (at most 20 tries); returns it.
+/// Sends `msg` every 500 ms until a final response to it arrives, for at most 10 s;
+/// returns it. Provisional answers (100 Trying to each retransmission of an INVITE) do
+/// not count as tries: the front-end may take a few overlay round trips to decide.
 pub fn transact(s: &UdpSocket, to: SocketAddr, msg: &str) -> String {
     let mut buf = [0u8; 65535];
-    for _ in 0..20 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         s.send_to(msg.as_bytes(), to).unwrap();
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
+        let resend = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < resend {
+            let Ok((n, _)) = s.recv_from(&mut buf) else {
+                break;
+            };
             let r = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if r.starts_with("SIP/2.0 ") && !r.starts_with("SIP/2.0 100") {
+            if r.starts_with("SIP/2.0 ") && !r.starts_with("SIP/2.0 1") {
                 return r;
             }
         }
     }
-    panic!("no response to:\n{msg}");
+    panic!("no final response within 10 s to:\n{msg}");
 }
 
 pub fn status(r: &str) -> u16 {
