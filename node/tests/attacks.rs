@@ -1091,8 +1091,10 @@ async fn a_forged_update_puts_no_fake_successor_in_the_tables() {
     }
 }
 
-/// A peer's request straight to the attacker's link: an answer naming another responder,
-/// and an unsigned one, are dropped; the attacker's own signed answer completes it.
+/// A peer's request straight to the attacker's link travels unsigned (the link's handshake
+/// proves both ends, proto/SPEC.md 5.4). Answers naming another responder, signed by it or
+/// unsigned, are dropped; the attacker's own answer over its own link, unsigned, completes
+/// it: the link proves who sent it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
     let (a, me, _ep, conn) = lone_peer_and_attacker(0x7c, 0x7d, |_| {}).await;
@@ -1106,20 +1108,12 @@ async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
                 .await
         }
     });
-    // The request the peer sent us.
-    let end = tokio::time::Instant::now() + Duration::from_secs(5);
-    let req = loop {
-        let mut s = tokio::time::timeout_at(end, conn.accept_uni())
-            .await
-            .expect("no request from the peer")
-            .unwrap();
-        let bytes = s.read_to_end(1 << 20).await.unwrap();
-        if let Ok(m) = p2psip_proto::Message::decode(&bytes) {
-            if matches!(m.body, p2psip_proto::Body::ConfigUpdateReq(_)) {
-                break m;
-            }
-        }
-    };
+    let req = config_update_received(&conn).await;
+    assert!(
+        req.security.is_none(),
+        "a request straight to its destination's link was signed: {:?}",
+        req.security
+    );
     let tx = req.header.transaction_id;
     let answer = |responder: Id, signer: Option<&Identity>| {
         message(
@@ -1130,16 +1124,15 @@ async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
             signer,
         )
     };
-    // Another responder than the node the request went to, signed by it.
+    // Another responder than the node the request went to, signed by it, and unsigned.
     send_raw(&conn, &answer(other.node_id, Some(&other))).await;
-    // The right responder, unsigned.
-    send_raw(&conn, &answer(me.node_id, None)).await;
+    send_raw(&conn, &answer(other.node_id, None)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !pending.is_finished(),
         "a forged answer completed the request"
     );
-    send_raw(&conn, &answer(me.node_id, Some(&me))).await;
+    send_raw(&conn, &answer(me.node_id, None)).await;
     let done = tokio::time::timeout(Duration::from_secs(5), pending)
         .await
         .expect("the real answer was not taken")
@@ -1153,6 +1146,109 @@ async fn a_forged_answer_is_dropped_and_the_real_one_accepted() {
             assert_eq!(responder, Some(me.node_id));
         }
         other => panic!("{other:?}"),
+    }
+    a.shutdown().await;
+}
+
+/// The ConfigUpdate request a peer sent over `conn`, within 5 s.
+async fn config_update_received(conn: &quinn::Connection) -> p2psip_proto::Message {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = tokio::time::timeout_at(end, conn.accept_uni())
+            .await
+            .expect("no request from the peer")
+            .unwrap();
+        let bytes = s.read_to_end(1 << 20).await.unwrap();
+        if let Ok(m) = p2psip_proto::Message::decode(&bytes) {
+            if matches!(m.body, p2psip_proto::Body::ConfigUpdateReq(_)) {
+                return m;
+            }
+        }
+    }
+}
+
+/// With `security.sign_direct_messages`, the same request straight to its destination's
+/// link carries its originator's signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_direct_messages_signs_requests_to_a_neighbour() {
+    let (a, me, _ep, conn) = lone_peer_and_attacker(0x84, 0x85, |c| {
+        c.security.sign_direct_messages = true;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to = me.node_id;
+    let c = a.client();
+    let _pending = tokio::spawn(async move {
+        c.op(move |n, t| n.config_update(t, to, pb::ConfigUpdateReq::default()))
+            .await
+    });
+    let req = config_update_received(&conn).await;
+    let sig = req
+        .security
+        .and_then(|s| s.signature)
+        .expect("no signature with sign_direct_messages on");
+    assert_eq!(
+        sig.signer.map(|s| s.node_id),
+        Some(a.id.to_bytes().to_vec())
+    );
+    a.shutdown().await;
+}
+
+/// An unsigned Ping straight from its originator's link is served, and its answer comes
+/// back unsigned; an unsigned Ping that names another originator first (passed on for it)
+/// is refused with Error_Forbidden: only a signature proves someone the link does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_requests_are_served_only_straight_from_their_originator() {
+    let (a, me, _ep, conn) = lone_peer_and_attacker(0x81, 0x82, |_| {}).await;
+    let victim = Identity::from_seed([0x83; 32], "");
+    let to_a = p2psip_proto::Destination::Node(a.id);
+    send_raw(
+        &conn,
+        &message(&[me.node_id], to_a.clone(), 0x6100_0001, ping(), None),
+    )
+    .await;
+    send_raw(
+        &conn,
+        &message(
+            &[victim.node_id, me.node_id],
+            to_a,
+            0x6100_0002,
+            ping(),
+            None,
+        ),
+    )
+    .await;
+    let (mut own, mut relayed) = (None, None);
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while own.is_none() || relayed.is_none() {
+        let Ok(Ok(mut s)) = tokio::time::timeout_at(end, conn.accept_uni()).await else {
+            break;
+        };
+        let Ok(bytes) = s.read_to_end(1 << 20).await else {
+            continue;
+        };
+        let Ok(m) = p2psip_proto::Message::decode(&bytes) else {
+            continue;
+        };
+        match m.header.transaction_id {
+            0x6100_0001 => own = Some(m),
+            0x6100_0002 => relayed = Some(m),
+            _ => {}
+        }
+    }
+    let own = own.expect("no answer to the unsigned Ping from its own originator");
+    assert!(
+        matches!(own.body, p2psip_proto::Body::PingAns(_)),
+        "{:?}",
+        own.body
+    );
+    assert!(own.security.is_none(), "the straight answer was signed");
+    let relayed = relayed.expect("no answer to the Ping in another's name");
+    match &relayed.body {
+        p2psip_proto::Body::ErrorAns(e) => {
+            assert_eq!(e.code, ErrorCode::Forbidden as i32, "{e:?}")
+        }
+        b => panic!("a Ping in another's name, unsigned, was served: {b:?}"),
     }
     a.shutdown().await;
 }

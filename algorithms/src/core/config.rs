@@ -46,6 +46,11 @@ pub struct CoreConfig {
     /// messages travel unsigned and unchecked, as in an overlay whose members trust each
     /// other (a large simulation).
     pub sign_messages: bool,
+    /// With `sign_messages`, sign also the messages that travel straight to their only
+    /// destination over that node's own link (a request to a neighbour, its answer, a
+    /// replica push): the link's handshake already proves the sender, so by default they
+    /// go unsigned (proto/SPEC.md 5.4, "Link-authenticated messages"). Receivers take both.
+    pub sign_direct_messages: bool,
     /// Requests each originating neighbour may have in flight through this node (passed
     /// on, answer not back yet); more are answered Error_Rate_Limited. 0: no limit.
     pub origin_max_in_flight: usize,
@@ -106,6 +111,7 @@ impl Default for CoreConfig {
             link_rate: 20_000,
             link_burst: 20_000,
             sign_messages: true,
+            sign_direct_messages: false,
             origin_max_in_flight: 1024,
             retry_other_first_hop: true,
             successor_replicas: true,

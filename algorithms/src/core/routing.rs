@@ -374,6 +374,11 @@ impl OverlayNode {
         if !self.cfg.sign_messages || (from == self.me && claimed == self.me) {
             return Ok(claimed);
         }
+        // Straight from the node it names over that node's own link, whose handshake
+        // proved its Node-ID: the link authenticates it (proto/SPEC.md 5.4).
+        if c.security.is_empty() && claimed == from && h.via_len() == 1 {
+            return Ok(claimed);
+        }
         let signer = verify_message_with(
             c.security,
             self.overlay_id,
@@ -526,7 +531,11 @@ impl OverlayNode {
             self.send_reply(Reply { max_len: 0, ..r }, &e);
             return;
         }
-        let sec = self.security_block(r.header.transaction_id, body.code(), &encoded);
+        let sec = if self.link_proves(r.first, &r.header.destinations) {
+            Vec::new()
+        } else {
+            self.security_block(r.header.transaction_id, body.code(), &encoded)
+        };
         if let Ok(bytes) = encode_parts(&r.header, body.code(), &encoded, &sec) {
             if let Some(addr) = r.direct {
                 // Where the transport reaches the originator if it has no link to it.
@@ -538,6 +547,15 @@ impl OverlayNode {
             }
             self.transmit(r.first, bytes);
         }
+    }
+
+    /// Whether a message to `destinations` sent to `first_hop` needs no signature: its only
+    /// destination is that node, which receives it over its own link from this node, whose
+    /// handshake proved both Node-IDs (proto/SPEC.md 5.4, "Link-authenticated messages").
+    pub(super) fn link_proves(&self, first_hop: NodeId, destinations: &[Destination]) -> bool {
+        !self.cfg.sign_direct_messages
+            && first_hop != self.me
+            && matches!(destinations, [Destination::Node(n)] if *n == first_hop)
     }
 
     /// The security block of a message this node sends: its signature, or nothing when

@@ -43,8 +43,9 @@ pub(super) struct Tx {
     method: &'static str,
     code: u16,
     body: Vec<u8>,
-    /// The request's security block, signed once for every attempt.
-    security: Vec<u8>,
+    /// The request's security block, signed at the first attempt that needs one (one
+    /// that leaves through another node than its only destination) and kept for the rest.
+    security: Option<Vec<u8>>,
     destinations: Vec<Destination>,
     direct: Option<NodeId>,
     attempt: u32,
@@ -111,7 +112,7 @@ impl OverlayNode {
             owner,
             method: body.method_name(),
             code: body.code(),
-            security: self.security_block(id, body.code(), &encoded),
+            security: None,
             body: encoded,
             destinations,
             direct,
@@ -280,7 +281,21 @@ impl OverlayNode {
             _ => first_hop,
         };
         let routed = tx.direct.is_none();
-        match encode_parts(&header, tx.code, &tx.body, &tx.security) {
+        let security = match (&tx.security, self.link_proves(first_hop, &tx.destinations)) {
+            (_, true) => Vec::new(),
+            (Some(s), false) => s.clone(),
+            (None, false) => {
+                let s = self.security_block(id, tx.code, &tx.body);
+                if let Some(tx) = self.txs.get_mut(&id) {
+                    tx.security = Some(s.clone());
+                }
+                s
+            }
+        };
+        let Some(tx) = self.txs.get(&id) else {
+            return false;
+        };
+        match encode_parts(&header, tx.code, &tx.body, &security) {
             Ok(bytes) => {
                 self.transmit(first_hop, bytes);
                 // A direct request has nowhere else to go: only routed ones are re-routed.

@@ -225,6 +225,7 @@ impl Config {
             link_rate: self.limits.link_requests_per_s,
             link_burst: self.limits.link_burst,
             sign_messages: self.security.sign_messages,
+            sign_direct_messages: self.security.sign_direct_messages,
             origin_max_in_flight: self.limits.origin_max_in_flight,
             replication_window: self.limits.replication_window,
             writer_kind_bytes: self.limits.writer_kind_bytes,

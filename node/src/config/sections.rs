@@ -52,6 +52,11 @@ pub struct SecuritySection {
     /// originator (or responder) it names (proto/SPEC.md 5). Every peer of an overlay must
     /// agree: a node with this off is refused by those that have it on.
     pub sign_messages: bool,
+    /// Sign also the messages that go straight to their only destination over its own
+    /// link (requests to a neighbour, their answers, replica pushes). Off (the default),
+    /// they travel unsigned: the link's TLS handshake already proves the sender's Node-ID
+    /// to the receiver (proto/SPEC.md 5.4). Receivers accept both either way.
+    pub sign_direct_messages: bool,
 }
 
 impl Default for SecuritySection {
@@ -63,6 +68,7 @@ impl Default for SecuritySection {
             revoked: None,
             overlay_config: None,
             sign_messages: true,
+            sign_direct_messages: false,
         }
     }
 }
