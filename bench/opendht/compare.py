@@ -142,6 +142,10 @@ def run_ours(n, base_port, args, work):
         if waits:
             print(f"  p2psip ready after {r['ready_rounds']} rounds; {len(waits)} probe "
                   f"failures, first: {waits[0][-160:]}", file=sys.stderr, flush=True)
+        missed = r["found_elsewhere"].get("not_found") or {}
+        if missed:
+            print(f"  p2psip: values not found through the first peer: {missed}",
+                  file=sys.stderr, flush=True)
         res = {
             "ready_s": started + r["ready_ms"] / 1000,
             "put_p50": r["put"]["p50_ms"], "put_p99": r["put"]["p99_ms"],

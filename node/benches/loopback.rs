@@ -1,5 +1,6 @@
 //! Store+fetch throughput and latency from one client through a 5-peer loopback overlay of
-//! real `p2psip node` processes, with message signatures on (the default) and off, resident
+//! real `p2psip node` processes, with every message signed, with the default (messages straight
+//! to their destination over its own link unsigned) and with signatures off, resident
 //! memory per idle peer, and one node's store throughput and commit time for each
 //! `storage.sync` mode.
 //!
@@ -34,7 +35,41 @@ impl Drop for Proc {
     }
 }
 
-fn start(dir: &std::path::Path, boot: Option<SocketAddr>, sign: bool) -> Proc {
+/// Which messages are signed (proto/SPEC.md 5.4).
+#[derive(Clone, Copy)]
+enum Signing {
+    /// Every message (`security.sign_direct_messages = true`).
+    Every,
+    /// The default: all but those straight to their destination over its own link.
+    Default,
+    /// None (`security.sign_messages = false`).
+    Off,
+}
+
+impl Signing {
+    fn name(self) -> &'static str {
+        match self {
+            Signing::Every => "every message signed",
+            Signing::Default => "signed, direct ones not (default)",
+            Signing::Off => "signatures off",
+        }
+    }
+
+    fn toml(self) -> &'static str {
+        match self {
+            Signing::Every => "sign_messages = true\nsign_direct_messages = true\n",
+            Signing::Default => "sign_messages = true\n",
+            Signing::Off => "sign_messages = false\n",
+        }
+    }
+
+    fn apply(self, cfg: &mut Config) {
+        cfg.security.sign_messages = !matches!(self, Signing::Off);
+        cfg.security.sign_direct_messages = matches!(self, Signing::Every);
+    }
+}
+
+fn start(dir: &std::path::Path, boot: Option<SocketAddr>, sign: Signing) -> Proc {
     let conf = unlimited_config(dir, sign);
     start_with(
         dir,
@@ -50,14 +85,15 @@ fn start(dir: &std::path::Path, boot: Option<SocketAddr>, sign: bool) -> Proc {
 
 /// A configuration without the rate limits (the benchmark's one client is all the load,
 /// and the figures are the overlay's, not the limiter's), message signatures `sign`.
-fn unlimited_config(dir: &std::path::Path, sign: bool) -> std::path::PathBuf {
+fn unlimited_config(dir: &std::path::Path, sign: Signing) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let conf = dir.join("p2psip.toml");
     std::fs::write(
         &conf,
         format!(
             "[limits]\norigin_requests_per_s = 0\norigin_max_in_flight = 0\n\
-             link_requests_per_s = 0\n[security]\nsign_messages = {sign}\n"
+             link_requests_per_s = 0\n[security]\n{}",
+            sign.toml()
         ),
     )
     .unwrap();
@@ -260,7 +296,7 @@ async fn storage_modes(dir: &std::path::Path, secs: f64) {
             .unwrap();
         let metrics = port.to_string();
         let d = dir.join(format!("sync-{mode}"));
-        let conf = unlimited_config(&d, true);
+        let conf = unlimited_config(&d, Signing::Default);
         let node = start_with(
             &d,
             None,
@@ -346,7 +382,7 @@ struct Phase {
 
 /// Five peers and a client with message signatures `sign`: saturated store+fetch pairs,
 /// then half that rate; the peers' memory after 5 s idle.
-fn overlay_phase(dir: &std::path::Path, secs: f64, sign: bool) -> Phase {
+fn overlay_phase(dir: &std::path::Path, secs: f64, sign: Signing) -> Phase {
     let first = start(&dir.join("n0"), None, sign);
     let boot = first.1;
     let mut peers = vec![first];
@@ -360,7 +396,7 @@ fn overlay_phase(dir: &std::path::Path, secs: f64, sign: bool) -> Phase {
             overlay: OVERLAY.into(),
             ..Config::default()
         };
-        cfg.security.sign_messages = sign;
+        sign.apply(&mut cfg);
         let client = Arc::new(
             runtime::spawn(
                 cfg,
@@ -427,8 +463,12 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("p2psip-bench-{}", std::process::id()));
     println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"{}\"), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase", peer_sync());
     let mut phases = Vec::new();
-    for (sign, name) in [(true, "signatures on"), (false, "signatures off")] {
-        let p = overlay_phase(&dir.join(name.replace(' ', "-")), secs, sign);
+    for (i, sign) in [Signing::Every, Signing::Default, Signing::Off]
+        .into_iter()
+        .enumerate()
+    {
+        let name = sign.name();
+        let p = overlay_phase(&dir.join(format!("phase-{i}")), secs, sign);
         println!(
             "  {name}: saturated (64 in flight) {:.0} ops/s, median {:.2} ms, p99 {:.2} ms; at half that rate {:.0} ops/s, median {:.2} ms, p99 {:.2} ms; {} failed; {:.1} MiB per idle peer ({USERS} users' values x 3 copies)",
             p.max_rate, p.p50, p.p99, p.half_rate, p.half_p50, p.half_p99, p.failed, p.rss_mib
@@ -436,9 +476,11 @@ fn main() {
         phases.push(p);
     }
     println!(
-        "  signatures on / off: throughput {:.2}, p99 at half load {:.2}",
-        phases[0].max_rate / phases[1].max_rate,
-        phases[0].half_p99 / phases[1].half_p99
+        "  default / every message signed: throughput {:.2}, p99 at half load {:.2}; default / off: throughput {:.2}, p99 at half load {:.2}",
+        phases[1].max_rate / phases[0].max_rate,
+        phases[1].half_p99 / phases[0].half_p99,
+        phases[1].max_rate / phases[2].max_rate,
+        phases[1].half_p99 / phases[2].half_p99
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(storage_modes(&dir, secs));

@@ -244,16 +244,19 @@ pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Resu
         .await?;
         let c2 = h2.client();
         let mut found = 0;
+        // Why the others were not found: a value missing, or the fetch's error.
+        let mut why: std::collections::BTreeMap<String, usize> = Default::default();
         let n = keys.len().min(CHECKED);
         for k in keys.iter().take(n) {
-            found += usize::from(
-                get(&c2, k, spec.value_size, spec.op_timeout)
-                    .await
-                    .unwrap_or(false),
-            );
+            match get(&c2, k, spec.value_size, spec.op_timeout).await {
+                Ok(true) => found += 1,
+                Ok(false) => *why.entry("missing".into()).or_default() += 1,
+                Err(e) => *why.entry(e.to_string()).or_default() += 1,
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), h2.shutdown()).await;
-        elsewhere = json!({"peer": other.to_string(), "checked": n, "found": found});
+        elsewhere =
+            json!({"peer": other.to_string(), "checked": n, "found": found, "not_found": why});
     }
     Ok(json!({
         "ready_ms": ready_ms,
