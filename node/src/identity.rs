@@ -40,8 +40,8 @@ pub enum IdentityError {
     OtherKey(String),
     /// A certificate or revocation file could not be read or parsed (the message names
     /// the file).
-    #[error("{0}")]
-    File(String),
+    #[error(transparent)]
+    File(#[from] crate::security::trust::CertFileError),
 }
 
 /// A fresh random secret seed.
@@ -156,22 +156,16 @@ pub fn credentials(
         });
     };
     // The file readers' messages name the file already.
-    let file = |e: anyhow::Error| IdentityError::File(format!("{e:#}"));
     let revoked = match &sec.revoked {
-        Some(p) => read_revoked(p).map_err(file)?,
+        Some(p) => read_revoked(p)?,
         None => Default::default(),
     };
-    let trust = Trust::enrolled(
-        &cfg.overlay,
-        read_cert(ca).map_err(file)?,
-        revoked,
-        sec.allow_self_signed,
-    )
-    .map_err(|e| IdentityError::Ca {
-        path: ca.display().to_string(),
-        why: format!("{e:#}"),
-    })?;
-    let der = read_cert(cert).map_err(file)?;
+    let trust = Trust::enrolled(&cfg.overlay, read_cert(ca)?, revoked, sec.allow_self_signed)
+        .map_err(|e| IdentityError::Ca {
+            path: ca.display().to_string(),
+            why: e.to_string(),
+        })?;
+    let der = read_cert(cert)?;
     let binding = trust.check(&der).map_err(|e| IdentityError::Certificate {
         path: cert.display().to_string(),
         why: e.to_string(),

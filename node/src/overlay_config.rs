@@ -8,12 +8,52 @@
 //! `# p2psip-signature ed25519 <128 hex digits>`: the Ed25519 signature of the CA key over
 //! every byte before that line. It stays readable (and diffable) as a text file.
 
-use anyhow::{anyhow, bail, Context};
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::Deserialize;
 use std::path::Path;
 
 const MARK: &str = "# p2psip-signature ed25519 ";
+
+/// Why a document was not taken, or a node cannot start with one.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("overlay configuration document: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("overlay configuration document: `overlay` must not be empty")]
+    NoOverlay,
+    #[error("overlay configuration document: `sequence` starts at 1")]
+    ZeroSequence,
+    #[error("kind {id}: model {model:?} (single, array or dictionary)")]
+    Model { id: u32, model: String },
+    #[error("kind {id}: policy {policy:?} (user-match, node-match, user-node-match, node-multiple, node-id-match)")]
+    Policy { id: u32, policy: String },
+    #[error("operators: {0}")]
+    Operator(String),
+    #[error("document is not UTF-8")]
+    NotUtf8,
+    #[error("document is not signed (no `{}` line: `p2psip ca sign-config` signs it)", MARK.trim())]
+    Unsigned,
+    #[error("malformed signature line")]
+    SignatureLine,
+    #[error("bad CA key")]
+    CaKey,
+    #[error("signature does not verify with the overlay CA's key")]
+    BadSignature,
+    #[error("the CA key: {0}")]
+    CaSeed(#[from] crate::identity::IdentityError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("security.overlay_config needs security.ca: the CA signs the document")]
+    NoCa,
+    /// A document from `from` that is bad or another overlay's, algorithm's or CA's.
+    #[error("{from}: {why}")]
+    Refused { from: String, why: String },
+    #[error("keeping the overlay configuration in the database: {0}")]
+    Persist(#[from] p2psip_algorithms::storage::StorageError),
+}
 
 /// The document's fields. Only `overlay` and `sequence` are required; a field left out
 /// leaves the node's own setting as it is.
@@ -50,11 +90,11 @@ pub struct OverlayDoc {
 
 impl OverlayDoc {
     /// The Node-IDs of `operators` (an id that is not one makes the document invalid).
-    pub fn operator_ids(&self) -> anyhow::Result<Vec<p2psip_algorithms::NodeId>> {
+    pub fn operator_ids(&self) -> Result<Vec<p2psip_algorithms::NodeId>, DocError> {
         self.operators
             .iter()
             .flatten()
-            .map(|s| crate::ops::parse_node_id(s).context("operators"))
+            .map(|s| crate::ops::parse_node_id(s).map_err(|e| DocError::Operator(e.to_string())))
             .collect()
     }
 }
@@ -80,16 +120,18 @@ pub struct DocKind {
 
 impl DocKind {
     /// The kind the core enforces.
-    pub fn to_kind(&self) -> anyhow::Result<p2psip_algorithms::storage::Kind> {
+    pub fn to_kind(&self) -> Result<p2psip_algorithms::storage::Kind, DocError> {
         use p2psip_proto::pb::{AccessPolicy, DataModel};
         let model = match self.model.as_str() {
             "single" => DataModel::Single,
             "array" => DataModel::Array,
             "dictionary" => DataModel::Dictionary,
-            m => bail!(
-                "kind {}: model {m:?} (single, array or dictionary)",
-                self.id
-            ),
+            m => {
+                return Err(DocError::Model {
+                    id: self.id,
+                    model: m.into(),
+                })
+            }
         };
         let policy = match self.policy.as_str() {
             "user-match" => AccessPolicy::UserMatch,
@@ -97,10 +139,12 @@ impl DocKind {
             "user-node-match" => AccessPolicy::UserNodeMatch,
             "node-multiple" => AccessPolicy::NodeMultiple,
             "node-id-match" => AccessPolicy::NodeIdMatch,
-            p => bail!(
-                "kind {}: policy {p:?} (user-match, node-match, user-node-match, node-multiple, node-id-match)",
-                self.id
-            ),
+            p => {
+                return Err(DocError::Policy {
+                    id: self.id,
+                    policy: p.into(),
+                })
+            }
         };
         Ok(p2psip_algorithms::storage::Kind {
             id: self.id,
@@ -125,13 +169,13 @@ pub struct DocLimits {
 }
 
 /// Parses an unsigned document and checks its required fields.
-pub fn parse(text: &str) -> anyhow::Result<OverlayDoc> {
-    let doc: OverlayDoc = toml::from_str(text).context("overlay configuration document")?;
+pub fn parse(text: &str) -> Result<OverlayDoc, DocError> {
+    let doc: OverlayDoc = toml::from_str(text)?;
     if doc.overlay.is_empty() {
-        bail!("overlay configuration document: `overlay` must not be empty");
+        return Err(DocError::NoOverlay);
     }
     if doc.sequence == 0 {
-        bail!("overlay configuration document: `sequence` starts at 1");
+        return Err(DocError::ZeroSequence);
     }
     for k in &doc.kinds {
         k.to_kind()?;
@@ -141,7 +185,7 @@ pub fn parse(text: &str) -> anyhow::Result<OverlayDoc> {
 }
 
 /// Signs the document `text` with the CA key of `ca_dir`; returns the signed form.
-pub fn sign(ca_dir: &Path, text: &str) -> anyhow::Result<String> {
+pub fn sign(ca_dir: &Path, text: &str) -> Result<String, DocError> {
     parse(text)?;
     let files = crate::ca::CaFiles::new(ca_dir);
     let key = SigningKey::from_bytes(&crate::identity::read_seed(&files.key)?);
@@ -152,30 +196,29 @@ pub fn sign(ca_dir: &Path, text: &str) -> anyhow::Result<String> {
 }
 
 /// Checks the signed form `signed` against the CA key `ca_key`; returns the document.
-pub fn verify(signed: &[u8], ca_key: &[u8; 32]) -> anyhow::Result<OverlayDoc> {
-    let text = std::str::from_utf8(signed).map_err(|_| anyhow!("document is not UTF-8"))?;
-    let at = text
-        .rfind(MARK)
-        .ok_or_else(|| anyhow!("document is not signed (no `{}` line)", MARK.trim()))?;
-    let (body, line) = text.split_at(at);
+pub fn verify(signed: &[u8], ca_key: &[u8; 32]) -> Result<OverlayDoc, DocError> {
+    let (body, line) = split_signed(signed)?;
     let sig: [u8; 64] = hex::decode(line[MARK.len()..].trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow!("malformed signature line"))?;
-    let vk = VerifyingKey::from_bytes(ca_key).map_err(|_| anyhow!("bad CA key"))?;
+        .ok_or(DocError::SignatureLine)?;
+    let vk = VerifyingKey::from_bytes(ca_key).map_err(|_| DocError::CaKey)?;
     vk.verify(body.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| anyhow!("signature does not verify with the overlay CA's key"))?;
+        .map_err(|_| DocError::BadSignature)?;
     parse(body)
+}
+
+/// A signed document as (the TOML, its signature line).
+fn split_signed(signed: &[u8]) -> Result<(&str, &str), DocError> {
+    let text = std::str::from_utf8(signed).map_err(|_| DocError::NotUtf8)?;
+    let at = text.rfind(MARK).ok_or(DocError::Unsigned)?;
+    Ok(text.split_at(at))
 }
 
 /// The sequence number of a signed document, read without checking the signature (the
 /// peers check it).
-pub fn sequence_of(signed: &[u8]) -> anyhow::Result<u32> {
-    let text = std::str::from_utf8(signed).map_err(|_| anyhow!("document is not UTF-8"))?;
-    let at = text
-        .rfind(MARK)
-        .ok_or_else(|| anyhow!("document is not signed (`p2psip ca sign-config`)"))?;
-    Ok(parse(&text[..at])?.sequence)
+pub fn sequence_of(signed: &[u8]) -> Result<u32, DocError> {
+    Ok(parse(split_signed(signed)?.0)?.sequence)
 }
 
 /// The ConfigUpdate request that carries a signed document.
@@ -190,8 +233,11 @@ pub fn update_req(sequence: u32, signed: Vec<u8>) -> p2psip_proto::pb::ConfigUpd
 }
 
 /// A signed document file as (where it came from, its bytes), checked later.
-fn read_document(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_document(path: &Path) -> Result<(String, Vec<u8>), DocError> {
+    let bytes = std::fs::read(path).map_err(|source| DocError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok((path.display().to_string(), bytes))
 }
 
@@ -314,7 +360,7 @@ impl DocState {
         cfg: &mut crate::config::Config,
         trust: std::sync::Arc<crate::security::trust::Trust>,
         store: &crate::storage::DashStore,
-    ) -> anyhow::Result<DocState> {
+    ) -> Result<DocState, DocError> {
         let persist = cfg.data_dir.as_ref().map(|_| store.clone());
         let mut st = DocState {
             trust: trust.clone(),
@@ -349,13 +395,16 @@ impl DocState {
             return Ok(st);
         }
         let Some(key) = trust.ca_key() else {
-            bail!("security.overlay_config needs security.ca: the CA signs the document");
+            return Err(DocError::NoCa);
         };
         let mut best: Option<(OverlayDoc, Vec<u8>)> = None;
         for (from, bytes) in candidates {
-            let doc = verify(&bytes, &key).with_context(|| from.clone())?;
+            let doc = verify(&bytes, &key).map_err(|e| DocError::Refused {
+                from: from.clone(),
+                why: e.to_string(),
+            })?;
             if let Some(why) = incompatible(&doc, &cfg.overlay, &cfg.algorithm, trust.ca_der()) {
-                bail!("{from}: {why}");
+                return Err(DocError::Refused { from, why });
             }
             if best.as_ref().is_none_or(|(b, _)| doc.sequence > b.sequence) {
                 best = Some((doc, bytes));
@@ -378,9 +427,7 @@ impl DocState {
             tracing::info!(sequence = doc.sequence, "overlay configuration document");
             if let Some(store) = &st.persist {
                 if store.meta(META_KEY).as_deref() != Some(bytes.as_slice()) {
-                    store
-                        .set_meta(META_KEY, &bytes)
-                        .context("keeping the overlay configuration in the database")?;
+                    store.set_meta(META_KEY, &bytes)?;
                 }
             }
             st.current = Some((doc.sequence, bytes));
@@ -416,7 +463,7 @@ impl DocState {
         };
         let doc = match verify(signed, &key) {
             Ok(d) => d,
-            Err(e) => return Offer::Refused(format!("{e:#}")),
+            Err(e) => return Offer::Refused(e.to_string()),
         };
         if doc.sequence != sequence {
             return Offer::Refused(format!(

@@ -1,11 +1,35 @@
 //! The node configuration: one TOML file (every field documented in
 //! `deploy/p2psip.toml`), overridden by `P2PSIP_*` environment variables and flags.
 
+/// Refuses a setting: `invalid!("field: why {}", x)` returns [`ConfigError::Invalid`].
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err(ConfigError::Invalid(format!($($arg)*)))
+    };
+}
+
 mod sections;
 
 pub use self::sections::*;
 
-use anyhow::{bail, Context};
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Not TOML, or a field that does not exist or has the wrong type.
+    #[error("config {path}: {source}")]
+    Toml {
+        path: String,
+        source: toml::de::Error,
+    },
+    /// A setting that parses but makes no sense: its name, then why.
+    #[error("{0}")]
+    Invalid(String),
+}
 use p2psip_algorithms::chord::ChordConfig;
 use p2psip_algorithms::core::CoreConfig;
 use p2psip_algorithms::kademlia::KademliaConfig;
@@ -95,89 +119,94 @@ impl Default for Config {
 
 impl Config {
     /// Reads a TOML file; unknown fields are errors (a typo must not be ignored).
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let cfg: Config =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-        Ok(cfg)
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Toml {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Checks values that parse but make no sense.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.overlay.is_empty() {
-            bail!("overlay: the overlay name must not be empty");
+            invalid!("overlay: the overlay name must not be empty");
         }
-        AlgorithmParams::default_for(&self.algorithm)
-            .map_err(|e| anyhow::anyhow!("algorithm: {e}"))?;
+        if let Err(e) = AlgorithmParams::default_for(&self.algorithm) {
+            invalid!("algorithm: {e}");
+        }
         if self.limits.max_message_bytes > p2psip_proto::limits::MAX_MESSAGE_LEN {
-            bail!(
+            invalid!(
                 "limits.max_message_bytes: at most {} (the protocol limit)",
                 p2psip_proto::limits::MAX_MESSAGE_LEN
             );
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
-            bail!(
+            invalid!(
                 "log.format: \"human\" or \"json\", not {:?}",
                 self.log.format
             );
         }
         if self.sip.enabled {
-            self.sip
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| anyhow::anyhow!("sip.listen {:?}: {e}", self.sip.listen))?;
+            if let Err(e) = self.sip.listen.parse::<std::net::SocketAddr>() {
+                invalid!("sip.listen {:?}: {e}", self.sip.listen);
+            }
             if self.sip.domain.is_empty() {
-                bail!("sip.domain must not be empty");
+                invalid!("sip.domain must not be empty");
             }
             if self.sip.min_expires_s > self.sip.max_expires_s {
-                bail!("sip.min_expires_s must not exceed sip.max_expires_s");
+                invalid!("sip.min_expires_s must not exceed sip.max_expires_s");
             }
         }
         if !matches!(self.nat.mode.as_str(), "auto" | "peer" | "client") {
-            bail!(
+            invalid!(
                 "nat.mode: \"auto\", \"peer\" or \"client\", not {:?}",
                 self.nat.mode
             );
         }
         if self.security.ca.is_some() != self.security.certificate.is_some() {
-            bail!("security.ca and security.certificate go together (an enrolled node needs both)");
+            invalid!(
+                "security.ca and security.certificate go together (an enrolled node needs both)"
+            );
         }
         if crate::storage::SyncMode::parse(&self.storage.sync).is_none() {
-            bail!(
+            invalid!(
                 "storage.sync: \"always\", \"batch\" or \"none\", not {:?}",
                 self.storage.sync
             );
         }
         if crate::storage::OnCorruption::parse(&self.storage.on_corruption).is_none() {
-            bail!(
+            invalid!(
                 "storage.on_corruption: \"refuse\" or \"quarantine\", not {:?}",
                 self.storage.on_corruption
             );
         }
         if self.limits.event_queue_bytes < self.limits.max_message_bytes {
-            bail!(
+            invalid!(
                 "limits.event_queue_bytes ({}) must be at least limits.max_message_bytes ({}): a message that size could never wait for the node",
                 self.limits.event_queue_bytes,
                 self.limits.max_message_bytes
             );
         }
         if self.limits.replication_window == 0 {
-            bail!(
+            invalid!(
                 "limits.replication_window must be positive: copies to a replica would never leave"
             );
         }
         if self.nat.relay_idle_timeout_s == 0 {
-            bail!("nat.relay_idle_timeout_s must be positive");
+            invalid!("nat.relay_idle_timeout_s must be positive");
         }
         if self.nat.punch_timeout_ms == 0 {
-            bail!("nat.punch_timeout_ms must be positive");
+            invalid!("nat.punch_timeout_ms must be positive");
         }
         if self.timers.request_timeout_ms == 0 {
-            bail!("timers.request_timeout_ms must be positive");
+            invalid!("timers.request_timeout_ms must be positive");
         }
         if self.timers.max_request_timeout_ms < self.timers.request_timeout_ms {
-            bail!(
+            invalid!(
                 "timers.max_request_timeout_ms ({}) must be at least timers.request_timeout_ms ({})",
                 self.timers.max_request_timeout_ms,
                 self.timers.request_timeout_ms
@@ -186,14 +215,14 @@ impl Config {
         if self.security.ca.is_some()
             && (self.diagnostics.open || !self.diagnostics.operators.is_empty())
         {
-            bail!(
+            invalid!(
                 "diagnostics.open and diagnostics.operators are for self-signed overlays; in an \
                  enrolled overlay the overlay configuration document's `operators` names them"
             );
         }
         self.operators()?;
         if self.services.len() > 16 {
-            bail!("services: at most 16 entries");
+            invalid!("services: at most 16 entries");
         }
         for s in &self.services {
             s.validate()?;
@@ -202,11 +231,14 @@ impl Config {
     }
 
     /// The Node-IDs of `diagnostics.operators`.
-    pub fn operators(&self) -> anyhow::Result<Vec<p2psip_algorithms::NodeId>> {
+    pub fn operators(&self) -> Result<Vec<p2psip_algorithms::NodeId>, ConfigError> {
         self.diagnostics
             .operators
             .iter()
-            .map(|s| crate::ops::parse_node_id(s).context("diagnostics.operators"))
+            .map(|s| {
+                crate::ops::parse_node_id(s)
+                    .map_err(|e| ConfigError::Invalid(format!("diagnostics.operators: {e}")))
+            })
             .collect()
     }
 
@@ -240,9 +272,9 @@ impl Config {
     }
 
     /// The algorithm and its parameters (the one place configuration picks it).
-    pub fn algorithm_params(&self) -> anyhow::Result<AlgorithmParams> {
-        let mut p =
-            AlgorithmParams::default_for(&self.algorithm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    pub fn algorithm_params(&self) -> Result<AlgorithmParams, ConfigError> {
+        let mut p = AlgorithmParams::default_for(&self.algorithm)
+            .map_err(|e| ConfigError::Invalid(format!("algorithm: {e}")))?;
         match &mut p {
             AlgorithmParams::Chord(c) => {
                 let s = &self.chord;

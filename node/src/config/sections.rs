@@ -510,7 +510,7 @@ fn default_service_lifetime() -> u32 {
 
 impl ServiceSection {
     /// Checks one entry (sizes bounded, so that every record fits the REDIR kind's limit).
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self
@@ -518,22 +518,22 @@ impl ServiceSection {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !name_ok {
-            bail!(
+            invalid!(
                 "services: name {:?}: 1 to 64 letters, digits, '-', '_' or '.'",
                 self.name
             );
         }
         if self.address.is_empty() || self.address.len() > 255 {
-            bail!("services.{}: address must be 1 to 255 bytes", self.name);
+            invalid!("services.{}: address must be 1 to 255 bytes", self.name);
         }
         if self.attributes.len() > 16 || self.attributes.iter().any(|a| a.len() > 128) {
-            bail!(
+            invalid!(
                 "services.{}: at most 16 attributes of at most 128 bytes",
                 self.name
             );
         }
         if !(30..=86_400).contains(&self.lifetime_s) {
-            bail!("services.{}: lifetime_s must be 30 to 86400", self.name);
+            invalid!("services.{}: lifetime_s must be 30 to 86400", self.name);
         }
         Ok(())
     }

@@ -4,7 +4,6 @@
 //! URI `p2psip://<32 hex digits>@<overlay>`; revocation; and the certificate parsing both
 //! this and the CA tool (the `ca` module) use.
 
-use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::NodeId;
 use p2psip_proto::security::{node_id_of_key, CertBinding, CertificateCheck};
 use std::collections::HashSet;
@@ -12,6 +11,43 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use x509_parser::prelude::*;
+
+/// Why a certificate file, a CA certificate or a revocation list cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertFileError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// What is wrong with the contents of the file at `path`.
+    #[error("{path}: {source}")]
+    In {
+        path: String,
+        source: Box<CertFileError>,
+    },
+    #[error("{0:?} is not a serial number (hex digits)")]
+    Serial(String),
+    #[error("not PEM: {0}")]
+    NotPem(String),
+    #[error("PEM block is a {0}, not a CERTIFICATE")]
+    NotCertificate(String),
+    #[error("CA certificate: {0}")]
+    CaCertificate(String),
+    #[error("CA certificate has no common name")]
+    NoCommonName,
+    #[error("not a p2psip CA certificate (common name {0:?})")]
+    NotOurCa(String),
+    #[error("the CA certificate is not a CA certificate")]
+    NotCa,
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, CertFileError> {
+    std::fs::read(path).map_err(|source| CertFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
 
 /// Why a certificate is refused. Its `reason` is the `reason` label of
 /// `p2psip_certificates_refused_total`, so a reworded message changes no metric.
@@ -77,26 +113,25 @@ pub(crate) fn canonical_serial(s: &str) -> String {
     t
 }
 
-pub(crate) fn normalize_serial(s: &str) -> anyhow::Result<String> {
+pub(crate) fn normalize_serial(s: &str) -> Result<String, CertFileError> {
     let t = s
         .trim()
         .trim_start_matches("0x")
         .replace(':', "")
         .to_lowercase();
     if t.is_empty() || hex::decode(&t).is_err() {
-        bail!("{s:?} is not a serial number (hex digits)");
+        return Err(CertFileError::Serial(s.into()));
     }
     Ok(t)
 }
 
 /// Reads a revocation list: one hex serial number per line, `#` comments; a missing file is
 /// an empty list.
-pub fn read_revoked(path: &Path) -> anyhow::Result<HashSet<String>> {
+pub fn read_revoked(path: &Path) -> Result<HashSet<String>, CertFileError> {
     if !path.exists() {
         return Ok(HashSet::new());
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&read_file(path)?).into_owned();
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
@@ -105,28 +140,33 @@ pub fn read_revoked(path: &Path) -> anyhow::Result<HashSet<String>> {
 }
 
 /// The overlay a CA certificate was made for (from its common name).
-pub(crate) fn overlay_of_ca(ca_pem: &str) -> anyhow::Result<String> {
+pub(crate) fn overlay_of_ca(ca_pem: &str) -> Result<String, CertFileError> {
     let der = pem_to_der(ca_pem.as_bytes())?;
-    let (_, x) = X509Certificate::from_der(&der).map_err(|e| anyhow!("CA certificate: {e}"))?;
-    let cn = common_name(&x).ok_or_else(|| anyhow!("CA certificate has no common name"))?;
-    cn.strip_prefix("p2psip CA ")
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("not a p2psip CA certificate (common name {cn:?})"))
+    let (_, x) =
+        X509Certificate::from_der(&der).map_err(|e| CertFileError::CaCertificate(e.to_string()))?;
+    let cn = common_name(&x).ok_or(CertFileError::NoCommonName)?;
+    match cn.strip_prefix("p2psip CA ") {
+        Some(o) => Ok(o.to_string()),
+        None => Err(CertFileError::NotOurCa(cn)),
+    }
 }
 
 /// The DER of the first certificate of a PEM file.
-pub fn pem_to_der(pem: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| anyhow!("not PEM: {e}"))?;
+pub fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>, CertFileError> {
+    let (_, p) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| CertFileError::NotPem(e.to_string()))?;
     if p.label != "CERTIFICATE" {
-        bail!("PEM block is a {}, not a CERTIFICATE", p.label);
+        return Err(CertFileError::NotCertificate(p.label));
     }
     Ok(p.contents)
 }
 
 /// Reads a PEM certificate file.
-pub fn read_cert(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    pem_to_der(&pem).with_context(|| format!("{}", path.display()))
+pub fn read_cert(path: &Path) -> Result<Vec<u8>, CertFileError> {
+    pem_to_der(&read_file(path)?).map_err(|e| CertFileError::In {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    })
 }
 
 pub(crate) fn common_name(x: &X509Certificate<'_>) -> Option<String> {
@@ -213,13 +253,13 @@ impl Trust {
         ca_der: Vec<u8>,
         revoked: HashSet<String>,
         allow_self_signed: bool,
-    ) -> anyhow::Result<Trust> {
-        let (_, x) =
-            X509Certificate::from_der(&ca_der).map_err(|e| anyhow!("CA certificate: {e}"))?;
+    ) -> Result<Trust, CertFileError> {
+        let (_, x) = X509Certificate::from_der(&ca_der)
+            .map_err(|e| CertFileError::CaCertificate(e.to_string()))?;
         if !x.is_ca() {
-            bail!("the CA certificate is not a CA certificate");
+            return Err(CertFileError::NotCa);
         }
-        let key = ed25519_key(&x).map_err(|e| anyhow!("CA certificate: {e}"))?;
+        let key = ed25519_key(&x).map_err(|e| CertFileError::CaCertificate(e.to_string()))?;
         Ok(Trust {
             overlay: overlay.into(),
             ca: Some(Ca {
