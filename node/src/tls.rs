@@ -151,7 +151,7 @@ pub fn configs(
     key: PrivateKeyDer<'static>,
     trust: Arc<Trust>,
     label: String,
-) -> anyhow::Result<(rustls::ServerConfig, rustls::ClientConfig)> {
+) -> Result<(rustls::ServerConfig, rustls::ClientConfig), Error> {
     let provider = Arc::new(ring::default_provider());
     let verifier = Arc::new(NodeCertVerifier::new(trust, label));
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())

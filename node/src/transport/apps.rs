@@ -321,7 +321,7 @@ impl Transport {
             let (mut s, r) = conn.open_bi().await?;
             s.write_all(app).await?;
             s.write_all(&from.to_bytes()).await?;
-            anyhow::Ok((s, r))
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((s, r))
         }
         .await;
         let (mut to_send, mut to_recv) = match opened {

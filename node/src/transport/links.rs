@@ -5,6 +5,27 @@ use super::*;
 use p2psip_algorithms::core::hop_ack_timeout;
 use tokio::time::Instant;
 
+/// Why a connection did not become a link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("{0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    PeerId(#[from] PeerIdError),
+    #[error("peer {peer} asked for another overlay ({sni})")]
+    OtherOverlay { peer: NodeId, sni: String },
+    #[error("{addr} is node {peer}, not the expected {want}")]
+    OtherNode {
+        addr: SocketAddr,
+        peer: NodeId,
+        want: NodeId,
+    },
+    #[error("connected to itself")]
+    Itself,
+}
+
 /// Message streams one link's hop acknowledgement watches at once.
 const ACK_WATCH_QUEUE: usize = 1024;
 
@@ -56,12 +77,7 @@ impl Transport {
         let me = self.clone();
         tokio::spawn(async move {
             let res = async {
-                let conn = me
-                    .endpoint
-                    .connect(addr, &me.sni)
-                    .map_err(|e| anyhow!("{e}"))?
-                    .await
-                    .map_err(|e| anyhow!("{e}"))?;
+                let conn = me.endpoint.connect(addr, &me.sni)?.await?;
                 me.admit(conn, expect, false).await
             }
             .await;
@@ -84,7 +100,7 @@ impl Transport {
         conn: Connection,
         expect: Option<NodeId>,
         incoming: bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), LinkError> {
         let peer = peer_node_id(&conn)?;
         let mut app = false;
         if let Some(hd) = conn
@@ -98,22 +114,26 @@ impl Transport {
                     let reason =
                         format!("incompatible overlay: this peer serves {:?}", self.overlay);
                     conn.close(VarInt::from_u32(CLOSE_WRONG_OVERLAY), reason.as_bytes());
-                    anyhow::bail!("peer {peer} asked for another overlay ({sni})");
+                    return Err(LinkError::OtherOverlay {
+                        peer,
+                        sni: sni.into(),
+                    });
                 }
             }
         }
         if let Some(want) = expect {
             if want != peer {
                 conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"unexpected node");
-                anyhow::bail!(
-                    "{} is node {peer}, not the expected {want}",
-                    conn.remote_address()
-                );
+                return Err(LinkError::OtherNode {
+                    addr: conn.remote_address(),
+                    peer,
+                    want,
+                });
             }
         }
         if peer == self.me {
             conn.close(VarInt::from_u32(CLOSE_WRONG_NODE), b"connected to self");
-            anyhow::bail!("connected to itself");
+            return Err(LinkError::Itself);
         }
         if app {
             self.serve_app_connection(peer, conn);
@@ -176,7 +196,7 @@ impl Transport {
                     let mut s = conn.open_uni().await?;
                     s.write_all(&bytes).await?;
                     s.finish()?;
-                    anyhow::Ok(s)
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(s)
                 }
                 .await;
                 match sent {

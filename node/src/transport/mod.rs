@@ -16,7 +16,6 @@ mod relay;
 
 use crate::config::{Config, Limits};
 use crate::tls;
-use anyhow::{anyhow, Context};
 use dashmap::DashMap;
 use p2psip_algorithms::NodeId;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -219,6 +218,29 @@ fn sni_of(overlay: &str) -> String {
     format!("o{:08x}.p2psip", p2psip_proto::overlay_id(overlay))
 }
 
+/// Why the QUIC endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("QUIC TLS: {0}")]
+    QuicTls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("timers.idle_timeout_ms: {0}")]
+    IdleTimeout(String),
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("QUIC endpoint on {addr}: {source}")]
+    Endpoint {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no async runtime")]
+    NoRuntime,
+}
+
 impl Transport {
     /// Binds the endpoint and starts accepting connections.
     pub fn bind(
@@ -226,7 +248,7 @@ impl Transport {
         listen: SocketAddr,
         creds: &crate::identity::Credentials,
         events: mpsc::Sender<NetEvent>,
-    ) -> anyhow::Result<Arc<Transport>> {
+    ) -> Result<Arc<Transport>, TransportError> {
         let me = creds.identity.node_id;
         let (server_tls, client_tls) = tls::configs(
             creds.certs.clone(),
@@ -238,7 +260,7 @@ impl Transport {
         // acceptor's ACKs carry packets both ways, which holds the NAT mappings on both
         // sides and the idle timers of both ends; PINGs from both ends would double an idle
         // link's wake-ups for nothing.
-        let transport = |keep_alive: bool| -> anyhow::Result<TransportConfig> {
+        let transport = |keep_alive: bool| -> Result<TransportConfig, TransportError> {
             let mut t = TransportConfig::default();
             t.max_concurrent_uni_streams(VarInt::from_u32(cfg.limits.max_streams_per_connection));
             t.max_concurrent_bidi_streams(VarInt::from_u32(0));
@@ -247,37 +269,40 @@ impl Transport {
             );
             t.max_idle_timeout(Some(
                 IdleTimeout::try_from(Duration::from_millis(cfg.timers.idle_timeout_ms))
-                    .map_err(|e| anyhow!("timers.idle_timeout_ms: {e}"))?,
+                    .map_err(|e| TransportError::IdleTimeout(e.to_string()))?,
             ));
             Ok(t)
         };
         let t = Arc::new(transport(true)?);
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            QuicServerConfig::try_from(server_tls).context("QUIC server TLS")?,
-        ));
+        let mut server =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
         server.transport_config(Arc::new(transport(false)?));
         let mut app_tls = client_tls.clone();
         app_tls.alpn_protocols = vec![tls::ALPN_APP.to_vec()];
-        let mut client = quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(client_tls).context("QUIC client TLS")?,
-        ));
+        let mut client =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
         client.transport_config(t.clone());
-        let mut app_client = quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(app_tls).context("QUIC client TLS")?,
-        ));
+        let mut app_client =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(app_tls)?));
         app_client.transport_config(t);
-        let socket =
-            std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
-        socket.set_nonblocking(true)?;
-        let raw = socket.try_clone()?;
-        let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
+        let bind = |source| TransportError::Bind {
+            addr: listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+        socket.set_nonblocking(true).map_err(bind)?;
+        let raw = socket.try_clone().map_err(bind)?;
+        let runtime = quinn::default_runtime().ok_or(TransportError::NoRuntime)?;
         let mut endpoint = Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
             socket,
             runtime,
         )
-        .with_context(|| format!("QUIC endpoint on {listen}"))?;
+        .map_err(|source| TransportError::Endpoint {
+            addr: listen,
+            source,
+        })?;
         endpoint.set_default_client_config(client);
         let tr = Arc::new(Transport {
             endpoint,
@@ -318,8 +343,8 @@ impl Transport {
         Ok(tr)
     }
 
-    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.endpoint.local_addr()?)
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
     }
 
     pub fn connection_count(&self) -> usize {
