@@ -6,12 +6,16 @@
 //! - [`storage`]: the storage trait and the storage rules.
 //! - [`admission`]: a client's admitting peer and its move to the responsible one.
 //! - [`reach`]: reachability decisions (NAT verdict, candidates, direct or relayed).
+//! - [`links`]: links on demand (messages held for a node without a link, connect or
+//!   Attach, through whom).
+//! - [`bootstrap`]: bootstrap addresses and peers, forming the overlay, the bootstrap cache.
 //! - [`core`]: [`OverlayNode`], the node's state machine: transactions, routing, serving,
 //!   replication, around a `Box<dyn Topology>`.
 //!
 //! Nothing here does IO or reads a clock; see `../shared/DESIGN.md` section 1.
 
 pub mod admission;
+pub mod bootstrap;
 pub mod chord;
 pub mod client;
 mod common;
@@ -19,6 +23,7 @@ pub mod core;
 pub mod id;
 pub mod idset;
 pub mod kademlia;
+pub mod links;
 pub mod onehop;
 pub mod path_walk;
 pub mod reach;

@@ -10,7 +10,7 @@ impl Runtime {
         mut cmds: mpsc::Receiver<Command>,
     ) {
         metrics::config_sequence(&self.label, self.docs.sequence());
-        if self.boot.is_empty() {
+        if self.boot.addrs().is_empty() {
             self.start_core();
         } else {
             self.dial_bootstrap();
@@ -70,13 +70,13 @@ impl Runtime {
                         self.save_peers();
                     }
                 }
-                _ = boot_retry.tick(), if self.reach.routes() && !self.started && !self.boot.is_empty() => {
-                    if self.form_at.is_some_and(|t| Instant::now() >= t) {
-                        tracing::info!("no other bootstrap peer answered: forming the overlay");
-                        self.boot_ids.clear();
-                        self.start_core();
-                    } else {
-                        self.dial_bootstrap();
+                _ = boot_retry.tick(), if self.reach.routes() && !self.started && !self.boot.addrs().is_empty() => {
+                    match self.boot.retry(now()) {
+                        Retry::Form => {
+                            tracing::info!("no other bootstrap peer answered: forming the overlay");
+                            self.start_core();
+                        }
+                        Retry::Redial => self.dial_bootstrap(),
                     }
                 }
             }
@@ -120,15 +120,15 @@ impl Runtime {
     }
 
     pub(super) fn dial_bootstrap(&mut self) {
-        for a in self.boot.clone() {
-            self.transport.connect(a, None);
+        for a in self.boot.addrs() {
+            self.transport.connect(*a, None);
         }
     }
 
     /// Starts the core once a bootstrap peer is linked and, for a peer in auto mode, its
     /// reachability is known (or the wait for it is over).
     pub(super) fn maybe_start(&mut self) {
-        if self.started || self.boot_ids.is_empty() {
+        if self.started || self.boot.ids().is_empty() {
             return;
         }
         match self.reach.start(now()) {
@@ -148,10 +148,10 @@ impl Runtime {
         self.started = true;
         self.export_nat();
         if !self.reach.routes() {
-            self.admission.start(self.boot_ids.first().copied());
+            self.admission.start(self.boot.ids().first().copied());
             self.refresh_candidates();
         }
-        let ids = self.boot_ids.clone();
+        let ids = self.boot.ids().to_vec();
         self.core.start(now(), &ids);
         if ids.is_empty() {
             tracing::info!(node = %self.core.id(), "forming a new overlay");
@@ -170,23 +170,9 @@ impl Runtime {
                 dialled,
             } => {
                 tracing::debug!(%node, %addr, dialled, "link up");
-                self.addrs.insert(node, addr);
-                if dialled {
-                    // The bootstrap cache holds peers this node reached at the address it
-                    // dialled (the handshake proved the Node-ID), newest last.
-                    self.reached.retain(|(n, _)| *n != node);
-                    self.reached.push((node, addr));
-                    if self.reached.len() > PEER_CACHE_MAX {
-                        self.reached.remove(0);
-                    }
-                }
-                if self.boot.contains(&addr) && !self.boot_ids.contains(&node) {
-                    self.boot_ids.push(node);
-                }
-                if let Some(msgs) = self.pending.remove(&node) {
-                    for m in msgs {
-                        self.send_now(node, m);
-                    }
+                self.boot.link_up(node, addr, dialled);
+                for m in self.links.link_up(node, addr) {
+                    self.send_now(node, m);
                 }
                 self.core.handle_link(now(), LinkEvent::Up(node));
                 self.send_config(node);
@@ -222,10 +208,10 @@ impl Runtime {
                 self.core.handle_link(now(), LinkEvent::Failed(node));
             }
             NetEvent::ConnectFailed { node, addr, reason } => {
-                if !self.reach.routes() && !self.daemon && self.boot.contains(&addr) {
+                if !self.reach.routes() && !self.daemon && self.boot.is_bootstrap(addr) {
                     self.fatal = Some(format!("admitting peer {addr} unreachable: {reason}"));
                 }
-                if self.boot.contains(&addr) && !self.started {
+                if self.boot.is_bootstrap(addr) && !self.started {
                     tracing::warn!(%addr, "bootstrap peer unreachable: {reason}");
                 } else {
                     tracing::debug!(%addr, "connect failed: {reason}");
@@ -233,8 +219,7 @@ impl Runtime {
                 if let Some(n) = node {
                     // A move there failed: the next lookup of the responsible peer retries.
                     self.admission.move_failed(n);
-                    self.pending.remove(&n);
-                    self.addrs.remove(&n);
+                    self.links.connect_failed(n);
                     self.core.handle_link(now(), LinkEvent::Failed(n));
                 }
             }
@@ -295,41 +280,32 @@ impl Runtime {
     /// Holds a message for a node without a link, and sets one up: connect to a known
     /// address, or ask the node for its candidates through the overlay (Attach).
     pub(super) fn queue_for(&mut self, to: NodeId, bytes: Vec<u8>) {
-        let fresh = !self.pending.contains_key(&to);
-        let q = self.pending.entry(to).or_default();
-        if q.len() >= PENDING_CAP {
-            q.remove(0);
-        }
-        q.push(bytes);
-        if !fresh {
-            return;
-        }
-        if let Some(a) = self.addrs.get(&to).copied() {
-            self.transport.connect(a, Some(to));
-        } else if let Some(via) = self.attach_via(to).filter(|_| self.reach.routes()) {
-            let op = self.core.attach(now(), to, Some(via));
-            self.attaching.insert(op, to);
-        } else {
-            self.pending.remove(&to);
-            self.core.handle_link(now(), LinkEvent::Failed(to));
-        }
-    }
-
-    /// The node an Attach to `to` goes through: a linked peer of the routing table or a
-    /// bootstrap peer, and only when there is none, any link. Not any link first: a client
-    /// linked to us (one that chose this node as its admitting peer) does not route, and
-    /// every Attach sent through it was lost (a just-joined peer then timed out on all its
-    /// neighbours at once and went on alone).
-    pub(super) fn attach_via(&self, to: NodeId) -> Option<NodeId> {
+        let routes = self.reach.routes();
         let rt = self.core.routing_table();
-        rt.successors
-            .iter()
-            .chain(&rt.predecessors)
-            .chain(&rt.fingers)
-            .chain(&self.boot_ids)
-            .copied()
-            .find(|n| *n != to && self.transport.is_linked(*n))
-            .or_else(|| self.transport.any_link(to))
+        let transport = self.transport.clone();
+        let boot = self.boot.ids();
+        let via = || {
+            routes
+                .then(|| {
+                    attach_via(
+                        &rt,
+                        boot,
+                        to,
+                        |n| transport.is_linked(n),
+                        || transport.any_link(to),
+                    )
+                })
+                .flatten()
+        };
+        match self.links.hold(to, bytes, via) {
+            Some(Setup::Connect(a)) => self.transport.connect(a, Some(to)),
+            Some(Setup::Attach { via }) => {
+                let op = self.core.attach(now(), to, Some(via));
+                self.links.attaching(op, to);
+            }
+            Some(Setup::Unreachable) => self.core.handle_link(now(), LinkEvent::Failed(to)),
+            None => {}
+        }
     }
 
     pub(super) fn flush(&mut self) {
@@ -372,7 +348,7 @@ impl Runtime {
                 }
                 if self.reach.routes() {
                     if let Some(a) = reach.direct.first() {
-                        self.addrs.insert(node, *a);
+                        self.links.learn(node, *a);
                     }
                 }
             }
@@ -388,26 +364,22 @@ impl Runtime {
                     self.on_located(responder.filter(|_| outcome.is_ok()));
                     return;
                 }
-                if let Some(node) = self.attaching.remove(&op) {
-                    let addr = match &outcome {
-                        Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
-                        _ => None,
-                    };
-                    if addr.is_none() {
+                let addr = match &outcome {
+                    Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
+                    _ => None,
+                };
+                match self.links.attach_done(op, addr) {
+                    Some(Attached::Connect { node, addr }) => {
+                        self.transport.connect(addr, Some(node));
+                        return;
+                    }
+                    Some(Attached::Failed(node)) => {
+                        tracing::debug!(%node, "attach gave no usable address");
                         self.admission.move_failed(node);
+                        self.core.handle_link(now(), LinkEvent::Failed(node));
+                        return;
                     }
-                    match addr {
-                        Some(a) => {
-                            self.addrs.insert(node, a);
-                            self.transport.connect(a, Some(node));
-                        }
-                        None => {
-                            tracing::debug!(%node, "attach gave no usable address");
-                            self.pending.remove(&node);
-                            self.core.handle_link(now(), LinkEvent::Failed(node));
-                        }
-                    }
-                    return;
+                    None => {}
                 }
                 metrics::transaction(
                     &self.label,

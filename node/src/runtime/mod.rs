@@ -24,7 +24,9 @@ use crate::transport::{
 };
 use anyhow::{bail, Context};
 use p2psip_algorithms::admission::{Admission, Located};
+use p2psip_algorithms::bootstrap::{Bootstrap, Retry};
 use p2psip_algorithms::client::ClientTopology;
+use p2psip_algorithms::links::{attach_via, Attached, Links, Setup};
 use p2psip_algorithms::reach::{NatMode, Observed, Reachability, Start};
 use p2psip_algorithms::storage::VerifyMode;
 use p2psip_algorithms::{
@@ -364,9 +366,8 @@ pub enum NodeError {
     App(#[from] AppError),
 }
 
-/// The key of the bootstrap cache in the database's `meta` table, and its size.
+/// The key of the bootstrap cache in the database's `meta` table.
 const PEER_CACHE_KEY: &str = "peers";
-const PEER_CACHE_MAX: usize = 64;
 /// How often the bootstrap cache is written.
 const PEER_CACHE_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// The housekeeping tick of a joined peer with nothing that needs it every second.
@@ -375,9 +376,6 @@ const IDLE_TICK: Duration = Duration::from_secs(5);
 const BUSY_START: Duration = Duration::from_secs(30);
 /// Messages handled before one flush (and so one storage commit) at most.
 const GROUP_COMMIT_MAX: usize = 64;
-
-/// Messages held back for a node while a link to it is being set up.
-const PENDING_CAP: usize = 256;
 
 type ClientCoreFn = Box<dyn FnOnce() -> OverlayNode + Send>;
 
@@ -399,22 +397,17 @@ struct Runtime {
     /// A client's admitting peer and its move to the peer responsible for its Node-ID
     /// (the core's decisions; this driver starts the lookups and links).
     admission: Admission,
-    /// Peers this node dialled and reached, with the address (at most `PEER_CACHE_MAX`,
-    /// newest last): the bootstrap cache.
-    reached: Vec<(NodeId, SocketAddr)>,
     /// Builds the client core a peer behind a NAT runs instead of its algorithm.
     client_core: Option<ClientCoreFn>,
     /// Applications served here (their AppAttach candidates follow the node's).
     apps: Vec<u32>,
-    boot: Vec<SocketAddr>,
-    boot_ids: Vec<NodeId>,
+    /// The bootstrap addresses, the peers they hold, when the first bootstrap peer forms
+    /// the overlay, and the bootstrap cache (the core's decisions).
+    boot: Bootstrap,
     started: bool,
-    /// The first bootstrap peer starts the overlay itself at this time if no other
-    /// bootstrap peer has answered by then.
-    form_at: Option<Instant>,
-    addrs: HashMap<NodeId, SocketAddr>,
-    pending: HashMap<NodeId, Vec<Vec<u8>>>,
-    attaching: HashMap<OpId, NodeId>,
+    /// Addresses of nodes, messages held for nodes without a link, Attaches under way
+    /// (the core's decisions; this driver connects and sends).
+    links: Links,
     waiters: HashMap<OpId, oneshot::Sender<Event>>,
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
     began: Instant,

@@ -43,11 +43,7 @@ impl Runtime {
     /// Sets the candidates this node gives in Attach and AppAttach (the core's choice:
     /// host, reflexive, and behind a NAT its admitting peer as relay).
     pub(super) fn refresh_candidates(&mut self) {
-        let relay = self
-            .admission
-            .admitting()
-            .and_then(|p| self.addrs.get(&p))
-            .copied();
+        let relay = self.admission.admitting().and_then(|p| self.links.addr(p));
         let c = self.reach.candidates(relay);
         self.core.set_candidates(c.clone());
         for app in &self.apps {
@@ -83,7 +79,7 @@ impl Runtime {
             Located::Move { to, via } => {
                 tracing::info!(peer = %to, "moving to the peer responsible for this Node-ID");
                 let op = self.core.attach(now(), to, Some(via));
-                self.attaching.insert(op, to);
+                self.links.attaching(op, to);
             }
             Located::Nothing => {}
         }

@@ -12,19 +12,16 @@ pub(super) fn read_peer_cache(store: &DashStore, dir: Option<&std::path::Path>) 
         .unwrap_or_default();
     text.lines()
         .filter_map(|l| l.trim().parse().ok())
-        .take(PEER_CACHE_MAX)
+        .take(p2psip_algorithms::bootstrap::CACHE_MAX)
         .collect()
 }
 
 impl Runtime {
     /// Keeps the addresses of the peers this node reached in the database (the bootstrap
-    /// cache dialled at the next start), when they changed; at most `PEER_CACHE_MAX`.
+    /// cache dialled at the next start), when they changed; at most `bootstrap::CACHE_MAX`.
     /// Addresses that other nodes merely gave (Attach candidates) are not kept.
     pub(super) fn save_peers(&mut self) {
-        let mut peers: Vec<SocketAddr> = self.reached.iter().map(|(_, a)| *a).collect();
-        peers.sort();
-        peers.dedup();
-        peers.truncate(PEER_CACHE_MAX);
+        let peers = self.boot.cache();
         if peers.is_empty() || peers == self.saved_peers {
             return;
         }

@@ -128,7 +128,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
             if boot.is_empty() {
                 tracing::info!("this node is the first bootstrap peer and the only one");
             } else {
-                form_at = Some(Instant::now() + Duration::from_secs(cfg.form_after_s));
+                form_at = Some(now() + Duration::from_secs(cfg.form_after_s));
                 tracing::info!(
                     "this node is the first bootstrap peer: joining through the others if one answers within {} s",
                     cfg.form_after_s
@@ -148,21 +148,16 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
         saved_peers: Vec::new(),
         daemon: matches!(role, Role::Peer),
         reach,
-        reached: Vec::new(),
         client_core: Some(client_core),
         admission: Admission::default(),
         apps: Vec::new(),
-        boot,
-        boot_ids: Vec::new(),
+        boot: Bootstrap::new(boot, form_at),
         started: false,
-        addrs: HashMap::new(),
-        pending: HashMap::new(),
-        attaching: HashMap::new(),
+        links: Links::default(),
         waiters: HashMap::new(),
         shutdown: None,
         began: Instant::now(),
         fatal: None,
-        form_at,
         docs,
         proc_read: None,
     };
