@@ -1,5 +1,13 @@
 //! `p2psip`: the node daemon and its command-line tools (`p2psip_node::cli`).
 
-fn main() -> anyhow::Result<()> {
-    p2psip_node::cli::main()
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match p2psip_node::cli::main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", p2psip_node::cli::report(&e));
+            ExitCode::from(1)
+        }
+    }
 }

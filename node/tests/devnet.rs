@@ -122,3 +122,45 @@ fn devnet_sample_users_are_callable_registrations() {
     );
     assert!(stdout.contains("cargo run --release"), "{stdout}");
 }
+
+/// A bad configuration stops `p2psip node` with one line that names the file and says
+/// what is wrong, each cause once (it printed the OS error twice, as the message and as
+/// its "Caused by", and with RUST_BACKTRACE set a stack trace), and exit code 1.
+#[test]
+fn a_bad_configuration_is_refused_in_one_clear_line() {
+    let dir = TempDir::new("cli-errors");
+    let missing = dir.0.join("missing.toml");
+    let typo = dir.0.join("typo.toml");
+    std::fs::write(&typo, "overlay = \"x\"\nlisten_addr = \"127.0.0.1:0\"\n").unwrap();
+    let invalid = dir.0.join("invalid.toml");
+    std::fs::write(
+        &invalid,
+        "overlay = \"x\"\n[storage]\nsync = \"sometimes\"\n",
+    )
+    .unwrap();
+    for (path, says) in [
+        (&missing, "No such file or directory"),
+        (&typo, "unknown field `listen_addr`"),
+        (&invalid, "storage.sync"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(path)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert_eq!(err.matches(says).count(), 1, "a cause said twice:\n{err}");
+        assert!(
+            !err.contains("Caused by") && !err.contains("backtrace"),
+            "{err}"
+        );
+        if path == &missing {
+            assert!(err.contains("missing.toml"), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+    }
+}

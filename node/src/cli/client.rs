@@ -548,9 +548,9 @@ pub(crate) async fn app_echo(
         }
         Err(e) => {
             if a.json {
-                println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+                println!("{}", json!({"ok": false, "error": super::report(&e)}));
             } else {
-                eprintln!("app-echo failed: {e:#}");
+                eprintln!("app-echo failed: {}", super::report(&e));
             }
             Ok(2)
         }

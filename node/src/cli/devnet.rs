@@ -248,7 +248,7 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
                 {
                     Ok(()) => true,
                     Err(e) => {
-                        println!("  register {aor}: {e:#}");
+                        println!("  register {aor}: {}", super::report(&e));
                         false
                     }
                 }
@@ -341,7 +341,7 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
         let fe = front_ends[front_ends.len() - 1].addr;
         match devnet_call(fe, "sample0").await {
             Ok(answer) => println!("  call sip:sample0@{DEVNET_DOMAIN} through {fe}: {answer} (the sample phone's answer)"),
-            Err(e) => println!("  call sip:sample0@{DEVNET_DOMAIN} through {fe}: {e:#}"),
+            Err(e) => println!("  call sip:sample0@{DEVNET_DOMAIN} through {fe}: {}", super::report(&e)),
         }
     }
     println!("  metrics: http://{metrics_addr}/metrics");

@@ -194,6 +194,20 @@ pub(crate) fn init_logs(format: &str, level: &str) {
     }
 }
 
+/// An error and its causes on one line, each cause only when the message before it does
+/// not already say it (typed errors carry their cause's text; anyhow contexts do not).
+pub fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let m = cause.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+    }
+    out
+}
+
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = match &cli.cmd {
@@ -235,7 +249,7 @@ pub fn main() -> anyhow::Result<()> {
             let code = match rt.block_on(crate::ops::health(&metrics, timeout)) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("unhealthy: {e:#}");
+                    eprintln!("unhealthy: {}", report(&e));
                     1
                 }
             };
