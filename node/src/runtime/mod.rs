@@ -22,7 +22,6 @@ use crate::storage::{DashStore, OnCorruption, SyncMode};
 use crate::transport::{
     local_ip_towards, AppError, AppPath, AppStream, NetEvent, Reach, Transport,
 };
-use anyhow::{bail, Context};
 use p2psip_algorithms::admission::{Admission, Located};
 use p2psip_algorithms::bootstrap::{Bootstrap, Retry};
 use p2psip_algorithms::client::ClientTopology;
@@ -364,6 +363,27 @@ pub enum NodeError {
     },
     #[error(transparent)]
     App(#[from] AppError),
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::OpenError),
+    #[error(transparent)]
+    Document(#[from] crate::overlay_config::DocError),
+    #[error("listen address {listen:?}: {error}")]
+    Listen { listen: String, error: ResolveError },
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("the endpoint's own address: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("no bootstrap address could be resolved")]
+    NoBootstrap,
 }
 
 /// The key of the bootstrap cache in the database's `meta` table.

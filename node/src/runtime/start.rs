@@ -4,7 +4,7 @@
 use super::*;
 
 /// Starts a node. `seed` is its identity key.
-pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<NodeHandle> {
+pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> Result<NodeHandle, StartError> {
     cfg.validate()?;
     let creds = identity::credentials(&cfg, seed)?;
     let mut cfg = cfg;
@@ -25,18 +25,22 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
     let listen: SocketAddr = match &role {
         Role::Peer => resolve(&cfg.listen)
             .await
-            .with_context(|| format!("listen address {:?}", cfg.listen))?,
+            .map_err(|error| StartError::Listen {
+                listen: cfg.listen.clone(),
+                error,
+            })?,
         Role::Client { admitting } => {
-            if admitting.is_ipv4() {
-                "0.0.0.0:0".parse()?
+            let any: IpAddr = if admitting.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
             } else {
-                "[::]:0".parse()?
-            }
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            SocketAddr::new(any, 0)
         }
     };
     let (ev_tx, ev_rx) = mpsc::channel(cfg.limits.event_queue.max(1));
     let transport = Transport::bind(&cfg, listen, &creds, ev_tx)?;
-    let addr = transport.local_addr()?;
+    let addr = transport.local_addr().map_err(StartError::LocalAddr)?;
     let nat_mode = match (&role, cfg.nat.mode.as_str()) {
         (Role::Client { .. }, _) => NatMode::Client,
         (Role::Peer, "client") => NatMode::Client,
@@ -135,7 +139,7 @@ pub async fn spawn(cfg: Config, role: Role, seed: [u8; 32]) -> anyhow::Result<No
                 );
             }
         } else if !cfg.bootstrap.is_empty() && boot.is_empty() {
-            bail!("no bootstrap address could be resolved");
+            return Err(StartError::NoBootstrap);
         }
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
