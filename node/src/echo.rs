@@ -5,7 +5,6 @@
 
 use crate::runtime::NodeClient;
 use crate::transport::AppPath;
-use anyhow::{anyhow, bail};
 use p2psip_algorithms::NodeId;
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,28 @@ pub struct EchoReport {
     pub rounds: Vec<Duration>,
 }
 
+/// Why an echo exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EchoError {
+    #[error("the message is longer than {MAX_MESSAGE} bytes")]
+    TooLong,
+    #[error(transparent)]
+    Node(#[from] crate::runtime::NodeError),
+    #[error(transparent)]
+    App(#[from] crate::transport::AppError),
+    #[error("sending to {to}: {error}")]
+    Send { to: NodeId, error: String },
+    #[error("reading the echo of {to}: {error}")]
+    Read { to: NodeId, error: String },
+    #[error("round {round}: {to} echoed {got} bytes that differ from the {sent} sent")]
+    Differs {
+        round: usize,
+        to: NodeId,
+        got: usize,
+        sent: usize,
+    },
+}
+
 /// Sends `message` to `to`'s echo application `rounds` times, one stream each, and checks
 /// every answer.
 pub async fn call(
@@ -46,9 +67,9 @@ pub async fn call(
     to: NodeId,
     message: &[u8],
     rounds: usize,
-) -> anyhow::Result<EchoReport> {
+) -> Result<EchoReport, EchoError> {
     if message.len() > MAX_MESSAGE {
-        bail!("the message is longer than {MAX_MESSAGE} bytes");
+        return Err(EchoError::TooLong);
     }
     let began = Instant::now();
     let reach = node.attach_app(to, APP_ECHO).await?;
@@ -60,21 +81,27 @@ pub async fn call(
             (send, recv, _) = node.open_app(to, &reach, APP_ECHO).await?;
         }
         let t = Instant::now();
-        send.write_all(message)
-            .await
-            .map_err(|e| anyhow!("sending to {to}: {e}"))?;
-        send.finish().map_err(|e| anyhow!("sending to {to}: {e}"))?;
+        let sending = |e: &dyn std::fmt::Display| EchoError::Send {
+            to,
+            error: e.to_string(),
+        };
+        send.write_all(message).await.map_err(|e| sending(&e))?;
+        send.finish().map_err(|e| sending(&e))?;
         let back = recv
             .read_to_end(message.len() + 1)
             .await
-            .map_err(|e| anyhow!("reading the echo of {to}: {e}"))?;
+            .map_err(|e| EchoError::Read {
+                to,
+                error: e.to_string(),
+            })?;
         times.push(t.elapsed());
         if back != message {
-            bail!(
-                "round {round}: {to} echoed {} bytes that differ from the {} sent",
-                back.len(),
-                message.len()
-            );
+            return Err(EchoError::Differs {
+                round,
+                to,
+                got: back.len(),
+                sent: message.len(),
+            });
         }
     }
     Ok(EchoReport {

@@ -48,20 +48,33 @@ const SCRAPES_AT_ONCE: usize = 16;
 /// A scrape connection that sends no complete request in this long is closed.
 const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Why the metrics endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics endpoint on {addr}: {error}")]
+    Endpoint {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("metrics recorder: {0}")]
+    Recorder(metrics_exporter_prometheus::BuildError),
+}
+
 /// Installs the Prometheus recorder and serves `GET /metrics` on `addr` (port 0: one the
 /// kernel picks); returns the address it listens on. The exposition is the exporter's
 /// own rendering; this only answers HTTP with it.
-pub async fn install(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn install(addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
+    let endpoint = |error| MetricsError::Endpoint { addr, error };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr}: {e}"))?;
-    let bound = listener.local_addr()?;
+        .map_err(endpoint)?;
+    let bound = listener.local_addr().map_err(endpoint)?;
     let handle = PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ])?
-        .install_recorder()
-        .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+        ])
+        .and_then(|b| b.install_recorder())
+        .map_err(MetricsError::Recorder)?;
     ENABLED.store(true, Ordering::Relaxed);
     let upkeep = handle.clone();
     tokio::spawn(async move {

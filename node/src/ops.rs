@@ -1,7 +1,6 @@
 //! What the `client` and `devnet` commands store and fetch: kinds by name, values built
 //! and signed for a resource name, answers rendered for people or as JSON.
 
-use anyhow::bail;
 use p2psip_algorithms::storage::{
     KIND_NODE_VALUE, KIND_SIP_FRONT_END, KIND_SIP_REGISTRATION, KIND_USER_ARRAY, KIND_USER_VALUE,
 };
@@ -19,11 +18,37 @@ pub fn name_seed(name: &str) -> [u8; 32] {
     s
 }
 
+/// Why a command-line argument or the health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("unknown kind {0:?}; known: {KIND_NAMES}, or a number")]
+    UnknownKind(String),
+    #[error("node id {0:?} is not hex: {1}")]
+    NodeIdNotHex(String, hex::FromHexError),
+    #[error("node id {0:?}: 32 hex digits (16 bytes) expected, got {1}")]
+    NodeIdLength(String, usize),
+    #[error("{0}")]
+    Duration(String),
+    #[error("connecting to {addr}: {error}")]
+    Connect { addr: String, error: std::io::Error },
+    #[error("reading {addr}: {error}")]
+    Read { addr: String, error: std::io::Error },
+    #[error("no answer from {addr} within {limit:?}")]
+    Timeout {
+        addr: String,
+        limit: std::time::Duration,
+    },
+    #[error("metrics endpoint answered {0:?}")]
+    Status(String),
+    #[error("the node has not joined its overlay")]
+    NotJoined,
+}
+
 /// Kind names accepted on the command line.
 pub const KIND_NAMES: &str = "user-value, sip-registration, user-array, node-value, sip-front-end";
 
 /// A kind id from its command-line name (or a number).
-pub fn kind_of(name: &str) -> anyhow::Result<u32> {
+pub fn kind_of(name: &str) -> Result<u32, OpsError> {
     Ok(match name {
         "user-value" => KIND_USER_VALUE,
         "sip-registration" => KIND_SIP_REGISTRATION,
@@ -32,7 +57,7 @@ pub fn kind_of(name: &str) -> anyhow::Result<u32> {
         "sip-front-end" => KIND_SIP_FRONT_END,
         other => match other.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => bail!("unknown kind {other:?}; known: {KIND_NAMES}, or a number"),
+            Err(_) => return Err(OpsError::UnknownKind(other.into())),
         },
     })
 }
@@ -103,34 +128,44 @@ pub fn values_json(values: &[Vec<u8>]) -> serde_json::Value {
 }
 
 /// Parses "500ms", "30s", "5m", "2h" or a plain number of seconds.
-pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
-    p2psip_algorithms::time::parse_duration(s).map_err(anyhow::Error::msg)
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, OpsError> {
+    p2psip_algorithms::time::parse_duration(s).map_err(|e| OpsError::Duration(e.to_string()))
 }
 
 /// The container health check: the metrics endpoint answers 200 and reports the node
 /// joined (`p2psip_overlay_joined ... 1`). A plain HTTP/1.0 GET, enough for our own
 /// endpoint.
-pub async fn health(metrics: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
-    use anyhow::{bail, Context};
+pub async fn health(metrics: &str, timeout: std::time::Duration) -> Result<(), OpsError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = || metrics.to_string();
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(metrics)
             .await
-            .with_context(|| format!("connecting to {metrics}"))?;
+            .map_err(|error| OpsError::Connect {
+                addr: addr(),
+                error,
+            })?;
+        let read = |error| OpsError::Read {
+            addr: addr(),
+            error,
+        };
         s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes())
-            .await?;
+            .await
+            .map_err(read)?;
         let mut body = Vec::new();
-        s.take(8 << 20).read_to_end(&mut body).await?;
-        anyhow::Ok(String::from_utf8_lossy(&body).into_owned())
+        s.take(8 << 20).read_to_end(&mut body).await.map_err(read)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     };
     let text = tokio::time::timeout(timeout, fetch)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer from {metrics} within {timeout:?}"))??;
+        .map_err(|_| OpsError::Timeout {
+            addr: addr(),
+            limit: timeout,
+        })??;
     if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
-        bail!(
-            "metrics endpoint answered {:?}",
-            text.lines().next().unwrap_or("")
-        );
+        return Err(OpsError::Status(
+            text.lines().next().unwrap_or("").to_string(),
+        ));
     }
     let joined = text
         .lines()
@@ -138,21 +173,16 @@ pub async fn health(metrics: &str, timeout: std::time::Duration) -> anyhow::Resu
         .filter_map(|l| l.rsplit(' ').next())
         .any(|v| v.trim() == "1");
     if !joined {
-        bail!("the node has not joined its overlay");
+        return Err(OpsError::NotJoined);
     }
     Ok(())
 }
 
 /// A Node-ID written as 32 hex digits (as nodes print theirs).
-pub fn parse_node_id(s: &str) -> anyhow::Result<p2psip_algorithms::NodeId> {
-    let bytes =
-        hex::decode(s.trim()).map_err(|e| anyhow::anyhow!("node id {s:?} is not hex: {e}"))?;
-    p2psip_algorithms::NodeId::from_slice(&bytes).ok_or_else(|| {
-        anyhow::anyhow!(
-            "node id {s:?}: 32 hex digits (16 bytes) expected, got {}",
-            bytes.len()
-        )
-    })
+pub fn parse_node_id(s: &str) -> Result<p2psip_algorithms::NodeId, OpsError> {
+    let bytes = hex::decode(s.trim()).map_err(|e| OpsError::NodeIdNotHex(s.into(), e))?;
+    p2psip_algorithms::NodeId::from_slice(&bytes)
+        .ok_or_else(|| OpsError::NodeIdLength(s.into(), bytes.len()))
 }
 
 #[cfg(test)]

@@ -6,12 +6,20 @@
 use crate::config::ServiceSection;
 use crate::runtime::{self, NodeClient};
 use ::metrics::counter;
-use anyhow::anyhow;
 use p2psip_algorithms::redir::{entries_of, Lookup, Registration, Step};
 use p2psip_algorithms::storage::KIND_REDIR;
 use p2psip_algorithms::Id;
 use p2psip_proto::security::Identity;
 use std::time::Duration;
+
+/// Why a registration or lookup walk failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no tree node took the record")]
+    NotStored,
+    #[error("fetch: {0}")]
+    Fetch(runtime::OpError),
+}
 
 /// How long one request of a walk may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,7 +41,7 @@ pub async fn register(
     node: &NodeClient,
     identity: &Identity,
     s: &ServiceSection,
-) -> anyhow::Result<usize> {
+) -> Result<usize, ServiceError> {
     let (mut reg, mut step) = Registration::new(
         &s.name,
         identity.clone(),
@@ -60,7 +68,7 @@ pub async fn register(
         };
     }
     if reg.stored.is_empty() {
-        return Err(anyhow!("no tree node took the record"));
+        return Err(ServiceError::NotStored);
     }
     Ok(reg.stored.len())
 }
@@ -83,7 +91,7 @@ pub fn spawn(node: NodeClient, identity: Identity, services: Vec<ServiceSection>
                         refresh
                     }
                     Err(e) => {
-                        tracing::debug!(service = %s.name, "service registration: {e:#}; trying again");
+                        tracing::debug!(service = %s.name, "service registration: {e}; trying again");
                         counter!("p2psip_service_registrations_total", "node" => label.clone(), "service" => s.name.clone(), "outcome" => "failed").increment(1);
                         RETRY
                     }
@@ -98,14 +106,14 @@ pub fn spawn(node: NodeClient, identity: Identity, services: Vec<ServiceSection>
 }
 
 /// Finds the provider of `service` whose Node-ID is the closest at or after `key`.
-pub async fn lookup(node: &NodeClient, service: &str, key: Id) -> anyhow::Result<Lookup> {
+pub async fn lookup(node: &NodeClient, service: &str, key: Id) -> Result<Lookup, ServiceError> {
     let (mut l, mut step) = Lookup::new(service, key);
     while let Step::Fetch { resource, .. } = step {
         let entries = match fetch(node, resource).await {
             Ok(e) => e,
             Err(e) => {
                 counter!("p2psip_service_lookups_total", "outcome" => "failed").increment(1);
-                return Err(anyhow!("fetch: {e}"));
+                return Err(ServiceError::Fetch(e));
             }
         };
         step = l.on_fetched(&entries);

@@ -10,7 +10,7 @@
 //! Passwords are kept as `user salt sha256(salt || password)` lines in `<ca dir>/users.txt`
 //! (`p2psip ca add-user`).
 
-use anyhow::{anyhow, bail, Context};
+use crate::ca::CaError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,6 +23,50 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Why enrolling, or serving enrollment, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// An argument that cannot be used (user name, password, URL).
+    #[error("{0}")]
+    Usage(String),
+    #[error("reading {path} (`p2psip ca add-user`): {error}")]
+    NoUsers { path: String, error: std::io::Error },
+    #[error("{path}:{line}: {why}")]
+    UsersFile {
+        path: String,
+        line: usize,
+        why: &'static str,
+    },
+    #[error("writing the users file: {0}")]
+    WriteUsers(#[from] crate::security::private_files::PrivateFileError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    CertFile(#[from] crate::security::trust::CertFileError),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A socket of the endpoint or of the client: what it was for, and the error.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("enrollment refused ({status}): {why}")]
+    Refused { status: StatusCode, why: String },
+}
+
+fn usage(why: impl Into<String>) -> EnrollError {
+    EnrollError::Usage(why.into())
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnrollError {
+    let what = what.into();
+    move |error| EnrollError::Io { what, error }
+}
+
+fn http(e: impl std::fmt::Display) -> EnrollError {
+    EnrollError::Http(e.to_string())
+}
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -39,12 +83,12 @@ fn hash(salt: &[u8], password: &str) -> String {
 }
 
 /// Adds (or replaces) a user allowed to enroll, with its password.
-pub fn add_user(dir: &Path, user: &str, password: &str) -> anyhow::Result<PathBuf> {
+pub fn add_user(dir: &Path, user: &str, password: &str) -> Result<PathBuf, EnrollError> {
     if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("a user name is required (printable, no spaces)");
+        return Err(usage("a user name is required (printable, no spaces)"));
     }
     if password.len() < 8 {
-        bail!("a password of at least 8 characters is required");
+        return Err(usage("a password of at least 8 characters is required"));
     }
     let path = users_file(dir);
     let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -64,21 +108,27 @@ pub fn add_user(dir: &Path, user: &str, password: &str) -> anyhow::Result<PathBu
 }
 
 /// The users file: user → (salt, hash).
-fn read_users(dir: &Path) -> anyhow::Result<HashMap<String, (Vec<u8>, String)>> {
+fn read_users(dir: &Path) -> Result<HashMap<String, (Vec<u8>, String)>, EnrollError> {
     let path = users_file(dir);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (`p2psip ca add-user`)", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|error| EnrollError::NoUsers {
+        path: path.display().to_string(),
+        error,
+    })?;
+    let bad_line = |line: usize, why| EnrollError::UsersFile {
+        path: path.display().to_string(),
+        line,
+        why,
+    };
     let mut m = HashMap::new();
     for (n, l) in text.lines().enumerate() {
         let f: Vec<&str> = l.split_whitespace().collect();
         match f.as_slice() {
             [] => {}
             [u, salt, h] => {
-                let salt = hex::decode(salt)
-                    .map_err(|_| anyhow!("{}:{}: bad salt", path.display(), n + 1))?;
+                let salt = hex::decode(salt).map_err(|_| bad_line(n + 1, "bad salt"))?;
                 m.insert(u.to_string(), (salt, h.to_string()));
             }
-            _ => bail!("{}:{}: expected `user salt hash`", path.display(), n + 1),
+            _ => return Err(bad_line(n + 1, "expected `user salt hash`")),
         }
     }
     Ok(m)
@@ -97,23 +147,34 @@ fn same(a: &str, b: &str) -> bool {
 fn server_credentials(
     dir: &Path,
     name: &str,
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), EnrollError> {
     let (issuer, _) = crate::ca::ca_issuer(dir)?;
     let seed = crate::identity::generate_seed();
-    let key = crate::identity::key_pair(&seed).context("server key")?;
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    let key = crate::identity::key_pair(&seed).map_err(CaError::from)?;
+    let certificate = |what: &'static str| {
+        move |e: rcgen::Error| {
+            EnrollError::Ca(CaError::Certificate {
+                what,
+                why: e.to_string(),
+            })
+        }
+    };
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(certificate("server certificate"))?;
     p.subject_alt_names = vec![match name.parse::<std::net::IpAddr>() {
         Ok(ip) => rcgen::SanType::IpAddress(ip),
         Err(_) => rcgen::SanType::DnsName(
             rcgen::string::Ia5String::try_from(name.to_string())
-                .map_err(|e| anyhow!("--name {name:?}: {e}"))?,
+                .map_err(|e| usage(format!("--name {name:?}: {e}")))?,
         ),
     }];
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let now = ::time::OffsetDateTime::now_utc();
     p.not_before = now - ::time::Duration::hours(1);
     p.not_after = now + ::time::Duration::days(30);
-    let cert = p.signed_by(&key, &issuer).context("server certificate")?;
+    let cert = p
+        .signed_by(&key, &issuer)
+        .map_err(certificate("server certificate"))?;
     Ok((vec![cert.der().clone()], crate::identity::key_der(&seed)))
 }
 
@@ -170,7 +231,7 @@ async fn handle(
     let users = match read_users(&ctx.dir) {
         Ok(u) => u,
         Err(e) => {
-            tracing::error!("enrollment: {e:#}");
+            tracing::error!("enrollment: {e}");
             return bad(StatusCode::INTERNAL_SERVER_ERROR, "no user database");
         }
     };
@@ -195,7 +256,7 @@ async fn handle(
             ))
         }
         Err(e) => {
-            tracing::error!("enrollment of {user}: {e:#}");
+            tracing::error!("enrollment of {user}: {e}");
             bad(StatusCode::INTERNAL_SERVER_ERROR, "could not issue")
         }
     }
@@ -209,7 +270,7 @@ pub async fn serve(
     name: &str,
     days: u32,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-) -> anyhow::Result<()> {
+) -> Result<(), EnrollError> {
     read_users(&dir)?;
     let (certs, key) = server_credentials(&dir, name)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -221,8 +282,10 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let addr = listener.local_addr()?;
+        .map_err(io(format!("listening on {listen}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io(format!("listening on {listen}")))?;
     tracing::info!("enrollment endpoint on https://{addr}/enroll (certificate for {name})");
     if let Some(b) = bound {
         let _ = b.send(addr);
@@ -271,16 +334,16 @@ pub async fn enroll(
     user: &str,
     password: &str,
     public_key: &[u8; 32],
-) -> anyhow::Result<Enrolled> {
+) -> Result<Enrolled, EnrollError> {
     let rest = url
         .strip_prefix("https://")
-        .ok_or_else(|| anyhow!("--url must start with https://"))?;
+        .ok_or_else(|| usage("--url must start with https://"))?;
     let hostport = rest.split('/').next().unwrap_or(rest);
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (
             h.trim_start_matches('[').trim_end_matches(']'),
             p.parse::<u16>()
-                .map_err(|_| anyhow!("bad port in {url:?}"))?,
+                .map_err(|_| usage(format!("bad port in {url:?}")))?,
         ),
         None => (hostport, 443),
     };
@@ -289,37 +352,43 @@ pub async fn enroll(
         .add(CertificateDer::from(crate::security::trust::read_cert(
             ca_pem,
         )?))
-        .map_err(|e| anyhow!("{}: {e}", ca_pem.display()))?;
+        .map_err(|e| usage(format!("{}: {e}", ca_pem.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let server = ServerName::try_from(host.to_string()).map_err(|e| anyhow!("{host}: {e}"))?;
+    let server =
+        ServerName::try_from(host.to_string()).map_err(|e| usage(format!("{host}: {e}")))?;
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
-        .with_context(|| format!("connecting to {host}:{port}"))?;
+        .map_err(io(format!("connecting to {host}:{port}")))?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(server, tcp)
         .await
-        .with_context(|| format!("TLS with {host}:{port} (is it the overlay CA's endpoint?)"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        .map_err(io(format!(
+            "TLS with {host}:{port} (is it the overlay CA's endpoint?)"
+        )))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
     tokio::spawn(conn);
     let body = json!({"user": user, "password": password, "public_key": hex::encode(public_key)});
     let req = Request::post("/enroll")
         .header(hyper::header::HOST, hostport)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
-    let res = send.send_request(req).await?;
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(http)?;
+    let res = send.send_request(req).await.map_err(http)?;
     let status = res.status();
     let bytes = Limited::new(res.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|e| anyhow!("reading the answer: {e}"))?
+        .map_err(|e| http(format!("reading the answer: {e}")))?
         .to_bytes();
     let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| anyhow!("answer is not JSON: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| http(format!("answer is not JSON: {e}")))?;
     let s = |k: &str| {
         v.get(k)
             .and_then(|x| x.as_str())
@@ -327,7 +396,10 @@ pub async fn enroll(
             .to_string()
     };
     if !status.is_success() {
-        bail!("enrollment refused ({status}): {}", s("error"));
+        return Err(EnrollError::Refused {
+            status,
+            why: s("error"),
+        });
     }
     Ok(Enrolled {
         certificate: s("certificate"),

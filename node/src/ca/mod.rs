@@ -10,8 +10,9 @@
 pub mod enrollment;
 
 use crate::identity::key_pair;
+use crate::identity::IdentityError;
+use crate::security::trust::CertFileError;
 use crate::security::trust::{normalize_serial, overlay_of_ca, read_revoked, SCHEME};
-use anyhow::{anyhow, bail, Context};
 use p2psip_algorithms::NodeId;
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,40 @@ fn days(d: u32) -> ::time::Duration {
     ::time::Duration::days(i64::from(d))
 }
 
+/// Why the CA tool could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("reading {path} (run `p2psip ca init` first): {error}")]
+    NoCa { path: String, error: std::io::Error },
+    #[error("{0} already holds a CA; refusing to overwrite it")]
+    Exists(String),
+    #[error("writing {path}: {error}")]
+    Write { path: String, error: std::io::Error },
+    #[error("a user name is required (printable, not empty)")]
+    NoUser,
+    /// The certificate library refused: what was being made, and why.
+    #[error("{what}: {why}")]
+    Certificate { what: &'static str, why: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    File(#[from] CertFileError),
+}
+
+fn refused(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
+    move |e| CaError::Certificate {
+        what,
+        why: e.to_string(),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CaError> {
+    std::fs::write(path, text).map_err(|error| CaError::Write {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
 /// The URI a certificate names a Node-ID with.
 pub fn node_uri(id: NodeId, overlay: &str) -> String {
     format!("{SCHEME}{id:#}@{overlay}")
@@ -57,24 +92,24 @@ pub fn node_uri(id: NodeId, overlay: &str) -> String {
 /// The CA of `dir` as an rcgen issuer, and its certificate (PEM).
 pub(crate) fn ca_issuer(
     dir: &Path,
-) -> anyhow::Result<(rcgen::Issuer<'static, rcgen::KeyPair>, String)> {
+) -> Result<(rcgen::Issuer<'static, rcgen::KeyPair>, String), CaError> {
     let f = CaFiles::new(dir);
-    let ca_pem = std::fs::read_to_string(&f.cert)
-        .with_context(|| format!("reading {} (run `p2psip ca init` first)", f.cert.display()))?;
+    let ca_pem = std::fs::read_to_string(&f.cert).map_err(|error| CaError::NoCa {
+        path: f.cert.display().to_string(),
+        error,
+    })?;
     let ca_key = key_pair(&crate::identity::read_seed(&f.key)?)?;
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).context("the CA certificate")?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(refused("the CA certificate"))?;
     Ok((issuer, ca_pem))
 }
 
 /// Makes a new overlay CA in `dir`: `ca.key` (its secret key, mode 0600) and `ca.pem` (its
 /// certificate, valid `valid_days`). Refuses to overwrite an existing CA.
-pub fn ca_init(dir: &Path, overlay: &str, valid_days: u32) -> anyhow::Result<PathBuf> {
+pub fn ca_init(dir: &Path, overlay: &str, valid_days: u32) -> Result<PathBuf, CaError> {
     let f = CaFiles::new(dir);
     if f.cert.exists() || f.key.exists() {
-        bail!(
-            "{} already holds a CA; refusing to overwrite it",
-            dir.display()
-        );
+        return Err(CaError::Exists(dir.display().to_string()));
     }
     let seed = crate::identity::generate_seed();
     let key = key_pair(&seed)?;
@@ -91,9 +126,9 @@ pub fn ca_init(dir: &Path, overlay: &str, valid_days: u32) -> anyhow::Result<Pat
     p.not_before = now - ::time::Duration::hours(1);
     p.not_after = now + days(valid_days);
     p.serial_number = Some(random_serial());
-    let cert = p.self_signed(&key).context("CA certificate")?;
+    let cert = p.self_signed(&key).map_err(refused("CA certificate"))?;
     crate::identity::write_seed(&f.key, &seed)?;
-    std::fs::write(&f.cert, cert.pem()).with_context(|| format!("writing {}", f.cert.display()))?;
+    write(&f.cert, &cert.pem())?;
     Ok(f.cert)
 }
 
@@ -122,9 +157,9 @@ pub fn ca_issue(
     node_id: Option<NodeId>,
     valid_days: u32,
     valid_from_days_ago: u32,
-) -> anyhow::Result<Issued> {
+) -> Result<Issued, CaError> {
     if user.is_empty() || user.chars().any(|c| c.is_control()) {
-        bail!("a user name is required (printable, not empty)");
+        return Err(CaError::NoUser);
     }
     let (issuer, ca_pem) = ca_issuer(dir)?;
     let overlay = overlay_of_ca(&ca_pem)?;
@@ -133,8 +168,7 @@ pub fn ca_issue(
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(rcgen::DnType::CommonName, user);
     p.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::string::Ia5String::try_from(node_uri(id, &overlay))
-            .map_err(|e| anyhow!("node URI: {e}"))?,
+        rcgen::string::Ia5String::try_from(node_uri(id, &overlay)).map_err(refused("node URI"))?,
     )];
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     p.use_authority_key_identifier_extension = true;
@@ -146,10 +180,10 @@ pub fn ca_issue(
     p.serial_number = Some(serial);
     let mut spki = SPKI_ED25519_PREFIX.to_vec();
     spki.extend_from_slice(public_key);
-    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki).context("public key")?;
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(&spki).map_err(refused("public key"))?;
     let cert = p
         .signed_by(&spki, &issuer)
-        .context("signing the certificate")?;
+        .map_err(refused("signing the certificate"))?;
     Ok(Issued {
         pem: cert.pem(),
         node_id: id,
@@ -164,15 +198,14 @@ pub fn ca_issue(
 }
 
 /// Adds a serial number to the CA's revocation list (`revoked.txt`).
-pub fn ca_revoke(dir: &Path, serial: &str) -> anyhow::Result<PathBuf> {
+pub fn ca_revoke(dir: &Path, serial: &str) -> Result<PathBuf, CaError> {
     let serial = normalize_serial(serial)?;
     let f = CaFiles::new(dir);
     let mut list = read_revoked(&f.revoked)?;
     if list.insert(serial.clone()) {
         let mut v: Vec<_> = list.into_iter().collect();
         v.sort();
-        std::fs::write(&f.revoked, v.join("\n") + "\n")
-            .with_context(|| format!("writing {}", f.revoked.display()))?;
+        write(&f.revoked, &(v.join("\n") + "\n"))?;
     }
     Ok(f.revoked)
 }

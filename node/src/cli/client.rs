@@ -523,7 +523,8 @@ pub(crate) async fn app_echo(
         crate::echo::call(&h.client(), to, message.as_bytes(), rounds),
     )
     .await
-    .unwrap_or_else(|_| Err(anyhow::anyhow!("no echo within {:?}", a.timeout)));
+    .map_err(|_| format!("no echo within {:?}", a.timeout))
+    .and_then(|r| r.map_err(|e| e.to_string()));
     let st = h.status().await.ok();
     h.shutdown().await;
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
@@ -548,9 +549,9 @@ pub(crate) async fn app_echo(
         }
         Err(e) => {
             if a.json {
-                println!("{}", json!({"ok": false, "error": super::report(&e)}));
+                println!("{}", json!({"ok": false, "error": e}));
             } else {
-                eprintln!("app-echo failed: {}", super::report(&e));
+                eprintln!("app-echo failed: {e}");
             }
             Ok(2)
         }

@@ -249,7 +249,7 @@ pub fn main() -> anyhow::Result<()> {
             let code = match rt.block_on(crate::ops::health(&metrics, timeout)) {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("unhealthy: {}", report(&e));
+                    eprintln!("unhealthy: {e}");
                     1
                 }
             };
@@ -284,7 +284,8 @@ pub fn main() -> anyhow::Result<()> {
                     r = crate::ca::enrollment::serve(dir, listen, &name, days, None) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
-            })
+            })?;
+            Ok(())
         }
         Cmd::Ca(c) => ca::run(c),
         Cmd::Sip(SipCmd::AddUser {

@@ -30,15 +30,16 @@ pub(crate) async fn run(
         crate::services::lookup(&h.client(), service, key),
     )
     .await
-    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", a.timeout)));
+    .map_err(|_| format!("no answer within {:?}", a.timeout))
+    .and_then(|r| r.map_err(|e| e.to_string()));
     h.shutdown().await;
     let l = match res {
         Ok(l) => l,
         Err(e) => {
             if a.json {
-                println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+                println!("{}", json!({"ok": false, "error": e}));
             } else {
-                eprintln!("services {service} failed: {e:#}");
+                eprintln!("services {service} failed: {e}");
             }
             return Ok(2);
         }
