@@ -880,6 +880,37 @@ fn reason_phrases_pass_through_untouched() {
     );
 }
 
+/// A phone behind a dispatcher that spreads requests over the front-ends (Kamailio's
+/// round-robin) answers fe1's challenge at fe2: fe2 takes the answer, as front-ends with
+/// the same users file share the secret their nonces are made with (it got a new 401 with
+/// stale=true, and the next answer could land on yet another front-end).
+#[test]
+fn a_challenge_from_one_front_end_is_answered_at_another() {
+    let dir = TempDir::new("sip-nonce-shared");
+    let [(_a, fe1), (_b, fe2)] = two_front_ends(&dir, "[\"SHA-256\", \"MD5\"]");
+    let alice = socket();
+    let r = transact(&alice, fe1, &register(&alice, "alice", DOMAIN, 1, None));
+    assert_eq!(status(&r), 401, "{r}");
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let auth = digest(Algorithm::Sha256, "alice", "wonderland", &nonce, 1);
+    let r = transact(
+        &alice,
+        fe2,
+        &register(&alice, "alice", DOMAIN, 2, Some(&auth)),
+    );
+    assert_eq!(status(&r), 200, "fe2 refused fe1's nonce:\n{r}");
+    // A wrong password is still refused there.
+    let r = transact(&alice, fe1, &register(&alice, "alice", DOMAIN, 3, None));
+    let nonce = challenge_param(&r, Algorithm::Sha256, "nonce");
+    let bad = digest(Algorithm::Sha256, "alice", "wrong-password", &nonce, 1);
+    let r = transact(
+        &alice,
+        fe2,
+        &register(&alice, "alice", DOMAIN, 4, Some(&bad)),
+    );
+    assert_eq!(status(&r), 401, "{r}");
+}
+
 /// The harness itself: a front-end that answers every retransmission of an INVITE with
 /// 100 Trying and decides after 1.5 s (an overlay lookup on a loaded machine) is waited
 /// for. CI failed once when twenty quick 100s used up every try before the 403 came.

@@ -248,7 +248,7 @@ pub(crate) async fn run(a: DevnetArgs) -> anyhow::Result<()> {
                 {
                     Ok(()) => true,
                     Err(e) => {
-                        println!("  register {aor}: {}", super::report(&e));
+                        println!("  register {aor}: {e}");
                         false
                     }
                 }

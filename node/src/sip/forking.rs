@@ -8,6 +8,7 @@
 
 use super::fork::{Fork, Step};
 use super::{Hop, Inner};
+use crate::sip::SipError;
 use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::prelude::HeadersExt;
 use rsip::{Header, Headers, Method, Request, Response};
@@ -101,8 +102,8 @@ impl Inner {
         req: Request,
         src: Hop,
         targets: Vec<super::Target>,
-    ) -> anyhow::Result<()> {
-        let key = upstream_key(&req).ok_or_else(|| anyhow::anyhow!("no Call-ID or Via"))?;
+    ) -> Result<(), SipError> {
+        let key = upstream_key(&req).ok_or_else(|| request_err!("no Call-ID or Via"))?;
         let invite = req.method == Method::Invite;
         let mut branches = Vec::with_capacity(targets.len());
         for t in targets {
@@ -124,7 +125,7 @@ impl Inner {
         }
         if branches.is_empty() {
             self.reply(&req, 480, vec![], src).await;
-            anyhow::bail!("no branch of the fork could be sent");
+            refuse!("no branch of the fork could be sent");
         }
         let n = branches.len();
         let sends: Vec<(Hop, Vec<u8>)> = branches

@@ -10,7 +10,7 @@
 //! - **Self-signed overlays** (or without that directory): a key for the AOR derived from
 //!   the node's own key. Any key may then write any AOR's registrations (docs/security.md).
 
-use anyhow::{bail, Context};
+use crate::sip::SipError;
 use p2psip_proto::security::Identity;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -148,12 +148,12 @@ pub fn issue(
     out: &Path,
     valid_days: u32,
     renew: bool,
-) -> anyhow::Result<Vec<SipUserIssued>> {
+) -> Result<Vec<SipUserIssued>, SipError> {
     if users.is_empty() {
-        bail!("no users of the domain {domain:?} to issue certificates for");
+        setting!("no users of the domain {domain:?} to issue certificates for");
     }
     if let Some(bad) = users.iter().find(|u| !file_safe(u)) {
-        bail!("user name {bad:?} cannot name a certificate file (letters, digits, . _ + -)");
+        setting!("user name {bad:?} cannot name a certificate file (letters, digits, . _ + -)");
     }
     crate::security::private_files::create_dir(out)?;
     let mut done = Vec::with_capacity(users.len());
@@ -177,8 +177,9 @@ pub fn issue(
             .as_bytes();
         let issued = crate::ca::ca_issue(dir, &aor, &public, None, valid_days, 0)?;
         let tmp = pem.with_extension("pem.new");
-        std::fs::write(&tmp, &issued.pem).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &pem).with_context(|| format!("writing {}", pem.display()))?;
+        std::fs::write(&tmp, &issued.pem)
+            .map_err(super::io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &pem).map_err(super::io(format!("writing {}", pem.display())))?;
         done.push(SipUserIssued::Issued { aor, issued });
     }
     Ok(done)

@@ -8,6 +8,27 @@
 //! the node's application stream. SIP parsing is rsip's (a nom tokenizer); SIP itself
 //! stays standard: any UA can register and call through any node.
 
+/// Returns [`SipError::Request`]: why a request was not carried through (logged).
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        return Err($crate::sip::SipError::Request(format!($($arg)*)))
+    };
+}
+
+/// [`SipError::Request`] as a value.
+macro_rules! request_err {
+    ($($arg:tt)*) => {
+        $crate::sip::SipError::Request(format!($($arg)*))
+    };
+}
+
+/// Returns [`SipError::Setting`]: a setting or file the front-end cannot start with.
+macro_rules! setting {
+    ($($arg:tt)*) => {
+        return Err($crate::sip::SipError::Setting(format!($($arg)*)))
+    };
+}
+
 pub mod auth;
 pub mod contact;
 mod fork;
@@ -32,7 +53,6 @@ use self::uri::*;
 
 use crate::runtime::NodeClient;
 use crate::transport::limits::{ByteWindows, Slot, Slots};
-use anyhow::{anyhow, bail, Context};
 use auth::{Authenticator, Verdict};
 use dashmap::DashMap;
 use p2psip_algorithms::storage::KIND_SIP_REGISTRATION;
@@ -49,6 +69,42 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+
+/// Why the front-end did not start, or did not carry a request through.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    /// A setting or file it cannot start with.
+    #[error("{0}")]
+    Setting(String),
+    /// A socket: what it was for, and the error.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    /// Why a request was not carried through (logged; the sender got an answer if one
+    /// was due).
+    #[error("{0}")]
+    Request(String),
+    /// A message or header rsip could not parse.
+    #[error("{0}")]
+    Parse(#[from] rsip::Error),
+    #[error("SIP socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error(transparent)]
+    Op(#[from] crate::runtime::OpError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Node(#[from] crate::runtime::NodeError),
+    #[error(transparent)]
+    PrivateFile(#[from] crate::security::private_files::PrivateFileError),
+}
+
+/// `map_err` for a socket operation: what it was for.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SipError {
+    let what = what.into();
+    move |error| SipError::Io { what, error }
+}
 
 /// The AppAttach application number of SIP.
 pub const APP_SIP: u32 = 5060;
@@ -127,11 +183,11 @@ impl SipFrontEnd {
         user: &str,
         contact: &str,
         expires: u32,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SipError> {
         let i = &self.inner;
         let aor = format!("sip:{user}@{}", i.cfg.domain);
         let uri = rsip::Uri::try_from(contact)?;
-        let a = uri_addr(&uri).ok_or_else(|| anyhow!("Contact {contact} has no address"))?;
+        let a = uri_addr(&uri).ok_or_else(|| request_err!("Contact {contact} has no address"))?;
         let change = registrar::Change {
             contact: contact.to_string(),
             prefs: String::new(),
@@ -145,8 +201,8 @@ impl SipFrontEnd {
         };
         match i.bind(&aor, user, &[change]).await {
             Ok(_) => Ok(()),
-            Err(Unbound::TooManyDevices) => bail!("{aor}: too many devices"),
-            Err(Unbound::NotStored(e)) => bail!("storing {aor}: {e}"),
+            Err(Unbound::TooManyDevices) => refuse!("{aor}: too many devices"),
+            Err(Unbound::NotStored(e)) => refuse!("storing {aor}: {e}"),
         }
     }
 }
@@ -161,7 +217,7 @@ impl Drop for SipFrontEnd {
 
 /// Starts the front-end on `cfg.listen` (UDP and TCP), serves SIP streams from other
 /// nodes and tells the node to answer AppAttach for SIP with its QUIC endpoint.
-pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFrontEnd> {
+pub async fn start(node: NodeClient, cfg: SipSettings) -> Result<SipFrontEnd, SipError> {
     let (udp, tcp) = bind_sockets(cfg.listen, || std::net::UdpSocket::bind(cfg.listen))?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
@@ -259,19 +315,19 @@ pub async fn start(node: NodeClient, cfg: SipSettings) -> anyhow::Result<SipFron
 fn signers(
     node: &NodeClient,
     cfg: &SipSettings,
-) -> anyhow::Result<Option<identities::UserCertificates>> {
+) -> Result<Option<identities::UserCertificates>, SipError> {
     use p2psip_proto::security::CertificateCheck as _;
     let trust = node.trust();
     match &cfg.user_certificates {
         Some(dir) => {
             if !trust.is_enrolled() {
-                bail!(
+                refuse!(
                     "sip.user_certificates is set but this node is not enrolled (no security.ca): \
                      certificates of a CA mean nothing in a self-signed overlay"
                 );
             }
             if !dir.is_dir() {
-                bail!(
+                refuse!(
                     "sip.user_certificates {}: not a directory (`p2psip ca issue-sip-users` \
                      writes one)",
                     dir.display()
@@ -283,7 +339,7 @@ fn signers(
                 trust.clone(),
             )))
         }
-        None if trust.is_enrolled() && !trust.allows_self_signed() => bail!(
+        None if trust.is_enrolled() && !trust.allows_self_signed() => refuse!(
             "this overlay admits only its CA's certificates, so SIP registrations must be \
              signed by certificates of the users: issue them with `p2psip ca issue-sip-users \
              --dir CA --users-file FILE --out DIR` and set sip.user_certificates = DIR"
@@ -437,7 +493,7 @@ impl Inner {
     /// From names a user of our domain must carry that user's credentials
     /// (Proxy-Authorization); else it is answered 407 (challenge) or 403 here and false
     /// returned.
-    async fn authorized(self: &Arc<Self>, req: &Request, src: Hop) -> anyhow::Result<bool> {
+    async fn authorized(self: &Arc<Self>, req: &Request, src: Hop) -> Result<bool, SipError> {
         let Some(auth) = self.cfg.auth.as_ref().filter(|_| self.cfg.auth_requests) else {
             return Ok(true);
         };
@@ -470,7 +526,7 @@ impl Inner {
         auth: &Authenticator,
         user: &str,
         proxy: bool,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, SipError> {
         let header = req.headers.iter().find_map(|h| match h {
             Header::ProxyAuthorization(a) if proxy => Some(a.value().to_string()),
             Header::Authorization(a) if !proxy => Some(a.value().to_string()),
@@ -484,7 +540,7 @@ impl Inner {
             Verdict::Authenticated(who) if who == user => Ok(true),
             Verdict::Authenticated(who) => {
                 self.reply(req, 403, vec![], src).await;
-                bail!("{who} sent a {} in the name of {user}", req.method);
+                refuse!("{who} sent a {} in the name of {user}", req.method);
             }
             Verdict::Challenge { stale } => {
                 let challenges = auth.challenges(stale).into_iter();

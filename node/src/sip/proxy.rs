@@ -12,7 +12,7 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn device(d: &registrar::Device) -> anyhow::Result<Target> {
+    pub(super) fn device(d: &registrar::Device) -> Result<Target, SipError> {
         let uri = rsip::Uri::try_from(d.contact.as_str())?;
         Ok(Target {
             hop: d.path.first().and_then(|p| path_hop(p)).unwrap_or(d.hop),
@@ -48,7 +48,11 @@ pub(super) enum Resolved {
 impl Inner {
     /// A request for an AOR: delivered to a device bound here, or carried to the node
     /// that holds the callee's registration.
-    pub(super) async fn route(self: &Arc<Self>, mut req: Request, src: Hop) -> anyhow::Result<()> {
+    pub(super) async fn route(
+        self: &Arc<Self>,
+        mut req: Request,
+        src: Hop,
+    ) -> Result<(), SipError> {
         if req.method == Method::Invite {
             // Finding the callee may take a few overlay round trips: 100 Trying stops the
             // previous hop retransmitting the INVITE meanwhile (RFC 3261 §16.2).
@@ -59,7 +63,8 @@ impl Inner {
         // overlay (its published record), standing for the domain.
         let mut names_front_end = self.is_me(&req.uri);
         if matches!(req.uri.host_with_port.host, rsip::Host::IpAddr(_)) && !names_front_end {
-            let to = route_hop(&req.uri).ok_or_else(|| anyhow!("no address in {}", req.uri))?;
+            let to =
+                route_hop(&req.uri).ok_or_else(|| request_err!("no address in {}", req.uri))?;
             if self.may_send_to(to) {
                 return self.forward(req, to, None).await;
             }
@@ -76,7 +81,7 @@ impl Inner {
         }
         let Some(mut aor) = aor_of(&req.uri, &self.cfg.domain) else {
             self.reply(&req, 404, vec![], src).await;
-            bail!("request URI {} names no user", req.uri);
+            refuse!("request URI {} names no user", req.uri);
         };
         if let Some((node, token)) = temp_gruu_of(&req.uri) {
             return self.route_temp_gruu(req, src, node, &token).await;
@@ -129,7 +134,7 @@ impl Inner {
         match resolved {
             Resolved::Uri(_) if targets.is_empty() => {
                 self.reply(&req, 482, vec![], src).await;
-                bail!("{aor}: too many URI indirections");
+                refuse!("{aor}: too many URI indirections");
             }
             Resolved::Nodes(nodes) => {
                 // Our own entry with no device here: they were lost in a restart (the
@@ -151,10 +156,10 @@ impl Inner {
         if targets.is_empty() {
             if expired {
                 self.reply(&req, 480, vec![], src).await;
-                bail!("{aor}: registration expired");
+                refuse!("{aor}: registration expired");
             }
             self.reply(&req, 404, vec![], src).await;
-            bail!("{aor}: not registered");
+            refuse!("{aor}: not registered");
         }
         if targets.len() > 1 && matches!(req.method, Method::Invite | Method::Message) {
             return self.fork(req, src, targets).await;
@@ -180,7 +185,7 @@ impl Inner {
         src: Hop,
         node: NodeId,
         token: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SipError> {
         if node != self.node.id {
             if let Err(e) = self.stream_to(node).await {
                 self.reply(&req, 480, vec![], src).await;
@@ -198,14 +203,14 @@ impl Inner {
             });
         let Some(d) = device else {
             self.reply(&req, 404, vec![], src).await;
-            bail!("temporary GRUU {}: not issued here", req.uri);
+            refuse!("temporary GRUU {}: not issued here", req.uri);
         };
         let live = registrar::targets(std::slice::from_ref(&d), Instant::now(), |d| {
             self.flow_alive(d)
         });
         if live.is_empty() {
             self.reply(&req, 480, vec![], src).await;
-            bail!("temporary GRUU {}: its device is gone", req.uri);
+            refuse!("temporary GRUU {}: its device is gone", req.uri);
         }
         let t = Target::device(&d)?;
         let hop = t.hop;
@@ -250,13 +255,13 @@ impl Inner {
         self.flows_heard.entry(a).or_insert(now);
     }
 
-    pub(super) async fn resolve(&self, aor: &str, gr: Option<&str>) -> anyhow::Result<Resolved> {
+    pub(super) async fn resolve(&self, aor: &str, gr: Option<&str>) -> Result<Resolved, SipError> {
         let res = Id::hash_of(aor.as_bytes());
         let ans = self
             .node
             .fetch_kind(res, KIND_SIP_REGISTRATION, OP_TIMEOUT)
             .await
-            .with_context(|| format!("fetching {aor}"))?;
+            .map_err(|e| request_err!("fetching {aor}: {e}"))?;
         let now = now_ms();
         let mut nodes: Vec<(u64, NodeId)> = Vec::new();
         let mut expired = false;
@@ -303,7 +308,7 @@ impl Inner {
         req: Request,
         to: Hop,
         record: Option<Hop>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SipError> {
         let (_, req) = self.prepare(req, to, record)?;
         self.send(req.to_string().into_bytes(), to).await
     }
@@ -314,7 +319,7 @@ impl Inner {
         mut req: Request,
         to: Hop,
         record: Option<Hop>,
-    ) -> anyhow::Result<(String, Request)> {
+    ) -> Result<(String, Request), SipError> {
         let mf = req
             .max_forwards_header()
             .ok()
@@ -336,7 +341,7 @@ impl Inner {
             loop_key(&req)
         );
         if top_branch.contains(&format!("{COOKIE}{branch}")) {
-            bail!("loop: the request already went through us");
+            refuse!("loop: the request already went through us");
         }
         // Towards a node: TLS (a secure stream: QUIC) and our Node-ID, so that responses
         // and in-dialog requests come back over an application stream too.

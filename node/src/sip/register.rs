@@ -4,15 +4,15 @@ use super::*;
 
 impl Inner {
     /// REGISTER: the binding is kept here and stored in the overlay under hash(AOR).
-    pub(super) async fn register(self: &Arc<Self>, req: Request, src: Hop) -> anyhow::Result<()> {
+    pub(super) async fn register(self: &Arc<Self>, req: Request, src: Hop) -> Result<(), SipError> {
         let to = req.to_header()?.typed()?;
         let Some(aor) = aor_of(&to.uri, &self.cfg.domain) else {
             self.reply(&req, 400, vec![], src).await;
-            bail!("REGISTER To has no user part");
+            refuse!("REGISTER To has no user part");
         };
         let Some(user) = self.domain_user(&to.uri) else {
             self.reply(&req, 403, vec![], src).await;
-            bail!(
+            refuse!(
                 "REGISTER for {aor}: this front-end serves the domain {}",
                 self.cfg.domain
             );
@@ -41,7 +41,7 @@ impl Inner {
                 }
                 _ => {
                     self.reply(&req, 400, vec![], src).await;
-                    bail!("REGISTER of {aor}: malformed Contact {:?}", h.value());
+                    refuse!("REGISTER of {aor}: malformed Contact {:?}", h.value());
                 }
             }
         }
@@ -78,7 +78,7 @@ impl Inner {
                 Some(h @ (Hop::Udp(_) | Hop::Tcp(_))) => Some(h),
                 _ => {
                     self.reply(&req, 400, vec![], src).await;
-                    bail!("REGISTER of {aor}: Path {first} names no address");
+                    refuse!("REGISTER of {aor}: Path {first} names no address");
                 }
             },
             None => None,
@@ -87,7 +87,7 @@ impl Inner {
             // RFC 3261 section 10.3 step 6: `*` only alone, with Expires 0.
             if explicit_expires != Some(0) || !changes.is_empty() {
                 self.reply(&req, 400, vec![], src).await;
-                bail!("REGISTER of {aor}: Contact * needs Expires: 0 and no other Contact");
+                refuse!("REGISTER of {aor}: Contact * needs Expires: 0 and no other Contact");
             }
             self.devices_of(&aor)
                 .into_iter()
@@ -111,7 +111,7 @@ impl Inner {
                     Err(_) if expires == 0 => rsip::Uri::default(),
                     Err(_) => {
                         self.reply(&req, 400, vec![], src).await;
-                        bail!("REGISTER of {aor}: Contact URI {} not understood", c.uri);
+                        refuse!("REGISTER of {aor}: Contact URI {} not understood", c.uri);
                     }
                 };
                 if expires > 0 && expires < self.cfg.min_expires {
@@ -131,7 +131,7 @@ impl Inner {
                     // keep the flow; the phone may register without outbound instead.
                     let status = StatusCode::Other(439, "First Hop Lacks Outbound Support".into());
                     self.reply_status(&req, status, vec![], src).await;
-                    bail!("REGISTER of {aor}: outbound asked for through a proxy without it");
+                    refuse!("REGISTER of {aor}: outbound asked for through a proxy without it");
                 }
                 // An outbound flow is where the REGISTER came from (or its edge proxy,
                 // through the Path); a device on TCP is reached on its connection; a
@@ -148,7 +148,7 @@ impl Inner {
                         _ if expires == 0 => src,
                         _ => {
                             self.reply(&req, 400, vec![], src).await;
-                            bail!("{aor}: Contact {} has no address", c.uri);
+                            refuse!("{aor}: Contact {} has no address", c.uri);
                         }
                     },
                 };
@@ -179,14 +179,14 @@ impl Inner {
             Err(Unbound::TooManyDevices) => {
                 let status = StatusCode::Other(403, "Too Many Devices".into());
                 self.reply_status(&req, status, vec![], src).await;
-                bail!(
+                refuse!(
                     "REGISTER of {aor}: more than {} devices",
                     registrar::MAX_DEVICES
                 );
             }
             Err(Unbound::NotStored(why)) => {
                 self.reply(&req, 503, vec![], src).await;
-                bail!("storing the registration of {aor} failed: {why}");
+                refuse!("storing the registration of {aor} failed: {why}");
             }
         };
         if let (Some(Hop::Udp(a) | Hop::Tcp(a)), Some(until)) =

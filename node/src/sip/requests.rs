@@ -241,7 +241,7 @@ impl Inner {
         self: &Arc<Self>,
         mut req: Request,
         src: Hop,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SipError> {
         if let std::borrow::Cow::Owned(u) = repaired(&req.uri) {
             req.uri = u;
         }
@@ -253,7 +253,7 @@ impl Inner {
         if let Some(why) = malformed(&req) {
             let status = StatusCode::Other(400, raw::phrase(&why));
             self.reply_status(&req, status, vec![], src).await;
-            bail!("{} answered 400: {why}", req.method);
+            refuse!("{} answered 400: {why}", req.method);
         }
         // The ACK of a final answer we gave ourselves ends here (its To tag is ours).
         if req.method == Method::Ack && to_tag(&req).is_some_and(|t| t.starts_with(raw::LOCAL_TAG))
@@ -305,7 +305,7 @@ impl Inner {
         });
         if looped {
             self.reply(&req, 482, vec![], src).await;
-            bail!("loop detected: {} came back to this front-end", req.uri);
+            refuse!("loop detected: {} came back to this front-end", req.uri);
         }
         if !self.authorized(&req, src).await? {
             return Ok(());
@@ -319,10 +319,10 @@ impl Inner {
             pop_route(&mut req);
         }
         if let Some(next) = routes.next() {
-            let to = route_hop(&next).ok_or_else(|| anyhow!("Route {next} has no IP host"))?;
+            let to = route_hop(&next).ok_or_else(|| request_err!("Route {next} has no IP host"))?;
             if !self.may_send_to(to) {
                 self.reply(&req, 403, vec![], src).await;
-                bail!("Route {next} names neither a node nor a device known here");
+                refuse!("Route {next} names neither a node nor a device known here");
             }
             return self.forward(req, to, None).await;
         }

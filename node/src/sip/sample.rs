@@ -3,11 +3,12 @@
 //! `200 OK`, never an ACK. A call to a sample user thus shows the whole path: the
 //! front-end finds the binding through the overlay and the device's own answer comes back.
 
+use crate::sip::SipError;
 use std::net::SocketAddr;
 use tokio::net::UdpSocket;
 
 /// Starts the sample phone on 127.0.0.1; its address and its task.
-pub async fn spawn() -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn spawn() -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SipError> {
     let s = UdpSocket::bind("127.0.0.1:0").await?;
     let addr = s.local_addr()?;
     let task = tokio::spawn(async move {

@@ -43,15 +43,17 @@ impl SipSettings {
     pub fn from_config(
         c: &crate::config::SipSection,
         node_advertised: Option<SocketAddr>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SipError> {
         let listen: SocketAddr = c
             .listen
             .parse()
-            .with_context(|| format!("sip.listen {:?}", c.listen))?;
+            .map_err(|e| SipError::Setting(format!("sip.listen {:?}: {e}", c.listen)))?;
         let mut advertise = listen;
         if listen.ip().is_unspecified() {
             let ip = node_advertised.map(|a| a.ip()).ok_or_else(|| {
-                anyhow!("sip.listen is unspecified and the node has no address to advertise")
+                SipError::Setting(
+                    "sip.listen is unspecified and the node has no address to advertise".into(),
+                )
             })?;
             advertise.set_ip(ip);
         }
@@ -60,13 +62,16 @@ impl SipSettings {
             .trusted_proxies
             .iter()
             .map(|a| {
-                a.parse::<std::net::IpAddr>()
-                    .with_context(|| format!("sip.trusted_proxies: {a:?} is not an IP address"))
+                a.parse::<std::net::IpAddr>().map_err(|e| {
+                    SipError::Setting(format!(
+                        "sip.trusted_proxies: {a:?} is not an IP address: {e}"
+                    ))
+                })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = if c.auth {
             let Some(file) = &c.users_file else {
-                bail!(
+                setting!(
                     "sip.auth is on (the default) and sip.users_file is not set: write one with \
                      `p2psip sip add-user FILE USER --realm {domain}`, or set sip.auth = false \
                      (then anyone who reaches the front-end can register any AOR)"

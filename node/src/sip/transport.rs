@@ -11,20 +11,20 @@ pub(super) const BIND_TRIES: usize = 64;
 pub(super) fn bind_sockets(
     listen: SocketAddr,
     mut udp: impl FnMut() -> std::io::Result<std::net::UdpSocket>,
-) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), SipError> {
     let tries = if listen.port() == 0 { BIND_TRIES } else { 1 };
     for _ in 0..tries {
-        let u = udp().with_context(|| format!("SIP: binding UDP {listen}"))?;
+        let u = udp().map_err(io(format!("SIP: binding UDP {listen}")))?;
         let addr = u.local_addr()?;
         match std::net::TcpListener::bind(addr) {
             Ok(t) => return Ok((u, t)),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() == 0 => {
                 tracing::debug!(%addr, "SIP: TCP port taken, trying another");
             }
-            Err(e) => return Err(e).with_context(|| format!("SIP: binding TCP {addr}")),
+            Err(e) => return Err(io(format!("SIP: binding TCP {addr}"))(e)),
         }
     }
-    anyhow::bail!(
+    refuse!(
         "SIP: no port on {} was free for both UDP and TCP in {tries} tries",
         listen.ip()
     )
@@ -112,7 +112,7 @@ impl Inner {
     }
 
     /// Sends a message; to a node, over its application stream (opened on demand).
-    pub(super) async fn send(self: &Arc<Self>, bytes: Vec<u8>, to: Hop) -> anyhow::Result<()> {
+    pub(super) async fn send(self: &Arc<Self>, bytes: Vec<u8>, to: Hop) -> Result<(), SipError> {
         tracing::debug!(
             %to,
             first = %String::from_utf8_lossy(bytes.split(|b| *b == b'\r').next().unwrap_or(&[])),
@@ -123,7 +123,7 @@ impl Inner {
                 self.udp
                     .send_to(&bytes, a)
                     .await
-                    .with_context(|| format!("UDP to {a}"))?;
+                    .map_err(io(format!("UDP to {a}")))?;
             }
             Hop::Tcp(a) => {
                 let w = self.tcp.get(&a).map(|w| w.clone());
@@ -134,11 +134,11 @@ impl Inner {
                 match w.try_send(bytes) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        bail!("TCP connection to {a}: queue full, message dropped")
+                        refuse!("TCP connection to {a}: queue full, message dropped")
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
                         self.tcp.remove_if(&a, |_, s| s.same_channel(&w));
-                        bail!("TCP connection to {a} closed");
+                        refuse!("TCP connection to {a} closed");
                     }
                 }
             }
@@ -152,7 +152,7 @@ impl Inner {
                         Ok(()) => return Ok(()),
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             self.streams.remove_if(&n, |_, s| s.same_channel(&w));
-                            bail!("application stream to {n} stalled: message dropped, stream replaced");
+                            refuse!("application stream to {n} stalled: message dropped, stream replaced");
                         }
                         Err(mpsc::error::TrySendError::Closed(b)) => {
                             self.streams.remove_if(&n, |_, s| s.same_channel(&w));
@@ -160,7 +160,7 @@ impl Inner {
                         }
                     }
                 }
-                bail!("application stream to {n} keeps closing");
+                refuse!("application stream to {n} keeps closing");
             }
         }
         Ok(())
@@ -298,7 +298,7 @@ impl Inner {
     pub(super) async fn stream_to(
         self: &Arc<Self>,
         n: NodeId,
-    ) -> anyhow::Result<mpsc::Sender<Vec<u8>>> {
+    ) -> Result<mpsc::Sender<Vec<u8>>, SipError> {
         if let Some(w) = self.streams.get(&n).map(|w| w.clone()) {
             if !w.is_closed() {
                 return Ok(w);
@@ -316,7 +316,7 @@ impl Inner {
         // Only while an attempt is under way (the map holds no entry per node ever tried).
         self.opening.remove_if(&n, |_, l| Arc::ptr_eq(l, &lock));
         let (send, recv, path) =
-            opened.map_err(|_| anyhow!("application connection to {n} timed out"))??;
+            opened.map_err(|_| request_err!("application connection to {n} timed out"))??;
         tracing::debug!(node = %n, path = path.as_str(), ms = began.elapsed().as_millis() as u64, "SIP: application stream open");
         Ok(self.attach_stream(n, send, recv))
     }

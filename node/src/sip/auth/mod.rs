@@ -15,7 +15,7 @@ mod users;
 
 pub use self::users::*;
 
-use anyhow::{bail, Context};
+use crate::sip::SipError;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -87,9 +87,9 @@ impl Authenticator {
     pub fn new(realm: &str, users: Users, algorithms: Vec<Algorithm>) -> Authenticator {
         Authenticator {
             realm: realm.into(),
+            secret: users.nonce_secret(realm).unwrap_or_else(rand::random),
             users,
             algorithms,
-            secret: rand::random(),
             counts: Mutex::default(),
             failures: Mutex::default(),
             trusted: Vec::new(),
@@ -283,6 +283,30 @@ mod tests {
     use super::*;
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn front_ends_with_the_same_users_share_the_nonce_secret_and_no_one_else() {
+        let users = |pw: &str| {
+            let mut u = Users::default();
+            u.insert_password("alice", "example.com", pw);
+            u.insert_password("bob", "example.com", "builder1");
+            u
+        };
+        let a = Authenticator::new("example.com", users("wonderland"), vec![Algorithm::Md5]);
+        let b = Authenticator::new("example.com", users("wonderland"), vec![Algorithm::Md5]);
+        assert_eq!(a.secret, b.secret);
+        let nonce = a.nonce_at(unix_now());
+        assert_eq!(b.nonce_state(&nonce, unix_now()), Some(false));
+        // Another password, another realm, or no users: another secret.
+        let c = Authenticator::new("example.com", users("changed!"), vec![Algorithm::Md5]);
+        assert_ne!(a.secret, c.secret);
+        assert_eq!(c.nonce_state(&nonce, unix_now()), None);
+        let d = Authenticator::new("example.org", users("wonderland"), vec![Algorithm::Md5]);
+        assert_ne!(a.secret, d.secret);
+        let e = Authenticator::new("example.com", Users::default(), vec![Algorithm::Md5]);
+        let f = Authenticator::new("example.com", Users::default(), vec![Algorithm::Md5]);
+        assert_ne!(e.secret, f.secret, "without users the secret is random");
+    }
 
     fn auth() -> Authenticator {
         let mut users = Users::default();

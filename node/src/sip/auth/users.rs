@@ -47,17 +47,19 @@ impl Algorithm {
 }
 
 /// The algorithms a configuration names, in its order.
-pub fn parse_algorithms(names: &[String]) -> anyhow::Result<Vec<Algorithm>> {
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, SipError> {
     let algs = names
         .iter()
         .map(|n| {
             Algorithm::parse(n).ok_or_else(|| {
-                anyhow::anyhow!("sip.digest_algorithms: \"SHA-256\" or \"MD5\", not {n:?}")
+                SipError::Setting(format!(
+                    "sip.digest_algorithms: \"SHA-256\" or \"MD5\", not {n:?}"
+                ))
             })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     if algs.is_empty() {
-        bail!("sip.digest_algorithms names no algorithm");
+        setting!("sip.digest_algorithms names no algorithm");
     }
     Ok(algs)
 }
@@ -70,13 +72,16 @@ pub struct Users {
 
 impl Users {
     /// Reads a users file (`user:realm:HA1` lines; `#` comments and blank lines skipped).
-    pub fn load(path: &Path) -> anyhow::Result<Users> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the SIP users file {}", path.display()))?;
-        Users::parse(&text).with_context(|| format!("SIP users file {}", path.display()))
+    pub fn load(path: &Path) -> Result<Users, SipError> {
+        let text = std::fs::read_to_string(path).map_err(super::super::io(format!(
+            "reading the SIP users file {}",
+            path.display()
+        )))?;
+        Users::parse(&text)
+            .map_err(|e| SipError::Setting(format!("SIP users file {}: {e}", path.display())))
     }
 
-    pub fn parse(text: &str) -> anyhow::Result<Users> {
+    pub fn parse(text: &str) -> Result<Users, SipError> {
         let mut users = Users::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -86,16 +91,16 @@ impl Users {
             let mut parts = line.splitn(3, ':');
             let (Some(user), Some(realm), Some(ha1)) = (parts.next(), parts.next(), parts.next())
             else {
-                bail!("line {}: not user:realm:HA1", i + 1);
+                setting!("line {}: not user:realm:HA1", i + 1);
             };
             let Some(alg) = Algorithm::of_ha1(ha1) else {
-                bail!(
+                setting!(
                     "line {}: HA1 of {user} is neither 32 (MD5) nor 64 (SHA-256) hex digits",
                     i + 1
                 );
             };
             if user.is_empty() || realm.is_empty() {
-                bail!("line {}: empty user or realm", i + 1);
+                setting!("line {}: empty user or realm", i + 1);
             }
             users.ha1.insert(
                 (user.to_string(), realm.to_string(), alg),
@@ -106,9 +111,9 @@ impl Users {
     }
 
     /// The users file lines for `user` in `realm` with `password` (MD5, then SHA-256).
-    pub fn lines_for(user: &str, realm: &str, password: &str) -> anyhow::Result<String> {
+    pub fn lines_for(user: &str, realm: &str, password: &str) -> Result<String, SipError> {
         if user.is_empty() || user.contains([':', '\n', '@']) || realm.contains([':', '\n']) {
-            bail!("a user name holds no ':' '@' or newline, a realm no ':' or newline");
+            setting!("a user name holds no ':' '@' or newline, a realm no ':' or newline");
         }
         let secret = format!("{user}:{realm}:{password}");
         Ok(format!(
@@ -124,6 +129,33 @@ impl Users {
             self.ha1
                 .insert((user.into(), realm.into(), alg), alg.hex(&secret));
         }
+    }
+
+    /// The secret nonces are made with, the same at every front-end with the same users
+    /// of `realm`: a challenge one front-end issued can be answered at another (a
+    /// dispatcher that spreads requests over them). Derived from the users' HA1s, which
+    /// only those who could answer any challenge know; None without users.
+    pub(super) fn nonce_secret(&self, realm: &str) -> Option<[u8; 32]> {
+        let mut entries: Vec<(&str, &str, &str)> = self
+            .ha1
+            .iter()
+            .filter(|((_, r, _), _)| r == realm)
+            .map(|((u, _, alg), ha1)| (u.as_str(), alg.name(), ha1.as_str()))
+            .collect();
+        if entries.is_empty() {
+            return None;
+        }
+        entries.sort_unstable();
+        let mut h = Sha256::new();
+        h.update(b"p2psip SIP nonce secret\0");
+        h.update(realm.as_bytes());
+        for (user, alg, ha1) in entries {
+            for part in [user, alg, ha1] {
+                h.update(b"\0");
+                h.update(part.as_bytes());
+            }
+        }
+        Some(h.finalize().into())
     }
 
     pub(super) fn ha1(&self, user: &str, realm: &str, alg: Algorithm) -> Option<&String> {
@@ -152,15 +184,15 @@ impl Users {
 
 /// Adds `user` of `realm` with `password` to the users file at `path` (replacing its
 /// earlier lines; the file is created mode 0600).
-pub fn add_user(path: &Path, user: &str, realm: &str, password: &str) -> anyhow::Result<()> {
+pub fn add_user(path: &Path, user: &str, realm: &str, password: &str) -> Result<(), SipError> {
     if password.len() < 8 {
-        bail!("a password of at least 8 characters is required");
+        setting!("a password of at least 8 characters is required");
     }
     let lines = Users::lines_for(user, realm, password)?;
     let old = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(super::super::io(format!("reading {}", path.display()))(e)),
     };
     let prefix = format!("{user}:{realm}:");
     let mut text: String = old
@@ -169,9 +201,10 @@ pub fn add_user(path: &Path, user: &str, realm: &str, password: &str) -> anyhow:
         .map(|l| format!("{l}\n"))
         .collect();
     text.push_str(&lines);
-    Users::parse(&text).with_context(|| format!("{} is not a users file", path.display()))?;
+    Users::parse(&text)
+        .map_err(|e| SipError::Setting(format!("{} is not a users file: {e}", path.display())))?;
     crate::security::private_files::replace(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+        .map_err(|e| SipError::Setting(format!("writing {}: {e}", path.display())))
 }
 
 /// The parameters of a `Digest` Authorization (or Proxy-Authorization) header value.
