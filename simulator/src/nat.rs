@@ -20,6 +20,8 @@ use crate::harness::Sim;
 use crate::rng_hash;
 use crate::scenario::Scenario;
 use p2psip_algorithms::admission::{Admission, Located};
+use p2psip_algorithms::bootstrap::Bootstrap;
+use p2psip_algorithms::links::{Attached, Links};
 use p2psip_algorithms::reach::{reach_of, FirstTry, NatMode, Reach, Reachability, Start};
 use p2psip_algorithms::{Event, NodeId, OpId, Time};
 use p2psip_proto::Body;
@@ -337,12 +339,12 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
         },
         connecting: HashMap::new(),
         locating: HashSet::new(),
-        moving: HashMap::new(),
+        links: (0..n).map(|_| Links::default()).collect(),
     };
     // Reachability: the first open node forms the overlay (nat.mode = "peer", as a node
     // without bootstrap peers does); every other dials two open bootstrap peers.
     let after_wait = Time(1) + p2psip_algorithms::reach::OBSERVE_WAIT;
-    let mut first_boot = Vec::with_capacity(n);
+    let mut boots: Vec<Bootstrap> = Vec::with_capacity(n);
     for i in 0..n {
         let mode = if i == open[0] {
             NatMode::Peer
@@ -350,19 +352,20 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
             NatMode::Auto
         };
         let mut r = Reachability::new(mode, Some(x.net.host(i)), true);
-        let mut first = i;
+        let mut boot = Bootstrap::default();
         if i != open[0] {
-            let mut boot = Vec::new();
-            while boot.len() < 2 {
+            let mut picked = Vec::new();
+            while picked.len() < 2 {
                 let b = open[rng.random_range(0..open.len())];
-                if b != i && !boot.contains(&b) {
-                    boot.push(b);
+                if b != i && !picked.contains(&b) {
+                    picked.push(b);
                 }
             }
-            first = boot[0];
-            for b in boot {
+            boot = Bootstrap::new(picked.iter().map(|b| x.net.host(*b)).collect(), None);
+            for b in picked {
                 let to = x.net.host(b);
                 if let Some((_, seen)) = x.net.send(i, to) {
+                    boot.link_up(sim.id(b), to, true);
                     r.on_observed(sim.id(b), seen, false);
                 }
             }
@@ -382,7 +385,7 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
             _ => {}
         }
         x.reach.push(r);
-        first_boot.push(first);
+        boots.push(boot);
     }
     // The overlay of the nodes that route; the others join as clients through their
     // first bootstrap peer.
@@ -397,7 +400,10 @@ pub fn run(sc: &Scenario) -> Result<NatReport, String> {
     }
     sim.run_for(Duration::from_millis(1));
     for i in (0..n).filter(|i| !x.reach[*i].routes()) {
-        let boot = sim.id(first_boot[i]);
+        // Admitted by the first bootstrap peer that came up, as the daemon is.
+        let Some(boot) = boots[i].ids().first().copied() else {
+            return Err(format!("nat: node {i} reached no bootstrap peer"));
+        };
         x.admission[i].start(Some(boot));
         sim.start_client(i, boot);
         x.set_candidates(&mut sim, i);
@@ -464,8 +470,9 @@ struct Exp {
     connecting: HashMap<(usize, OpId), (usize, Time)>,
     /// Lookups of the responsible peer, by (client, op).
     locating: HashSet<(usize, OpId)>,
-    /// Attaches of a client to its responsible peer: (client, op) -> peer.
-    moving: HashMap<(usize, OpId), NodeId>,
+    /// Each node's Attaches under way and the addresses they gave (a client's move to
+    /// its responsible peer), as the daemon keeps them.
+    links: Vec<Links>,
 }
 
 impl Exp {
@@ -519,10 +526,14 @@ impl Exp {
                     responder,
                     ..
                 } => {
+                    let addr = match &outcome {
+                        Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
+                        _ => None,
+                    };
                     if self.locating.remove(&(i, op)) {
                         self.on_located(sim, i, responder.filter(|_| outcome.is_ok()));
-                    } else if let Some(to) = self.moving.remove(&(i, op)) {
-                        self.on_moved(sim, i, to, outcome);
+                    } else if let Some(attached) = self.links[i].attach_done(op, addr) {
+                        self.on_moved(sim, i, attached);
                     } else if let Some((b, started)) = self.connecting.remove(&(i, op)) {
                         let waited = sim.now().since(started);
                         match outcome {
@@ -546,34 +557,30 @@ impl Exp {
             Located::Readmit(r) => self.readmit(sim, i, r),
             Located::Move { to, via } => {
                 if let Some(op) = sim.start_op(i, |n, t| n.attach(t, to, Some(via))) {
-                    self.moving.insert((i, op), to);
+                    self.links[i].attaching(op, to);
                 }
             }
             Located::Confirmed | Located::Nothing => {}
         }
     }
 
-    /// Client `i`'s Attach to the peer `to` answered: it connects to the address given
-    /// (through its NAT) and is admitted there.
-    fn on_moved(
-        &mut self,
-        sim: &mut Sim,
-        i: usize,
-        to: NodeId,
-        outcome: Result<Body, p2psip_algorithms::OpError>,
-    ) {
-        let reached = match (outcome, sim.index_of(to)) {
-            (Ok(Body::AttachAns(a)), Some(j)) => {
-                let direct = reach_of(&a.candidates).direct;
-                direct.iter().any(|addr| self.net.connects(i, *addr, j))
+    /// Client `i`'s Attach to its responsible peer answered: it connects to the address
+    /// given (through its NAT) and is admitted there, or the move failed.
+    fn on_moved(&mut self, sim: &mut Sim, i: usize, attached: Attached) {
+        match attached {
+            Attached::Connect { node, addr } => {
+                let reached = sim
+                    .index_of(node)
+                    .is_some_and(|j| self.net.connects(i, addr, j));
+                if reached {
+                    self.report.moves += 1;
+                    self.readmit(sim, i, node);
+                } else {
+                    self.links[i].connect_failed(node);
+                    self.admission[i].move_failed(node);
+                }
             }
-            _ => false,
-        };
-        if reached {
-            self.report.moves += 1;
-            self.readmit(sim, i, to);
-        } else {
-            self.admission[i].move_failed(to);
+            Attached::Failed(node) => self.admission[i].move_failed(node),
         }
     }
 
