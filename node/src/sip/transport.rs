@@ -76,13 +76,7 @@ pub(super) async fn read_message(
 impl Inner {
     /// Whether `a` reaches this front-end's own socket.
     pub(super) fn is_own(&self, a: SocketAddr) -> bool {
-        a == self.cfg.advertise
-            || a == self.cfg.listen
-            || (a.port() == self.cfg.listen.port()
-                && (a.ip().is_loopback()
-                    && (self.cfg.listen.ip().is_unspecified()
-                        || self.cfg.listen.ip().is_loopback())
-                    || a.ip().is_unspecified()))
+        names_front_end(a, self.cfg.listen, self.cfg.advertise)
     }
 
     /// Remembers `a` as a device address requests may go to, until `until`.
@@ -322,10 +316,75 @@ impl Inner {
     }
 }
 
+/// Whether `a` names the front-end listening on `listen` and advertised as `advertise`:
+/// either of them, or the listen port on a loopback or unspecified address, or, for a
+/// front-end listening on every address, on any address of this host.
+fn names_front_end(a: SocketAddr, listen: SocketAddr, advertise: SocketAddr) -> bool {
+    a == advertise
+        || a == listen
+        || (a.port() == listen.port()
+            && (a.ip().is_loopback()
+                && (listen.ip().is_unspecified() || listen.ip().is_loopback())
+                || a.ip().is_unspecified()
+                || listen.ip().is_unspecified()
+                    && a.is_ipv4() == listen.is_ipv4()
+                    && is_local_ip(a.ip())))
+}
+
+/// Whether `ip` is an address of this host: binding a UDP socket to it (port 0, nothing
+/// sent, closed at once) succeeds only then.
+fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    !ip.is_multicast() && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sip::tests::INVITE;
+
+    /// A front-end listening on every address (0.0.0.0) is reached at any address of the
+    /// host, not only the one it advertises: a URI naming another of the host's addresses
+    /// with its port names it (issue 23: it took that URI for another host).
+    #[test]
+    fn a_front_end_on_every_address_is_named_by_any_address_of_the_host() {
+        let listen: SocketAddr = "0.0.0.0:5060".parse().unwrap();
+        let advertise: SocketAddr = "198.51.100.7:5060".parse().unwrap();
+        // This host's own non-loopback address, as the route to a TEST-NET address picks it
+        // (no packet is sent).
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        probe.connect("192.0.2.1:9").unwrap();
+        let own = probe.local_addr().unwrap().ip();
+        assert!(!own.is_loopback() && !own.is_unspecified(), "{own}");
+        assert!(names_front_end(
+            SocketAddr::new(own, 5060),
+            listen,
+            advertise
+        ));
+        assert!(names_front_end(advertise, listen, advertise));
+        assert!(names_front_end(
+            "127.0.0.9:5060".parse().unwrap(),
+            listen,
+            advertise
+        ));
+        // Not another port, not an address of another host.
+        assert!(!names_front_end(
+            SocketAddr::new(own, 5061),
+            listen,
+            advertise
+        ));
+        assert!(!names_front_end(
+            "192.0.2.1:5060".parse().unwrap(),
+            listen,
+            advertise
+        ));
+        // A front-end bound to one address is named by that one only.
+        let one: SocketAddr = SocketAddr::new(own, 5060);
+        assert!(!names_front_end(
+            "127.0.0.1:5060".parse().unwrap(),
+            one,
+            one
+        ));
+    }
 
     #[test]
     fn a_kernel_picked_port_taken_for_tcp_is_skipped() {
