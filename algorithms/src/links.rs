@@ -5,7 +5,7 @@
 //! runtime drives it; the decisions (which way, through whom, what is dropped) are here
 //! so that unit tests reach them.
 
-use crate::core::OpId;
+use crate::core::{OpError, OpId};
 use crate::id::NodeId;
 use crate::topology::RoutingSnapshot;
 use std::collections::{HashMap, VecDeque};
@@ -126,6 +126,18 @@ impl Links {
     pub fn connect_failed(&mut self, node: NodeId) {
         self.pending.remove(&node);
         self.addrs.remove(&node);
+    }
+}
+
+/// The address an Attach's outcome gives to connect to: the first direct candidate of
+/// its answer (None for any other outcome), what [`Links::attach_done`] takes.
+pub fn attach_address(outcome: &Result<p2psip_proto::Body, OpError>) -> Option<SocketAddr> {
+    match outcome {
+        Ok(p2psip_proto::Body::AttachAns(a)) => crate::reach::reach_of(&a.candidates)
+            .direct
+            .first()
+            .copied(),
+        _ => None,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::rng_hash;
 use crate::scenario::Scenario;
 use p2psip_algorithms::admission::{Admission, Located};
 use p2psip_algorithms::bootstrap::Bootstrap;
-use p2psip_algorithms::links::{Attached, Links};
+use p2psip_algorithms::links::{attach_address, Attached, Links};
 use p2psip_algorithms::reach::{reach_of, FirstTry, NatMode, Reach, Reachability, Start};
 use p2psip_algorithms::{Event, NodeId, OpId, Time};
 use p2psip_proto::Body;
@@ -526,13 +526,11 @@ impl Exp {
                     responder,
                     ..
                 } => {
-                    let addr = match &outcome {
-                        Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
-                        _ => None,
-                    };
                     if self.locating.remove(&(i, op)) {
                         self.on_located(sim, i, responder.filter(|_| outcome.is_ok()));
-                    } else if let Some(attached) = self.links[i].attach_done(op, addr) {
+                    } else if let Some(attached) =
+                        self.links[i].attach_done(op, attach_address(&outcome))
+                    {
                         self.on_moved(sim, i, attached);
                     } else if let Some((b, started)) = self.connecting.remove(&(i, op)) {
                         let waited = sim.now().since(started);

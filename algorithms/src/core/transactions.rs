@@ -281,21 +281,21 @@ impl OverlayNode {
             _ => first_hop,
         };
         let routed = tx.direct.is_none();
-        let security = match (&tx.security, self.link_proves(first_hop, &tx.destinations)) {
-            (_, true) => Vec::new(),
-            (Some(s), false) => s.clone(),
-            (None, false) => {
-                let s = self.security_block(id, tx.code, &tx.body);
-                if let Some(tx) = self.txs.get_mut(&id) {
-                    tx.security = Some(s.clone());
-                }
-                s
+        let unsigned = self.link_proves(first_hop, &tx.destinations);
+        if !unsigned && tx.security.is_none() {
+            let s = self.security_block(id, tx.code, &tx.body);
+            if let Some(tx) = self.txs.get_mut(&id) {
+                tx.security = Some(s);
             }
-        };
+        }
         let Some(tx) = self.txs.get(&id) else {
             return false;
         };
-        match encode_parts(&header, tx.code, &tx.body, &security) {
+        let security = match &tx.security {
+            Some(s) if !unsigned => s.as_slice(),
+            _ => &[],
+        };
+        match encode_parts(&header, tx.code, &tx.body, security) {
             Ok(bytes) => {
                 self.transmit(first_hop, bytes);
                 // A direct request has nowhere else to go: only routed ones are re-routed.

@@ -280,16 +280,16 @@ impl Runtime {
     /// Holds a message for a node without a link, and sets one up: connect to a known
     /// address, or ask the node for its candidates through the overlay (Attach).
     pub(super) fn queue_for(&mut self, to: NodeId, bytes: Vec<u8>) {
-        let routes = self.reach.routes();
-        let rt = self.core.routing_table();
-        let transport = self.transport.clone();
-        let boot = self.boot.ids();
+        // Only for the first message held, and only when no address is known: the
+        // routing table is copied then, not for every message.
+        let (routes, core, transport, boot) =
+            (self.reach.routes(), &self.core, &self.transport, &self.boot);
         let via = || {
             routes
                 .then(|| {
                     attach_via(
-                        &rt,
-                        boot,
+                        &core.routing_table(),
+                        boot.ids(),
                         to,
                         |n| transport.is_linked(n),
                         || transport.any_link(to),
@@ -364,11 +364,7 @@ impl Runtime {
                     self.on_located(responder.filter(|_| outcome.is_ok()));
                     return;
                 }
-                let addr = match &outcome {
-                    Ok(Body::AttachAns(a)) => reach_of(&a.candidates).direct.first().copied(),
-                    _ => None,
-                };
-                match self.links.attach_done(op, addr) {
+                match self.links.attach_done(op, attach_address(&outcome)) {
                     Some(Attached::Connect { node, addr }) => {
                         self.transport.connect(addr, Some(node));
                         return;

@@ -25,7 +25,7 @@ use crate::transport::{
 use p2psip_algorithms::admission::{Admission, Located};
 use p2psip_algorithms::bootstrap::{Bootstrap, Retry};
 use p2psip_algorithms::client::ClientTopology;
-use p2psip_algorithms::links::{attach_via, Attached, Links, Setup};
+use p2psip_algorithms::links::{attach_address, attach_via, Attached, Links, Setup};
 use p2psip_algorithms::reach::{NatMode, Observed, Reachability, Start};
 use p2psip_algorithms::storage::VerifyMode;
 use p2psip_algorithms::{

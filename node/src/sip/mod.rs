@@ -268,13 +268,13 @@ fn signers(
     match &cfg.user_certificates {
         Some(dir) => {
             if !trust.is_enrolled() {
-                refuse!(
+                setting!(
                     "sip.user_certificates is set but this node is not enrolled (no security.ca): \
                      certificates of a CA mean nothing in a self-signed overlay"
                 );
             }
             if !dir.is_dir() {
-                refuse!(
+                setting!(
                     "sip.user_certificates {}: not a directory (`p2psip ca issue-sip-users` \
                      writes one)",
                     dir.display()
@@ -286,7 +286,7 @@ fn signers(
                 trust.clone(),
             )))
         }
-        None if trust.is_enrolled() && !trust.allows_self_signed() => refuse!(
+        None if trust.is_enrolled() && !trust.allows_self_signed() => setting!(
             "this overlay admits only its CA's certificates, so SIP registrations must be \
              signed by certificates of the users: issue them with `p2psip ca issue-sip-users \
              --dir CA --users-file FILE --out DIR` and set sip.user_certificates = DIR"
