@@ -5,7 +5,8 @@
 //! `storage.sync` mode.
 //!
 //! `cargo bench -p p2psip-node --bench loopback` (P2PSIP_BENCH_SECS sets the length of each
-//! phase, default 10; P2PSIP_BENCH_SYNC the five peers' `storage.sync`, default "batch"). The
+//! phase, default 10; P2PSIP_BENCH_SYNC the five peers' `storage.sync`, default "batch";
+//! P2PSIP_BENCH_ONLY a comma list of the parts to run: every, default, off, sync). The
 //! per-originator and per-link rate limits are off in every node: one client makes all the
 //! load.
 #![allow(clippy::unwrap_used)]
@@ -52,6 +53,15 @@ impl Signing {
             Signing::Every => "every message signed",
             Signing::Default => "signed, direct ones not (default)",
             Signing::Off => "signatures off",
+        }
+    }
+
+    /// Its name in P2PSIP_BENCH_ONLY.
+    fn key(self) -> &'static str {
+        match self {
+            Signing::Every => "every",
+            Signing::Default => "default",
+            Signing::Off => "off",
         }
     }
 
@@ -463,10 +473,15 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("p2psip-bench-{}", std::process::id()));
     println!("p2psip loopback benchmark: 5 peer processes (storage.sync = \"{}\"), 1 in-process client, 200-byte values, store+fetch pairs, {secs} s per phase", peer_sync());
     let mut phases = Vec::new();
+    let only = std::env::var("P2PSIP_BENCH_ONLY").unwrap_or_default();
+    let runs = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
     for (i, sign) in [Signing::Every, Signing::Default, Signing::Off]
         .into_iter()
         .enumerate()
     {
+        if !runs(sign.key()) {
+            continue;
+        }
         let name = sign.name();
         let p = overlay_phase(&dir.join(format!("phase-{i}")), secs, sign);
         println!(
@@ -475,13 +490,19 @@ fn main() {
         );
         phases.push(p);
     }
-    println!(
+    if phases.len() == 3 {
+        println!(
         "  default / every message signed: throughput {:.2}, p99 at half load {:.2}; default / off: throughput {:.2}, p99 at half load {:.2}",
         phases[1].max_rate / phases[0].max_rate,
         phases[1].half_p99 / phases[0].half_p99,
         phases[1].max_rate / phases[2].max_rate,
         phases[1].half_p99 / phases[2].half_p99
     );
+    }
+    if !runs("sync") {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(storage_modes(&dir, secs));
     let _ = std::fs::remove_dir_all(&dir);

@@ -6,6 +6,7 @@
 //! [`OverlayNode::poll_transmit`], [`OverlayNode::poll_event`] and
 //! [`OverlayNode::poll_timeout`], in the manner of quinn-proto.
 
+mod batch;
 mod config;
 mod diagnostics;
 mod recovery;
@@ -181,6 +182,8 @@ pub struct OverlayNode {
     keys: p2psip_proto::security::KeyCache,
     /// Stored values' signatures already verified (the fetcher's check of what it gets).
     verified: p2psip_proto::security::VerifiedMemo,
+    /// Message signatures the last batch check verified ([`OverlayNode::prepare`]).
+    prechecked: p2psip_proto::security::VerifiedMemo,
     /// What diagnostic answers are made of (proto/SPEC.md 4.1).
     diag: diagnostics::DiagState,
     /// Round trip to each node measured by a direct request's first attempt (at most
@@ -247,6 +250,7 @@ impl OverlayNode {
             copy_recheck_armed: false,
             keys: Default::default(),
             verified: Default::default(),
+            prechecked: Default::default(),
             diag: Default::default(),
             node_rtts: HashMap::new(),
             direct_dials: HashMap::new(),

@@ -8,7 +8,7 @@ use crate::time::Time;
 use crate::topology::NextHop;
 use p2psip_proto::limits::DEFAULT_TTL;
 use p2psip_proto::pb::{self, ErrorCode};
-use p2psip_proto::security::{sign_message, verify_message_with};
+use p2psip_proto::security::{sign_message, verify_message_memo};
 use p2psip_proto::{
     encode_parts, forward_parsed, is_request, parse_header, split_contents, Body, Contents,
     DestRef, Destination, Header, OwnedHeader, ParseError, Rewrite,
@@ -379,7 +379,7 @@ impl OverlayNode {
         if c.security.is_empty() && claimed == from && h.via_len() == 1 {
             return Ok(claimed);
         }
-        let signer = verify_message_with(
+        let signer = verify_message_memo(
             c.security,
             self.overlay_id,
             h.transaction_id,
@@ -387,6 +387,7 @@ impl OverlayNode {
             c.body,
             self.cfg.verify.binding(),
             &mut self.keys,
+            Some(&self.prechecked),
         )
         .map_err(|e| e.to_string())?;
         if signer != claimed {

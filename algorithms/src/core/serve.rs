@@ -4,7 +4,7 @@
 use super::{bytes_of, writers_of, OverlayNode};
 use crate::id::{Id, NodeId};
 use crate::storage::{
-    apply_store, fetch, find_closest, stat, too_large, Budget, Kind, KindData, StoreMode,
+    apply_store, fetch, find_closest, stat, too_large, Budget, Kind, KindData, StoreMode, Verify,
 };
 use crate::topology::Origin;
 use p2psip_proto::limits::{ANSWER_HEADROOM, MAX_MESSAGE_LEN, MAX_SPECIFIERS};
@@ -314,7 +314,11 @@ impl OverlayNode {
                 resource,
                 kd,
                 mode,
-                &self.cfg.verify,
+                Verify {
+                    mode: &self.cfg.verify,
+                    keys: &mut self.keys,
+                    known: &self.prechecked,
+                },
                 now_ms,
             )?;
             if mode == StoreMode::Primary || outsider {

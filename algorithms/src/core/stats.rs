@@ -62,4 +62,10 @@ pub struct Stats {
     pub store_full: u64,
     /// Answers sent straight to their originator (DIRECT_RESPONSE).
     pub direct_responses: u64,
+    /// Batch checks of the signatures of messages that arrived together.
+    pub signature_batches: u64,
+    /// Of those, batches that failed (a bad signature among them: each was checked alone).
+    pub signature_batch_failures: u64,
+    /// Signatures a batch check verified.
+    pub signatures_batched: u64,
 }

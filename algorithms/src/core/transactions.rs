@@ -9,6 +9,7 @@ use crate::storage::check_signed_with;
 use crate::time::Time;
 use crate::topology::{NextHop, Target};
 use p2psip_proto::pb::{self, ErrorCode};
+use p2psip_proto::security::Memo;
 use p2psip_proto::{encode_parts, Body, Destination, OwnedHeader};
 use rand::Rng;
 
@@ -60,6 +61,16 @@ pub(super) struct Tx {
 }
 
 impl Tx {
+    /// The request's message code.
+    pub(super) fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The request's encoded body.
+    pub(super) fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// The node the request is addressed to, when its last destination is a Node-ID: only
     /// that node may answer it with success.
     pub(super) fn addressee(&self) -> Option<NodeId> {
@@ -159,7 +170,7 @@ impl OverlayNode {
                     sd,
                     &self.cfg.verify,
                     &mut self.keys,
-                    &mut self.verified,
+                    Memo::Remember(&mut self.verified),
                 )
                 .is_err()
                 {

@@ -13,7 +13,7 @@ pub use kinds::{KIND_REDIR, KIND_SIP_FRONT_END, KIND_USER_ARRAY, KIND_USER_VALUE
 pub use memory::MemoryStore;
 pub use rules::{
     apply_store, check_signed, check_signed_with, fetch, find_closest, is_expired, stat, too_large,
-    Budget, StoreMode, VerifyMode,
+    Budget, StoreMode, Verify, VerifyMode,
 };
 
 use crate::id::Id;

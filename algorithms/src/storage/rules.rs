@@ -5,7 +5,8 @@ use super::{check_policy, value_len, Kind, KindData, SlotKey};
 use crate::id::{distance, Id};
 use p2psip_proto::pb::{self, stored_data_value::Model, DataModel, ErrorCode};
 use p2psip_proto::security::{
-    stored_data_signing_input, verify_bound_memo, Binding, CertificateCheck, KeyCache, VerifiedMemo,
+    stored_data_signing_input, verify_bound_memo, Binding, CertificateCheck, KeyCache, Memo,
+    VerifiedMemo,
 };
 use sha2::{Digest, Sha256};
 
@@ -86,7 +87,7 @@ pub fn check_signed(
         sd,
         verify_mode,
         &mut KeyCache::default(),
-        &mut VerifiedMemo::default(),
+        Memo::None,
     )
 }
 
@@ -98,7 +99,7 @@ pub fn check_signed_with(
     sd: &pb::StoredData,
     verify_mode: &VerifyMode,
     keys: &mut KeyCache,
-    memo: &mut VerifiedMemo,
+    mut memo: Memo<'_>,
 ) -> Result<(), (ErrorCode, String)> {
     let Some(value) = sd.value.as_ref() else {
         return Err((
@@ -117,7 +118,7 @@ pub fn check_signed_with(
         m => {
             let how = m.binding();
             let input = stored_data_signing_input(resource, kind.id, sd.storage_time, value);
-            match verify_bound_memo(sig, &input, how, keys, Some(memo)) {
+            match verify_bound_memo(sig, &input, how, keys, memo.reborrow()) {
                 Ok(s) => s,
                 // An appended array entry was signed with index 0xFFFFFFFF and is stored
                 // under the index the responsible peer gave it (SPEC 6.2).
@@ -125,7 +126,7 @@ pub fn check_signed_with(
                     .and_then(|v| {
                         let input =
                             stored_data_signing_input(resource, kind.id, sd.storage_time, &v);
-                        verify_bound_memo(sig, &input, how, keys, Some(memo)).ok()
+                        verify_bound_memo(sig, &input, how, keys, memo).ok()
                     })
                     .ok_or_else(|| (ErrorCode::Forbidden, format!("value signature: {e}")))?,
             }
@@ -150,6 +151,15 @@ fn appended_form(v: &pb::StoredDataValue) -> Option<pb::StoredDataValue> {
     }
 }
 
+/// How a store checks value signatures: the mode, the node's decoded keys, and the
+/// signatures a batch check of the messages that came with it verified (looked up only:
+/// a stored value comes once).
+pub struct Verify<'a> {
+    pub mode: &'a VerifyMode,
+    pub keys: &'a mut KeyCache,
+    pub known: &'a VerifiedMemo,
+}
+
 /// Applies one kind's part of a Store to `data`. Nothing changes unless every value is
 /// accepted. Returns whether the data changed.
 #[allow(clippy::too_many_arguments)]
@@ -159,7 +169,7 @@ pub fn apply_store(
     resource: Id,
     req: &pb::StoreKindData,
     mode: StoreMode,
-    verify_mode: &VerifyMode,
+    verify: Verify<'_>,
     now_ms: u64,
 ) -> Result<bool, (ErrorCode, String)> {
     if mode == StoreMode::Primary
@@ -207,7 +217,14 @@ pub fn apply_store(
             ));
         }
         let mut slot = slot_of(kind, value)?;
-        check_signed(kind, resource, sd, verify_mode)?;
+        check_signed_with(
+            kind,
+            resource,
+            sd,
+            verify.mode,
+            verify.keys,
+            Memo::Lookup(verify.known),
+        )?;
         if slot == SlotKey::Index(u32::MAX) {
             // Append: the index after the last one.
             let last = next.values.keys().rev().find_map(|k| match k {
@@ -463,7 +480,11 @@ mod tests {
             res,
             &req,
             StoreMode::Primary,
-            &VerifyMode::SelfSigned,
+            Verify {
+                mode: &VerifyMode::SelfSigned,
+                keys: &mut KeyCache::default(),
+                known: &VerifiedMemo::default(),
+            },
             2_000,
         );
         assert_eq!(

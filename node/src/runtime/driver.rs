@@ -29,16 +29,21 @@ impl Runtime {
             tokio::select! {
                 ev = net.recv() => match ev {
                     Some(ev) => {
-                        self.on_net(ev);
                         // Group commit: what has already arrived is handled before the
-                        // flush, so the stores among it share one commit.
+                        // flush, so the stores among it share one commit; the signatures
+                        // among it are verified in one batch first.
+                        let mut evs = vec![ev];
                         if self.sync != SyncMode::Always {
-                            for _ in 1..GROUP_COMMIT_MAX {
+                            while evs.len() < GROUP_COMMIT_MAX {
                                 match net.try_recv() {
-                                    Ok(ev) => self.on_net(ev),
+                                    Ok(ev) => evs.push(ev),
                                     Err(_) => break,
                                 }
                             }
+                        }
+                        self.prepare(&evs);
+                        for ev in evs {
+                            self.on_net(ev);
                         }
                     }
                     None => break,
@@ -156,6 +161,18 @@ impl Runtime {
         if ids.is_empty() {
             tracing::info!(node = %self.core.id(), "forming a new overlay");
         }
+    }
+
+    /// Hands the messages among `evs` to the core's batch check of their signatures.
+    fn prepare(&mut self, evs: &[NetEvent]) {
+        let batch: Vec<(NodeId, &[u8])> = evs
+            .iter()
+            .filter_map(|ev| match ev {
+                NetEvent::Message { from, bytes, .. } => Some((*from, bytes.as_slice())),
+                _ => None,
+            })
+            .collect();
+        self.core.prepare(&batch);
     }
 
     pub(super) fn on_net(&mut self, ev: NetEvent) {
