@@ -247,11 +247,21 @@ pub async fn run(cfg: Config, peer: SocketAddr, spec: BenchSpec) -> anyhow::Resu
         // Why the others were not found: a value missing, or the fetch's error.
         let mut why: std::collections::BTreeMap<String, usize> = Default::default();
         let n = keys.len().min(CHECKED);
-        for k in keys.iter().take(n) {
-            match get(&c2, k, spec.value_size, spec.op_timeout).await {
+        let checking = Instant::now();
+        for (i, k) in keys.iter().take(n).enumerate() {
+            let t = Instant::now();
+            let r = get(&c2, k, spec.value_size, spec.op_timeout).await;
+            let (at, took) = (checking.elapsed(), t.elapsed());
+            match r {
                 Ok(true) => found += 1,
-                Ok(false) => *why.entry("missing".into()).or_default() += 1,
-                Err(e) => *why.entry(e.to_string()).or_default() += 1,
+                Ok(false) => {
+                    tracing::info!(i, ?at, ?took, "check: value missing");
+                    *why.entry("missing".into()).or_default() += 1
+                }
+                Err(e) => {
+                    tracing::info!(i, ?at, ?took, "check: get failed: {e}");
+                    *why.entry(e.to_string()).or_default() += 1
+                }
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), h2.shutdown()).await;

@@ -333,3 +333,35 @@ fn a_writer_over_its_quota_is_refused_and_others_are_not() {
         );
     }
 }
+
+/// Eight copies, as OpenDHT keeps (`successors = 8`, `replicas = 7`, the bench's
+/// setting), with the default predecessor list: every value keeps its eight copies. A
+/// replica must see the responsible peer and the one before it among its predecessors
+/// to know it is one; with fewer, the far replicas handed their copies back and dropped
+/// them (four of eight copies lost, and a handover per copy: the CPU a loaded fleet
+/// spent long after its writers stopped).
+#[test]
+fn every_configured_copy_is_kept() {
+    use p2psip_algorithms::chord::ChordConfig;
+    let algo = p2psip_algorithms::AlgorithmParams::Chord(ChordConfig {
+        successors: 8,
+        replicas: 7,
+        ..ChordConfig::default()
+    });
+    let mut sim = overlay(11, 40, algo, NetConfig::default());
+    let values = 100;
+    for i in 0..values {
+        let via = random_live(&mut sim);
+        store_user_value(&mut sim, via, i, 24 * 3600);
+    }
+    // Long enough for every copy check (and the handovers it would start) to run.
+    sim.run_for(Duration::from_secs(120));
+    let short: Vec<(usize, usize)> = (0..values)
+        .map(|i| (i, live_copies(&sim, i)))
+        .filter(|(_, c)| *c != 8)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "values without 8 copies (value, copies): {short:?}"
+    );
+}

@@ -70,9 +70,11 @@ impl ChordConfig {
     /// Clamps the fields to the ranges the algorithm supports.
     pub fn normalized(mut self) -> Self {
         self.successors = self.successors.max(3);
-        self.predecessors = self.predecessors.max(3);
         self.fingers = self.fingers.clamp(16, 128);
         self.replicas = self.replicas.min(self.successors);
+        // A replica knows it is one only when the responsible peer and the peer before it
+        // are among its predecessors: the farthest replica needs `replicas + 1` of them.
+        self.predecessors = self.predecessors.max(3).max(self.replicas + 1);
         self.fingers_per_round = self.fingers_per_round.max(1);
         self
     }

@@ -92,6 +92,9 @@ pub struct CoreConfig {
     /// Copies to one replica in flight at once (stores of the responsible peer's changes,
     /// re-pushes); more wait at this peer, merged per resource, until it answers.
     pub replication_window: usize,
+    /// Copies waiting for room in the windows, over all replicas, beyond which answers to
+    /// writers' stores are held until they drain (0: never held).
+    pub replication_backlog: usize,
 }
 
 impl Default for CoreConfig {
@@ -118,6 +121,7 @@ impl Default for CoreConfig {
             refetch_replicas: 2,
             writer_kind_bytes: 1 << 20,
             replication_window: 32,
+            replication_backlog: 256,
             max_clock_skew: Duration::from_secs(300),
             store_bytes: 256 << 20,
             diagnostics_open: false,

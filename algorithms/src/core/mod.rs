@@ -173,7 +173,10 @@ pub struct OverlayNode {
     stored_bytes: u64,
     /// Answers to stores whose writes wait for the storage's commit (sent by
     /// [`OverlayNode::poll_transmit`] once it succeeds).
-    held: Vec<(routing::Reply, Body)>,
+    held: Vec<(routing::Reply, Body, bool)>,
+    /// Answers to writers' stores held while too many copies wait for room in the
+    /// replicas' windows (`replication_backlog`), oldest first.
+    backpressured: VecDeque<(routing::Reply, Body)>,
     /// Replica pushes of those stores: (resource, kinds, replica set).
     held_replication: Vec<(Id, Vec<u32>, Vec<NodeId>)>,
     /// A [`TimerKind::CopyRecheck`] is set.
@@ -246,6 +249,7 @@ impl OverlayNode {
             writer_bytes: HashMap::new(),
             stored_bytes: 0,
             held: Vec::new(),
+            backpressured: VecDeque::new(),
             held_replication: Vec::new(),
             copy_recheck_armed: false,
             keys: Default::default(),
@@ -533,8 +537,12 @@ impl OverlayNode {
         let held = std::mem::take(&mut self.held);
         match self.store.commit() {
             Ok(()) => {
-                for (reply, body) in held {
-                    self.send_reply(reply, &body);
+                for (reply, body, primary) in held {
+                    if primary {
+                        self.answer_store(reply, body);
+                    } else {
+                        self.send_reply(reply, &body);
+                    }
                 }
                 self.release_replication();
             }
@@ -544,7 +552,7 @@ impl OverlayNode {
                 // The writes were undone: nothing to copy.
                 self.held_replication.clear();
                 let info = e.to_string();
-                for (reply, _) in held {
+                for (reply, _, _) in held {
                     self.stats.errors_sent += 1;
                     self.send_reply(reply, &Body::error(ErrorCode::OutOfSpace, &info));
                 }

@@ -8,7 +8,11 @@ use super::OverlayNode;
 use crate::id::{Id, NodeId};
 use crate::topology::Target;
 use p2psip_proto::pb;
-use p2psip_proto::Destination;
+use p2psip_proto::{Body, Destination};
+
+/// Writers' answers held at most; beyond, stores are answered at once (the bound on what
+/// back-pressure may hold in memory).
+const BACKPRESSURED_MAX: usize = 4096;
 use std::collections::{HashMap, VecDeque};
 
 /// The copies to one replica: how many are in flight, and the resources waiting for
@@ -110,8 +114,45 @@ impl OverlayNode {
         true
     }
 
+    /// Copies waiting for room in the replicas' windows, over all replicas.
+    pub(super) fn copies_waiting(&self) -> usize {
+        self.replica_window.values().map(|w| w.waiting.len()).sum()
+    }
+
+    /// Answers a writer's store now, or holds the answer while `replication_backlog`
+    /// copies or more wait (or earlier answers are held): a writer faster
+    /// than replication is slowed to its pace instead of leaving a backlog that delays
+    /// everyone's requests for seconds (proto/SPEC.md 6).
+    pub(super) fn answer_store(&mut self, reply: super::routing::Reply, body: Body) {
+        let cap = self.cfg.replication_backlog;
+        let lagging = cap > 0
+            && (!self.backpressured.is_empty() || self.copies_waiting() >= cap)
+            && self.backpressured.len() < BACKPRESSURED_MAX;
+        if lagging {
+            self.stats.stores_backpressured += 1;
+            self.backpressured.push_back((reply, body));
+        } else {
+            self.send_reply(reply, &body);
+        }
+    }
+
+    /// Sends the held answers as far as the backlog allows.
+    fn release_answers(&mut self) {
+        let cap = self.cfg.replication_backlog;
+        while !self.backpressured.is_empty() && (cap == 0 || self.copies_waiting() < cap) {
+            if let Some((reply, body)) = self.backpressured.pop_front() {
+                self.send_reply(reply, &body);
+            }
+        }
+    }
+
     /// A copy to `to` was answered (or failed): the next waiting ones leave.
     pub(super) fn copy_done(&mut self, to: NodeId) {
+        self.copy_window_moves(to);
+        self.release_answers();
+    }
+
+    fn copy_window_moves(&mut self, to: NodeId) {
         let cap = self.cfg.replication_window.max(1);
         if let Some(w) = self.replica_window.get_mut(&to) {
             w.in_flight = w.in_flight.saturating_sub(1);
@@ -147,6 +188,7 @@ impl OverlayNode {
                 self.replicating.remove(&(r, to));
             }
         }
+        self.release_answers();
     }
 
     /// Re-checks every stored resource against the current replica sets.

@@ -305,9 +305,13 @@ impl OverlayNode {
                 );
                 return;
             }
+            // A writer's store (not a copy between replicas): its answer waits while
+            // replication lags (`replication_backlog`).
+            let mut primary = false;
             let answer = match Body::decode(code, body) {
                 Ok(b) => {
                     self.stats.served += 1;
+                    primary = matches!(&b, Body::StoreReq(s) if s.replica_number == 0);
                     self.serve(origin, b, h, direct)
                 }
                 Err(e) => Err((ErrorCode::InvalidMessage, e.to_string())),
@@ -316,7 +320,12 @@ impl OverlayNode {
                 Ok(b) if matches!(b, Body::StoreAns(_)) && self.store.uncommitted() => {
                     // Answered once the storage has committed what this store wrote.
                     if let Some(r) = self.reply_as_destination(h) {
-                        self.held.push((r, b));
+                        self.held.push((r, b, primary));
+                    }
+                }
+                Ok(b) if primary && matches!(b, Body::StoreAns(_)) => {
+                    if let Some(r) = self.reply_as_destination(h) {
+                        self.answer_store(r, b);
                     }
                 }
                 Ok(b) => {

@@ -639,4 +639,90 @@ mod tests {
         }
         assert_eq!(replica.storage().value_count(), stores);
     }
+
+    /// A writer faster than replication: its stores are answered while the copies
+    /// waiting for the replicas stay within `replication_backlog`, the rest when they
+    /// drain, so the writer slows to replication's pace instead of leaving a backlog.
+    #[test]
+    fn stores_are_answered_at_the_pace_of_replication() {
+        let (window, backlog) = (2, 3);
+        let replica_identity = Identity::from_seed([11; 32], "r1");
+        let r1 = replica_identity.node_id;
+        let cfg = CoreConfig {
+            replication_window: window,
+            replication_backlog: backlog,
+            ..CoreConfig::default()
+        };
+        let (mut peer, mut client, _) = peer_and_client(cfg, &[r1], Box::new(MemoryStore::new()));
+        let mut replica = OverlayNode::new(
+            CoreConfig::default(),
+            replica_identity,
+            Box::new(Prober {
+                me: r1,
+                sends: Vec::new(),
+                seen: Seen::default(),
+                replicas: Vec::new(),
+            }),
+            Box::new(MemoryStore::new()),
+            3,
+        );
+        let t = Time(1_000_000);
+        replica.start(t, &[]);
+        replica.handle_link(t, LinkEvent::Up(peer.id()));
+        let stores = 10;
+        for i in 0..stores {
+            let name = format!("user{i}");
+            let w = Identity::from_seed([i as u8 + 100; 32], &name);
+            client_store(&mut client, &w, t, &name);
+        }
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t, client.id(), &m.bytes);
+        }
+        let (mut answered, mut to_r1) = (0, Vec::new());
+        let route = |peer: &mut OverlayNode, answered: &mut usize, to_r1: &mut Vec<Vec<u8>>| {
+            while let Some(m) = peer.poll_transmit() {
+                if m.to == r1 {
+                    to_r1.push(m.bytes);
+                } else {
+                    assert_eq!(m.to, client.id());
+                    *answered += 1;
+                }
+            }
+        };
+        route(&mut peer, &mut answered, &mut to_r1);
+        // Two copies in flight, three waiting: five answered, five held.
+        assert_eq!(to_r1.len(), window);
+        assert_eq!(
+            answered,
+            window + backlog,
+            "answers before replication caught up"
+        );
+        assert_eq!(
+            peer.stats().stores_backpressured,
+            (stores - window - backlog) as u64
+        );
+        let mut rounds = 0;
+        while !to_r1.is_empty() {
+            rounds += 1;
+            assert!(rounds <= stores, "copies stopped flowing");
+            for b in std::mem::take(&mut to_r1) {
+                replica.handle_message(t, peer.id(), &b);
+            }
+            while let Some(m) = replica.poll_transmit() {
+                peer.handle_message(t, r1, &m.bytes);
+            }
+            route(&mut peer, &mut answered, &mut to_r1);
+            // A held answer leaves once fewer than `backlog` copies wait.
+            let waiting = peer.copies_waiting();
+            assert!(
+                waiting >= backlog || answered == stores,
+                "{waiting} waiting, {answered} answered"
+            );
+        }
+        assert_eq!(
+            answered, stores,
+            "every store answered once its copies could leave"
+        );
+        assert_eq!(replica.storage().value_count(), stores);
+    }
 }

@@ -62,6 +62,8 @@ pub struct Stats {
     pub store_full: u64,
     /// Answers sent straight to their originator (DIRECT_RESPONSE).
     pub direct_responses: u64,
+    /// Answers to writers' stores held while replication lagged (`replication_backlog`).
+    pub stores_backpressured: u64,
     /// Batch checks of the signatures of messages that arrived together.
     pub signature_batches: u64,
     /// Of those, batches that failed (a bad signature among them: each was checked alone).

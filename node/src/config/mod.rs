@@ -260,6 +260,7 @@ impl Config {
             sign_direct_messages: self.security.sign_direct_messages,
             origin_max_in_flight: self.limits.origin_max_in_flight,
             replication_window: self.limits.replication_window,
+            replication_backlog: self.limits.replication_backlog,
             writer_kind_bytes: self.limits.writer_kind_bytes,
             max_clock_skew: Duration::from_secs(self.limits.max_clock_skew_s),
             store_bytes: self.limits.store_bytes,

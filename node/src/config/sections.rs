@@ -302,6 +302,10 @@ pub struct Limits {
     /// (merged per resource) until the replica answers, so a burst of writes cannot queue
     /// unbounded work at the replicas.
     pub replication_window: usize,
+    /// Copies waiting for room in the replicas' windows (over all replicas) from which
+    /// answers to writers' stores are held until the copies drain: a writer faster than
+    /// replication is slowed to its pace. 0: never held.
+    pub replication_backlog: usize,
     /// Bytes of values one writer may have stored at this peer under one kind; a store
     /// beyond it is answered Error_Data_Too_Large. 0: no limit.
     pub writer_kind_bytes: u64,
@@ -333,6 +337,7 @@ impl Default for Limits {
             link_burst: 20_000,
             origin_max_in_flight: 1024,
             replication_window: CoreConfig::default().replication_window,
+            replication_backlog: CoreConfig::default().replication_backlog,
             writer_kind_bytes: CoreConfig::default().writer_kind_bytes,
             max_clock_skew_s: CoreConfig::default().max_clock_skew.as_secs(),
             store_bytes: CoreConfig::default().store_bytes,

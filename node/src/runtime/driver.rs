@@ -1,6 +1,7 @@
 //! The driver loop: network events, commands, timers and the core's output, one at a
 //! time; messages to nodes without a link wait for an Attach.
 
+use super::inbox::{Inbox, BATCH_MAX, DRAIN_MAX};
 use super::*;
 
 impl Runtime {
@@ -15,6 +16,7 @@ impl Runtime {
         } else {
             self.dial_bootstrap();
         }
+        let mut inbox = Inbox::default();
         let mut next_tick = Instant::now();
         let mut next_save = Instant::now() + PEER_CACHE_SAVE_EVERY;
         let mut boot_retry = tokio::time::interval_at(
@@ -29,25 +31,19 @@ impl Runtime {
             tokio::select! {
                 ev = net.recv() => match ev {
                     Some(ev) => {
-                        // Group commit: what has already arrived is handled before the
-                        // flush, so the stores among it share one commit; the signatures
-                        // among it are verified in one batch first.
-                        let mut evs = vec![ev];
-                        if self.sync != SyncMode::Always {
-                            while evs.len() < GROUP_COMMIT_MAX {
-                                match net.try_recv() {
-                                    Ok(ev) => evs.push(ev),
-                                    Err(_) => break,
-                                }
+                        // What has already arrived goes into the inbox, whose batches
+                        // take clients' traffic before copies between neighbours.
+                        inbox.push(ev);
+                        while inbox.len() < DRAIN_MAX {
+                            match net.try_recv() {
+                                Ok(ev) => inbox.push(ev),
+                                Err(_) => break,
                             }
-                        }
-                        self.prepare(&evs);
-                        for ev in evs {
-                            self.on_net(ev);
                         }
                     }
                     None => break,
                 },
+                _ = std::future::ready(()), if !inbox.is_empty() => {}
                 cmd = cmds.recv() => match cmd {
                     Some(c) => self.on_cmd(c),
                     None => {
@@ -83,6 +79,21 @@ impl Runtime {
                         }
                         Retry::Redial => self.dial_bootstrap(),
                     }
+                }
+            }
+            if !inbox.is_empty() {
+                // Group commit: a batch is handled before the flush, so the stores among
+                // it share one commit; the signatures among it are verified in one batch
+                // first.
+                let max = if self.sync == SyncMode::Always {
+                    1
+                } else {
+                    BATCH_MAX
+                };
+                let evs = inbox.batch(max);
+                self.prepare(&evs);
+                for ev in evs {
+                    self.on_net(ev);
                 }
             }
             self.flush();

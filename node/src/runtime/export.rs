@@ -24,6 +24,7 @@ pub(super) fn export(
     counter!("p2psip_messages_forwarded_total", "node" => n()).absolute(s.forwarded);
     counter!("p2psip_messages_served_total", "node" => n()).absolute(s.served);
     counter!("p2psip_direct_responses_total", "node" => n()).absolute(s.direct_responses);
+    counter!("p2psip_stores_backpressured_total", "node" => n()).absolute(s.stores_backpressured);
     counter!("p2psip_signature_batches_total", "node" => n()).absolute(s.signature_batches);
     counter!("p2psip_signature_batch_failures_total", "node" => n())
         .absolute(s.signature_batch_failures);

@@ -5,6 +5,7 @@ mod document;
 mod driver;
 mod export;
 mod host;
+mod inbox;
 mod nat;
 mod operations;
 mod peer_cache;
@@ -394,8 +395,6 @@ const PEER_CACHE_SAVE_EVERY: Duration = Duration::from_secs(10);
 const IDLE_TICK: Duration = Duration::from_secs(5);
 /// A node ticks every second for this long after it started, whatever else.
 const BUSY_START: Duration = Duration::from_secs(30);
-/// Messages handled before one flush (and so one storage commit) at most.
-const GROUP_COMMIT_MAX: usize = 64;
 
 type ClientCoreFn = Box<dyn FnOnce() -> OverlayNode + Send>;
 
