@@ -142,7 +142,8 @@ pub struct OverlayNode {
     replicating: HashSet<(Id, NodeId)>,
     /// Copies in flight to each replica, and those waiting for room in its window.
     replica_window: HashMap<NodeId, replication::Window>,
-    handing_over: HashSet<Id>,
+    /// Resources being handed to their responsible peer, with the kinds handed over.
+    handing_over: HashMap<Id, Vec<u32>>,
     replication_due: bool,
     leave_pending: usize,
     stats: Stats,
@@ -232,7 +233,7 @@ impl OverlayNode {
             synced: HashMap::new(),
             replicating: HashSet::new(),
             replica_window: HashMap::new(),
-            handing_over: HashSet::new(),
+            handing_over: HashMap::new(),
             replication_due: false,
             leave_pending: 0,
             stats: Stats::default(),

@@ -207,9 +207,9 @@ impl OverlayNode {
                 if !synced.contains(&primary) {
                     self.push(resource, &kinds, primary, 1);
                 }
-            } else if !self.handing_over.contains(&resource) {
+            } else if !self.handing_over.contains_key(&resource) {
                 if let Some(body) = self.replica_body(resource, &kinds, 1) {
-                    self.handing_over.insert(resource);
+                    self.handing_over.insert(resource, kinds.clone());
                     self.stats.replication_stores += 1;
                     self.request(
                         Owner::Handover { resource },
@@ -222,11 +222,13 @@ impl OverlayNode {
     }
 
     /// The responsible peer took the data: drop it if this node is still not a replica.
-    pub(super) fn handover_done(&mut self, resource: Id) {
+    /// (The kinds it handed over, not a scan of every stored key: a peer that hands over
+    /// thousands of resources did that scan, and its sort, for each.)
+    pub(super) fn handover_done(&mut self, resource: Id, kinds: &[u32]) {
         if !self.topology.replica_set(resource).contains(&self.me) {
-            for (r, k) in self.store.keys() {
-                if r == resource {
-                    self.write_data(r, k, None);
+            for k in kinds {
+                if self.store.get(resource, *k).is_some() {
+                    self.write_data(resource, *k, None);
                 }
             }
             self.synced.remove(&resource);

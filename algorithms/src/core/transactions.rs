@@ -493,9 +493,9 @@ impl OverlayNode {
                 }
             }
             Owner::Handover { resource } => {
-                self.handing_over.remove(&resource);
+                let kinds = self.handing_over.remove(&resource).unwrap_or_default();
                 if outcome.is_ok() {
-                    self.handover_done(resource);
+                    self.handover_done(resource, &kinds);
                 }
             }
             Owner::LeaveHandover => {
