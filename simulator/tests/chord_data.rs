@@ -339,29 +339,48 @@ fn a_writer_over_its_quota_is_refused_and_others_are_not() {
 /// replica must see the responsible peer and the one before it among its predecessors
 /// to know it is one; with fewer, the far replicas handed their copies back and dropped
 /// them (four of eight copies lost, and a handover per copy: the CPU a loaded fleet
-/// spent long after its writers stopped).
+/// spent long after its writers stopped). One-hop with seven replicas too. (Kademlia
+/// is not here: its replica set is the `replicas + 1` closest in each node's own table,
+/// and in this 40-peer run one value kept 7 copies for 900 s because its responsible
+/// peer's full bucket left out the eighth-closest node; noted in docs/algorithms.md.)
 #[test]
 fn every_configured_copy_is_kept() {
     use p2psip_algorithms::chord::ChordConfig;
-    let algo = p2psip_algorithms::AlgorithmParams::Chord(ChordConfig {
-        successors: 8,
-        replicas: 7,
-        ..ChordConfig::default()
-    });
-    let mut sim = overlay(11, 40, algo, NetConfig::default());
-    let values = 100;
-    for i in 0..values {
-        let via = random_live(&mut sim);
-        store_user_value(&mut sim, via, i, 24 * 3600);
+    use p2psip_algorithms::onehop::OneHopConfig;
+    use p2psip_algorithms::AlgorithmParams;
+    let setups = [
+        (
+            "chord",
+            AlgorithmParams::Chord(ChordConfig {
+                successors: 8,
+                replicas: 7,
+                ..ChordConfig::default()
+            }),
+        ),
+        (
+            "onehop",
+            AlgorithmParams::OneHop(OneHopConfig {
+                replicas: 7,
+                ..OneHopConfig::default()
+            }),
+        ),
+    ];
+    for (name, algo) in setups {
+        let mut sim = overlay(11, 40, algo, NetConfig::default());
+        let values = 100;
+        for i in 0..values {
+            let via = random_live(&mut sim);
+            store_user_value(&mut sim, via, i, 24 * 3600);
+        }
+        // Long enough for every copy check (and the handovers it would start) to run.
+        sim.run_for(Duration::from_secs(120));
+        let short: Vec<(usize, usize)> = (0..values)
+            .map(|i| (i, live_copies(&sim, i)))
+            .filter(|(_, c)| *c != 8)
+            .collect();
+        assert!(
+            short.is_empty(),
+            "{name}: values without 8 copies (value, copies): {short:?}"
+        );
     }
-    // Long enough for every copy check (and the handovers it would start) to run.
-    sim.run_for(Duration::from_secs(120));
-    let short: Vec<(usize, usize)> = (0..values)
-        .map(|i| (i, live_copies(&sim, i)))
-        .filter(|(_, c)| *c != 8)
-        .collect();
-    assert!(
-        short.is_empty(),
-        "values without 8 copies (value, copies): {short:?}"
-    );
 }
