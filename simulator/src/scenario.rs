@@ -173,6 +173,10 @@ pub struct KademliaParams {
     pub checks_per_round: usize,
     /// Proximity neighbour selection within full buckets.
     pub proximity: bool,
+    /// Self-tuning: stabilisation and bucket-refresh intervals from the churn each node
+    /// sees in its near set (the two intervals above are then unused, but "" still turns
+    /// stabilisation off).
+    pub self_tuning: bool,
 }
 
 impl Default for KademliaParams {
@@ -188,6 +192,7 @@ impl Default for KademliaParams {
             check_after: "300s".into(),
             checks_per_round: 32,
             proximity: false,
+            self_tuning: false,
         }
     }
 }
@@ -472,6 +477,7 @@ impl Scenario {
                     check_after: opt_dur("kademlia.check_after", &k.check_after)?,
                     checks_per_round: k.checks_per_round,
                     proximity: k.proximity,
+                    self_tuning: k.self_tuning,
                     ..KademliaConfig::default()
                 }
                 .normalized();

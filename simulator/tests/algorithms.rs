@@ -38,6 +38,15 @@ fn setups() -> Vec<(String, AlgorithmParams, bool)> {
             false,
         ));
     }
+    // Kademlia with self-tuning maintenance too.
+    if let AlgorithmParams::Kademlia(mut k) = params("kademlia") {
+        k.self_tuning = true;
+        v.push((
+            "kademlia (self-tuning)".into(),
+            AlgorithmParams::Kademlia(k),
+            false,
+        ));
+    }
     // Chord and Kademlia with proximity neighbour selection: a faster node may take a
     // finger's or a bucket entry's place; the same assertions hold.
     if let AlgorithmParams::Chord(mut c) = params("chord") {

@@ -15,16 +15,15 @@ use crate::common::{self, ids_from_wire, wire_ids};
 use crate::id::{add, distance, in_open, in_open_closed, Id, NodeId};
 use crate::time::Time;
 use crate::topology::*;
-use crate::tuning::{finger_interval, size_estimate, stabilize_interval, ChurnEstimator};
+use crate::tuning::{
+    finger_interval, size_estimate, stabilize_interval, ChurnEstimator, CHURN_HALF_LIFE,
+};
 use p2psip_proto::pb::{self, chord_update, ErrorCode};
 use p2psip_proto::{Body, Destination};
 use prost::Message as _;
 use rand::Rng;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
-
-/// How fast the churn estimator forgets (self-tuning).
-const CHURN_HALF_LIFE: Duration = Duration::from_secs(1800);
 
 /// The algorithm's name in configuration and in Join/Update bodies.
 pub const NAME: &str = "chord";

@@ -11,6 +11,10 @@ use crate::common::{self, ids_from_wire, wire_ids};
 use crate::id::{distance, Id, NodeId};
 use crate::time::Time;
 use crate::topology::*;
+use crate::tuning::{
+    finger_interval, stabilize_interval, xor_size_estimate, ChurnEstimator, TuningTargets,
+    CHURN_HALF_LIFE,
+};
 use p2psip_proto::pb::{self, ErrorCode};
 use p2psip_proto::{Body, Destination};
 use prost::Message as _;
@@ -57,6 +61,12 @@ pub struct KademliaConfig {
     /// id of the bucket's range and probes the node found; it takes the place of the
     /// bucket's slowest entry when it answered faster (entries of the near set stay).
     pub proximity: bool,
+    /// Self-tuning (proto/SPEC.md 7.1): the stabilisation and bucket-refresh intervals
+    /// follow the churn this node sees in its near set and the overlay size it estimates,
+    /// within `tuning`'s bounds (`stabilize_interval` None still turns periodic
+    /// stabilisation off).
+    pub self_tuning: bool,
+    pub tuning: TuningTargets,
 }
 
 impl Default for KademliaConfig {
@@ -72,6 +82,8 @@ impl Default for KademliaConfig {
             check_after: Some(Duration::from_secs(300)),
             checks_per_round: 32,
             proximity: false,
+            self_tuning: false,
+            tuning: TuningTargets::default(),
         }
     }
 }
@@ -159,6 +171,8 @@ pub struct Kademlia {
     seen: HashMap<Id, Time>,
     /// Entries being checked because they were not heard from for `check_after`.
     checking: HashSet<Id>,
+    /// Departures and arrivals in the near set (self-tuning).
+    churn: ChurnEstimator,
 }
 
 /// How long a failed node is not learned again from other nodes' lists.
@@ -183,7 +197,46 @@ impl Kademlia {
             dead: HashMap::new(),
             seen: HashMap::new(),
             checking: HashSet::new(),
+            churn: ChurnEstimator::new(CHURN_HALF_LIFE),
         }
+    }
+
+    /// What the estimator knows: the departure rate, arrival rate and overlay size.
+    pub fn churn_estimate(&self) -> (f64, f64, f64) {
+        (
+            self.churn.departure_rate(),
+            self.churn.arrival_rate(),
+            xor_size_estimate(self.me, &self.window()),
+        )
+    }
+
+    /// The stabilisation interval now: the configured one, or with self-tuning the one
+    /// derived from the churn seen in the near set (None: periodic stabilisation is off).
+    pub fn stabilize_every(&self) -> Option<Duration> {
+        let fixed = self.cfg.stabilize_interval?;
+        if !self.cfg.self_tuning {
+            return Some(fixed);
+        }
+        let (mu, lambda, _) = self.churn_estimate();
+        Some(stabilize_interval(mu, lambda, self.cfg.k, &self.cfg.tuning))
+    }
+
+    /// The interval between bucket-refresh rounds now: with self-tuning, a bucket entry
+    /// is refreshed as often as a Chord finger would be for the same churn and size (the
+    /// non-empty buckets play the fingers' part).
+    pub fn refresh_every(&self) -> Duration {
+        if !self.cfg.self_tuning {
+            return self.cfg.refresh_interval;
+        }
+        let (mu, _, n) = self.churn_estimate();
+        let buckets = self.buckets.iter().filter(|b| !b.nodes.is_empty()).count();
+        finger_interval(
+            mu,
+            n,
+            buckets.max(1),
+            self.cfg.buckets_per_round,
+            &self.cfg.tuning,
+        )
     }
 
     /// The bucket a node belongs in: the length of the prefix it shares with us.
@@ -246,8 +299,19 @@ impl Kademlia {
     fn changing(&mut self, ctx: &mut Ctx<'_>, f: impl FnOnce(&mut Self)) {
         let before = self.window();
         f(self);
-        if self.joined && self.window() != before {
+        let after = self.window();
+        if self.joined && after != before {
             ctx.event(TopologyEvent::ResponsibilityChanged);
+            if self.cfg.self_tuning {
+                // Nodes new to the near set; those that left it by failing are counted by
+                // drop_node, those a closer arrival pushed out are not departures.
+                for _ in after.iter().filter(|x| !before.contains(x)) {
+                    self.churn.arrival(ctx.now);
+                }
+            }
+        }
+        if self.cfg.self_tuning {
+            self.churn.observe(ctx.now, after.len());
         }
     }
 
@@ -300,6 +364,9 @@ impl Kademlia {
         }
         self.dead.insert(id, ctx.now);
         let near = self.window().contains(&id);
+        if near && self.joined && self.cfg.self_tuning {
+            self.churn.departure(ctx.now);
+        }
         self.seen.remove(&id);
         self.changing(ctx, |s| {
             let bucket = &mut s.buckets[b];
@@ -651,12 +718,16 @@ impl Kademlia {
     fn become_joined(&mut self, ctx: &mut Ctx<'_>) {
         self.joined = true;
         self.started = ctx.now;
+        if self.cfg.self_tuning {
+            // The near set is watched from now on (a warm start fills it without a change).
+            self.churn.observe(ctx.now, self.window().len());
+        }
         ctx.event(TopologyEvent::Joined);
         ctx.event(TopologyEvent::ResponsibilityChanged);
-        if let Some(i) = self.cfg.stabilize_interval {
+        if let Some(i) = self.stabilize_every() {
             ctx.set_timer_jittered(i, T_STABILIZE);
         }
-        ctx.set_timer_jittered(self.cfg.refresh_interval, T_REFRESH);
+        ctx.set_timer_jittered(self.refresh_every(), T_REFRESH);
         ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
     }
 }
@@ -953,13 +1024,13 @@ impl Topology for Kademlia {
             _ if !self.joined => {}
             T_STABILIZE => {
                 self.stabilize(ctx);
-                if let Some(i) = self.cfg.stabilize_interval {
+                if let Some(i) = self.stabilize_every() {
                     ctx.set_timer_jittered(i, T_STABILIZE);
                 }
             }
             T_REFRESH => {
                 self.refresh(ctx);
-                ctx.set_timer_jittered(self.cfg.refresh_interval, T_REFRESH);
+                ctx.set_timer_jittered(self.refresh_every(), T_REFRESH);
             }
             T_SELF_LOOKUP => {
                 self.self_lookup(ctx);

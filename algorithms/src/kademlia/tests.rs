@@ -201,3 +201,62 @@ fn a_faster_candidate_displaces_the_slowest_entry_of_a_full_bucket() {
     assert!(node.buckets[b].replacements.contains(&slowest));
     assert_eq!(node.buckets[b].nodes.len(), 8);
 }
+
+/// Self-tuning (SPEC 7.1): a node whose near set stays quiet for an hour stabilises and
+/// refreshes far less often than the fixed 10 s; failures in its near set bring the
+/// intervals down again; the size it estimates is the member count's order.
+#[test]
+fn self_tuning_follows_the_churn_of_the_near_set() {
+    let members: Vec<Id> = (0..1000u128)
+        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
+        .collect();
+    let mut sorted = members.clone();
+    sorted.sort();
+    let me = sorted[17];
+    let cfg = KademliaConfig {
+        self_tuning: true,
+        ..KademliaConfig::default()
+    };
+    let mut node = Kademlia::new(me, cfg);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let (mut actions, mut tok) = (Vec::new(), 0);
+    let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+    node.start_with_members(&mut ctx, &sorted);
+    let fixed = KademliaConfig::default();
+    let (_, _, n) = node.churn_estimate();
+    assert!((300.0..3000.0).contains(&n), "size estimate {n} for 1000");
+    // An hour with nothing changing (exposure accrues at each change of the tables; a
+    // node seen again is one).
+    let hour = Time(3600 * 1_000_000);
+    let mut ctx = Ctx::new(hour, &mut rng, &mut actions, &mut tok);
+    let someone = node.window()[0];
+    node.consider(&mut ctx, someone);
+    let quiet_stab = node.stabilize_every().unwrap();
+    let quiet_refresh = node.refresh_every();
+    // The prior alone (one event per neighbour-hour each way) gives 50 s; an hour's
+    // exposure without events, about 4 minutes.
+    assert!(quiet_stab > Duration::from_secs(120), "{quiet_stab:?}");
+    assert!(quiet_refresh > fixed.refresh_interval, "{quiet_refresh:?}");
+    // Half the near set fails within a minute.
+    for (i, id) in node.window().into_iter().take(4).enumerate() {
+        let at = Time(hour.0 + (i as u64 + 1) * 10_000_000);
+        let mut ctx = Ctx::new(at, &mut rng, &mut actions, &mut tok);
+        node.on_link(&mut ctx, LinkEvent::Failed(id));
+    }
+    let busy_stab = node.stabilize_every().unwrap();
+    let busy_refresh = node.refresh_every();
+    assert!(
+        busy_stab < quiet_stab / 2,
+        "{busy_stab:?} against {quiet_stab:?}"
+    );
+    assert!(
+        busy_refresh < quiet_refresh,
+        "{busy_refresh:?} against {quiet_refresh:?}"
+    );
+    // With self-tuning off, the configured intervals whatever happened.
+    let mut plain = Kademlia::new(me, KademliaConfig::default());
+    let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
+    plain.start_with_members(&mut ctx, &sorted);
+    assert_eq!(plain.stabilize_every(), fixed.stabilize_interval);
+    assert_eq!(plain.refresh_every(), fixed.refresh_interval);
+}

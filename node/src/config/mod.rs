@@ -305,6 +305,7 @@ impl Config {
                     check_after: secs_or_off(s.check_after_s),
                     checks_per_round: s.checks_per_round,
                     proximity: s.proximity,
+                    self_tuning: s.self_tuning,
                     ..KademliaConfig::default()
                 }
                 .normalized();

@@ -409,6 +409,11 @@ pub struct KademliaSection {
     /// of its range and keeps the faster (measured round trips). Off by default, as for
     /// Chord: a new candidate's first round trip includes its QUIC handshake.
     pub proximity: bool,
+    /// Self-tuning (SPEC 7.1): stabilisation and bucket refresh as often as the churn
+    /// this peer sees in its near set needs (2 s to 10 min), instead of
+    /// stabilize_interval_s and refresh_interval_s; stabilize_interval_s = 0 still turns
+    /// stabilisation off.
+    pub self_tuning: bool,
 }
 
 impl Default for KademliaSection {
@@ -424,6 +429,7 @@ impl Default for KademliaSection {
             check_after_s: c.check_after.map_or(0, |d| d.as_secs()),
             checks_per_round: c.checks_per_round,
             proximity: c.proximity,
+            self_tuning: c.self_tuning,
         }
     }
 }
