@@ -158,27 +158,6 @@ pub fn verify_message(
     how: Binding<'_>,
 ) -> Result<Id, SignatureError> {
     let mut keys = KeyCache::default();
-    verify_message_with(
-        security,
-        overlay,
-        transaction_id,
-        code,
-        body,
-        how,
-        &mut keys,
-    )
-}
-
-/// [`verify_message`] with decoded keys taken from (and added to) `keys`.
-pub fn verify_message_with(
-    security: &[u8],
-    overlay: u32,
-    transaction_id: u64,
-    code: u16,
-    body: &[u8],
-    how: Binding<'_>,
-    keys: &mut KeyCache,
-) -> Result<Id, SignatureError> {
     verify_message_memo(
         security,
         overlay,
@@ -186,12 +165,13 @@ pub fn verify_message_with(
         code,
         body,
         how,
-        keys,
+        &mut keys,
         None,
     )
 }
 
-/// [`verify_message_with`] that takes a signature `known` holds (a batch check,
+/// [`verify_message`] with decoded keys taken from (and added to) `keys`, that takes a
+/// signature `known` holds (a batch check,
 /// [`verify_batch`], verified it) without verifying it again; the signer binding is
 /// checked all the same. Nothing is added to `known`: messages are each new.
 #[allow(clippy::too_many_arguments)]

@@ -544,6 +544,41 @@ mod tests {
         (peer, client, writer, replicas)
     }
 
+    /// `n` stores by `n` writers, each of its own resource, from `client` to `peer`.
+    fn stores_of_many_writers(client: &mut OverlayNode, peer: &mut OverlayNode, t: Time, n: usize) {
+        for i in 0..n {
+            let name = format!("user{i}");
+            let w = Identity::from_seed([i as u8 + 100; 32], &name);
+            client_store(client, &w, t, &name);
+        }
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t, client.id(), &m.bytes);
+        }
+    }
+
+    /// The replica r1 of [`primary_and_client`] as a node, linked to `peer`.
+    fn replica_r1(peer: &OverlayNode, t: Time) -> OverlayNode {
+        let identity = Identity::from_seed([11; 32], "r1");
+        let me = identity.node_id;
+        let topology = Prober {
+            me,
+            sends: Vec::new(),
+            seen: Seen::default(),
+            replicas: Vec::new(),
+        };
+        let store = Box::new(MemoryStore::new());
+        let mut replica = OverlayNode::new(
+            CoreConfig::default(),
+            identity,
+            Box::new(topology),
+            store,
+            3,
+        );
+        replica.start(t, &[]);
+        replica.handle_link(t, LinkEvent::Up(peer.id()));
+        replica
+    }
+
     fn client_store(client: &mut OverlayNode, writer: &Identity, t: Time, name: &str) {
         let res = Id::hash_of(name.as_bytes());
         let v = signed_value(
@@ -584,33 +619,12 @@ mod tests {
         let window = 8;
         let (mut peer, mut client, writer, replicas) = primary_and_client(window);
         let r1 = replicas[0];
-        let replica_identity = Identity::from_seed([11; 32], "r1");
-        assert_eq!(replica_identity.node_id, r1);
-        let mut replica = OverlayNode::new(
-            CoreConfig::default(),
-            replica_identity,
-            Box::new(Prober {
-                me: r1,
-                sends: Vec::new(),
-                seen: Seen::default(),
-                replicas: Vec::new(),
-            }),
-            Box::new(MemoryStore::new()),
-            3,
-        );
         let t = Time(1_000_000);
-        replica.start(t, &[]);
-        replica.handle_link(t, LinkEvent::Up(peer.id()));
+        let mut replica = replica_r1(&peer, t);
+        assert_eq!(replica.id(), r1);
         let stores = 50;
         let _ = writer;
-        for i in 0..stores {
-            let name = format!("user{i}");
-            let w = Identity::from_seed([i as u8 + 100; 32], &name);
-            client_store(&mut client, &w, t, &name);
-        }
-        while let Some(m) = client.poll_transmit() {
-            peer.handle_message(t, client.id(), &m.bytes);
-        }
+        stores_of_many_writers(&mut client, &mut peer, t, stores);
         let mut to_r1: Vec<Vec<u8>> = Vec::new();
         while let Some(m) = peer.poll_transmit() {
             if m.to == r1 {
@@ -646,38 +660,17 @@ mod tests {
     #[test]
     fn stores_are_answered_at_the_pace_of_replication() {
         let (window, backlog) = (2, 3);
-        let replica_identity = Identity::from_seed([11; 32], "r1");
-        let r1 = replica_identity.node_id;
+        let r1 = Identity::from_seed([11; 32], "r1").node_id;
         let cfg = CoreConfig {
             replication_window: window,
             replication_backlog: backlog,
             ..CoreConfig::default()
         };
         let (mut peer, mut client, _) = peer_and_client(cfg, &[r1], Box::new(MemoryStore::new()));
-        let mut replica = OverlayNode::new(
-            CoreConfig::default(),
-            replica_identity,
-            Box::new(Prober {
-                me: r1,
-                sends: Vec::new(),
-                seen: Seen::default(),
-                replicas: Vec::new(),
-            }),
-            Box::new(MemoryStore::new()),
-            3,
-        );
         let t = Time(1_000_000);
-        replica.start(t, &[]);
-        replica.handle_link(t, LinkEvent::Up(peer.id()));
+        let mut replica = replica_r1(&peer, t);
         let stores = 10;
-        for i in 0..stores {
-            let name = format!("user{i}");
-            let w = Identity::from_seed([i as u8 + 100; 32], &name);
-            client_store(&mut client, &w, t, &name);
-        }
-        while let Some(m) = client.poll_transmit() {
-            peer.handle_message(t, client.id(), &m.bytes);
-        }
+        stores_of_many_writers(&mut client, &mut peer, t, stores);
         let (mut answered, mut to_r1) = (0, Vec::new());
         let route = |peer: &mut OverlayNode, answered: &mut usize, to_r1: &mut Vec<Vec<u8>>| {
             while let Some(m) = peer.poll_transmit() {

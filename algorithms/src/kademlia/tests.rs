@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// `n` ids spread over the id space, sorted.
+fn spread_members(n: u128) -> Vec<Id> {
+    let mut v: Vec<Id> = (0..n)
+        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn xor_closest_agrees_with_a_linear_scan() {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
@@ -24,11 +33,7 @@ fn buckets_place_nodes_by_shared_prefix() {
 
 #[test]
 fn start_with_members_fills_every_populated_bucket_and_routes_greedily() {
-    let members: Vec<Id> = (0..1000u128)
-        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
-        .collect();
-    let mut sorted = members.clone();
-    sorted.sort();
+    let sorted = spread_members(1000);
     let me = sorted[17];
     let mut node = Kademlia::new(me, KademliaConfig::default());
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
@@ -64,11 +69,7 @@ fn start_with_members_fills_every_populated_bucket_and_routes_greedily() {
 /// not answer leaves its bucket. With the checks off, a silent dead entry stays.
 #[test]
 fn silent_entries_are_checked_and_dead_ones_dropped() {
-    let members: Vec<Id> = (0..200u128)
-        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
-        .collect();
-    let mut sorted = members.clone();
-    sorted.sort();
+    let sorted = spread_members(200);
     let me = sorted[5];
     for checks in [true, false] {
         let cfg = KademliaConfig {
@@ -148,11 +149,7 @@ fn silent_entries_are_checked_and_dead_ones_dropped() {
 /// whose round trip was not measured, changes nothing.
 #[test]
 fn a_faster_candidate_displaces_the_slowest_entry_of_a_full_bucket() {
-    let members: Vec<Id> = (0..4000u128)
-        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
-        .collect();
-    let mut sorted = members.clone();
-    sorted.sort();
+    let sorted = spread_members(4000);
     let me = sorted[17];
     let cfg = KademliaConfig {
         proximity: true,
@@ -207,11 +204,7 @@ fn a_faster_candidate_displaces_the_slowest_entry_of_a_full_bucket() {
 /// intervals down again; the size it estimates is the member count's order.
 #[test]
 fn self_tuning_follows_the_churn_of_the_near_set() {
-    let members: Vec<Id> = (0..1000u128)
-        .map(|i| Id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5cef_9d1b)))
-        .collect();
-    let mut sorted = members.clone();
-    sorted.sort();
+    let sorted = spread_members(1000);
     let me = sorted[17];
     let cfg = KademliaConfig {
         self_tuning: true,
