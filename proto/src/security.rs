@@ -202,37 +202,37 @@ pub fn verify_message_memo(
 }
 
 /// One signature to check in a batch: the signer's public key, the signature and what it
-/// covers.
+/// covers, and its key in a [`VerifiedMemo`].
 pub struct Pending {
     key: [u8; 32],
     sig: [u8; 64],
     input: Vec<u8>,
+    digest: [u8; 32],
 }
 
 impl Pending {
     /// Its key in a [`VerifiedMemo`].
     pub fn digest(&self) -> [u8; 32] {
-        VerifiedMemo::digest(&self.key, &self.sig, &self.input)
+        self.digest
     }
 
-    /// The Ed25519 part of checking `sig` over `input`: the key the signer carries, or the
-    /// one its certificate binds (a certificate `how` refuses gives None, and so does
-    /// anything malformed: the check of that signature alone will say why).
-    pub fn of(sig: &pb::Signature, input: Vec<u8>, how: Binding<'_>) -> Option<Pending> {
-        if sig.algorithm != pb::SignatureAlgorithm::Ed25519 as i32 {
-            return None;
-        }
-        let key: [u8; 32] = match (&sig.signer.as_ref()?.key, how) {
-            (Some(pb::signer_identity::Key::Certificate(der)), Binding::Certified(check)) => {
-                check.binding(der).ok()?.key
-            }
-            (Some(pb::signer_identity::Key::PublicKey(k)), _) => k.as_slice().try_into().ok()?,
-            _ => return None,
-        };
+    /// The Ed25519 part of checking `sig` over `input`, with the key its signer is bound
+    /// to as `how` says (the same rules as a check alone); None when the signer is not
+    /// bound or anything is malformed: the check of that signature alone will say why.
+    pub fn of(
+        sig: &pb::Signature,
+        input: Vec<u8>,
+        how: Binding<'_>,
+        keys: &mut KeyCache,
+    ) -> Option<Pending> {
+        let (_, key) = bound_key(sig, how, keys).ok()?;
+        let sig: [u8; 64] = sig.value.as_slice().try_into().ok()?;
+        let digest = VerifiedMemo::digest(&key, &sig, &input);
         Some(Pending {
             key,
-            sig: sig.value.as_slice().try_into().ok()?,
+            sig,
             input,
+            digest,
         })
     }
 
@@ -244,13 +244,14 @@ impl Pending {
         code: u16,
         body: &[u8],
         how: Binding<'_>,
+        keys: &mut KeyCache,
     ) -> Option<Pending> {
         if security.is_empty() {
             return None;
         }
         let block = pb::SecurityBlock::decode(security).ok()?;
         let input = message_signing_input(overlay, transaction_id, code, body);
-        Pending::of(block.signature.as_ref()?, input, how)
+        Pending::of(block.signature.as_ref()?, input, how, keys)
     }
 }
 
@@ -459,13 +460,15 @@ impl Memo<'_> {
     }
 }
 
-fn verify_bound_in<'s>(
+/// The signer of `sig` and the public key it is bound to as `how` says: the key it
+/// carries (self-signed: its Node-ID must be the key's hash) or the one its certificate
+/// binds (its Node-ID and user name must be the certificate's). The one place these rules
+/// are applied, for a check alone and for a batch ([`Pending::of`]).
+fn bound_key<'s>(
     sig: &'s pb::Signature,
-    input: &[u8],
     how: Binding<'_>,
     keys: &mut KeyCache,
-    memo: Memo<'_>,
-) -> Result<&'s pb::SignerIdentity, SignatureError> {
+) -> Result<(&'s pb::SignerIdentity, [u8; 32]), SignatureError> {
     if sig.algorithm != pb::SignatureAlgorithm::Ed25519 as i32 {
         return Err(SignatureError::UnsupportedAlgorithm(sig.algorithm));
     }
@@ -500,6 +503,17 @@ fn verify_bound_in<'s>(
         }
         _ => return Err(SignatureError::NoPublicKey),
     };
+    Ok((signer, pk))
+}
+
+fn verify_bound_in<'s>(
+    sig: &'s pb::Signature,
+    input: &[u8],
+    how: Binding<'_>,
+    keys: &mut KeyCache,
+    memo: Memo<'_>,
+) -> Result<&'s pb::SignerIdentity, SignatureError> {
+    let (signer, pk) = bound_key(sig, how, keys)?;
     let vk = keys.get(&pk)?.0;
     let s: [u8; 64] = sig
         .value
@@ -507,17 +521,20 @@ fn verify_bound_in<'s>(
         .try_into()
         .map_err(|_| SignatureError::BadSignature)?;
     let known = match &memo {
-        Memo::None => false,
-        Memo::Lookup(m) => m.seen.contains(&VerifiedMemo::digest(&pk, &s, input)),
-        Memo::Remember(m) => m.seen.contains(&VerifiedMemo::digest(&pk, &s, input)),
+        Memo::None => None,
+        Memo::Lookup(m) => Some(&**m),
+        Memo::Remember(m) => Some(&**m),
     };
-    if known {
-        return Ok(signer);
+    let digest = known.map(|_| VerifiedMemo::digest(&pk, &s, input));
+    if let (Some(m), Some(d)) = (known, &digest) {
+        if m.seen.contains(d) {
+            return Ok(signer);
+        }
     }
     vk.verify(input, &ed25519_dalek::Signature::from_bytes(&s))
         .map_err(|_| SignatureError::BadSignature)?;
-    if let Memo::Remember(m) = memo {
-        m.insert(VerifiedMemo::digest(&pk, &s, input));
+    if let (Memo::Remember(m), Some(d)) = (memo, digest) {
+        m.insert(d);
     }
     Ok(signer)
 }
@@ -650,7 +667,8 @@ mod tests {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, b)| {
-                    Pending::of_message(b, 1, i as u64, 23, b"ping", Binding::SelfSigned)
+                    let keys = &mut KeyCache::default();
+                    Pending::of_message(b, 1, i as u64, 23, b"ping", Binding::SelfSigned, keys)
                 })
                 .collect()
         };

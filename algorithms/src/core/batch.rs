@@ -13,7 +13,7 @@ use crate::id::{Id, NodeId};
 use crate::storage::VerifyMode;
 use crate::topology::NextHop;
 use p2psip_proto::pb;
-use p2psip_proto::security::{stored_data_signing_input, verify_batch, Binding, Pending};
+use p2psip_proto::security::{stored_data_signing_input, verify_batch, Binding, KeyCache, Pending};
 use p2psip_proto::{is_request, parse_header, split_contents, Body, DestRef};
 
 /// Which memo a verified signature goes to.
@@ -35,17 +35,20 @@ impl OverlayNode {
         if batch.len() < 2 || (!self.cfg.sign_messages && !values) {
             return;
         }
+        // The decoded-key cache leaves the node while `collect` reads the rest of it.
+        let mut keys = std::mem::take(&mut self.keys);
         let how = self.cfg.verify.binding();
         let mut pending: Vec<(For, Pending)> = Vec::new();
         for (from, bytes) in batch {
-            self.collect(*from, bytes, how, values, &mut pending);
+            self.collect(*from, bytes, how, values, &mut keys, &mut pending);
         }
         pending.retain(|(f, p)| match f {
             For::Batch => true,
             For::Fetched => !self.verified.contains(&p.digest()),
         });
         let (fors, checks): (Vec<For>, Vec<Pending>) = pending.into_iter().unzip();
-        let (made, good) = verify_batch(&checks, &mut self.keys);
+        let (made, good) = verify_batch(&checks, &mut keys);
+        self.keys = keys;
         if made == 0 {
             return;
         }
@@ -72,6 +75,7 @@ impl OverlayNode {
         bytes: &[u8],
         how: Binding<'_>,
         values: bool,
+        keys: &mut KeyCache,
         out: &mut Vec<(For, Pending)>,
     ) {
         let Ok(h) = parse_header(bytes) else { return };
@@ -99,8 +103,8 @@ impl OverlayNode {
         let unsigned = c.security.is_empty() || (from == self.me && claimed == self.me);
         if self.cfg.sign_messages && !unsigned {
             let (tid, code, body) = (h.transaction_id, c.code, c.body);
-            if let Some(p) = Pending::of_message(c.security, self.overlay_id, tid, code, body, how)
-            {
+            let overlay = self.overlay_id;
+            if let Some(p) = Pending::of_message(c.security, overlay, tid, code, body, how, keys) {
                 out.push((For::Batch, p));
             }
         }
@@ -135,7 +139,7 @@ impl OverlayNode {
         let Some(resource) = resource else { return };
         for (kind, vals) in kinds {
             for sd in vals {
-                if let Some(p) = value_check(resource, kind, &sd, how) {
+                if let Some(p) = value_check(resource, kind, &sd, how, keys) {
                     out.push((memo, p));
                 }
             }
@@ -146,13 +150,19 @@ impl OverlayNode {
 /// The check of a stored value's signature. Array entries are left out: one appended by
 /// its writer was signed under another index than the one it is stored at (SPEC 6.2), and
 /// a batch that held it would fail.
-fn value_check(resource: Id, kind: u32, sd: &pb::StoredData, how: Binding<'_>) -> Option<Pending> {
+fn value_check(
+    resource: Id,
+    kind: u32,
+    sd: &pb::StoredData,
+    how: Binding<'_>,
+    keys: &mut KeyCache,
+) -> Option<Pending> {
     let value = sd.value.as_ref()?;
     if matches!(value.model, Some(pb::stored_data_value::Model::Array(_))) {
         return None;
     }
     let input = stored_data_signing_input(resource, kind, sd.storage_time, value);
-    Pending::of(sd.signature.as_ref()?, input, how)
+    Pending::of(sd.signature.as_ref()?, input, how, keys)
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use crate::id::{Id, NodeId};
 use crate::topology::Target;
 use p2psip_proto::pb;
 use p2psip_proto::{Body, Destination};
+use std::collections::{HashMap, VecDeque};
 
 /// Writers' answers held at most; beyond, stores are answered at once (the bound on what
 /// back-pressure may hold in memory).
 const BACKPRESSURED_MAX: usize = 4096;
-use std::collections::{HashMap, VecDeque};
 
 /// The copies to one replica: how many are in flight, and the resources waiting for
 /// room (each once, with the kinds to copy and its replica number). A waiting copy is
