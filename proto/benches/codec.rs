@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use p2psip_proto::security::{sign_message, verify_message, Binding};
+use p2psip_proto::security::{
+    sign_message, verify_batch, verify_message, Binding, Identity, KeyCache, Pending,
+};
 use p2psip_proto::{forward, parse_header, test_vectors, Destination, Id, Message, Rewrite};
 use std::hint::black_box;
 
@@ -65,6 +67,36 @@ fn benches(c: &mut Criterion) {
             )
         })
     });
+    // Batch checks (SPEC 5.4): 4 and 8 messages of distinct signers, the time per batch.
+    for n in [4usize, 8] {
+        let signers: Vec<Identity> = (0..n as u8)
+            .map(|i| Identity::from_seed([i + 1; 32], format!("u{i}")))
+            .collect();
+        let blocks: Vec<Vec<u8>> = signers
+            .iter()
+            .enumerate()
+            .map(|(i, id)| sign_message(id, overlay, i as u64, 7, &body))
+            .collect();
+        let mut keys = KeyCache::default();
+        let pending: Vec<Pending> = blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                Pending::of_message(
+                    b,
+                    overlay,
+                    i as u64,
+                    7,
+                    &body,
+                    Binding::SelfSigned,
+                    &mut keys,
+                )
+            })
+            .collect();
+        g.bench_function(format!("verify_batch_{n}x200b"), |b| {
+            b.iter(|| black_box(verify_batch(black_box(&pending), &mut keys)))
+        });
+    }
     g.finish();
 }
 
