@@ -10,7 +10,7 @@
 
 use super::OverlayNode;
 use crate::id::{Id, NodeId};
-use crate::storage::VerifyMode;
+use crate::storage::{holds_as_is, VerifyMode};
 use crate::topology::NextHop;
 use p2psip_proto::pb;
 use p2psip_proto::security::{stored_data_signing_input, verify_batch, Binding, KeyCache, Pending};
@@ -111,7 +111,7 @@ impl OverlayNode {
         if !values {
             return;
         }
-        let (resource, kinds, memo) = match Body::decode(c.code, c.body) {
+        let (resource, kinds, memo, copy) = match Body::decode(c.code, c.body) {
             Ok(Body::StoreReq(s)) if req => (
                 Id::from_slice(&s.resource),
                 s.kind_data
@@ -119,6 +119,7 @@ impl OverlayNode {
                     .map(|k| (k.kind, k.values))
                     .collect::<Vec<_>>(),
                 For::Batch,
+                s.replica_number > 0,
             ),
             Ok(Body::FetchAns(a)) => {
                 let Some(Ok(Body::FetchReq(f))) = tx.map(|t| Body::decode(t.code(), t.body()))
@@ -132,13 +133,24 @@ impl OverlayNode {
                         .map(|k| (k.kind, k.values))
                         .collect(),
                     For::Fetched,
+                    false,
                 )
             }
             _ => return,
         };
         let Some(resource) = resource else { return };
         for (kind, vals) in kinds {
+            // A copy's values held as they are are taken without a check (apply_store).
+            let held = copy
+                .then(|| Some((self.cfg.kinds.get(kind)?, self.store.get(resource, kind)?)))
+                .flatten();
             for sd in vals {
+                if held
+                    .as_ref()
+                    .is_some_and(|(k, data)| holds_as_is(data, k, &sd))
+                {
+                    continue;
+                }
                 if let Some(p) = value_check(resource, kind, &sd, how, keys) {
                     out.push((memo, p));
                 }

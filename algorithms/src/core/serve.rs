@@ -353,7 +353,11 @@ impl OverlayNode {
                 generation_counter: data.generation,
                 replicas: rs.iter().skip(1).map(|n| n.to_bytes().to_vec()).collect(),
             });
-            self.write_data_over(resource, kind, &old, Some(data));
+            // A copy that changes nothing (the periodic re-push) is not written again; a
+            // writer's store always moves the generation counter.
+            if changed || mode == StoreMode::Primary {
+                self.write_data_over(resource, kind, &old, Some(data));
+            }
             if changed {
                 changed_kinds.push(kind);
             }
@@ -387,6 +391,7 @@ mod tests {
     use p2psip_proto::security::Identity;
     use p2psip_proto::Body;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     /// A storage whose writes wait for `commit`, which fails while `full` is set (and then
     /// undoes them, as the daemon's database does).
@@ -558,6 +563,11 @@ mod tests {
 
     /// The replica r1 of [`primary_and_client`] as a node, linked to `peer`.
     fn replica_r1(peer: &OverlayNode, t: Time) -> OverlayNode {
+        replica_r1_on(peer, t, Box::new(MemoryStore::new()))
+    }
+
+    /// The same on `store`.
+    fn replica_r1_on(peer: &OverlayNode, t: Time, store: Box<dyn Storage>) -> OverlayNode {
         let identity = Identity::from_seed([11; 32], "r1");
         let me = identity.node_id;
         let topology = Prober {
@@ -566,7 +576,6 @@ mod tests {
             seen: Seen::default(),
             replicas: Vec::new(),
         };
-        let store = Box::new(MemoryStore::new());
         let mut replica = OverlayNode::new(
             CoreConfig::default(),
             identity,
@@ -652,6 +661,113 @@ mod tests {
             }
         }
         assert_eq!(replica.storage().value_count(), stores);
+    }
+
+    /// A store that counts its writes (each one a durable commit on the daemon's disk).
+    #[derive(Clone, Default)]
+    struct CountedWrites {
+        inner: Arc<Mutex<(MemoryStore, usize)>>,
+    }
+
+    impl Storage for CountedWrites {
+        fn get(&self, r: Id, k: u32) -> Option<KindData> {
+            self.inner.lock().unwrap().0.get(r, k)
+        }
+        fn put(&mut self, r: Id, k: u32, d: KindData) {
+            let mut g = self.inner.lock().unwrap();
+            g.1 += 1;
+            g.0.put(r, k, d)
+        }
+        fn remove(&mut self, r: Id, k: u32) -> Option<KindData> {
+            let mut g = self.inner.lock().unwrap();
+            g.1 += 1;
+            g.0.remove(r, k)
+        }
+        fn keys(&self) -> Vec<(Id, u32)> {
+            self.inner.lock().unwrap().0.keys()
+        }
+        fn value_count(&self) -> usize {
+            self.inner.lock().unwrap().0.value_count()
+        }
+    }
+
+    /// Every `replication_interval` the primary sends each replica everything again: a
+    /// copy that changes nothing costs the replica no write (on the daemon, no durable
+    /// commit) and no signature check, while a changed value still arrives and is kept.
+    #[test]
+    fn the_periodic_re_push_writes_nothing_that_is_held() {
+        let r1 = Identity::from_seed([11; 32], "r1").node_id;
+        let every = Duration::from_secs(20);
+        let cfg = CoreConfig {
+            replication_interval: every,
+            ..CoreConfig::default()
+        };
+        let (mut peer, mut client, writer) =
+            peer_and_client(cfg, &[r1], Box::new(MemoryStore::new()));
+        let t = Time(1_000_000);
+        let disk = CountedWrites::default();
+        let mut replica = replica_r1_on(&peer, t, Box::new(disk.clone()));
+        let relay = |peer: &mut OverlayNode, replica: &mut OverlayNode, t: Time| {
+            let to_r1: Vec<Vec<u8>> = std::iter::from_fn(|| peer.poll_transmit())
+                .filter(|m| m.to == r1)
+                .map(|m| m.bytes)
+                .collect();
+            let n = to_r1.len();
+            let batch: Vec<(NodeId, &[u8])> =
+                to_r1.iter().map(|b| (peer.id(), b.as_slice())).collect();
+            replica.prepare(&batch);
+            for b in &to_r1 {
+                replica.handle_message(t, peer.id(), b);
+            }
+            while let Some(m) = replica.poll_transmit() {
+                peer.handle_message(t, r1, &m.bytes);
+            }
+            n
+        };
+        for name in ["alice", "bob", "carol"] {
+            let w = Identity::from_seed([name.len() as u8 + 40; 32], name);
+            client_store(
+                &mut client,
+                if name == "alice" { &writer } else { &w },
+                t,
+                name,
+            );
+        }
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t, client.id(), &m.bytes);
+        }
+        assert_eq!(relay(&mut peer, &mut replica, t), 3);
+        assert_eq!(replica.storage().value_count(), 3);
+        let writes = disk.inner.lock().unwrap().1;
+        let batched = replica.stats().signatures_batched;
+        assert_eq!(batched, 3, "the first copies' values are checked");
+
+        let later = Time(t.0 + every.as_micros() as u64);
+        peer.handle_timeout(later);
+        assert_eq!(relay(&mut peer, &mut replica, later), 3, "all re-pushed");
+        assert_eq!(
+            disk.inner.lock().unwrap().1,
+            writes,
+            "unchanged copies written again"
+        );
+        assert_eq!(
+            replica.stats().signatures_batched,
+            batched,
+            "unchanged values checked again"
+        );
+
+        // A changed value still travels and is kept.
+        let t2 = Time(later.0 + 1_000_000);
+        client_store(&mut client, &writer, t2, "alice");
+        while let Some(m) = client.poll_transmit() {
+            peer.handle_message(t2, client.id(), &m.bytes);
+        }
+        assert_eq!(relay(&mut peer, &mut replica, t2), 1);
+        assert_eq!(disk.inner.lock().unwrap().1, writes + 1);
+        let res = Id::hash_of(b"alice");
+        let values = |n: &OverlayNode| n.storage().get(res, KIND_USER_VALUE).map(|d| d.values);
+        assert!(values(&replica).is_some());
+        assert_eq!(values(&replica), values(&peer));
     }
 
     /// A writer faster than replication: its stores are answered while the copies

@@ -279,35 +279,92 @@ impl Kademlia {
         self.known.push_back(id);
     }
 
-    /// The near set: the `k` known nodes closest to us, which decide what this node
-    /// stores. XOR distance to us falls with the bucket index, so only the nearest
-    /// non-empty buckets are looked at.
+    /// The near set: the `k` known nodes closest to us (its churn drives self-tuning).
     fn window(&self) -> Vec<Id> {
-        let k = self.cfg.k;
-        let mut v: Vec<Id> = Vec::with_capacity(2 * k);
+        self.nearest(self.cfg.k)
+    }
+
+    /// The `n` known nodes closest to us. XOR distance to us falls with the bucket index,
+    /// so only the nearest non-empty buckets are looked at.
+    fn nearest(&self, n: usize) -> Vec<Id> {
+        let mut v: Vec<Id> = Vec::with_capacity(2 * n);
         for b in self.buckets.iter().rev() {
             v.extend(b.nodes.iter().copied());
-            if v.len() >= k {
+            if v.len() >= n {
                 break;
             }
         }
         v.sort_unstable_by_key(|x| xor(*x, self.me));
-        v.truncate(k);
+        v.truncate(n);
         v
     }
 
+    /// How many of the nodes closest to us are kept whatever the size of their bucket
+    /// (proto/SPEC.md 7.1): every replica set this node is responsible for, or a member
+    /// of, lies among them. A bucket that holds `k` already cannot leave one out (a
+    /// responsible peer whose full bucket left out the eighth-closest node of a resource
+    /// kept 7 of its 8 copies).
+    fn near_size(&self) -> usize {
+        2 * self.cfg.k.max(self.cfg.replicas + 1)
+    }
+
+    /// Whether `id` (in bucket `b`) would be among the [`Self::near_size`] nodes closest
+    /// to us: fewer than that are closer, counting those of the nearer buckets and the
+    /// closer ones of its own.
+    fn is_near(&self, id: Id, b: usize) -> bool {
+        let d = xor(id, self.me);
+        let nearer: usize = self.buckets[b + 1..].iter().map(|x| x.nodes.len()).sum();
+        let closer_here = self.buckets[b]
+            .nodes
+            .iter()
+            .filter(|x| xor(**x, self.me) < d)
+            .count();
+        nearer + closer_here < self.near_size()
+    }
+
+    /// Bucket `b` past `k` entries keeps only near ones: the farthest of the others go
+    /// back to the replacements.
+    fn trim_bucket(&mut self, b: usize) {
+        let k = self.cfg.k;
+        while self.buckets[b].nodes.len() > k {
+            let Some(far) = self.buckets[b]
+                .nodes
+                .iter()
+                .copied()
+                .max_by_key(|x| xor(*x, self.me))
+            else {
+                return;
+            };
+            if self.is_near(far, b) {
+                return;
+            }
+            let bucket = &mut self.buckets[b];
+            bucket.nodes.retain(|x| *x != far);
+            bucket.replacements.retain(|x| *x != far);
+            if bucket.replacements.len() == k {
+                bucket.replacements.remove(0);
+            }
+            bucket.replacements.push(far);
+            self.seen.remove(&far);
+        }
+    }
+
     fn changing(&mut self, ctx: &mut Ctx<'_>, f: impl FnOnce(&mut Self)) {
-        let before = self.window();
+        let near = self.near_size();
+        let before = self.nearest(near);
         f(self);
-        let after = self.window();
+        let after = self.nearest(near);
         if self.joined && after != before {
+            // Replica sets are drawn from the whole near set, not only the k closest.
             ctx.event(TopologyEvent::ResponsibilityChanged);
-            if self.cfg.self_tuning {
-                // Nodes new to the near set; those that left it by failing are counted by
-                // drop_node, those a closer arrival pushed out are not departures.
-                for _ in after.iter().filter(|x| !before.contains(x)) {
-                    self.churn.arrival(ctx.now);
-                }
+        }
+        let k = self.cfg.k;
+        let (before, after) = (&before[..before.len().min(k)], &after[..after.len().min(k)]);
+        if self.joined && after != before && self.cfg.self_tuning {
+            // Nodes new to the near set; those that left it by failing are counted by
+            // drop_node, those a closer arrival pushed out are not departures.
+            for _ in after.iter().filter(|x| !before.contains(x)) {
+                self.churn.arrival(ctx.now);
             }
         }
         if self.cfg.self_tuning {
@@ -328,11 +385,14 @@ impl Kademlia {
                 bucket.nodes.remove(p);
                 bucket.nodes.push(id);
                 s.seen.insert(id, now);
-            } else if bucket.nodes.len() < k {
+            } else if bucket.nodes.len() < k || s.is_near(id, b) {
+                let bucket = &mut s.buckets[b];
                 bucket.nodes.push(id);
                 bucket.replacements.retain(|x| *x != id);
                 s.seen.insert(id, now);
+                s.trim_bucket(b);
             } else {
+                let bucket = &mut s.buckets[b];
                 bucket.replacements.retain(|x| *x != id);
                 if bucket.replacements.len() == k {
                     bucket.replacements.remove(0);
@@ -373,6 +433,10 @@ impl Kademlia {
             bucket.replacements.retain(|x| *x != id);
             if let Some(p) = bucket.nodes.iter().position(|x| *x == id) {
                 bucket.nodes.remove(p);
+                if bucket.nodes.len() >= s.cfg.k {
+                    // It held near nodes past k: no room to refill.
+                    return;
+                }
                 if let Some(r) = bucket.replacements.pop() {
                     bucket.nodes.push(r);
                     // Not heard from since it was cached: checked at the next round.
@@ -390,7 +454,8 @@ impl Kademlia {
     /// at most `k` probes (the candidates closest to us that have room), and no more than
     /// `2k` are out at a time, whatever the message listed.
     fn learn(&mut self, ctx: &mut Ctx<'_>, ids: &[Id]) {
-        let near = self.window();
+        let near_size = self.near_size();
+        let near = self.nearest(near_size);
         let farthest = near.last().map(|x| xor(*x, self.me));
         let now = ctx.now;
         let mut fresh: Vec<(u128, Id)> = ids
@@ -400,7 +465,7 @@ impl Kademlia {
             .filter(|c| !self.recently_dead(*c, now))
             .filter(|c| {
                 let enters_near =
-                    near.len() < self.cfg.k || farthest.is_some_and(|f| xor(*c, self.me) < f);
+                    near.len() < near_size || farthest.is_some_and(|f| xor(*c, self.me) < f);
                 enters_near
                     || self
                         .bucket_of(*c)
@@ -458,7 +523,7 @@ impl Kademlia {
     fn update(&self, now: Time, to: Id) -> pb::KademliaUpdate {
         pb::KademliaUpdate {
             uptime: now.since(self.started).as_secs().min(u64::from(u32::MAX)) as u32,
-            closest: wire_ids(&self.closest(to, self.cfg.k)),
+            closest: wire_ids(&self.closest(to, self.near_size())),
         }
     }
 
@@ -561,50 +626,57 @@ impl Kademlia {
             .unwrap_or(0);
         for b in 0..nearest.min(self.buckets.len()) {
             if self.buckets[b].nodes.is_empty() {
-                self.refresh_bucket(ctx, b);
+                self.look_in_bucket(ctx, b);
             }
         }
     }
 
-    /// Checks bucket `b`'s oldest node, or looks up a random id in an empty bucket.
+    /// Checks bucket `b`'s oldest node; a bucket with room (none, or fewer than `k`)
+    /// also looks up a random id of its range, whose answer may fill it.
     fn refresh_bucket(&mut self, ctx: &mut Ctx<'_>, b: usize) {
-        {
-            if let Some(&oldest) = self.buckets[b].nodes.first() {
-                let tok = ctx.request(
-                    Target::Direct(oldest),
-                    pb::ProbeReq {
-                        requested_info: vec![],
-                    },
-                );
-                self.pending.insert(tok, Pending::BucketCheck(oldest));
-                return;
-            }
-            // Buckets past the nearest known node's are (nearly) empty in any overlay.
-            let nearest = self.window();
-            if nearest
-                .first()
-                .is_some_and(|n| self.bucket_of(*n).is_some_and(|nb| b > nb))
-            {
-                return;
-            }
-            let target = self.random_in_bucket(b, ctx.rng.random());
-            // A lookup this node would answer itself (it knows no one closer to the
-            // target: the whole bucket is empty here) starts at a random known node
-            // instead, whose view of that part of the ring is its own.
-            let route = match (self.next_hop(target), self.random_known(ctx)) {
-                (NextHop::Local, Some(via)) => {
-                    Target::SourceRoute(vec![Destination::Node(via), Destination::Resource(target)])
-                }
-                _ => Target::Route(vec![Destination::Resource(target)]),
-            };
+        let held = self.buckets[b].nodes.len();
+        if let Some(&oldest) = self.buckets[b].nodes.first() {
             let tok = ctx.request(
-                route,
+                Target::Direct(oldest),
                 pb::ProbeReq {
                     requested_info: vec![],
                 },
             );
-            self.pending.insert(tok, Pending::Refresh);
+            self.pending.insert(tok, Pending::BucketCheck(oldest));
         }
+        if held < self.cfg.k {
+            self.look_in_bucket(ctx, b);
+        }
+    }
+
+    /// Looks up a random id of bucket `b`'s range (the responder enters the bucket),
+    /// unless the bucket lies past the nearest known node's.
+    fn look_in_bucket(&mut self, ctx: &mut Ctx<'_>, b: usize) {
+        // Buckets past the nearest known node's are (nearly) empty in any overlay.
+        let nearest = self.window();
+        if nearest
+            .first()
+            .is_some_and(|n| self.bucket_of(*n).is_some_and(|nb| b > nb))
+        {
+            return;
+        }
+        let target = self.random_in_bucket(b, ctx.rng.random());
+        // A lookup this node would answer itself (it knows no one closer to the
+        // target: the whole bucket is empty here) starts at a random known node
+        // instead, whose view of that part of the ring is its own.
+        let route = match (self.next_hop(target), self.random_known(ctx)) {
+            (NextHop::Local, Some(via)) => {
+                Target::SourceRoute(vec![Destination::Node(via), Destination::Resource(target)])
+            }
+            _ => Target::Route(vec![Destination::Resource(target)]),
+        };
+        let tok = ctx.request(
+            route,
+            pb::ProbeReq {
+                requested_info: vec![],
+            },
+        );
+        self.pending.insert(tok, Pending::Refresh);
     }
 
     /// The id of bucket `b`'s range (sharing exactly `b` leading bits with ours) that
@@ -824,6 +896,20 @@ impl Topology for Kademlia {
                 self.seen.insert(m, ctx.now);
             }
         }
+        // And the whole near set, whatever the size of its buckets.
+        let mut near: Vec<Id> = members.iter().copied().filter(|m| *m != self.me).collect();
+        let n = self.near_size().min(near.len());
+        if n > 0 {
+            near.select_nth_unstable_by_key(n - 1, |x| xor(*x, self.me));
+            for m in &near[..n] {
+                if let Some(b) = self.bucket_of(*m) {
+                    if !self.buckets[b].nodes.contains(m) {
+                        self.buckets[b].nodes.push(*m);
+                        self.seen.insert(*m, ctx.now);
+                    }
+                }
+            }
+        }
         self.become_joined(ctx);
     }
 
@@ -1034,6 +1120,11 @@ impl Topology for Kademlia {
             }
             T_SELF_LOOKUP => {
                 self.self_lookup(ctx);
+                // An empty bucket nearer the root than the nearest node's is a hole that
+                // lookups towards its range fall into (they end here, at the wrong node):
+                // each self-lookup round looks into every such bucket, not only the
+                // round-robin refresh, which reaches a bucket every 32 rounds.
+                self.refresh_far_buckets(ctx);
                 ctx.set_timer_jittered(self.cfg.self_lookup_interval, T_SELF_LOOKUP);
             }
             _ => {}

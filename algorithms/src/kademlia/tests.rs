@@ -42,14 +42,25 @@ fn start_with_members_fills_every_populated_bucket_and_routes_greedily() {
     let mut ctx = Ctx::new(Time(0), &mut rng, &mut actions, &mut tok);
     node.start_with_members(&mut ctx, &sorted);
     assert!(node.is_joined());
-    // Every bucket with members holds min(k, members in range) of them, all in range.
+    // Every bucket with members holds min(k, members in range) of them, all in range,
+    // and more where the near set reaches into it.
     for (b, bucket) in node.buckets.iter().enumerate() {
         let in_range = sorted
             .iter()
             .filter(|m| node.bucket_of(**m) == Some(b))
             .count();
-        assert_eq!(bucket.nodes.len(), in_range.min(8), "bucket {b}");
+        let n = bucket.nodes.len();
+        assert!(
+            n >= in_range.min(8) && n <= in_range,
+            "bucket {b}: {n} of {in_range}"
+        );
         assert!(bucket.nodes.iter().all(|n| node.bucket_of(*n) == Some(b)));
+    }
+    // The whole near set is known, whatever its buckets' sizes.
+    let mut near: Vec<Id> = sorted.iter().copied().filter(|m| *m != me).collect();
+    near.sort_unstable_by_key(|m| xor(*m, me));
+    for m in near.iter().take(node.near_size()) {
+        assert!(node.contains(*m), "near node {m:?} missing");
     }
     // The XOR-closest member to our own id is known, and a target next to it routes there.
     let nearest = *sorted

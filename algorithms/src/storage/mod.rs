@@ -12,8 +12,8 @@ pub use kinds::{Kind, KindRegistry, KIND_NODE_MULTIPLE, KIND_NODE_VALUE, KIND_SI
 pub use kinds::{KIND_REDIR, KIND_SIP_FRONT_END, KIND_USER_ARRAY, KIND_USER_VALUE};
 pub use memory::MemoryStore;
 pub use rules::{
-    apply_store, check_signed, check_signed_with, fetch, find_closest, is_expired, stat, too_large,
-    Budget, StoreMode, Verify, VerifyMode,
+    apply_store, check_signed, check_signed_with, fetch, find_closest, holds_as_is, is_expired,
+    stat, too_large, Budget, StoreMode, Verify, VerifyMode,
 };
 
 use crate::id::Id;
