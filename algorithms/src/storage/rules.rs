@@ -465,12 +465,10 @@ mod tests {
     use crate::{signed_value, Time, ValueModel};
     use p2psip_proto::security::Identity;
 
-    #[test]
-    fn a_generation_counter_at_its_maximum_refuses_instead_of_wrapping() {
-        let kinds = KindRegistry::default();
-        let kind = kinds.get(KIND_USER_VALUE).unwrap();
-        let who = Identity::from_seed([5; 32], "g");
-        let res = Id::hash_of(b"g");
+    /// User `name`'s resource and a value "x" it signed at 1 s, for 60 s.
+    fn single(name: &str) -> (Id, pb::StoredData) {
+        let who = Identity::from_seed([5; 32], name);
+        let res = Id::hash_of(name.as_bytes());
         let v = signed_value(
             &who,
             res,
@@ -479,28 +477,47 @@ mod tests {
             60,
             ValueModel::Single(b"x".to_vec()),
         );
+        (res, v)
+    }
+
+    /// `sd` stored at 2 s into `data` (a user value of `res`), self-signed checks.
+    fn store_one(
+        data: &mut KindData,
+        res: Id,
+        sd: &pb::StoredData,
+        generation_counter: u64,
+        mode: StoreMode,
+    ) -> Result<bool, (ErrorCode, String)> {
+        let kinds = KindRegistry::default();
+        let kind = kinds.get(KIND_USER_VALUE).unwrap();
         let req = pb::StoreKindData {
             kind: KIND_USER_VALUE,
-            generation_counter: 0,
-            values: vec![v],
+            generation_counter,
+            values: vec![sd.clone()],
         };
-        let mut data = KindData {
-            generation: u64::MAX,
-            ..KindData::default()
-        };
-        let r = apply_store(
-            &mut data,
+        apply_store(
+            data,
             kind,
             res,
             &req,
-            StoreMode::Primary,
+            mode,
             Verify {
                 mode: &VerifyMode::SelfSigned,
                 keys: &mut KeyCache::default(),
                 known: &VerifiedMemo::default(),
             },
             2_000,
-        );
+        )
+    }
+
+    #[test]
+    fn a_generation_counter_at_its_maximum_refuses_instead_of_wrapping() {
+        let (res, v) = single("g");
+        let mut data = KindData {
+            generation: u64::MAX,
+            ..KindData::default()
+        };
+        let r = store_one(&mut data, res, &v, 0, StoreMode::Primary);
         assert_eq!(
             r.err().map(|e| e.0),
             Some(ErrorCode::GenerationCounterTooLow)
@@ -516,16 +533,7 @@ mod tests {
     fn a_copy_of_what_is_held_is_not_checked_again() {
         let kinds = KindRegistry::default();
         let kind = kinds.get(KIND_USER_VALUE).unwrap();
-        let who = Identity::from_seed([5; 32], "c");
-        let res = Id::hash_of(b"c");
-        let mut v = signed_value(
-            &who,
-            res,
-            KIND_USER_VALUE,
-            Time(1_000),
-            60,
-            ValueModel::Single(b"x".to_vec()),
-        );
+        let (res, mut v) = single("c");
         if let Some(sig) = v.signature.as_mut() {
             sig.value[0] ^= 1;
         }
@@ -535,26 +543,8 @@ mod tests {
         };
         let slot = slot_of(kind, v.value.as_ref().unwrap()).unwrap();
         held.values.insert(slot, v.clone());
-        let store = |data: &mut KindData, sd: &pb::StoredData, mode| {
-            let req = pb::StoreKindData {
-                kind: KIND_USER_VALUE,
-                generation_counter: 3,
-                values: vec![sd.clone()],
-            };
-            apply_store(
-                data,
-                kind,
-                res,
-                &req,
-                mode,
-                Verify {
-                    mode: &VerifyMode::SelfSigned,
-                    keys: &mut KeyCache::default(),
-                    known: &VerifiedMemo::default(),
-                },
-                2_000,
-            )
-        };
+        let store =
+            |data: &mut KindData, sd: &pb::StoredData, mode| store_one(data, res, sd, 3, mode);
         let mut data = held.clone();
         assert_eq!(store(&mut data, &v, StoreMode::Merge), Ok(false));
         assert_eq!(data, held);
