@@ -191,7 +191,7 @@ pub fn verify_message_memo(
     let block = pb::SecurityBlock::decode(security).map_err(|_| SignatureError::Malformed)?;
     let sig = block.signature.as_ref().ok_or(SignatureError::Missing)?;
     let input = message_signing_input(overlay, transaction_id, code, body);
-    let signer = verify_bound_in(
+    let signer = verify_bound_memo(
         sig,
         &input,
         how,
@@ -435,7 +435,30 @@ pub fn verify_bound_memo<'s>(
     keys: &mut KeyCache,
     memo: Memo<'_>,
 ) -> Result<&'s pb::SignerIdentity, SignatureError> {
-    verify_bound_in(sig, input, how, keys, memo)
+    let (signer, pk) = bound_key(sig, how, keys)?;
+    let vk = keys.get(&pk)?.0;
+    let s: [u8; 64] = sig
+        .value
+        .as_slice()
+        .try_into()
+        .map_err(|_| SignatureError::BadSignature)?;
+    let known = match &memo {
+        Memo::None => None,
+        Memo::Lookup(m) => Some(&**m),
+        Memo::Remember(m) => Some(&**m),
+    };
+    let digest = known.map(|_| VerifiedMemo::digest(&pk, &s, input));
+    if let (Some(m), Some(d)) = (known, &digest) {
+        if m.seen.contains(d) {
+            return Ok(signer);
+        }
+    }
+    vk.verify(input, &ed25519_dalek::Signature::from_bytes(&s))
+        .map_err(|_| SignatureError::BadSignature)?;
+    if let (Memo::Remember(m), Some(d)) = (memo, digest) {
+        m.insert(d);
+    }
+    Ok(signer)
 }
 
 /// How a check uses a [`VerifiedMemo`].
@@ -504,39 +527,6 @@ fn bound_key<'s>(
         _ => return Err(SignatureError::NoPublicKey),
     };
     Ok((signer, pk))
-}
-
-fn verify_bound_in<'s>(
-    sig: &'s pb::Signature,
-    input: &[u8],
-    how: Binding<'_>,
-    keys: &mut KeyCache,
-    memo: Memo<'_>,
-) -> Result<&'s pb::SignerIdentity, SignatureError> {
-    let (signer, pk) = bound_key(sig, how, keys)?;
-    let vk = keys.get(&pk)?.0;
-    let s: [u8; 64] = sig
-        .value
-        .as_slice()
-        .try_into()
-        .map_err(|_| SignatureError::BadSignature)?;
-    let known = match &memo {
-        Memo::None => None,
-        Memo::Lookup(m) => Some(&**m),
-        Memo::Remember(m) => Some(&**m),
-    };
-    let digest = known.map(|_| VerifiedMemo::digest(&pk, &s, input));
-    if let (Some(m), Some(d)) = (known, &digest) {
-        if m.seen.contains(d) {
-            return Ok(signer);
-        }
-    }
-    vk.verify(input, &ed25519_dalek::Signature::from_bytes(&s))
-        .map_err(|_| SignatureError::BadSignature)?;
-    if let (Memo::Remember(m), Some(d)) = (memo, digest) {
-        m.insert(d);
-    }
-    Ok(signer)
 }
 
 #[cfg(test)]
