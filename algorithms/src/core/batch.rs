@@ -180,7 +180,7 @@ fn value_check(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::transactions::tests::{Prober, Seen};
+    use super::super::transactions::tests::holder;
     use crate::client::ClientTopology;
     use crate::core::{CoreConfig, Event, OverlayNode};
     use crate::storage::{MemoryStore, KIND_USER_VALUE};
@@ -193,20 +193,8 @@ mod tests {
     fn peer_and_clients(n: u8) -> (OverlayNode, Vec<(OverlayNode, Identity)>) {
         let me = Identity::from_seed([7; 32], "peer");
         let peer_id = me.node_id;
-        let topology = Prober {
-            me: peer_id,
-            sends: Vec::new(),
-            seen: Seen::default(),
-            replicas: Vec::new(),
-        };
-        let mut peer = OverlayNode::new(
-            CoreConfig::default(),
-            me,
-            Box::new(topology),
-            Box::new(MemoryStore::new()),
-            1,
-        );
-        peer.start(Time(0), &[]);
+        let store = Box::new(MemoryStore::new());
+        let mut peer = holder(CoreConfig::default(), me, &[], store, 1, Time(0));
         let t = Time(1_000_000);
         let clients = (0..n)
             .map(|i| {

@@ -381,7 +381,7 @@ impl OverlayNode {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::transactions::tests::{Prober, Seen};
+    use super::super::transactions::tests::holder;
     use crate::client::ClientTopology;
     use crate::core::{CoreConfig, Event, OverlayNode};
     use crate::storage::{KindData, MemoryStore, Storage, StorageError, KIND_USER_VALUE};
@@ -505,19 +505,7 @@ mod tests {
     ) -> (OverlayNode, OverlayNode, Identity) {
         let peer_identity = Identity::from_seed([7; 32], "peer");
         let peer_id = peer_identity.node_id;
-        let mut peer = OverlayNode::new(
-            cfg,
-            peer_identity,
-            Box::new(Prober {
-                me: peer_id,
-                sends: Vec::new(),
-                seen: Seen::default(),
-                replicas: replicas.to_vec(),
-            }),
-            storage,
-            1,
-        );
-        peer.start(Time(0), &[]);
+        let mut peer = holder(cfg, peer_identity, replicas, storage, 1, Time(0));
         let writer = Identity::from_seed([9; 32], "alice");
         let client_id = writer.node_id;
         let mut client = OverlayNode::new(
@@ -569,21 +557,7 @@ mod tests {
     /// The same on `store`.
     fn replica_r1_on(peer: &OverlayNode, t: Time, store: Box<dyn Storage>) -> OverlayNode {
         let identity = Identity::from_seed([11; 32], "r1");
-        let me = identity.node_id;
-        let topology = Prober {
-            me,
-            sends: Vec::new(),
-            seen: Seen::default(),
-            replicas: Vec::new(),
-        };
-        let mut replica = OverlayNode::new(
-            CoreConfig::default(),
-            identity,
-            Box::new(topology),
-            store,
-            3,
-        );
-        replica.start(t, &[]);
+        let mut replica = holder(CoreConfig::default(), identity, &[], store, 3, t);
         replica.handle_link(t, LinkEvent::Up(peer.id()));
         replica
     }

@@ -537,6 +537,28 @@ pub(super) mod tests {
         pub replicas: Vec<NodeId>,
     }
 
+    /// A node that holds data for others: its topology a Prober that sends nothing, with
+    /// `replicas` after it in every replica set; on `store`, started at `t` alone.
+    pub(in crate::core) fn holder(
+        cfg: CoreConfig,
+        identity: Identity,
+        replicas: &[NodeId],
+        store: Box<dyn crate::storage::Storage>,
+        seed: u64,
+        t: Time,
+    ) -> OverlayNode {
+        let me = identity.node_id;
+        let topology = Prober {
+            me,
+            sends: Vec::new(),
+            seen: Seen::default(),
+            replicas: replicas.to_vec(),
+        };
+        let mut node = OverlayNode::new(cfg, identity, Box::new(topology), store, seed);
+        node.start(t, &[]);
+        node
+    }
+
     impl Topology for Prober {
         fn name(&self) -> &'static str {
             "prober"
